@@ -1,0 +1,394 @@
+//! The Kubernetes objects the product reads and writes, as plain serde data.
+//!
+//! Spec fields are `Option` so that a malformed object still decodes and validation
+//! can name every missing field; unknown fields are kept so a round trip loses nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub const CONFIG_GROUP: &str = "config.openshift.io";
+pub const MC_API_VERSION: &str = "machineconfiguration.openshift.io/v1";
+pub const ROLE_LABEL: &str = "machineconfiguration.openshift.io/role";
+
+type Extra = Map<String, Value>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+/// The two served versions of ClusterImagePolicy; they share the spec JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum CipVersion {
+    #[serde(rename = "v1alpha1")]
+    V1Alpha1,
+    #[serde(rename = "v1")]
+    V1,
+}
+
+impl CipVersion {
+    pub fn from_api_version(api_version: &str) -> Option<CipVersion> {
+        match api_version {
+            "config.openshift.io/v1" => Some(CipVersion::V1),
+            "config.openshift.io/v1alpha1" => Some(CipVersion::V1Alpha1),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterImagePolicy {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<CipSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
+}
+
+impl ClusterImagePolicy {
+    pub fn version(&self) -> Option<CipVersion> {
+        CipVersion::from_api_version(&self.api_version)
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        self.spec.as_ref().and_then(|s| s.scopes.as_deref()).unwrap_or(&[])
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CipSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_of_trust: Option<RootOfTrust>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_identity: Option<SignedIdentitySpec>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootOfTrust {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PublicKeySpec>,
+    #[serde(default, rename = "fulcioCAWithRekor", skip_serializing_if = "Option::is_none")]
+    pub fulcio_ca_with_rekor: Option<FulcioSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki: Option<PkiSpec>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+/// Byte fields are kept as the base64 text the API carries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicKeySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekor_key_data: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FulcioSpec {
+    #[serde(default, rename = "fulcioCAData", skip_serializing_if = "Option::is_none")]
+    pub fulcio_ca_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekor_key_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fulcio_subject: Option<FulcioSubject>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FulcioSubject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_email: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PkiSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_roots_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_intermediates_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki_certificate_subject: Option<PkiSubject>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PkiSubject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedIdentitySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_repository: Option<ExactRepositorySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remap_identity: Option<RemapIdentitySpec>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExactRepositorySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemapIdentitySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_prefix: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Extra,
+}
+
+/// `images.config.openshift.io` `cluster`: only the registry lists matter here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ImageSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    #[serde(default)]
+    pub registry_sources: RegistrySources,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySources {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_registries: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_registries: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registries: Vec<String>,
+}
+
+/// `clusterversions.config.openshift.io` `version`: the payload image.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVersion {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: ClusterVersionStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVersionStatus {
+    #[serde(default)]
+    pub desired: Option<Release>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineConfigPool {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PoolSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    #[serde(default)]
+    pub machine_config_selector: Option<LabelSelector>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl LabelSelector {
+    /// Kubernetes label-selector semantics; an empty selector matches everything.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| e.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineConfig {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: MachineConfigSpec,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineConfigSpec {
+    #[serde(default)]
+    pub config: IgnitionConfig,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+/// An Ignition config with only `storage.files` typed; everything else is carried through.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IgnitionConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignition: Option<IgnitionMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IgnitionMeta {
+    #[serde(default)]
+    pub version: String,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Storage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<IgnitionFile>>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IgnitionFile {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<FileContents>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<bool>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileContents {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+impl MachineConfig {
+    pub fn files(&self) -> &[IgnitionFile] {
+        self.spec
+            .config
+            .storage
+            .as_ref()
+            .and_then(|s| s.files.as_deref())
+            .unwrap_or(&[])
+    }
+}

@@ -1,0 +1,611 @@
+//! Rendering: from policies and cluster objects to the MachineConfigs that carry
+//! policy.json and sigstore-registries.yaml to every node, following MCO's
+//! `updatePolicyJSON` byte for byte, but skipping bad scopes instead of failing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::cluster::{ClusterFacts, ImageConfigError, DEFAULT_EXTRA_PAYLOAD_REPOS};
+use crate::gojson;
+use crate::ignition::{self, POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
+use crate::model::{
+    ClusterImagePolicy, ClusterVersion, Image, LabelSelector, MachineConfig, MachineConfigPool, MachineConfigSpec,
+    ObjectMeta, MC_API_VERSION, ROLE_LABEL,
+};
+use crate::policy::{self, Bytes, Policy, Requirement, SigstoreSigned};
+use crate::registries_d;
+use crate::validate::{self, Reason, SizeCheck};
+
+/// Marks the MachineConfigs this tool created, so it only ever deletes its own.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "cip-webhook";
+/// Default MachineConfig budget: etcd refuses objects over 1.5 MiB, and the pool's
+/// rendered MachineConfig carries every file of every MachineConfig besides ours.
+pub const DEFAULT_SIZE_BUDGET: usize = 1024 * 1024;
+const BUILT_IN_LABEL: &str = "machineconfiguration.openshift.io/mco-built-in";
+const BUILT_IN_POOLS: [&str; 3] = ["master", "worker", "arbiter"];
+
+pub fn registries_mc_name(pool: &str) -> String {
+    format!("99-{pool}-generated-registries")
+}
+
+pub fn imagepolicies_mc_name(pool: &str) -> String {
+    format!("99-{pool}-generated-imagepolicies")
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderOptions {
+    pub extra_payload_repos: Vec<String>,
+    pub size_budget: usize,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            extra_payload_repos: DEFAULT_EXTRA_PAYLOAD_REPOS.iter().map(|s| s.to_string()).collect(),
+            size_budget: DEFAULT_SIZE_BUDGET,
+        }
+    }
+}
+
+/// Everything rendering reads, as plain data.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inputs {
+    pub policies: Vec<ClusterImagePolicy>,
+    pub image: Option<Image>,
+    pub cluster_version: Option<ClusterVersion>,
+    pub pools: Vec<MachineConfigPool>,
+    pub machine_configs: Vec<MachineConfig>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RenderError {
+    #[error("Image cluster: {0}")]
+    ImageConfig(#[from] ImageConfigError),
+    #[error("ClusterImagePolicy {0:?} is given more than once")]
+    DuplicatePolicy(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub facts: ClusterFacts,
+    pub pools: Vec<PoolPlan>,
+    pub policies: Vec<PolicyOutcome>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolPlan {
+    pub pool: String,
+    /// Scopes written to this pool's files.
+    pub scopes: Vec<String>,
+    /// Our policy.json, or `None` where the pool's original applies.
+    pub policy_json: Option<String>,
+    pub sigstore_yaml: Option<String>,
+    /// The MachineConfig that supplied the original policy.json (`None`: MCO's template).
+    pub original_from: Option<String>,
+    pub changes: Vec<Change>,
+    /// Why this pool could not be rendered; its MachineConfigs are left alone.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Unchanged,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    pub name: String,
+    pub action: Action,
+    /// The desired object (absent for `Delete`).
+    #[serde(skip)]
+    pub desired: Option<MachineConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SkippedScope {
+    pub scope: String,
+    pub reason: Reason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+pub enum Condition {
+    /// Every scope is written to these pools.
+    Applied { pools: Vec<String> },
+    /// Some or all of the policy cannot take effect.
+    Pending {
+        reason: Reason,
+        message: String,
+        skipped: Vec<SkippedScope>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyOutcome {
+    pub name: String,
+    pub generation: Option<i64>,
+    pub condition: Condition,
+}
+
+impl Plan {
+    /// The room left in the largest generated registries MachineConfig.
+    pub fn size_check(&self, budget_bytes: usize) -> SizeCheck {
+        let largest = self
+            .pools
+            .iter()
+            .flat_map(|p| &p.changes)
+            .filter_map(|c| c.desired.as_ref())
+            .filter(|mc| mc.metadata.name.ends_with("-generated-registries"))
+            .map(|mc| (mc.metadata.name.clone(), object_size(mc)))
+            .max_by_key(|(_, size)| *size);
+        let (machine_config, current_bytes) =
+            largest.unwrap_or_else(|| (registries_mc_name("worker"), 0));
+        SizeCheck {
+            machine_config,
+            current_bytes,
+            budget_bytes,
+        }
+    }
+
+    pub fn desired_machine_configs(&self) -> impl Iterator<Item = &MachineConfig> {
+        self.pools
+            .iter()
+            .flat_map(|p| &p.changes)
+            .filter_map(|c| c.desired.as_ref())
+    }
+}
+
+/// Serialized size of an object as the API server stores it (JSON).
+pub fn object_size<T: Serialize>(object: &T) -> usize {
+    serde_json::to_vec(object).map(|v| v.len()).unwrap_or(0)
+}
+
+/// The requirement MCO's `policyItemFromSpec` builds for a (validated) policy.
+pub fn requirement(cip: &ClusterImagePolicy) -> Result<Requirement, String> {
+    let policy = cip.spec.as_ref().and_then(|s| s.policy.as_ref()).ok_or("spec.policy is missing")?;
+    let rot = policy.root_of_trust.as_ref().ok_or("spec.policy.rootOfTrust is missing")?;
+    let bytes = |field: &str, v: &Option<String>| -> Result<Option<Bytes>, String> {
+        match v.as_deref() {
+            None | Some("") => Ok(None),
+            Some(text) => policy::decode_b64(text)
+                .map(|b| Some(Bytes(b)))
+                .map_err(|e| format!("{field}: {e}")),
+        }
+    };
+    let mut req = SigstoreSigned::default();
+    match (rot.policy_type.as_deref(), &rot.public_key, &rot.fulcio_ca_with_rekor, &rot.pki) {
+        (Some("PublicKey"), Some(pk), _, _) => {
+            req.key_data = bytes("keyData", &pk.key_data)?;
+            req.rekor_public_key_data = bytes("rekorKeyData", &pk.rekor_key_data)?;
+        }
+        (Some("FulcioCAWithRekor"), _, Some(f), _) => {
+            let subject = f.fulcio_subject.clone().unwrap_or_default();
+            req.fulcio = Some(policy::Fulcio {
+                ca_data: bytes("fulcioCAData", &f.fulcio_ca_data)?,
+                oidc_issuer: subject.oidc_issuer,
+                subject_email: subject.signed_email,
+                ..Default::default()
+            });
+            req.rekor_public_key_data = bytes("rekorKeyData", &f.rekor_key_data)?;
+        }
+        (Some("PKI"), _, _, Some(p)) => {
+            let subject = p.pki_certificate_subject.clone().unwrap_or_default();
+            req.pki = Some(policy::Pki {
+                ca_roots_data: bytes("caRootsData", &p.ca_roots_data)?,
+                ca_intermediates_data: bytes("caIntermediatesData", &p.ca_intermediates_data)?,
+                subject_email: subject.email,
+                subject_hostname: subject.hostname,
+                ..Default::default()
+            });
+        }
+        _ => return Err("exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, and pki must be specified".into()),
+    }
+    req.signed_identity = match &policy.signed_identity {
+        None => policy::SignedIdentity::MatchRepoDigestOrExact,
+        Some(si) => match si.match_policy.as_deref() {
+            None | Some("") | Some("MatchRepoDigestOrExact") => policy::SignedIdentity::MatchRepoDigestOrExact,
+            Some("MatchRepository") => policy::SignedIdentity::MatchRepository,
+            Some("ExactRepository") => policy::SignedIdentity::ExactRepository {
+                docker_repository: si.exact_repository.as_ref().and_then(|e| e.repository.clone()).unwrap_or_default(),
+            },
+            Some("RemapIdentity") => {
+                let remap = si.remap_identity.clone().unwrap_or_default();
+                policy::SignedIdentity::RemapIdentity {
+                    prefix: remap.prefix.unwrap_or_default(),
+                    signed_prefix: remap.signed_prefix.unwrap_or_default(),
+                }
+            }
+            Some(other) => return Err(format!("unknown signedIdentity match policy: {other}")),
+        },
+    };
+    Ok(Requirement::SigstoreSigned(req))
+}
+
+/// About how many bytes this policy adds to a registries MachineConfig: its
+/// requirement under each scope in `docker` (and `atomic`), base64-encoded.
+pub fn estimated_growth(cip: &ClusterImagePolicy) -> usize {
+    let Ok(req) = requirement(cip) else {
+        return 0;
+    };
+    let body = gojson::marshal_indent(&req);
+    // Nested four levels deep in policy.json: eight more spaces on every line.
+    let entry = body.len() + 8 * (body.matches('\n').count() + 1) + 16;
+    let json: usize = cip
+        .scopes()
+        .iter()
+        .map(|s| (entry + s.len()) * if s.matches('/').count() < 3 { 2 } else { 1 })
+        .sum();
+    json.div_ceil(3) * 4
+}
+
+/// MCO's `updatePolicyJSON`: `None` when nothing of ours belongs in policy.json,
+/// so the pool's original file applies unchanged.
+pub fn update_policy_json(
+    original: &str,
+    facts: &ClusterFacts,
+    scopes: &BTreeMap<String, Vec<Requirement>>,
+) -> Result<Option<String>, String> {
+    if facts.allowed.is_empty() && facts.blocked.is_empty() && scopes.is_empty() {
+        return Ok(None);
+    }
+    let mut policy = Policy::parse(original)?;
+    let mut transport: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
+    if !facts.allowed.is_empty() {
+        policy.default = vec![Requirement::Reject];
+        for reg in facts.allowed.iter().filter(|r| !scopes.contains_key(*r)) {
+            transport.insert(reg.clone(), vec![Requirement::InsecureAcceptAnything]);
+        }
+    }
+    if !facts.blocked.is_empty() {
+        policy.default = vec![Requirement::InsecureAcceptAnything];
+        for reg in &facts.blocked {
+            transport.insert(reg.clone(), vec![Requirement::Reject]);
+        }
+    }
+    for (scope, reqs) in scopes {
+        transport.entry(scope.clone()).or_default().extend(reqs.iter().cloned());
+    }
+    if !transport.is_empty() {
+        // containers/image's `atomic` transport cannot address 3+ path levels (OCPBUGS-4122).
+        let atomic = transport
+            .iter()
+            .filter(|(scope, _)| scope.matches('/').count() < 3)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        policy.transports.insert("docker".into(), transport);
+        policy.transports.insert("atomic".into(), atomic);
+    }
+    Ok(Some(policy.to_go_json()))
+}
+
+struct Admitted {
+    requirement: Requirement,
+    scopes: Vec<String>,
+}
+
+/// Renders the whole desired state. Bad policies and scopes are skipped and reported;
+/// only input that makes every output meaningless is an error.
+pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderError> {
+    let facts = ClusterFacts::new(inputs.image.as_ref(), inputs.cluster_version.as_ref(), &options.extra_payload_repos)?;
+    let mut policies: Vec<&ClusterImagePolicy> = inputs.policies.iter().collect();
+    policies.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    if let Some(w) = policies.windows(2).find(|w| w[0].metadata.name == w[1].metadata.name) {
+        return Err(RenderError::DuplicatePolicy(w[0].metadata.name.clone()));
+    }
+
+    let pools = select_pools(&inputs.pools);
+    let mut notes: Vec<String> = facts.notes.clone();
+    notes.extend(pools.skipped.iter().map(|p| {
+        format!("pool {p}: not written; only built-in pools get generated MachineConfigs (custom pools inherit worker's)")
+    }));
+
+    let base_size = pools
+        .selected
+        .iter()
+        .filter_map(|p| find_mc(&inputs.machine_configs, &registries_mc_name(&p.metadata.name)))
+        .map(|mc| {
+            let mut mc = mc.clone();
+            ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
+            object_size(&mc)
+        })
+        .max()
+        .unwrap_or(0)
+        + 1024;
+
+    let mut outcomes = Vec::new();
+    let mut admitted: Vec<(String, Admitted)> = Vec::new();
+    let mut used = base_size;
+    for cip in &policies {
+        let (outcome, accepted) = admit(cip, &facts, options.size_budget, &mut used);
+        outcomes.push(outcome);
+        if let Some(a) = accepted {
+            admitted.push((cip.metadata.name.clone(), a));
+        }
+    }
+
+    let mut scope_map: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
+    for (_, a) in &admitted {
+        for s in &a.scopes {
+            scope_map.entry(s.clone()).or_default().push(a.requirement.clone());
+        }
+    }
+
+    let mut pool_plans = Vec::new();
+    for pool in &pools.selected {
+        let (plan, pool_notes) = plan_pool(pool, &inputs.machine_configs, &facts, &scope_map);
+        notes.extend(pool_notes);
+        pool_plans.push(plan);
+    }
+    let written: Vec<String> = pool_plans
+        .iter()
+        .filter(|p| p.error.is_none())
+        .map(|p| p.pool.clone())
+        .collect();
+    for outcome in &mut outcomes {
+        if let Condition::Applied { pools } = &mut outcome.condition {
+            pools.clone_from(&written);
+        }
+    }
+    Ok(Plan {
+        facts,
+        pools: pool_plans,
+        policies: outcomes,
+        notes,
+    })
+}
+
+/// Decides what of one policy is written: the whole of it, some scopes, or nothing.
+fn admit(
+    cip: &ClusterImagePolicy,
+    facts: &ClusterFacts,
+    budget: usize,
+    used: &mut usize,
+) -> (PolicyOutcome, Option<Admitted>) {
+    let pending = |reason: Reason, message: String, skipped: Vec<SkippedScope>| PolicyOutcome {
+        name: cip.metadata.name.clone(),
+        generation: cip.metadata.generation,
+        condition: Condition::Pending {
+            reason,
+            message,
+            skipped,
+        },
+    };
+    let report = validate::validate_object(cip, false).report;
+    if let Some(message) = report.denial_message() {
+        let reason = report.reason().unwrap_or(Reason::Invalid);
+        return (pending(reason, message, Vec::new()), None);
+    }
+    let requirement = match requirement(cip) {
+        Ok(r) => r,
+        Err(e) => return (pending(Reason::Invalid, e, Vec::new()), None),
+    };
+    let mut skipped = Vec::new();
+    let mut scopes = Vec::new();
+    for s in cip.scopes() {
+        if let Some((repo, _)) = facts.payload_hit(s) {
+            skipped.push(SkippedScope {
+                scope: s.clone(),
+                reason: Reason::PayloadRepository,
+                message: format!("scope {s} touches the OpenShift release payload repository {repo}"),
+            });
+        } else if let Some(message) = facts.registry_conflict(s) {
+            skipped.push(SkippedScope {
+                scope: s.clone(),
+                reason: Reason::ConflictScopes,
+                message,
+            });
+        } else {
+            scopes.push(s.clone());
+        }
+    }
+    let mut effective = cip.clone();
+    if let Some(spec) = effective.spec.as_mut() {
+        spec.scopes = Some(scopes.clone());
+    }
+    let growth = estimated_growth(&effective);
+    if *used + growth > budget {
+        let message = format!(
+            "writing this policy would grow the generated MachineConfigs to about {} bytes, over the budget of {budget} bytes",
+            *used + growth
+        );
+        return (pending(Reason::TooLarge, message, Vec::new()), None);
+    }
+    *used += growth;
+    let outcome = match skipped.first() {
+        None => PolicyOutcome {
+            name: cip.metadata.name.clone(),
+            generation: cip.metadata.generation,
+            condition: Condition::Applied { pools: Vec::new() },
+        },
+        Some(first) => {
+            let reason = first.reason;
+            let names: Vec<&str> = skipped.iter().map(|s| s.scope.as_str()).collect();
+            let message = format!("scope(s) {names:?} skipped: {}", first.message);
+            pending(reason, message, skipped)
+        }
+    };
+    (outcome, Some(Admitted { requirement, scopes }))
+}
+
+struct PoolSelection {
+    selected: Vec<MachineConfigPool>,
+    skipped: Vec<String>,
+}
+
+/// Built-in pools only, as MCO; `master` and `worker` when no pool is given.
+fn select_pools(pools: &[MachineConfigPool]) -> PoolSelection {
+    if pools.is_empty() {
+        let default = |name: &str| {
+            let mut p = MachineConfigPool::default();
+            p.metadata.name = name.to_string();
+            p.spec.machine_config_selector = Some(LabelSelector {
+                match_labels: [(ROLE_LABEL.to_string(), name.to_string())].into(),
+                ..Default::default()
+            });
+            p
+        };
+        return PoolSelection {
+            selected: vec![default("master"), default("worker")],
+            skipped: Vec::new(),
+        };
+    }
+    let mut selected: Vec<MachineConfigPool> = Vec::new();
+    let mut skipped = Vec::new();
+    for p in pools {
+        if BUILT_IN_POOLS.contains(&p.metadata.name.as_str()) || p.metadata.labels.contains_key(BUILT_IN_LABEL) {
+            selected.push(p.clone());
+        } else {
+            skipped.push(p.metadata.name.clone());
+        }
+    }
+    selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    selected.dedup_by(|a, b| a.metadata.name == b.metadata.name);
+    skipped.sort();
+    PoolSelection { selected, skipped }
+}
+
+fn find_mc<'a>(mcs: &'a [MachineConfig], name: &str) -> Option<&'a MachineConfig> {
+    mcs.iter().find(|mc| mc.metadata.name == name)
+}
+
+fn plan_pool(
+    pool: &MachineConfigPool,
+    mcs: &[MachineConfig],
+    facts: &ClusterFacts,
+    scope_map: &BTreeMap<String, Vec<Requirement>>,
+) -> (PoolPlan, Vec<String>) {
+    let name = pool.metadata.name.clone();
+    let reg_name = registries_mc_name(&name);
+    let ip_name = imagepolicies_mc_name(&name);
+    let mut notes = Vec::new();
+    let selector = pool.spec.machine_config_selector.clone().unwrap_or_default();
+    let mut members: Vec<&MachineConfig> = mcs.iter().filter(|mc| selector.matches(&mc.metadata.labels)).collect();
+    members.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+
+    let mut plan = PoolPlan {
+        pool: name.clone(),
+        scopes: scope_map.keys().cloned().collect(),
+        policy_json: None,
+        sigstore_yaml: None,
+        original_from: None,
+        changes: Vec::new(),
+        error: None,
+    };
+
+    // MachineConfigs merge in name order and the last one naming a path wins.
+    let mut original = policy::MCO_TEMPLATE.to_string();
+    for mc in members.iter().filter(|mc| mc.metadata.name != reg_name && mc.metadata.name != ip_name) {
+        if let Some(text) = ignition::read_file(mc, POLICY_JSON_PATH) {
+            match text {
+                Ok(t) => {
+                    original = t;
+                    plan.original_from = Some(mc.metadata.name.clone());
+                }
+                Err(e) => {
+                    plan.error = Some(format!("MachineConfig {}: {e}", mc.metadata.name));
+                    return (plan, notes);
+                }
+            }
+            if mc.metadata.name > reg_name {
+                notes.push(format!(
+                    "pool {name}: MachineConfig {} sorts after {reg_name} and also writes {POLICY_JSON_PATH}: it overrides ours on the nodes",
+                    mc.metadata.name
+                ));
+            }
+        }
+    }
+
+    plan.policy_json = match update_policy_json(&original, facts, scope_map) {
+        Ok(p) => p,
+        Err(e) => {
+            let source = plan.original_from.as_deref().unwrap_or("the MCO template");
+            plan.error = Some(format!("original {POLICY_JSON_PATH} from {source} does not parse: {e}"));
+            return (plan, notes);
+        }
+    };
+    plan.sigstore_yaml =
+        (!scope_map.is_empty()).then(|| registries_d::sigstore_registries_yaml(scope_map.keys().map(String::as_str)));
+
+    let existing_reg = find_mc(mcs, &reg_name);
+    let desired_reg = match (&plan.policy_json, existing_reg) {
+        (Some(json), Some(existing)) => {
+            let mut mc = existing.clone();
+            ignition::set_file(&mut mc.spec.config, POLICY_JSON_PATH, json);
+            Some(mc)
+        }
+        (Some(json), None) => Some(new_machine_config(&reg_name, &name, ignition::file_entry(POLICY_JSON_PATH, json))),
+        (None, Some(existing)) => {
+            let mut mc = existing.clone();
+            ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
+            let ours = mc.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
+            (!(ours && mc.files().is_empty())).then_some(mc)
+        }
+        (None, None) => None,
+    };
+    plan.changes.extend(change(&reg_name, existing_reg, desired_reg));
+
+    let existing_ip = find_mc(mcs, &ip_name);
+    let desired_ip = plan.sigstore_yaml.as_ref().map(|yaml| {
+        let file = ignition::file_entry(SIGSTORE_YAML_PATH, yaml);
+        match existing_ip {
+            Some(existing) => {
+                let mut mc = existing.clone();
+                let storage = mc.spec.config.storage.get_or_insert_with(Default::default);
+                storage.files = Some(vec![file]);
+                mc
+            }
+            None => new_machine_config(&ip_name, &name, file),
+        }
+    });
+    plan.changes.extend(change(&ip_name, existing_ip, desired_ip));
+    (plan, notes)
+}
+
+fn change(name: &str, existing: Option<&MachineConfig>, desired: Option<MachineConfig>) -> Option<Change> {
+    let action = match (existing, &desired) {
+        (None, None) => return None,
+        (None, Some(_)) => Action::Create,
+        (Some(_), None) => Action::Delete,
+        (Some(e), Some(d)) if e == d => Action::Unchanged,
+        (Some(_), Some(_)) => Action::Update,
+    };
+    Some(Change {
+        name: name.to_string(),
+        action,
+        desired,
+    })
+}
+
+fn new_machine_config(name: &str, pool: &str, file: crate::model::IgnitionFile) -> MachineConfig {
+    MachineConfig {
+        api_version: MC_API_VERSION.to_string(),
+        kind: "MachineConfig".to_string(),
+        metadata: ObjectMeta {
+            name: name.to_string(),
+            labels: [
+                (ROLE_LABEL.to_string(), pool.to_string()),
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        },
+        spec: MachineConfigSpec {
+            config: ignition::new_config(vec![file]),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Scopes of every admitted policy, for callers that only need the set.
+pub fn written_scopes(plan: &Plan) -> BTreeSet<String> {
+    plan.pools.iter().flat_map(|p| p.scopes.iter().cloned()).collect()
+}

@@ -1,0 +1,574 @@
+//! ClusterImagePolicy validation: every rule of the CRD for the object's version, then
+//! what the CRD cannot see (whether keys parse, payload repositories, the Image CR's
+//! registry lists, MachineConfig size). All problems are returned at once.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::cluster::ClusterFacts;
+use crate::keys;
+use crate::model::{
+    CipVersion, ClusterImagePolicy, FulcioSpec, PkiSpec, PublicKeySpec, RootOfTrust, SignedIdentitySpec,
+};
+use crate::policy::decode_b64;
+use crate::rules;
+use crate::scope::{self, PayloadHit};
+
+pub const MAX_SCOPES: usize = 256;
+pub const MAX_SCOPE_LEN: usize = 512;
+pub const MAX_KEY_LEN: usize = 8192;
+pub const POLICY_TYPES: [&str; 3] = ["PublicKey", "FulcioCAWithRekor", "PKI"];
+pub const MATCH_POLICIES: [&str; 4] = ["MatchRepoDigestOrExact", "MatchRepository", "ExactRepository", "RemapIdentity"];
+
+/// Why a policy cannot take (full) effect; also the `Pending` condition reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Reason {
+    Invalid,
+    InvalidKey,
+    PayloadRepository,
+    ConflictScopes,
+    TooLarge,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Invalid => "Invalid",
+            Reason::InvalidKey => "InvalidKey",
+            Reason::PayloadRepository => "PayloadRepository",
+            Reason::ConflictScopes => "ConflictScopes",
+            Reason::TooLarge => "TooLarge",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Field path as the API server writes it, e.g. `spec.scopes[0]`.
+    pub path: String,
+    pub message: String,
+    /// The CRD rule (`S1`, `K2`, …) or check (`Required`, `PayloadRepository`, …).
+    pub rule: &'static str,
+    pub reason: Reason,
+    /// The message names its subject itself (MCO's wording), so the path is not prefixed.
+    #[serde(skip)]
+    pub standalone: bool,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.standalone || self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Report {
+    pub fn allowed(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// The admission denial text: one problem as is, several as the API server
+    /// aggregates them (`[e1, e2]`).
+    pub fn denial_message(&self) -> Option<String> {
+        match self.errors.as_slice() {
+            [] => None,
+            [one] => Some(one.to_string()),
+            many => Some(format!(
+                "[{}]",
+                many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    pub fn warning_messages(&self) -> Vec<String> {
+        self.warnings.iter().map(ToString::to_string).collect()
+    }
+
+    /// The reason of the first error, for a `Pending` condition.
+    pub fn reason(&self) -> Option<Reason> {
+        self.errors.first().map(|p| p.reason)
+    }
+}
+
+/// How much room the generated MachineConfigs have left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SizeCheck {
+    /// The largest generated MachineConfig without the policy under review.
+    pub machine_config: String,
+    pub current_bytes: usize,
+    pub budget_bytes: usize,
+}
+
+/// What validation knows beyond the object itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub facts: &'a ClusterFacts,
+    pub size: Option<&'a SizeCheck>,
+    /// The requester may configure payload repositories (gets warnings, not denials).
+    pub exempt: bool,
+}
+
+/// Decodes and validates a raw object; a field of the wrong JSON type is reported
+/// with its path instead of failing the whole decode silently.
+pub fn validate_value(object: &Value, ctx: &Context) -> (Option<ClusterImagePolicy>, Report) {
+    match serde_path_to_error::deserialize::<_, ClusterImagePolicy>(object) {
+        Ok(cip) => {
+            let report = validate(&cip, ctx);
+            (Some(cip), report)
+        }
+        Err(e) => {
+            let mut report = Report::default();
+            let path = e.path().to_string();
+            report.errors.push(Problem {
+                path: if path == "." { String::new() } else { path },
+                message: format!("Invalid value: {}", e.inner()),
+                rule: "Type",
+                reason: Reason::Invalid,
+                standalone: false,
+            });
+            (None, report)
+        }
+    }
+}
+
+/// Every rule: the object's own (see [`validate_object`]) plus the cluster context.
+pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
+    let mut w = validate_object(cip, ctx.exempt);
+    for (i, s) in cip.scopes().iter().enumerate() {
+        if !scope::scope_rule_failures(s).is_empty() {
+            continue;
+        }
+        let path = format!("spec.scopes[{i}]");
+        if let Some((repo, hit)) = ctx.facts.payload_hit(s) {
+            let how = match hit {
+                PayloadHit::Covers => "covers",
+                PayloadHit::Inside => "is inside",
+            };
+            let message = format!(
+                "clusterimagePolicy configured for the scope {s} {how} the OpenShift release payload repository {repo}, whose signatures the platform verifies"
+            );
+            w.push(!ctx.exempt, &path, "PayloadRepository", Reason::PayloadRepository, message, true);
+        }
+        if let Some(message) = ctx.facts.registry_conflict(s) {
+            w.push(true, &path, "ConflictScopes", Reason::ConflictScopes, message, true);
+        }
+    }
+    if let Some(size) = ctx.size {
+        let total = size.current_bytes + crate::render::estimated_growth(cip);
+        if total > size.budget_bytes {
+            let message = format!(
+                "adding this policy would grow MachineConfig {} to about {} bytes ({:.2} MiB), over the budget of {} bytes",
+                size.machine_config,
+                total,
+                total as f64 / (1024.0 * 1024.0),
+                size.budget_bytes
+            );
+            w.push(true, "spec", "TooLarge", Reason::TooLarge, message, false);
+        }
+    }
+    w.report
+}
+
+/// The rules that need nothing but the object: the CRD schema and CEL rules of its
+/// version, unknown `policyType`, and whether the key material parses.
+pub fn validate_object(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
+    let mut w = Walker {
+        version: cip.version().unwrap_or(CipVersion::V1),
+        report: Report::default(),
+    };
+    if cip.version().is_none() {
+        w.error(
+            "apiVersion",
+            "Unsupported",
+            format!(
+                "Unsupported value: {:?}: supported values: \"config.openshift.io/v1\", \"config.openshift.io/v1alpha1\"",
+                cip.api_version
+            ),
+        );
+    }
+    if cip.kind != "ClusterImagePolicy" {
+        w.error("kind", "Unsupported", format!("Unsupported value: {:?}: supported values: \"ClusterImagePolicy\"", cip.kind));
+    }
+    if cip.metadata.name.is_empty() {
+        w.error("metadata.name", "Required", "Required value".into());
+    } else if cip.metadata.name.starts_with("openshift") && !exempt {
+        w.warn(
+            "metadata.name",
+            "ReservedName",
+            "names beginning with \"openshift\" are reserved for policies shipped with the platform".into(),
+        );
+    }
+    let Some(spec) = &cip.spec else {
+        w.error("spec", "Required", "Required value".into());
+        return w;
+    };
+    w.unknown("spec", &spec.unknown);
+    match &spec.scopes {
+        None => w.error("spec.scopes", "Required", "Required value".into()),
+        Some(scopes) => w.scopes(scopes),
+    }
+    let Some(policy) = &spec.policy else {
+        w.error("spec.policy", "Required", "Required value".into());
+        return w;
+    };
+    w.unknown("spec.policy", &policy.unknown);
+    match &policy.root_of_trust {
+        None => w.error("spec.policy.rootOfTrust", "Required", "Required value".into()),
+        Some(rot) => w.root_of_trust(rot),
+    }
+    if let Some(si) = &policy.signed_identity {
+        w.signed_identity(si);
+    }
+    w
+}
+
+/// Collects problems for one object; the version decides which CRD rules apply.
+pub struct Walker {
+    version: CipVersion,
+    pub report: Report,
+}
+
+#[derive(Clone, Copy)]
+enum Material {
+    PublicKey,
+    Certificates,
+}
+
+impl Walker {
+    fn push(&mut self, error: bool, path: &str, rule: &'static str, reason: Reason, message: String, standalone: bool) {
+        let problem = Problem {
+            path: path.to_string(),
+            message,
+            rule,
+            reason,
+            standalone,
+        };
+        if error {
+            self.report.errors.push(problem);
+        } else {
+            self.report.warnings.push(problem);
+        }
+    }
+
+    fn error(&mut self, path: &str, rule: &'static str, message: String) {
+        self.push(true, path, rule, Reason::Invalid, message, false);
+    }
+
+    fn warn(&mut self, path: &str, rule: &'static str, message: String) {
+        self.push(false, path, rule, Reason::Invalid, message, false);
+    }
+
+    /// A failed CEL rule, worded as the API server words it.
+    fn cel(&mut self, path: &str, rule: &'static str, kind: &str, message: &str) {
+        self.error(path, rule, format!("Invalid value: \"{kind}\": {message}"));
+    }
+
+    fn v1(&self) -> bool {
+        self.version == CipVersion::V1
+    }
+
+    fn unknown(&mut self, path: &str, fields: &Map<String, Value>) {
+        for key in fields.keys() {
+            self.warn(&format!("{path}.{key}"), "UnknownField", "unknown field, the API server drops it".into());
+        }
+    }
+
+    fn required<'v, T>(&mut self, path: &str, value: &'v Option<T>) -> Option<&'v T> {
+        if value.is_none() {
+            self.error(path, "Required", "Required value".into());
+        }
+        value.as_ref()
+    }
+
+    fn max_len(&mut self, path: &str, value: &str, max: usize) -> bool {
+        if value.len() > max {
+            self.error(path, "TooLong", format!("Too long: may not be more than {max} bytes"));
+            return false;
+        }
+        true
+    }
+
+    fn scopes(&mut self, scopes: &[String]) {
+        if scopes.len() > MAX_SCOPES {
+            self.error(
+                "spec.scopes",
+                "TooMany",
+                format!("Too many: {}: must have at most {MAX_SCOPES} items", scopes.len()),
+            );
+        }
+        if scopes.is_empty() {
+            self.warn("spec.scopes", "NoScopes", "no scopes: the policy applies to no image".into());
+        }
+        for (i, s) in scopes.iter().enumerate() {
+            let path = format!("spec.scopes[{i}]");
+            if scopes[..i].contains(s) {
+                self.error(&path, "Duplicate", format!("Duplicate value: {s:?}"));
+            }
+            if !self.max_len(&path, s, MAX_SCOPE_LEN) {
+                continue;
+            }
+            for rule in scope::scope_rule_failures(s) {
+                self.cel(&path, rule.id(), "string", rule.message());
+            }
+        }
+    }
+
+    fn root_of_trust(&mut self, rot: &RootOfTrust) {
+        const P: &str = "spec.policy.rootOfTrust";
+        self.unknown(P, &rot.unknown);
+        let policy_type = rot.policy_type.as_deref();
+        match policy_type {
+            None => self.error(&format!("{P}.policyType"), "Required", "Required value".into()),
+            Some(t) if !POLICY_TYPES.contains(&t) => self.error(
+                &format!("{P}.policyType"),
+                "Unsupported",
+                format!("Unsupported value: {t:?}: supported values: \"PublicKey\", \"FulcioCAWithRekor\", \"PKI\""),
+            ),
+            Some(_) => {}
+        }
+        let unions = [
+            ("U1", "PublicKey", "publicKey", rot.public_key.is_some()),
+            ("U2", "FulcioCAWithRekor", "fulcioCAWithRekor", rot.fulcio_ca_with_rekor.is_some()),
+            ("U3", "PKI", "pki", rot.pki.is_some()),
+        ];
+        for (rule, ty, field, present) in unions {
+            if (policy_type == Some(ty)) != present {
+                let message = format!("{field} is required when policyType is {ty}, and forbidden otherwise");
+                self.cel(P, rule, "object", &message);
+            }
+        }
+        if let Some(pk) = &rot.public_key {
+            self.public_key(pk);
+        }
+        if let Some(f) = &rot.fulcio_ca_with_rekor {
+            self.fulcio(f);
+        }
+        if let Some(pki) = &rot.pki {
+            self.pki(pki);
+        }
+    }
+
+    fn public_key(&mut self, pk: &PublicKeySpec) {
+        const P: &str = "spec.policy.rootOfTrust.publicKey";
+        self.unknown(P, &pk.unknown);
+        if let Some(key) = self.required(&format!("{P}.keyData"), &pk.key_data) {
+            self.key_material(&format!("{P}.keyData"), key, "keyData", Material::PublicKey, Some(68), ["K1", "K2", ""]);
+        }
+        if let Some(rekor) = &pk.rekor_key_data {
+            self.key_material(&format!("{P}.rekorKeyData"), rekor, "rekorKeyData", Material::PublicKey, None, ["R1", "R2", ""]);
+        }
+    }
+
+    fn fulcio(&mut self, f: &FulcioSpec) {
+        const P: &str = "spec.policy.rootOfTrust.fulcioCAWithRekor";
+        self.unknown(P, &f.unknown);
+        if let Some(ca) = self.required(&format!("{P}.fulcioCAData"), &f.fulcio_ca_data) {
+            self.key_material(&format!("{P}.fulcioCAData"), ca, "fulcioCAData", Material::Certificates, None, ["C1", "C2", ""]);
+        }
+        if let Some(rekor) = self.required(&format!("{P}.rekorKeyData"), &f.rekor_key_data) {
+            self.key_material(&format!("{P}.rekorKeyData"), rekor, "rekorKeyData", Material::PublicKey, None, ["R1", "R2", ""]);
+        }
+        let Some(subject) = self.required(&format!("{P}.fulcioSubject"), &f.fulcio_subject) else {
+            return;
+        };
+        self.unknown(&format!("{P}.fulcioSubject"), &subject.unknown);
+        let issuer_path = format!("{P}.fulcioSubject.oidcIssuer");
+        if let Some(issuer) = self.required(&issuer_path, &subject.oidc_issuer) {
+            if (!self.v1() || self.max_len(&issuer_path, issuer, 2048)) && !rules::is_request_uri(issuer) {
+                self.cel(&issuer_path, "F1", "string", "oidcIssuer must be a valid URL");
+            }
+        }
+        let email_path = format!("{P}.fulcioSubject.signedEmail");
+        if let Some(email) = self.required(&email_path, &subject.signed_email) {
+            if (!self.v1() || self.max_len(&email_path, email, 320)) && !rules::is_email(email) {
+                self.cel(&email_path, "E1", "string", "invalid email address");
+            }
+        }
+    }
+
+    fn pki(&mut self, pki: &PkiSpec) {
+        const P: &str = "spec.policy.rootOfTrust.pki";
+        self.unknown(P, &pki.unknown);
+        if let Some(roots) = self.required(&format!("{P}.caRootsData"), &pki.ca_roots_data) {
+            self.key_material(&format!("{P}.caRootsData"), roots, "caRootsData", Material::Certificates, Some(72), ["CR1", "CR2", "CR3"]);
+        }
+        if let Some(inter) = &pki.ca_intermediates_data {
+            let path = format!("{P}.caIntermediatesData");
+            self.key_material(&path, inter, "caIntermediatesData", Material::Certificates, Some(72), ["CI1", "CI2", "CI3"]);
+        }
+        let subject_path = format!("{P}.pkiCertificateSubject");
+        let Some(subject) = self.required(&subject_path, &pki.pki_certificate_subject) else {
+            return;
+        };
+        self.unknown(&subject_path, &subject.unknown);
+        if subject.email.is_none() && subject.hostname.is_none() {
+            self.cel(&subject_path, "PS1", "object", "at least one of email or hostname must be set in pkiCertificateSubject");
+        }
+        if let Some(email) = &subject.email {
+            let path = format!("{subject_path}.email");
+            if self.max_len(&path, email, 320) && !rules::is_email(email) {
+                let message = if self.v1() { "invalid email address" } else { "invalid email address in pkiCertificateSubject" };
+                self.cel(&path, "E1", "string", message);
+            }
+        }
+        if let Some(host) = &subject.hostname {
+            let path = format!("{subject_path}.hostname");
+            if self.max_len(&path, host, 253) && !rules::is_pki_hostname(host) {
+                let message = if self.v1() {
+                    "hostname must be a valid dns 1123 subdomain name, optionally prefixed by '*.'. It must consist only of lowercase alphanumeric characters, hyphens, periods and the optional preceding asterisk."
+                } else {
+                    "hostname should be a valid dns 1123 subdomain name, optionally prefixed by '*.'. It should consist only of lowercase alphanumeric characters, hyphens, periods and the optional preceding asterisk."
+                };
+                self.cel(&path, "H1", "string", message);
+            }
+        }
+    }
+
+    /// A `format: byte` field holding PEM: base64, lengths, the marker rules (v1),
+    /// then whether the PEM parses (an error for v1, a warning for v1alpha1).
+    fn key_material(
+        &mut self,
+        path: &str,
+        b64: &str,
+        field: &str,
+        material: Material,
+        min_v1: Option<usize>,
+        ids: [&'static str; 3],
+    ) {
+        let Ok(bytes) = decode_b64(b64) else {
+            self.error(path, "Format", format!("Invalid value: {}: {path} in body must be of type byte: {}", shown(b64), shown(b64)));
+            return;
+        };
+        if !self.max_len(path, b64, MAX_KEY_LEN) {
+            return;
+        }
+        let label = match material {
+            Material::PublicKey => "PUBLIC KEY",
+            Material::Certificates => "CERTIFICATE",
+        };
+        let mut markers_ok = true;
+        if self.v1() {
+            if let Some(min) = min_v1.filter(|&m| b64.len() < m) {
+                self.error(path, "TooShort", format!("Invalid value: {}: {path} in body should be at least {min} chars long", shown(b64)));
+                markers_ok = false;
+            }
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                self.error(path, ids[0], "Invalid value: \"string\": decoded data is not valid UTF-8".into());
+                return;
+            };
+            let (starts, ends, balanced) = rules::pem_markers(text, label);
+            if !starts {
+                self.cel(path, ids[0], "string", &format!("the {field} must start with base64 encoding of '-----BEGIN {label}-----'."));
+            }
+            if !ends {
+                self.cel(path, ids[1], "string", &format!("the {field} must end with base64 encoding of '-----END {label}-----'."));
+            }
+            if !ids[2].is_empty() && !balanced {
+                let message = format!(
+                    "{field} must be base64 encoding of valid PEM format data contain the same number of '-----BEGIN {label}-----' and '-----END {label}-----' markers."
+                );
+                self.cel(path, ids[2], "string", &message);
+            }
+            markers_ok &= starts && ends && (ids[2].is_empty() || balanced);
+        }
+        if !markers_ok {
+            return;
+        }
+        let parsed = match material {
+            Material::PublicKey => keys::check_public_key(&bytes),
+            Material::Certificates => keys::check_certificates(&bytes).map(|_| ()),
+        };
+        if let Err(cause) = parsed {
+            let what = match material {
+                Material::PublicKey => "a PEM public key",
+                Material::Certificates => "PEM certificates",
+            };
+            let message = format!("does not decode to {what}: {cause}");
+            self.push(self.v1(), path, "KeyParse", Reason::InvalidKey, message, false);
+        }
+    }
+
+    fn signed_identity(&mut self, si: &SignedIdentitySpec) {
+        const P: &str = "spec.policy.signedIdentity";
+        self.unknown(P, &si.unknown);
+        let policy = si.match_policy.as_deref();
+        match policy {
+            None if self.v1() => self.error(&format!("{P}.matchPolicy"), "Required", "Required value".into()),
+            None | Some("") if !self.v1() => {}
+            Some(p) if MATCH_POLICIES.contains(&p) => {}
+            Some(p) => self.error(
+                &format!("{P}.matchPolicy"),
+                "Unsupported",
+                format!(
+                    "Unsupported value: {p:?}: supported values: \"MatchRepoDigestOrExact\", \"MatchRepository\", \"ExactRepository\", \"RemapIdentity\""
+                ),
+            ),
+            None => {}
+        }
+        let unions = [
+            ("I1", "ExactRepository", "exactRepository", si.exact_repository.is_some()),
+            ("I2", "RemapIdentity", "remapIdentity", si.remap_identity.is_some()),
+        ];
+        for (rule, mp, field, present) in unions {
+            if (policy == Some(mp)) != present {
+                let message = format!("{field} is required when matchPolicy is {mp}, and forbidden otherwise");
+                self.cel(P, rule, "object", &message);
+            }
+        }
+        if let Some(exact) = &si.exact_repository {
+            self.unknown(&format!("{P}.exactRepository"), &exact.unknown);
+            let path = format!("{P}.exactRepository.repository");
+            if let Some(repo) = self.required(&path, &exact.repository) {
+                self.identity(&path, repo);
+            }
+        }
+        if let Some(remap) = &si.remap_identity {
+            self.unknown(&format!("{P}.remapIdentity"), &remap.unknown);
+            for (field, value) in [("prefix", &remap.prefix), ("signedPrefix", &remap.signed_prefix)] {
+                let path = format!("{P}.remapIdentity.{field}");
+                if let Some(v) = self.required(&path, value) {
+                    self.identity(&path, v);
+                }
+            }
+        }
+    }
+
+    fn identity(&mut self, path: &str, value: &str) {
+        if !self.max_len(path, value, MAX_SCOPE_LEN) {
+            return;
+        }
+        let (n1, n2) = scope::identity_rules(value);
+        if !n1 {
+            self.cel(path, "N1", "string", "invalid repository or prefix in the signedIdentity, should not include the tag or digest");
+        }
+        if !n2 {
+            let message = if self.v1() {
+                "invalid repository or prefix in the signedIdentity. The repository or prefix must starts with 'localhost' or a valid '.' separated domain. If contains registry paths, the path component names must start with at least one letter or number, with following parts able to be separated by one period, one or two underscore and multiple dashes."
+            } else {
+                "invalid repository or prefix in the signedIdentity"
+            };
+            self.cel(path, "N2", "string", message);
+        }
+    }
+}
+
+/// A value for a message: short ones whole, long ones cut.
+fn shown(v: &str) -> String {
+    if v.chars().count() <= 40 {
+        format!("{v:?}")
+    } else {
+        let head: String = v.chars().take(24).collect();
+        format!("\"{head}…\" ({} characters)", v.chars().count())
+    }
+}
