@@ -1,0 +1,147 @@
+//! Which policy.json entry containers/image applies to an image: the identity, then
+//! each parent namespace, then `*.`-wildcard domains, then the transport's `""` entry,
+//! then the global default (containers/image `docker/policyconfiguration`).
+
+use serde::Serialize;
+
+use crate::policy::{Policy, Requirement};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    /// The fully expanded reference, as containers/image looks it up.
+    pub identity: String,
+    /// The entries tried, most specific first.
+    pub candidates: Vec<String>,
+    /// The entry that matched: a scope, `""` for the transport default, or `None` for
+    /// the global default.
+    pub matched: Option<String>,
+    pub requirements: Vec<Requirement>,
+}
+
+/// Expands a reference as `reference.ParseNormalizedNamed` + `TagNameOnly` do:
+/// `busybox` → `docker.io/library/busybox:latest`. Returns (name, identity).
+pub fn normalize(image: &str) -> Result<(String, String), String> {
+    let image = image.strip_prefix("docker://").unwrap_or(image);
+    if image.is_empty() || image.contains(char::is_whitespace) {
+        return Err(format!("invalid image reference {image:?}"));
+    }
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    let (first, remainder) = name.split_once('/').unwrap_or(("", name));
+    let has_domain = !first.is_empty() && (first.contains(['.', ':']) || first == "localhost");
+    let full = if has_domain {
+        let domain = if first == "index.docker.io" { "docker.io" } else { first };
+        format!("{domain}/{remainder}")
+    } else if name.contains('/') {
+        format!("docker.io/{name}")
+    } else {
+        format!("docker.io/library/{name}")
+    };
+    if full.chars().any(|c| c.is_ascii_uppercase()) && !has_domain {
+        return Err(format!("invalid image reference {image:?}: repository name must be lowercase"));
+    }
+    let identity = match (tag, digest) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{image}: Docker references with both a tag and digest are currently not supported"
+            ))
+        }
+        (Some(t), None) => format!("{full}:{t}"),
+        (None, Some(d)) => format!("{full}@{d}"),
+        (None, None) => format!("{full}:latest"),
+    };
+    Ok((full, identity))
+}
+
+/// The lookup order: identity, the name and its parent namespaces up to the host,
+/// then the host (port dropped) as ever shorter `*.` wildcards.
+pub fn candidates(name: &str, identity: &str) -> Vec<String> {
+    let mut out = vec![identity.to_string()];
+    let mut current = name;
+    loop {
+        out.push(current.to_string());
+        match current.rfind('/') {
+            Some(i) => current = &current[..i],
+            None => break,
+        }
+    }
+    let mut host = current.split(':').next().unwrap_or(current);
+    while let Some(dot) = host.find('.') {
+        host = &host[dot + 1..];
+        out.push(format!("*.{host}"));
+    }
+    out
+}
+
+pub fn explain(policy: &Policy, image: &str) -> Result<Explanation, String> {
+    let (name, identity) = normalize(image)?;
+    let mut candidates = candidates(&name, &identity);
+    let docker = policy.transports.get("docker");
+    candidates.push(String::new());
+    let matched = docker.and_then(|scopes| candidates.iter().find(|c| scopes.contains_key(*c)).cloned());
+    let requirements = match (&matched, docker) {
+        (Some(m), Some(scopes)) => scopes[m].clone(),
+        _ => policy.default.clone(),
+    };
+    candidates.pop();
+    Ok(Explanation {
+        identity,
+        candidates,
+        matched,
+        requirements,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization() {
+        assert_eq!(normalize("busybox").unwrap().1, "docker.io/library/busybox:latest");
+        assert_eq!(normalize("user/app:1").unwrap().1, "docker.io/user/app:1");
+        assert_eq!(normalize("localhost:5000/a/b").unwrap().1, "localhost:5000/a/b:latest");
+        assert_eq!(normalize("quay.io/a/b@sha256:abc").unwrap().1, "quay.io/a/b@sha256:abc");
+        assert!(normalize("quay.io/a:t@sha256:abc").is_err());
+    }
+
+    #[test]
+    fn lookup_order() {
+        assert_eq!(
+            candidates("a.example.com:5000/ns/repo", "a.example.com:5000/ns/repo:v1"),
+            [
+                "a.example.com:5000/ns/repo:v1",
+                "a.example.com:5000/ns/repo",
+                "a.example.com:5000/ns",
+                "a.example.com:5000",
+                "*.example.com",
+                "*.com"
+            ]
+        );
+    }
+
+    #[test]
+    fn most_specific_scope_wins() {
+        let policy = Policy::parse(
+            r#"{"default":[{"type":"reject"}],"transports":{"docker":{
+                "example.com":[{"type":"insecureAcceptAnything"}],
+                "example.com/global":[{"type":"sigstoreSigned","keyData":"Zm9v"}],
+                "*.example.com":[{"type":"reject"}]}}}"#,
+        )
+        .unwrap();
+        let e = explain(&policy, "example.com/global/app:1").unwrap();
+        assert_eq!(e.matched.as_deref(), Some("example.com/global"));
+        let e = explain(&policy, "example.com/other").unwrap();
+        assert_eq!(e.matched.as_deref(), Some("example.com"));
+        let e = explain(&policy, "registry.example.com/x").unwrap();
+        assert_eq!(e.matched.as_deref(), Some("*.example.com"));
+        let e = explain(&policy, "quay.io/x").unwrap();
+        assert_eq!((e.matched, e.requirements), (None, vec![Requirement::Reject]));
+    }
+}

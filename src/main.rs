@@ -1,1 +1,141 @@
-fn main(){}
+//! `cip-webhook`: the command line. Everything here is I/O around the library's pure core.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Admission webhook and MachineConfig renderer for OpenShift ClusterImagePolicy.
+///
+/// Offline commands work on YAML/JSON manifests with no cluster: `render` shows the
+/// MachineConfigs a set of manifests produces, `check` validates policies before they
+/// are applied (exit 1 on any denial), `explain` shows which policy applies to an image.
+#[derive(Parser, Debug)]
+#[command(name = "cip-webhook", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Render the generated MachineConfigs for every pool from manifests in a directory.
+    ///
+    /// Reads every .yaml/.yml/.json file under --input (multi-document files and Lists):
+    /// ClusterImagePolicies, the Image `cluster`, the ClusterVersion `version`,
+    /// MachineConfigPools and MachineConfigs. Writes `<name>.yaml` per generated
+    /// MachineConfig to --output and prints a summary. Policies the webhook would deny are
+    /// reported and left out; exit 2 only when the input itself is unusable.
+    Render {
+        /// Directory of manifests to read (searched recursively).
+        #[arg(long, value_name = "DIR")]
+        input: PathBuf,
+        /// Directory to write the MachineConfigs to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Validate ClusterImagePolicy files and print exactly what the webhook would answer.
+    ///
+    /// Cluster context (Image `cluster`, ClusterVersion `version`, other policies and
+    /// MachineConfigs for the size budget) comes from --state. An Image `cluster` in FILE
+    /// is checked against the policies in --state, as the webhook guards Image updates.
+    /// Exit 1 when anything would be denied, so it can gate a GitOps pipeline.
+    Check {
+        /// Directory of manifests describing the cluster (optional).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Policy files to check.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Check as if requested by an exempt user (payload repositories only warn).
+        #[arg(long)]
+        exempt: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show which scope and requirements apply to an image after rendering.
+    ///
+    /// Uses the same lookup as containers/image: the exact reference, then each parent
+    /// namespace, then wildcard domains, then the default.
+    Explain {
+        /// Directory of manifests to render (as for `render --input`).
+        #[arg(long, value_name = "DIR")]
+        input: PathBuf,
+        /// The pool whose policy.json to consult.
+        #[arg(long, default_value = "worker")]
+        pool: String,
+        /// Image reference, e.g. `example.com/global/app:1` or `busybox`.
+        image: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Output format of the report (`--output` is an alias on `check` and `explain`).
+    #[arg(long, value_enum, default_value_t = Format::Text, alias = "output-format")]
+    format: Format,
+    /// Payload repositories protected besides the one ClusterVersion names (repeatable).
+    #[arg(
+        long = "payload-repo",
+        value_name = "REPO",
+        default_values_t = cip_webhook::cluster::DEFAULT_EXTRA_PAYLOAD_REPOS.map(String::from)
+    )]
+    payload_repos: Vec<String>,
+    /// Largest generated MachineConfig accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = cip_webhook::render::DEFAULT_SIZE_BUDGET)]
+    size_budget: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    // `--output json` on check/explain means the format; render's --output is a directory.
+    let args: Vec<String> = std::env::args().collect();
+    let args = commands::alias_output_format(args);
+    let cli = Cli::parse_from(args);
+    let result = match cli.command {
+        Command::Render { input, output, common } => commands::render(&input, &output, &common.options(), common.json()),
+        Command::Check {
+            state,
+            files,
+            exempt,
+            common,
+        } => commands::check(state.as_deref(), &files, exempt, &common.options(), common.json()),
+        Command::Explain {
+            input,
+            pool,
+            image,
+            common,
+        } => commands::explain(&input, &pool, &image, &common.options(), common.json()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+impl Common {
+    fn options(&self) -> cip_webhook::render::RenderOptions {
+        cip_webhook::render::RenderOptions {
+            extra_payload_repos: self.payload_repos.clone(),
+            size_budget: self.size_budget,
+        }
+    }
+
+    fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+}

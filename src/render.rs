@@ -2,7 +2,7 @@
 //! policy.json and sigstore-registries.yaml to every node, following MCO's
 //! `updatePolicyJSON` byte for byte, but skipping bad scopes instead of failing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -85,6 +85,8 @@ pub struct PoolPlan {
     pub sigstore_yaml: Option<String>,
     /// The MachineConfig that supplied the original policy.json (`None`: MCO's template).
     pub original_from: Option<String>,
+    #[serde(skip)]
+    pub original_policy_json: String,
     pub changes: Vec<Change>,
     /// Why this pool could not be rendered; its MachineConfigs are left alone.
     pub error: Option<String>,
@@ -496,6 +498,7 @@ fn plan_pool(
         policy_json: None,
         sigstore_yaml: None,
         original_from: None,
+        original_policy_json: String::new(),
         changes: Vec::new(),
         error: None,
     };
@@ -523,6 +526,7 @@ fn plan_pool(
         }
     }
 
+    plan.original_policy_json.clone_from(&original);
     plan.policy_json = match update_policy_json(&original, facts, scope_map) {
         Ok(p) => p,
         Err(e) => {
@@ -605,7 +609,9 @@ fn new_machine_config(name: &str, pool: &str, file: crate::model::IgnitionFile) 
     }
 }
 
-/// Scopes of every admitted policy, for callers that only need the set.
-pub fn written_scopes(plan: &Plan) -> BTreeSet<String> {
-    plan.pools.iter().flat_map(|p| p.scopes.iter().cloned()).collect()
+impl PoolPlan {
+    /// The policy.json nodes of this pool end up with.
+    pub fn effective_policy_json(&self) -> &str {
+        self.policy_json.as_deref().unwrap_or(&self.original_policy_json)
+    }
 }

@@ -184,7 +184,7 @@ mod tests {
             ("*.example.com/test", vec![ScopeRule::S2]),
             ("example*.com", vec![ScopeRule::S2]),
             ("example.com/", vec![ScopeRule::S3]),
-            ("https://example.com", vec![ScopeRule::S3]),
+            ("https://example.com", vec![ScopeRule::S1, ScopeRule::S3]),
             ("example.com/UPPER", vec![ScopeRule::S3]),
             ("example.com/a@sha256:12dsdf", vec![ScopeRule::S3]),
             ("example.com/a:t\u{e9}g", vec![ScopeRule::S3]),

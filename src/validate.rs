@@ -572,3 +572,38 @@ fn shown(v: &str) -> String {
         format!("\"{head}…\" ({} characters)", v.chars().count())
     }
 }
+
+/// The Image CR guard: an update of `cluster` whose registry lists would conflict
+/// with existing policies, each named. Invalid lists are refused as MCO would fail on them.
+pub fn validate_image_update(facts: Result<ClusterFacts, crate::cluster::ImageConfigError>, policies: &[ClusterImagePolicy]) -> Report {
+    let mut report = Report::default();
+    let facts = match facts {
+        Ok(f) => f,
+        Err(e) => {
+            report.errors.push(Problem {
+                path: "spec.registrySources".into(),
+                message: e.to_string(),
+                rule: "ImageConfig",
+                reason: Reason::Invalid,
+                standalone: false,
+            });
+            return report;
+        }
+    };
+    let mut sorted: Vec<&ClusterImagePolicy> = policies.iter().collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for cip in sorted {
+        for s in cip.scopes() {
+            if let Some(message) = facts.registry_conflict(s) {
+                report.errors.push(Problem {
+                    path: "spec.registrySources".into(),
+                    message: format!("{message} (ClusterImagePolicy {})", cip.metadata.name),
+                    rule: "ConflictScopes",
+                    reason: Reason::ConflictScopes,
+                    standalone: true,
+                });
+            }
+        }
+    }
+    report
+}

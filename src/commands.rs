@@ -1,0 +1,325 @@
+//! The offline commands: read files, call the core, print, write. All I/O lives here.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::json;
+
+use cip_webhook::cluster::ClusterFacts;
+use cip_webhook::documents::{self, Document, Loaded};
+use cip_webhook::explain;
+use cip_webhook::model::Image;
+use cip_webhook::policy::Policy;
+use cip_webhook::render::{self, Action, Condition, Plan, RenderOptions};
+use cip_webhook::validate::{self, Context, Report};
+
+/// Lets `check` and `explain` take `--output json` as the issue tracker's users expect,
+/// while `render --output` stays the output directory.
+pub fn alias_output_format(mut args: Vec<String>) -> Vec<String> {
+    if matches!(args.get(1).map(String::as_str), Some("check" | "explain")) {
+        for arg in args.iter_mut().skip(2) {
+            if arg == "--output" {
+                *arg = "--format".into();
+            } else if let Some(v) = arg.strip_prefix("--output=") {
+                *arg = format!("--format={v}");
+            }
+        }
+    }
+    args
+}
+
+/// Every YAML/JSON document under `dir`, files in path order; `skip` is left out.
+fn read_dir_documents(dir: &Path, skip: Option<&Path>) -> Result<Vec<Document>> {
+    let mut files = Vec::new();
+    collect_files(dir, skip, &mut files).with_context(|| format!("reading {}", dir.display()))?;
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        docs.extend(read_file_documents(&f)?);
+    }
+    Ok(docs)
+}
+
+fn collect_files(dir: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if skip.is_some_and(|s| same_path(s, &path)) {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(&path, skip, out)?;
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn read_file_documents(path: &Path) -> Result<Vec<Document>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(documents::parse_documents(&path.display().to_string(), &text)?)
+}
+
+fn load_dir(dir: &Path, skip: Option<&Path>) -> Result<Loaded> {
+    Ok(documents::load(&read_dir_documents(dir, skip)?)?)
+}
+
+pub fn render(input: &Path, output: &Path, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+    let loaded = load_dir(input, Some(output))?;
+    let plan = render::plan(&loaded.inputs, options)?;
+    if let Some(p) = plan.pools.iter().find(|p| p.error.is_some()) {
+        bail!("pool {}: {}", p.pool, p.error.as_deref().unwrap_or_default());
+    }
+    // Serialize everything before touching the output directory: no partial writes.
+    let mut files = Vec::new();
+    for mc in plan.desired_machine_configs() {
+        files.push((format!("{}.yaml", mc.metadata.name), serde_yaml::to_string(mc)?));
+    }
+    fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
+    for (name, text) in &files {
+        write_atomically(&output.join(name), text.as_bytes())?;
+    }
+    for change in plan.pools.iter().flat_map(|p| &p.changes) {
+        if change.action == Action::Delete {
+            let stale = output.join(format!("{}.yaml", change.name));
+            if stale.exists() {
+                fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+            }
+        }
+    }
+    let text = if json {
+        serde_json::to_string_pretty(&render_json(&plan, &loaded, output, &files))? + "\n"
+    } else {
+        render_text(&plan, &loaded, input, output, files.len())
+    };
+    print(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("yaml.tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth a message.
+    match out.write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn condition_line(c: &Condition) -> String {
+    match c {
+        Condition::Applied { pools } => format!("Applied    pools {}", pools.join(", ")),
+        Condition::Pending { reason, message, .. } => format!("Pending    {}: {message}", reason.as_str()),
+    }
+}
+
+fn render_text(plan: &Plan, loaded: &Loaded, input: &Path, output: &Path, written: usize) -> String {
+    let mut s = String::new();
+    let i = &loaded.inputs;
+    let _ = writeln!(
+        s,
+        "Read {}: {} ClusterImagePolicies, Image cluster: {}, ClusterVersion version: {}, {} pools, {} MachineConfigs",
+        input.display(),
+        i.policies.len() + loaded.undecodable.len(),
+        if i.image.is_some() { "yes" } else { "no" },
+        plan.facts.release_repo.as_deref().unwrap_or("none"),
+        i.pools.len(),
+        i.machine_configs.len()
+    );
+    for p in &plan.pools {
+        let _ = writeln!(s, "\npool {}", p.pool);
+        for c in &p.changes {
+            let _ = writeln!(s, "  {:<10} {}", format!("{:?}", c.action).to_lowercase(), c.name);
+        }
+        let origin = p.original_from.as_deref().unwrap_or("MCO template");
+        let _ = writeln!(s, "  original policy.json from {origin}");
+    }
+    let scopes = plan.pools.first().map(|p| p.scopes.clone()).unwrap_or_default();
+    let _ = writeln!(s, "\nscopes written ({}): {}", scopes.len(), scopes.join(", "));
+    let _ = writeln!(s, "\npolicies");
+    for o in &plan.policies {
+        let _ = writeln!(s, "  {:<24} {}", o.name, condition_line(&o.condition));
+        if let Condition::Pending { skipped, .. } = &o.condition {
+            for sk in skipped {
+                let _ = writeln!(s, "  {:<24}   skipped {} ({}): {}", "", sk.scope, sk.reason.as_str(), sk.message);
+            }
+        }
+    }
+    for (source, name, message) in &loaded.undecodable {
+        let _ = writeln!(s, "  {name:<24} Pending    Invalid: {source}: {message}");
+    }
+    if !plan.notes.is_empty() {
+        let _ = writeln!(s, "\nnotes");
+        for n in &plan.notes {
+            let _ = writeln!(s, "  - {n}");
+        }
+    }
+    let _ = writeln!(s, "\nwrote {written} MachineConfigs to {}", output.display());
+    s
+}
+
+fn render_json(plan: &Plan, loaded: &Loaded, output: &Path, files: &[(String, String)]) -> serde_json::Value {
+    json!({
+        "pools": plan.pools,
+        "policies": plan.policies,
+        "undecodable": loaded.undecodable.iter().map(|(source, name, message)| json!({"source": source, "name": name, "message": message})).collect::<Vec<_>>(),
+        "payloadRepositories": plan.facts.payload_repos,
+        "notes": plan.notes,
+        "output": output.display().to_string(),
+        "files": files.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+    })
+}
+
+pub fn check(state: Option<&Path>, files: &[PathBuf], exempt: bool, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+    let state = match state {
+        Some(dir) => load_dir(dir, None)?,
+        None => Loaded::default(),
+    };
+    let mut docs = Vec::new();
+    for f in files {
+        docs.extend(read_file_documents(f)?);
+    }
+    // The policies under review replace any state policy of the same name.
+    let mut context_inputs = state.inputs.clone();
+    let checked: Vec<&str> = docs
+        .iter()
+        .filter(|d| documents::is_cluster_image_policy(&d.value))
+        .map(|d| documents::name_of(&d.value))
+        .collect();
+    context_inputs.policies.retain(|p| !checked.contains(&p.metadata.name.as_str()));
+    let plan = render::plan(&context_inputs, options)?;
+    let size = plan.size_check(options.size_budget);
+    let ctx = Context {
+        facts: &plan.facts,
+        size: Some(&size),
+        exempt,
+    };
+
+    let mut results = Vec::new();
+    for doc in &docs {
+        let (api, kind) = documents::kind_of(&doc.value);
+        let name = documents::name_of(&doc.value).to_string();
+        let report = if documents::is_cluster_image_policy(&doc.value) {
+            validate::validate_value(&doc.value, &ctx).1
+        } else if kind == "Image" && name == "cluster" {
+            let image: Image = serde_json::from_value(doc.value.clone())
+                .with_context(|| format!("{}: Image cluster does not decode", doc.source))?;
+            let facts = ClusterFacts::new(Some(&image), state.inputs.cluster_version.as_ref(), &options.extra_payload_repos);
+            validate::validate_image_update(facts, &state.inputs.policies)
+        } else {
+            eprintln!("{}: skipping {api} {kind} {name:?}: not a ClusterImagePolicy or the Image cluster", doc.source);
+            continue;
+        };
+        results.push((doc.source.clone(), kind.to_string(), name, report));
+    }
+    let denied = results.iter().any(|(_, _, _, r)| !r.allowed());
+    let text = if json {
+        let items: Vec<_> = results.iter().map(|(source, kind, name, r)| check_json(source, kind, name, r)).collect();
+        serde_json::to_string_pretty(&items)? + "\n"
+    } else {
+        let mut s = String::new();
+        for (source, kind, name, r) in &results {
+            match r.denial_message() {
+                None => {
+                    let _ = writeln!(s, "{kind} {name} ({source}): allowed");
+                }
+                Some(m) => {
+                    let _ = writeln!(s, "{kind} {name} ({source}): denied: {m}");
+                }
+            }
+            for w in r.warning_messages() {
+                let _ = writeln!(s, "  Warning: {w}");
+            }
+        }
+        s
+    };
+    print(&text)?;
+    Ok(if denied { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn check_json(source: &str, kind: &str, name: &str, r: &Report) -> serde_json::Value {
+    json!({
+        "source": source,
+        "kind": kind,
+        "name": name,
+        "allowed": r.allowed(),
+        "message": r.denial_message(),
+        "warnings": r.warning_messages(),
+        "problems": r,
+    })
+}
+
+pub fn explain(input: &Path, pool: &str, image: &str, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+    let loaded = load_dir(input, None)?;
+    let plan = render::plan(&loaded.inputs, options)?;
+    let Some(pool_plan) = plan.pools.iter().find(|p| p.pool == pool) else {
+        let names: Vec<&str> = plan.pools.iter().map(|p| p.pool.as_str()).collect();
+        bail!("no pool {pool:?} in {}: pools are {}", input.display(), names.join(", "));
+    };
+    if let Some(e) = &pool_plan.error {
+        bail!("pool {pool}: {e}");
+    }
+    let policy = Policy::parse(pool_plan.effective_policy_json()).map_err(anyhow::Error::msg)?;
+    let e = explain::explain(&policy, image).map_err(anyhow::Error::msg)?;
+    let from: Vec<String> = match &e.matched {
+        Some(scope) if !scope.is_empty() => plan
+            .policies
+            .iter()
+            .filter(|o| {
+                // Pending with nothing skipped means the whole policy was left out.
+                let written = match &o.condition {
+                    Condition::Applied { .. } => true,
+                    Condition::Pending { skipped, .. } => !skipped.is_empty() && !skipped.iter().any(|s| &s.scope == scope),
+                };
+                written
+                    && loaded
+                        .inputs
+                        .policies
+                        .iter()
+                        .any(|p| p.metadata.name == o.name && p.scopes().contains(scope))
+            })
+            .map(|o| o.name.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&json!({"pool": pool, "explanation": e, "policies": from}))? + "\n"
+    } else {
+        let mut s = String::new();
+        let _ = writeln!(s, "image:        {} (pool {pool})", e.identity);
+        let _ = writeln!(s, "looked up:    {}", e.candidates.join(", "));
+        let matched = match &e.matched {
+            Some(m) if m.is_empty() => "the docker transport's default entry \"\"".to_string(),
+            Some(m) => m.clone(),
+            None => "no scope: the global default applies".to_string(),
+        };
+        let _ = writeln!(s, "matched:      {matched}");
+        if !from.is_empty() {
+            let _ = writeln!(s, "from:         ClusterImagePolicy {}", from.join(", "));
+        }
+        let _ = writeln!(s, "requirements (all must pass):");
+        for line in cip_webhook::gojson::marshal_indent(&e.requirements).lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+        s
+    };
+    print(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
