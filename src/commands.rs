@@ -126,7 +126,15 @@ fn print(text: &str) -> Result<()> {
 fn condition_line(c: &Condition) -> String {
     match c {
         Condition::Applied { pools } => format!("Applied    pools {}", pools.join(", ")),
-        Condition::Pending { reason, message, .. } => format!("Pending    {}: {message}", reason.as_str()),
+        Condition::Pending {
+            reason, skipped, written, ..
+        } if !skipped.is_empty() => format!(
+            "Pending    {}: {} of {} scope(s) skipped",
+            reason.as_str(),
+            skipped.len(),
+            skipped.len() + written.len()
+        ),
+        Condition::Pending { reason, message, .. } => format!("Pending    {}: not applied: {message}", reason.as_str()),
     }
 }
 
@@ -158,7 +166,7 @@ fn render_text(plan: &Plan, loaded: &Loaded, input: &Path, output: &Path, writte
         let _ = writeln!(s, "  {:<24} {}", o.name, condition_line(&o.condition));
         if let Condition::Pending { skipped, .. } = &o.condition {
             for sk in skipped {
-                let _ = writeln!(s, "  {:<24}   skipped {} ({}): {}", "", sk.scope, sk.reason.as_str(), sk.message);
+                let _ = writeln!(s, "  {:<24}   skipped {}: {}", "", sk.scope, sk.message);
             }
         }
     }
@@ -283,10 +291,9 @@ pub fn explain(input: &Path, pool: &str, image: &str, options: &RenderOptions, j
             .policies
             .iter()
             .filter(|o| {
-                // Pending with nothing skipped means the whole policy was left out.
                 let written = match &o.condition {
                     Condition::Applied { .. } => true,
-                    Condition::Pending { skipped, .. } => !skipped.is_empty() && !skipped.iter().any(|s| &s.scope == scope),
+                    Condition::Pending { written, .. } => written.contains(scope),
                 };
                 written
                     && loaded

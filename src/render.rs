@@ -127,6 +127,8 @@ pub enum Condition {
         reason: Reason,
         message: String,
         skipped: Vec<SkippedScope>,
+        /// Scopes of this policy that are written all the same.
+        written: Vec<String>,
     },
 }
 
@@ -288,6 +290,22 @@ pub fn update_policy_json(
     Ok(Some(policy.to_go_json()))
 }
 
+/// Requirements per scope; several policies on one scope in policy-name order
+/// (deterministic, where MCO's order is its informer cache's).
+pub fn scope_requirements<'a>(
+    policies: impl IntoIterator<Item = (&'a str, &'a [String], &'a Requirement)>,
+) -> BTreeMap<String, Vec<Requirement>> {
+    let mut sorted: Vec<_> = policies.into_iter().collect();
+    sorted.sort_by_key(|(name, _, _)| *name);
+    let mut map: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
+    for (_, scopes, requirement) in sorted {
+        for s in scopes {
+            map.entry(s.clone()).or_default().push(requirement.clone());
+        }
+    }
+    map
+}
+
 struct Admitted {
     requirement: Requirement,
     scopes: Vec<String>,
@@ -333,12 +351,11 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
         }
     }
 
-    let mut scope_map: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
-    for (_, a) in &admitted {
-        for s in &a.scopes {
-            scope_map.entry(s.clone()).or_default().push(a.requirement.clone());
-        }
-    }
+    let scope_map = scope_requirements(
+        admitted
+            .iter()
+            .map(|(name, a)| (name.as_str(), a.scopes.as_slice(), &a.requirement)),
+    );
 
     let mut pool_plans = Vec::new();
     for pool in &pools.selected {
@@ -371,23 +388,24 @@ fn admit(
     budget: usize,
     used: &mut usize,
 ) -> (PolicyOutcome, Option<Admitted>) {
-    let pending = |reason: Reason, message: String, skipped: Vec<SkippedScope>| PolicyOutcome {
+    let pending = |reason: Reason, message: String, skipped: Vec<SkippedScope>, written: Vec<String>| PolicyOutcome {
         name: cip.metadata.name.clone(),
         generation: cip.metadata.generation,
         condition: Condition::Pending {
             reason,
             message,
             skipped,
+            written,
         },
     };
     let report = validate::validate_object(cip, false).report;
     if let Some(message) = report.denial_message() {
         let reason = report.reason().unwrap_or(Reason::Invalid);
-        return (pending(reason, message, Vec::new()), None);
+        return (pending(reason, message, Vec::new(), Vec::new()), None);
     }
     let requirement = match requirement(cip) {
         Ok(r) => r,
-        Err(e) => return (pending(Reason::Invalid, e, Vec::new()), None),
+        Err(e) => return (pending(Reason::Invalid, e, Vec::new(), Vec::new()), None),
     };
     let mut skipped = Vec::new();
     let mut scopes = Vec::new();
@@ -418,7 +436,7 @@ fn admit(
             "writing this policy would grow the generated MachineConfigs to about {} bytes, over the budget of {budget} bytes",
             *used + growth
         );
-        return (pending(Reason::TooLarge, message, Vec::new()), None);
+        return (pending(Reason::TooLarge, message, Vec::new(), Vec::new()), None);
     }
     *used += growth;
     let outcome = match skipped.first() {
@@ -431,7 +449,7 @@ fn admit(
             let reason = first.reason;
             let names: Vec<&str> = skipped.iter().map(|s| s.scope.as_str()).collect();
             let message = format!("scope(s) {names:?} skipped: {}", first.message);
-            pending(reason, message, skipped)
+            pending(reason, message, skipped, scopes.clone())
         }
     };
     (outcome, Some(Admitted { requirement, scopes }))

@@ -1,0 +1,188 @@
+//! Golden outputs: MCO's test vectors (expected files written by an independent oracle,
+//! tests/golden/mco/make_vectors.py) and the MachineConfigs rendered from examples/.
+
+mod common;
+
+use std::process::Command;
+
+use cip_webhook::cluster::ClusterFacts;
+use cip_webhook::model::{Image, RegistrySources};
+use cip_webhook::policy::MCO_TEMPLATE;
+use cip_webhook::render::{self, Action, Inputs, RenderOptions};
+
+const CRS: &str = "tests/fixtures/mco/policies.yaml";
+
+/// MCO's `updatePolicyJSON` over its test CRs, as MCO's own tests call it: no
+/// validation (their remap prefixes break the CRD's rule N2), template as original.
+fn mco_policy_json(names: &[&str], image: Option<Image>) -> String {
+    let policies = common::policies(&[CRS], names);
+    let requirements: Vec<_> = policies.iter().map(|p| render::requirement(p).unwrap()).collect();
+    let map = render::scope_requirements(
+        policies
+            .iter()
+            .zip(&requirements)
+            .map(|(p, r)| (p.metadata.name.as_str(), p.scopes(), r)),
+    );
+    let facts = ClusterFacts::new(image.as_ref(), None, &[]).unwrap();
+    render::update_policy_json(MCO_TEMPLATE, &facts, &map).unwrap().expect("a policy.json is written")
+}
+
+/// The worker pool's policy.json from the full pipeline (validation included).
+fn worker_policy_json(inputs: &Inputs) -> String {
+    let plan = render::plan(inputs, &RenderOptions::default()).unwrap();
+    let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
+    assert_eq!(worker.error, None);
+    worker.policy_json.clone().expect("a policy.json is written")
+}
+
+fn image(allowed: &[&str], blocked: &[&str]) -> Image {
+    let mut i = Image::default();
+    i.metadata.name = "cluster".into();
+    i.spec.registry_sources = RegistrySources {
+        allowed_registries: allowed.iter().map(|s| s.to_string()).collect(),
+        blocked_registries: blocked.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    i
+}
+
+fn lists_only(image: Image) -> Inputs {
+    Inputs {
+        image: Some(image),
+        ..Default::default()
+    }
+}
+
+/// The design note's p0 with other scopes, under an Image CR.
+fn p0_with(scopes: &[&str], image: Image) -> Inputs {
+    let mut i = lists_only(image);
+    i.policies = common::policies(&["examples/p0.yaml"], &["p0"]);
+    i.policies[0].spec.as_mut().unwrap().scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
+    i
+}
+
+#[test]
+fn tv1_fulcio_and_pki_without_registry_lists() {
+    common::assert_golden("tests/golden/mco/tv1.policy.json", &mco_policy_json(&["test-cr0", "test-cr3"], None));
+}
+
+#[test]
+fn tv2_allowed_registries_default_reject() {
+    let policy_json = mco_policy_json(&["test-cr0"], Some(image(&["allow.io", "test0.com"], &[])));
+    common::assert_golden("tests/golden/mco/tv2.policy.json", &policy_json);
+}
+
+#[test]
+fn tv3_policies_on_one_scope_merge_in_name_order() {
+    common::assert_golden("tests/golden/mco/tv3.policy.json", &mco_policy_json(&["test-cr0", "test-cr1"], None));
+    // The order of the input objects does not matter.
+    common::assert_golden("tests/golden/mco/tv3.policy.json", &mco_policy_json(&["test-cr1", "test-cr0"], None));
+}
+
+#[test]
+fn tv5_sigstore_registries_yaml() {
+    let policies = common::policies(&[CRS], &["test-cr0", "test-cr1"]);
+    let yaml = cip_webhook::registries_d::sigstore_registries_yaml(policies.iter().flat_map(|p| p.scopes()).map(String::as_str));
+    common::assert_golden("tests/golden/mco/tv5.sigstore-registries.yaml", &yaml);
+}
+
+#[test]
+fn tv7_blocked_and_allowed_lists_alone() {
+    let blocked = lists_only(image(&[], &["block.com", "*.blocked-example.com"]));
+    common::assert_golden("tests/golden/mco/tv7-blocked.policy.json", &worker_policy_json(&blocked));
+    let allowed = lists_only(image(
+        &["allow.io", "allow.io/namespace1/namespace2", "allowed-example.com/namespace1/namespace2/namespace3"],
+        &[],
+    ));
+    common::assert_golden("tests/golden/mco/tv7-allowed.policy.json", &worker_policy_json(&allowed));
+    // With lists alone there is no policy to attach: no imagepolicies MachineConfig.
+    let plan = render::plan(&allowed, &RenderOptions::default()).unwrap();
+    assert!(plan.pools.iter().all(|p| p.sigstore_yaml.is_none()));
+}
+
+#[test]
+fn tv9_conflicting_scopes_are_skipped_and_reported() {
+    let i = p0_with(
+        &["allowed.io/policysigned", "allowed.io/namespace1/namespace2/ok"],
+        image(&["allowed.io/namespace1/namespace2"], &[]),
+    );
+    let plan = render::plan(&i, &RenderOptions::default()).unwrap();
+    let render::Condition::Pending { reason, skipped, .. } = &plan.policies[0].condition else {
+        panic!("expected Pending: {:?}", plan.policies[0]);
+    };
+    assert_eq!(*reason, cip_webhook::validate::Reason::ConflictScopes);
+    assert_eq!(
+        skipped[0].message,
+        "clusterimagePolicy configured for the scope allowed.io/policysigned is not nested inside allowedRegistries"
+    );
+    // The rest of the policy still rolls out.
+    assert_eq!(plan.pools[0].scopes, ["allowed.io/namespace1/namespace2/ok"]);
+
+    let i = p0_with(&["blocker-reg.com/namespace1/policysigned"], image(&[], &["blocked.io", "blocker-reg.com/namespace1"]));
+    let plan = render::plan(&i, &RenderOptions::default()).unwrap();
+    let render::Condition::Pending { skipped, .. } = &plan.policies[0].condition else { panic!() };
+    assert_eq!(
+        skipped[0].message,
+        "clusterimagePolicy configured for the scope blocker-reg.com/namespace1/policysigned is nested inside blockedRegistries"
+    );
+
+    let i = p0_with(&["blocked.io"], image(&[], &["blocked.io/namespace1/namespace2"]));
+    let plan = render::plan(&i, &RenderOptions::default()).unwrap();
+    assert!(matches!(plan.policies[0].condition, render::Condition::Applied { .. }));
+}
+
+/// `render` over examples/: the MachineConfig files and the summary, byte for byte.
+#[test]
+fn examples_render_golden() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(common::bin())
+        .current_dir(common::root())
+        .args(["render", "--input", "examples", "--output"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let summary = String::from_utf8(run.stdout).unwrap().replace(&out.path().display().to_string(), "OUT");
+    common::assert_golden("tests/golden/examples/summary.txt", &summary);
+    let mut names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "99-master-generated-imagepolicies.yaml",
+            "99-master-generated-registries.yaml",
+            "99-worker-generated-imagepolicies.yaml",
+            "99-worker-generated-registries.yaml"
+        ]
+    );
+    for n in names {
+        let text = std::fs::read_to_string(out.path().join(&n)).unwrap();
+        common::assert_golden(&format!("tests/golden/examples/{n}"), &text);
+    }
+}
+
+/// `check` prints exactly the webhook's messages for the rejected examples.
+#[test]
+fn rejected_examples_check_golden() {
+    let run = Command::new(common::bin())
+        .current_dir(common::root())
+        .args(["check", "--state", "examples", "examples/p0.yaml", "examples/signed-apps.yaml"])
+        .args(common::yaml_files("examples/rejected"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", String::from_utf8_lossy(&run.stderr));
+    common::assert_golden("examples/rejected/expected.txt", &String::from_utf8(run.stdout).unwrap());
+}
+
+#[test]
+fn render_changes_are_create_then_unchanged() {
+    let mut i = common::load(&["examples/p0.yaml", "examples/pools.yaml"]);
+    let first = render::plan(&i, &RenderOptions::default()).unwrap();
+    assert!(first.pools.iter().flat_map(|p| &p.changes).all(|c| c.action == Action::Create));
+    i.machine_configs = first.desired_machine_configs().cloned().collect();
+    let second = render::plan(&i, &RenderOptions::default()).unwrap();
+    assert!(second.pools.iter().flat_map(|p| &p.changes).all(|c| c.action == Action::Unchanged));
+}
