@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test of cip-webhook on a fresh Debian machine: installs what the tests
+# need (the real consumers skopeo, docker-registry and ignition-validate), then checks
+# formatting, lints and runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for cmd in skopeo:skopeo docker-registry:docker-registry ignition-validate:ignition openssl:openssl curl:curl; do
+  command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets
