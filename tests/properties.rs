@@ -1,0 +1,189 @@
+//! Properties of rendering over generated policies: input order never changes a byte,
+//! rendering its own output changes nothing, adding policies then deleting them all
+//! gives back the original MachineConfigs, and every policy.json parses back.
+
+mod common;
+
+use base64::Engine;
+use proptest::prelude::*;
+use serde_json::json;
+
+use cip_webhook::model::{ClusterImagePolicy, Image};
+use cip_webhook::policy::Policy;
+use cip_webhook::render::{self, Action, Inputs, Plan, RenderOptions};
+
+const SCOPES: [&str; 12] = [
+    "example.com",
+    "example.com/global",
+    "example.com/global/team/app",
+    "*.example.com",
+    "*.apps.example.com",
+    "registry.example.com:5000/ns",
+    "quay.io/org/app:v1",
+    "localhost:5000/dev",
+    "test2.com",
+    "test10.com",
+    "blocked.example.com/app",
+    "quay.io/openshift-release-dev",
+];
+
+fn policy(index: usize, scopes: Vec<&str>, v1alpha1: bool, match_repository: bool) -> ClusterImagePolicy {
+    let key = base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"));
+    let mut value = json!({
+        "apiVersion": if v1alpha1 { "config.openshift.io/v1alpha1" } else { "config.openshift.io/v1" },
+        "kind": "ClusterImagePolicy",
+        "metadata": {"name": format!("policy-{index:02}")},
+        "spec": {
+            "scopes": scopes,
+            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": if v1alpha1 { "Zm9vIGJhcg==".to_string() } else { key }}}}
+        }
+    });
+    if match_repository {
+        value["spec"]["policy"]["signedIdentity"] = json!({"matchPolicy": "MatchRepository"});
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+fn policies() -> impl Strategy<Value = Vec<ClusterImagePolicy>> {
+    prop::collection::vec((prop::sample::subsequence(SCOPES.to_vec(), 1..4), any::<bool>(), any::<bool>()), 0..8).prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (scopes, alpha, repo))| policy(i, scopes, alpha, repo))
+            .collect()
+    })
+}
+
+fn image(blocked: bool) -> Option<Image> {
+    blocked.then(|| {
+        let mut i = Image::default();
+        i.metadata.name = "cluster".into();
+        i.spec.registry_sources.blocked_registries = vec!["blocked.example.com".into()];
+        i
+    })
+}
+
+/// The examples' cluster: pools, container-runtime and registries MachineConfigs.
+fn cluster() -> Inputs {
+    common::load(&[
+        "examples/pools.yaml",
+        "examples/clusterversion.yaml",
+        "examples/machineconfigs/01-master-container-runtime.yaml",
+        "examples/machineconfigs/01-worker-container-runtime.yaml",
+        "examples/machineconfigs/99-master-generated-registries.yaml",
+        "examples/machineconfigs/99-worker-generated-registries.yaml",
+    ])
+}
+
+/// The desired MachineConfigs as bytes.
+fn machine_configs(plan: &Plan) -> String {
+    plan.desired_machine_configs().map(|mc| serde_yaml::to_string(mc).unwrap()).collect()
+}
+
+/// Everything a plan says, as bytes: the MachineConfigs, the conditions, the pool plans.
+fn bytes(plan: &Plan) -> String {
+    let mut out = machine_configs(plan);
+    out.push_str(&serde_json::to_string(&plan.policies).unwrap());
+    out.push_str(&serde_json::to_string(&plan.pools).unwrap());
+    out
+}
+
+/// The cluster after applying a plan: desired MachineConfigs replace or join the existing.
+fn apply(inputs: &Inputs, plan: &Plan) -> Inputs {
+    let mut next = inputs.clone();
+    for change in plan.pools.iter().flat_map(|p| &p.changes) {
+        next.machine_configs.retain(|mc| mc.metadata.name != change.name);
+        if let Some(desired) = &change.desired {
+            next.machine_configs.push(desired.clone());
+        }
+    }
+    next
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn input_order_does_not_change_a_byte(cips in policies(), blocked in any::<bool>(), seed in any::<u64>()) {
+        let mut inputs = cluster();
+        inputs.policies = cips;
+        inputs.image = image(blocked);
+        let expected = bytes(&render::plan(&inputs, &RenderOptions::default()).unwrap());
+        let mut shuffled = inputs.clone();
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as usize };
+        for i in (1..shuffled.policies.len()).rev() { let j = next() % (i + 1); shuffled.policies.swap(i, j); }
+        for i in (1..shuffled.machine_configs.len()).rev() { let j = next() % (i + 1); shuffled.machine_configs.swap(i, j); }
+        shuffled.pools.reverse();
+        prop_assert_eq!(bytes(&render::plan(&shuffled, &RenderOptions::default()).unwrap()), expected);
+    }
+
+    #[test]
+    fn rendering_is_idempotent(cips in policies(), blocked in any::<bool>()) {
+        let mut inputs = cluster();
+        inputs.policies = cips;
+        inputs.image = image(blocked);
+        let first = render::plan(&inputs, &RenderOptions::default()).unwrap();
+        let applied = apply(&inputs, &first);
+        let second = render::plan(&applied, &RenderOptions::default()).unwrap();
+        for change in second.pools.iter().flat_map(|p| &p.changes) {
+            prop_assert_eq!(change.action, Action::Unchanged, "{}", change.name);
+        }
+        prop_assert_eq!(machine_configs(&second), machine_configs(&first));
+        prop_assert_eq!(&second.policies, &first.policies);
+    }
+
+    #[test]
+    fn deleting_every_policy_restores_the_original(cips in policies(), blocked in any::<bool>()) {
+        let mut original = cluster();
+        original.image = image(blocked);
+        let before = render::plan(&original, &RenderOptions::default()).unwrap();
+        let original = apply(&original, &before);
+        let mut with = original.clone();
+        with.policies = cips;
+        let added = apply(&with, &render::plan(&with, &RenderOptions::default()).unwrap());
+        let mut without = added.clone();
+        without.policies.clear();
+        let reverted = apply(&without, &render::plan(&without, &RenderOptions::default()).unwrap());
+        let yaml = |i: &Inputs| {
+            let mut mcs: Vec<String> = i.machine_configs.iter().map(|m| serde_yaml::to_string(m).unwrap()).collect();
+            mcs.sort();
+            mcs.concat()
+        };
+        prop_assert_eq!(yaml(&reverted), yaml(&original));
+    }
+
+    #[test]
+    fn every_policy_json_parses_back(cips in policies(), blocked in any::<bool>()) {
+        let mut inputs = cluster();
+        inputs.policies = cips;
+        inputs.image = image(blocked);
+        let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
+        for pool in &plan.pools {
+            if let Some(text) = &pool.policy_json {
+                let parsed = Policy::parse(text).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(&parsed.to_go_json(), text);
+                prop_assert!(!text.ends_with('\n'));
+            }
+        }
+    }
+}
+
+#[test]
+fn without_registry_lists_revert_removes_our_entry() {
+    let original = cluster();
+    let mut with = original.clone();
+    with.policies = vec![policy(0, vec!["example.com"], false, false)];
+    let added = apply(&with, &render::plan(&with, &RenderOptions::default()).unwrap());
+    let reg = added.machine_configs.iter().find(|m| m.metadata.name == "99-worker-generated-registries").unwrap();
+    assert_eq!(reg.files().len(), 2);
+    let mut without = added.clone();
+    without.policies.clear();
+    let plan = render::plan(&without, &RenderOptions::default()).unwrap();
+    let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
+    let actions: Vec<(&str, Action)> = worker.changes.iter().map(|c| (c.name.as_str(), c.action)).collect();
+    assert_eq!(actions, [("99-worker-generated-registries", Action::Update), ("99-worker-generated-imagepolicies", Action::Delete)]);
+    let reverted = worker.changes[0].desired.as_ref().unwrap();
+    let before = original.machine_configs.iter().find(|m| m.metadata.name == "99-worker-generated-registries").unwrap();
+    assert_eq!(serde_yaml::to_string(reverted).unwrap(), serde_yaml::to_string(before).unwrap());
+}
