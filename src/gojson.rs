@@ -39,6 +39,11 @@ impl Formatter for GoFormatter<'_> {
     }
 
     fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
+        // U+2028 and U+2029 are E2 80 A8/A9 in UTF-8; the others are ASCII.
+        let needs = |b: &u8| matches!(b, b'<' | b'>' | b'&' | 0xE2);
+        if !fragment.as_bytes().iter().any(needs) {
+            return w.write_all(fragment.as_bytes());
+        }
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             let escaped = match c {

@@ -13,10 +13,11 @@ pub const CREATED_IGNITION_VERSION: &str = "3.2.0";
 
 /// `data:text/plain;charset=utf-8;base64,…` as MCO's `dataurl.EncodeBytes` writes text.
 pub fn encode_data_url(contents: &str) -> String {
-    format!(
-        "data:text/plain;charset=utf-8;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(contents)
-    )
+    const PREFIX: &str = "data:text/plain;charset=utf-8;base64,";
+    let mut url = String::with_capacity(PREFIX.len() + contents.len().div_ceil(3) * 4);
+    url.push_str(PREFIX);
+    base64::engine::general_purpose::STANDARD.encode_string(contents, &mut url);
+    url
 }
 
 /// Decodes an Ignition `contents.source` data URL (base64 or percent-encoded).
@@ -60,15 +61,15 @@ fn file_text(file: &IgnitionFile) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("{}: contents are not UTF-8", file.path))
 }
 
-/// Sets `path` to `contents`: replaces the entry in place, or appends one.
-pub fn set_file(config: &mut IgnitionConfig, path: &str, contents: &str) {
+/// Puts this entry in place of the one for the same path, or appends it.
+pub fn set_file(config: &mut IgnitionConfig, entry: &IgnitionFile) {
     let files = config
         .storage
         .get_or_insert_with(Storage::default)
         .files
         .get_or_insert_with(Vec::new);
-    let entry = file_entry(path, contents);
-    match files.iter_mut().find(|f| f.path == path) {
+    let entry = entry.clone();
+    match files.iter_mut().find(|f| f.path == entry.path) {
         Some(existing) => {
             // Keep fields we do not own (user, group, append…) where they are.
             existing.contents = entry.contents;
@@ -122,8 +123,8 @@ mod tests {
     #[test]
     fn set_and_remove_keep_other_files() {
         let mut cfg = new_config(vec![file_entry("/etc/containers/registries.conf", "x")]);
-        set_file(&mut cfg, POLICY_JSON_PATH, "{}");
-        set_file(&mut cfg, POLICY_JSON_PATH, "{ }");
+        set_file(&mut cfg, &file_entry(POLICY_JSON_PATH, "{}"));
+        set_file(&mut cfg, &file_entry(POLICY_JSON_PATH, "{ }"));
         let files = cfg.storage.as_ref().unwrap().files.as_ref().unwrap();
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].path, "/etc/containers/registries.conf");

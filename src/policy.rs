@@ -23,31 +23,51 @@ pub fn decode_b64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     GO_STD.decode(text)
 }
 
-/// Bytes that travel as standard base64 in JSON, like a Go `[]byte` field.
+/// Bytes that travel as standard base64 in JSON, like a Go `[]byte` field. Held as
+/// canonical base64 text: decoded once to check and canonicalise, written as is.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct Bytes(pub Vec<u8>);
+pub struct Bytes(String);
+
+impl Bytes {
+    pub fn from_raw(raw: &[u8]) -> Bytes {
+        Bytes(base64::engine::general_purpose::STANDARD.encode(raw))
+    }
+
+    /// Accepts what Go's decoder accepts; the result is canonical base64.
+    pub fn from_base64(text: &str) -> Result<Bytes, base64::DecodeError> {
+        decode_b64(text).map(|raw| Bytes::from_raw(&raw))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_base64(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Debug for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Bytes({})", base64::engine::general_purpose::STANDARD.encode(&self.0))
+        write!(f, "Bytes({})", self.0)
     }
 }
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+        s.serialize_str(&self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        decode_b64(&text).map(Bytes).map_err(serde::de::Error::custom)
+        Bytes::from_base64(&text).map_err(serde::de::Error::custom)
     }
 }
 
 fn is_empty_bytes(b: &Option<Bytes>) -> bool {
-    b.as_ref().is_none_or(|b| b.0.is_empty())
+    b.as_ref().is_none_or(Bytes::is_empty)
 }
 
 fn is_empty_vec<T>(v: &Option<Vec<T>>) -> bool {

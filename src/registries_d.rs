@@ -11,11 +11,11 @@ static HEX_FLOAT: LazyLock<Regex> =
 
 /// The registries.d document enabling sigstore attachments for every scope.
 pub fn sigstore_registries_yaml<'a>(scopes: impl IntoIterator<Item = &'a str>) -> String {
-    let mut keys: Vec<&str> = scopes.into_iter().collect();
-    keys.sort_by(|a, b| yaml_v2_key_order(a, b));
-    keys.dedup();
+    let mut keys: Vec<(Vec<char>, &str)> = scopes.into_iter().map(|s| (s.chars().collect(), s)).collect();
+    keys.sort_by(|a, b| natural_order(&a.0, &b.0));
+    keys.dedup_by(|a, b| a.1 == b.1);
     let mut out = String::from("docker:\n");
-    for key in keys {
+    for (_, key) in keys {
         out.push_str("  ");
         out.push_str(&yaml_key(key));
         out.push_str(":\n    use-sigstore-attachments: true\n");
@@ -27,6 +27,10 @@ pub fn sigstore_registries_yaml<'a>(scopes: impl IntoIterator<Item = &'a str>) -
 /// compared by value, otherwise rune order.
 pub fn yaml_v2_key_order(a: &str, b: &str) -> Ordering {
     let (ar, br): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    natural_order(&ar, &br)
+}
+
+fn natural_order(ar: &[char], br: &[char]) -> Ordering {
     let less = |x: &[char], y: &[char]| -> Option<bool> {
         for i in 0..x.len().min(y.len()) {
             if x[i] == y[i] {
@@ -71,9 +75,9 @@ pub fn yaml_v2_key_order(a: &str, b: &str) -> Ordering {
         }
         None
     };
-    match less(&ar, &br) {
+    match less(ar, br) {
         Some(true) => Ordering::Less,
-        Some(false) => match less(&br, &ar) {
+        Some(false) => match less(br, ar) {
             Some(true) => Ordering::Greater,
             _ => Ordering::Equal,
         },

@@ -3,6 +3,7 @@
 //! `updatePolicyJSON` byte for byte, but skipping bad scopes instead of failing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -10,7 +11,7 @@ use crate::cluster::{ClusterFacts, ImageConfigError, DEFAULT_EXTRA_PAYLOAD_REPOS
 use crate::gojson;
 use crate::ignition::{self, POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
 use crate::model::{
-    ClusterImagePolicy, ClusterVersion, Image, LabelSelector, MachineConfig, MachineConfigPool, MachineConfigSpec,
+    ClusterImagePolicy, ClusterVersion, IgnitionFile, Image, LabelSelector, MachineConfig, MachineConfigPool, MachineConfigSpec,
     ObjectMeta, MC_API_VERSION, ROLE_LABEL,
 };
 use crate::policy::{self, Bytes, Policy, Requirement, SigstoreSigned};
@@ -78,11 +79,11 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolPlan {
     pub pool: String,
-    /// Scopes written to this pool's files.
-    pub scopes: Vec<String>,
+    /// Scopes written to this pool's files (the same for every pool).
+    pub scopes: Arc<[String]>,
     /// Our policy.json, or `None` where the pool's original applies.
-    pub policy_json: Option<String>,
-    pub sigstore_yaml: Option<String>,
+    pub policy_json: Option<Arc<str>>,
+    pub sigstore_yaml: Option<Arc<str>>,
     /// The MachineConfig that supplied the original policy.json (`None`: MCO's template).
     pub original_from: Option<String>,
     #[serde(skip)]
@@ -179,8 +180,8 @@ pub fn requirement(cip: &ClusterImagePolicy) -> Result<Requirement, String> {
     let bytes = |field: &str, v: &Option<String>| -> Result<Option<Bytes>, String> {
         match v.as_deref() {
             None | Some("") => Ok(None),
-            Some(text) => policy::decode_b64(text)
-                .map(|b| Some(Bytes(b)))
+            Some(text) => Bytes::from_base64(text)
+                .map(Some)
                 .map_err(|e| format!("{field}: {e}")),
         }
     };
@@ -236,71 +237,211 @@ pub fn requirement(cip: &ClusterImagePolicy) -> Result<Requirement, String> {
 /// About how many bytes this policy adds to a registries MachineConfig: its
 /// requirement under each scope in `docker` (and `atomic`), base64-encoded.
 pub fn estimated_growth(cip: &ClusterImagePolicy) -> usize {
-    let Ok(req) = requirement(cip) else {
-        return 0;
-    };
-    let body = gojson::marshal_indent(&req);
+    requirement(cip).map_or(0, |req| growth(&req, cip.scopes()))
+}
+
+fn growth(req: &Requirement, scopes: &[String]) -> usize {
+    let body = gojson::marshal_indent(req);
     // Nested four levels deep in policy.json: eight more spaces on every line.
     let entry = body.len() + 8 * (body.matches('\n').count() + 1) + 16;
-    let json: usize = cip
-        .scopes()
+    let json: usize = scopes
         .iter()
         .map(|s| (entry + s.len()) * if s.matches('/').count() < 3 { 2 } else { 1 })
         .sum();
     json.div_ceil(3) * 4
 }
 
+static REJECT: Requirement = Requirement::Reject;
+static ACCEPT: Requirement = Requirement::InsecureAcceptAnything;
+
+/// Requirements per scope, borrowed from the policies that carry them.
+pub type ScopeMap<'a> = BTreeMap<&'a str, Vec<&'a Requirement>>;
+
 /// MCO's `updatePolicyJSON`: `None` when nothing of ours belongs in policy.json,
 /// so the pool's original file applies unchanged.
-pub fn update_policy_json(
-    original: &str,
-    facts: &ClusterFacts,
-    scopes: &BTreeMap<String, Vec<Requirement>>,
-) -> Result<Option<String>, String> {
+pub fn update_policy_json(original: &str, facts: &ClusterFacts, scopes: &ScopeMap) -> Result<Option<String>, String> {
     if facts.allowed.is_empty() && facts.blocked.is_empty() && scopes.is_empty() {
         return Ok(None);
     }
-    let mut policy = Policy::parse(original)?;
-    let mut transport: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
+    let policy = Policy::parse(original)?;
+    let mut default: &[Requirement] = &policy.default;
+    let mut docker: ScopeMap = BTreeMap::new();
     if !facts.allowed.is_empty() {
-        policy.default = vec![Requirement::Reject];
-        for reg in facts.allowed.iter().filter(|r| !scopes.contains_key(*r)) {
-            transport.insert(reg.clone(), vec![Requirement::InsecureAcceptAnything]);
+        default = std::slice::from_ref(&REJECT);
+        for reg in facts.allowed.iter().filter(|r| !scopes.contains_key(r.as_str())) {
+            docker.insert(reg, vec![&ACCEPT]);
         }
     }
     if !facts.blocked.is_empty() {
-        policy.default = vec![Requirement::InsecureAcceptAnything];
+        default = std::slice::from_ref(&ACCEPT);
         for reg in &facts.blocked {
-            transport.insert(reg.clone(), vec![Requirement::Reject]);
+            docker.insert(reg, vec![&REJECT]);
         }
     }
     for (scope, reqs) in scopes {
-        transport.entry(scope.clone()).or_default().extend(reqs.iter().cloned());
+        docker.entry(scope).or_default().extend(reqs);
     }
-    if !transport.is_empty() {
+    let mut transports: BTreeMap<&str, Transport> =
+        policy.transports.iter().map(|(k, v)| (k.as_str(), Transport::Kept(v))).collect();
+    if !docker.is_empty() {
         // containers/image's `atomic` transport cannot address 3+ path levels (OCPBUGS-4122).
-        let atomic = transport
-            .iter()
-            .filter(|(scope, _)| scope.matches('/').count() < 3)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        policy.transports.insert("docker".into(), transport);
-        policy.transports.insert("atomic".into(), atomic);
+        let atomic = docker.iter().filter(|(scope, _)| scope.matches('/').count() < 3).map(|(k, v)| (*k, v)).collect();
+        transports.insert("docker", Transport::Built(docker.iter().map(|(k, v)| (*k, v)).collect()));
+        transports.insert("atomic", Transport::Built(atomic));
     }
-    Ok(Some(policy.to_go_json()))
+    Ok(Some(PolicyWriter::default().policy(default, &transports)))
+}
+
+enum Transport<'a> {
+    Kept(&'a BTreeMap<String, Vec<Requirement>>),
+    Built(BTreeMap<&'a str, &'a Vec<&'a Requirement>>),
+}
+
+/// A requirement serialized once and indented for `depth` (always the same depth
+/// within one document).
+fn snippet<'s>(snippets: &'s mut Snippets, req: &Requirement, depth: usize) -> &'s String {
+    let key: *const Requirement = req;
+    snippets.entry(key).or_insert_with(|| {
+        let mut indented = String::new();
+        for (n, line) in gojson::marshal_indent(req).split('\n').enumerate() {
+            if n > 0 {
+                indented.push('\n');
+                indented.extend(std::iter::repeat_n("  ", depth));
+            }
+            indented.push_str(line);
+        }
+        indented
+    })
+}
+
+type Snippets = std::collections::HashMap<*const Requirement, String>;
+
+/// Writes policy.json in `json.MarshalIndent` layout. Each distinct requirement is
+/// serialized once and spliced in at its depth: with many scopes per policy, and
+/// `docker` and `atomic` repeating each other, that is most of the document.
+#[derive(Default)]
+struct PolicyWriter {
+    out: String,
+    /// Requirements already serialized and indented for their depth, by address.
+    snippets: Snippets,
+}
+
+impl PolicyWriter {
+    fn newline(&mut self, depth: usize) {
+        self.out.push('\n');
+        self.out.extend(std::iter::repeat_n("  ", depth));
+    }
+
+    /// A value serialized alone, re-indented for `depth`.
+    fn value<T: Serialize + ?Sized>(&mut self, value: &T, depth: usize) {
+        let text = gojson::marshal_indent(value);
+        self.indented(&text, depth);
+    }
+
+    fn indented(&mut self, text: &str, depth: usize) {
+        let mut lines = text.split('\n');
+        self.out.push_str(lines.next().unwrap_or_default());
+        for line in lines {
+            self.newline(depth);
+            self.out.push_str(line);
+        }
+    }
+
+    fn requirements(&mut self, reqs: &[&Requirement], depth: usize) {
+        if reqs.is_empty() {
+            self.out.push_str("[]");
+            return;
+        }
+        self.out.push('[');
+        for (i, req) in reqs.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            self.newline(depth + 1);
+            let snippet = snippet(&mut self.snippets, req, depth + 1);
+            self.out.push_str(snippet);
+        }
+        self.newline(depth);
+        self.out.push(']');
+    }
+
+    /// A map key: written directly when nothing in it needs escaping.
+    fn key(&mut self, key: &str, depth: usize) {
+        let plain = key.bytes().all(|b| b >= 0x20 && b < 0x80 && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&'));
+        if plain {
+            self.out.push('"');
+            self.out.push_str(key);
+            self.out.push('"');
+        } else {
+            self.value(key, depth);
+        }
+    }
+
+    fn policy(mut self, default: &[Requirement], transports: &BTreeMap<&str, Transport>) -> String {
+        let mut size = 4096;
+        for transport in transports.values() {
+            if let Transport::Built(map) = transport {
+                for (scope, reqs) in map {
+                    size += scope.len() + 24;
+                    for req in reqs.iter() {
+                        size += snippet(&mut self.snippets, req, 4).len() + 12;
+                    }
+                }
+            }
+        }
+        self.out.reserve(size);
+        self.out.push_str("{\n  \"default\": ");
+        self.value(default, 1);
+        self.out.push_str(",\n  \"transports\": ");
+        if transports.is_empty() {
+            self.out.push_str("{}");
+        } else {
+            self.out.push('{');
+            for (i, (name, transport)) in transports.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.newline(2);
+                self.key(name, 2);
+                self.out.push_str(": ");
+                match transport {
+                    Transport::Kept(map) => self.value(*map, 2),
+                    Transport::Built(map) if map.is_empty() => self.out.push_str("{}"),
+                    Transport::Built(map) => {
+                        self.out.push('{');
+                        for (j, (scope, reqs)) in map.iter().enumerate() {
+                            if j > 0 {
+                                self.out.push(',');
+                            }
+                            self.newline(3);
+                            self.key(scope, 3);
+                            self.out.push_str(": ");
+                            self.requirements(reqs, 3);
+                        }
+                        self.newline(2);
+                        self.out.push('}');
+                    }
+                }
+            }
+            self.newline(1);
+            self.out.push('}');
+        }
+        self.out.push_str("\n}");
+        self.out
+    }
 }
 
 /// Requirements per scope; several policies on one scope in policy-name order
 /// (deterministic, where MCO's order is its informer cache's).
 pub fn scope_requirements<'a>(
     policies: impl IntoIterator<Item = (&'a str, &'a [String], &'a Requirement)>,
-) -> BTreeMap<String, Vec<Requirement>> {
+) -> ScopeMap<'a> {
     let mut sorted: Vec<_> = policies.into_iter().collect();
     sorted.sort_by_key(|(name, _, _)| *name);
-    let mut map: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
+    let mut map: ScopeMap = BTreeMap::new();
     for (_, scopes, requirement) in sorted {
         for s in scopes {
-            map.entry(s.clone()).or_default().push(requirement.clone());
+            map.entry(s.as_str()).or_default().push(requirement);
         }
     }
     map
@@ -357,9 +498,21 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             .map(|(name, a)| (name.as_str(), a.scopes.as_slice(), &a.requirement)),
     );
 
+    let sigstore_yaml: Option<Arc<str>> =
+        (!scope_map.is_empty()).then(|| registries_d::sigstore_registries_yaml(scope_map.keys().copied()).into());
+    let written_scopes: Arc<[String]> = scope_map.keys().map(|s| s.to_string()).collect();
+    let sigstore_file = sigstore_yaml.as_ref().map(|yaml| ignition::file_entry(SIGSTORE_YAML_PATH, yaml));
+    let mut rendered = PolicyJsonCache::new();
     let mut pool_plans = Vec::new();
     for pool in &pools.selected {
-        let (plan, pool_notes) = plan_pool(pool, &inputs.machine_configs, &facts, &scope_map);
+        let shared = Shared {
+            facts: &facts,
+            scope_map: &scope_map,
+            sigstore_yaml: &sigstore_yaml,
+            sigstore_file: &sigstore_file,
+            scopes: &written_scopes,
+        };
+        let (plan, pool_notes) = plan_pool(pool, &inputs.machine_configs, shared, &mut rendered);
         notes.extend(pool_notes);
         pool_plans.push(plan);
     }
@@ -426,11 +579,7 @@ fn admit(
             scopes.push(s.clone());
         }
     }
-    let mut effective = cip.clone();
-    if let Some(spec) = effective.spec.as_mut() {
-        spec.scopes = Some(scopes.clone());
-    }
-    let growth = estimated_growth(&effective);
+    let growth = growth(&requirement, &scopes);
     if *used + growth > budget {
         let message = format!(
             "writing this policy would grow the generated MachineConfigs to about {} bytes, over the budget of {budget} bytes",
@@ -496,12 +645,33 @@ fn find_mc<'a>(mcs: &'a [MachineConfig], name: &str) -> Option<&'a MachineConfig
     mcs.iter().find(|mc| mc.metadata.name == name)
 }
 
+/// What every pool's rendering shares.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    facts: &'a ClusterFacts,
+    scope_map: &'a ScopeMap<'a>,
+    sigstore_yaml: &'a Option<Arc<str>>,
+    sigstore_file: &'a Option<IgnitionFile>,
+    scopes: &'a Arc<[String]>,
+}
+
+/// Pools usually share their original policy.json: render each distinct one once,
+/// with its Ignition entry (the base64 data URL is the costly part).
+type PolicyJsonCache = BTreeMap<String, Result<Option<(Arc<str>, IgnitionFile)>, String>>;
+
 fn plan_pool(
     pool: &MachineConfigPool,
     mcs: &[MachineConfig],
-    facts: &ClusterFacts,
-    scope_map: &BTreeMap<String, Vec<Requirement>>,
+    shared: Shared,
+    rendered: &mut PolicyJsonCache,
 ) -> (PoolPlan, Vec<String>) {
+    let Shared {
+        facts,
+        scope_map,
+        sigstore_yaml,
+        sigstore_file,
+        scopes,
+    } = shared;
     let name = pool.metadata.name.clone();
     let reg_name = registries_mc_name(&name);
     let ip_name = imagepolicies_mc_name(&name);
@@ -512,7 +682,7 @@ fn plan_pool(
 
     let mut plan = PoolPlan {
         pool: name.clone(),
-        scopes: scope_map.keys().cloned().collect(),
+        scopes: Arc::clone(scopes),
         policy_json: None,
         sigstore_yaml: None,
         original_from: None,
@@ -545,25 +715,32 @@ fn plan_pool(
     }
 
     plan.original_policy_json.clone_from(&original);
-    plan.policy_json = match update_policy_json(&original, facts, scope_map) {
-        Ok(p) => p,
+    let result = rendered.entry(original).or_insert_with_key(|original| {
+        let json = update_policy_json(original, facts, scope_map)?;
+        Ok(json.map(|j| {
+            let entry = ignition::file_entry(POLICY_JSON_PATH, &j);
+            (Arc::from(j), entry)
+        }))
+    });
+    let policy_file = match result {
+        Ok(p) => p.as_ref(),
         Err(e) => {
             let source = plan.original_from.as_deref().unwrap_or("the MCO template");
             plan.error = Some(format!("original {POLICY_JSON_PATH} from {source} does not parse: {e}"));
             return (plan, notes);
         }
     };
-    plan.sigstore_yaml =
-        (!scope_map.is_empty()).then(|| registries_d::sigstore_registries_yaml(scope_map.keys().map(String::as_str)));
+    plan.sigstore_yaml.clone_from(sigstore_yaml);
 
+    plan.policy_json = policy_file.map(|(json, _)| Arc::clone(json));
     let existing_reg = find_mc(mcs, &reg_name);
-    let desired_reg = match (&plan.policy_json, existing_reg) {
-        (Some(json), Some(existing)) => {
+    let desired_reg = match (policy_file, existing_reg) {
+        (Some((_, entry)), Some(existing)) => {
             let mut mc = existing.clone();
-            ignition::set_file(&mut mc.spec.config, POLICY_JSON_PATH, json);
+            ignition::set_file(&mut mc.spec.config, entry);
             Some(mc)
         }
-        (Some(json), None) => Some(new_machine_config(&reg_name, &name, ignition::file_entry(POLICY_JSON_PATH, json))),
+        (Some((_, entry)), None) => Some(new_machine_config(&reg_name, &name, entry.clone())),
         (None, Some(existing)) => {
             let mut mc = existing.clone();
             ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
@@ -575,8 +752,8 @@ fn plan_pool(
     plan.changes.extend(change(&reg_name, existing_reg, desired_reg));
 
     let existing_ip = find_mc(mcs, &ip_name);
-    let desired_ip = plan.sigstore_yaml.as_ref().map(|yaml| {
-        let file = ignition::file_entry(SIGSTORE_YAML_PATH, yaml);
+    let desired_ip = sigstore_file.as_ref().map(|file| {
+        let file = file.clone();
         match existing_ip {
             Some(existing) => {
                 let mut mc = existing.clone();
@@ -606,7 +783,7 @@ fn change(name: &str, existing: Option<&MachineConfig>, desired: Option<MachineC
     })
 }
 
-fn new_machine_config(name: &str, pool: &str, file: crate::model::IgnitionFile) -> MachineConfig {
+fn new_machine_config(name: &str, pool: &str, file: IgnitionFile) -> MachineConfig {
     MachineConfig {
         api_version: MC_API_VERSION.to_string(),
         kind: "MachineConfig".to_string(),

@@ -90,10 +90,10 @@ fn skopeo_enforces_the_rendered_policy() {
     assert!(matches!(plan.policies[0].condition, render::Condition::Applied { .. }), "{:?}", plan.policies);
     let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
     let policy = work.path().join("policy.json");
-    std::fs::write(&policy, worker.policy_json.as_ref().unwrap()).unwrap();
+    std::fs::write(&policy, worker.policy_json.as_deref().unwrap()).unwrap();
     let registries_d = work.path().join("registries.d");
     std::fs::create_dir(&registries_d).unwrap();
-    std::fs::write(registries_d.join("sigstore-registries.yaml"), worker.sigstore_yaml.as_ref().unwrap()).unwrap();
+    std::fs::write(registries_d.join("sigstore-registries.yaml"), worker.sigstore_yaml.as_deref().unwrap()).unwrap();
 
     let dest = |n: &str| {
         let d = work.path().join(format!("out-{n}"));

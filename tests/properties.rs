@@ -162,7 +162,8 @@ proptest! {
         for pool in &plan.pools {
             if let Some(text) = &pool.policy_json {
                 let parsed = Policy::parse(text).map_err(TestCaseError::fail)?;
-                prop_assert_eq!(&parsed.to_go_json(), text);
+                let again = parsed.to_go_json();
+                prop_assert_eq!(again.as_str(), &**text);
                 prop_assert!(!text.ends_with('\n'));
             }
         }
