@@ -14,8 +14,11 @@ use cip_webhook::validate::{self, Context};
 const SCOPES_PER_POLICY: usize = 5;
 
 fn policy(i: usize) -> ClusterImagePolicy {
-    let key = base64::engine::general_purpose::STANDARD.encode(include_str!("../tests/fixtures/keys/cosign.pub"));
-    let scopes: Vec<String> = (0..SCOPES_PER_POLICY).map(|j| format!("registry{i}.example.com/team{j}/app")).collect();
+    let key = base64::engine::general_purpose::STANDARD
+        .encode(include_str!("../tests/fixtures/keys/cosign.pub"));
+    let scopes: Vec<String> = (0..SCOPES_PER_POLICY)
+        .map(|j| format!("registry{i}.example.com/team{j}/app"))
+        .collect();
     serde_json::from_value(json!({
         "apiVersion": "config.openshift.io/v1",
         "kind": "ClusterImagePolicy",
@@ -33,7 +36,11 @@ fn policy(i: usize) -> ClusterImagePolicy {
 
 fn cluster() -> Inputs {
     let mut docs = Vec::new();
-    for f in ["examples/pools.yaml", "examples/image.yaml", "examples/clusterversion.yaml"] {
+    for f in [
+        "examples/pools.yaml",
+        "examples/image.yaml",
+        "examples/clusterversion.yaml",
+    ] {
         docs.extend(documents::parse_documents(f, &std::fs::read_to_string(f).unwrap()).unwrap());
     }
     documents::load(&docs).unwrap().inputs
@@ -43,27 +50,43 @@ fn bench_render(c: &mut Criterion) {
     let mut group = c.benchmark_group("render");
     group.sample_size(20);
     // A budget that 10,000 scopes fit in: the benchmark measures rendering, not refusal.
-    let options = RenderOptions { size_budget: 64 << 20, ..RenderOptions::default() };
+    let options = RenderOptions {
+        size_budget: 64 << 20,
+        ..RenderOptions::default()
+    };
     for policies in [200, 2000] {
         let mut inputs = cluster();
         inputs.policies = (0..policies).map(policy).collect();
         let plan = render::plan(&inputs, &options).unwrap();
         assert_eq!(plan.pools[0].scopes.len(), policies * SCOPES_PER_POLICY);
         group.throughput(Throughput::Elements((policies * SCOPES_PER_POLICY) as u64));
-        group.bench_with_input(BenchmarkId::new("scopes", policies * SCOPES_PER_POLICY), &inputs, |b, inputs| {
-            b.iter(|| render::plan(inputs, &options).unwrap())
-        });
+        group.bench_with_input(
+            BenchmarkId::new("scopes", policies * SCOPES_PER_POLICY),
+            &inputs,
+            |b, inputs| b.iter(|| render::plan(inputs, &options).unwrap()),
+        );
     }
     group.finish();
 }
 
 fn bench_validate(c: &mut Criterion) {
     let inputs = cluster();
-    let facts = ClusterFacts::new(inputs.image.as_ref(), inputs.cluster_version.as_ref(), &RenderOptions::default().extra_payload_repos).unwrap();
+    let facts = ClusterFacts::new(
+        inputs.image.as_ref(),
+        inputs.cluster_version.as_ref(),
+        &RenderOptions::default().extra_payload_repos,
+    )
+    .unwrap();
     let object = serde_json::to_value(policy(1)).unwrap();
-    let ctx = Context { facts: &facts, size: None, exempt: false };
+    let ctx = Context {
+        facts: &facts,
+        size: None,
+        exempt: false,
+    };
     assert!(validate::validate_value(&object, &ctx).1.allowed());
-    c.bench_function("validate/one_policy", |b| b.iter(|| validate::validate_value(&object, &ctx)));
+    c.bench_function("validate/one_policy", |b| {
+        b.iter(|| validate::validate_value(&object, &ctx))
+    });
 }
 
 criterion_group!(benches, bench_render, bench_validate);

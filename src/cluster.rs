@@ -60,8 +60,14 @@ impl ClusterFacts {
             return Ok(facts);
         };
         let sources = &image.spec.registry_sources;
-        for (list, entries) in [("blocked", &sources.blocked_registries), ("allowed", &sources.allowed_registries)] {
-            if let Some(bad) = entries.iter().find(|e| !scope::is_valid_registries_conf_scope(e)) {
+        for (list, entries) in [
+            ("blocked", &sources.blocked_registries),
+            ("allowed", &sources.allowed_registries),
+        ] {
+            if let Some(bad) = entries
+                .iter()
+                .find(|e| !scope::is_valid_registries_conf_scope(e))
+            {
                 return Err(ImageConfigError::InvalidEntry {
                     list,
                     entry: bad.clone(),
@@ -77,8 +83,13 @@ impl ClusterFacts {
                 _ => facts.blocked.push(reg.clone()),
             }
         }
-        facts.allowed.extend(sources.allowed_registries.iter().cloned());
-        if !facts.allowed.is_empty() && !facts.blocked.is_empty() && facts.allowed != facts.release_repo.as_slice() {
+        facts
+            .allowed
+            .extend(sources.allowed_registries.iter().cloned());
+        if !facts.allowed.is_empty()
+            && !facts.blocked.is_empty()
+            && facts.allowed != facts.release_repo.as_slice()
+        {
             return Err(ImageConfigError::BothLists);
         }
         Ok(facts)
@@ -110,7 +121,7 @@ impl ClusterFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Release, RegistrySources};
+    use crate::model::{RegistrySources, Release};
 
     fn image(allowed: &[&str], blocked: &[&str]) -> Image {
         let mut i = Image::default();
@@ -133,30 +144,52 @@ mod tests {
 
     #[test]
     fn tv9_conflicts() {
-        let f = ClusterFacts::new(Some(&image(&["allowed.io/namespace1/namespace2"], &[])), None, &[]).unwrap();
+        let f = ClusterFacts::new(
+            Some(&image(&["allowed.io/namespace1/namespace2"], &[])),
+            None,
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             f.registry_conflict("allowed.io/policysigned").unwrap(),
             "clusterimagePolicy configured for the scope allowed.io/policysigned is not nested inside allowedRegistries"
         );
-        let f = ClusterFacts::new(Some(&image(&[], &["blocked.io", "blocker-reg.com/namespace1"])), None, &[]).unwrap();
+        let f = ClusterFacts::new(
+            Some(&image(&[], &["blocked.io", "blocker-reg.com/namespace1"])),
+            None,
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             f.registry_conflict("blocker-reg.com/namespace1/policysigned").unwrap(),
             "clusterimagePolicy configured for the scope blocker-reg.com/namespace1/policysigned is nested inside blockedRegistries"
         );
-        let f = ClusterFacts::new(Some(&image(&[], &["blocked.io/namespace1/namespace2"])), None, &[]).unwrap();
+        let f = ClusterFacts::new(
+            Some(&image(&[], &["blocked.io/namespace1/namespace2"])),
+            None,
+            &[],
+        )
+        .unwrap();
         assert_eq!(f.registry_conflict("blocked.io"), None);
     }
 
     #[test]
     fn payload_repo_comes_from_cluster_version_and_cannot_be_blocked() {
         let v = cv("quay.io/openshift-release-dev/ocp-release@sha256:abcd");
-        let f = ClusterFacts::new(Some(&image(&[], &["quay.io", "bad.io"])), Some(&v), &[]).unwrap();
-        assert_eq!(f.release_repo.as_deref(), Some("quay.io/openshift-release-dev/ocp-release"));
+        let f =
+            ClusterFacts::new(Some(&image(&[], &["quay.io", "bad.io"])), Some(&v), &[]).unwrap();
+        assert_eq!(
+            f.release_repo.as_deref(),
+            Some("quay.io/openshift-release-dev/ocp-release")
+        );
         assert_eq!(f.blocked, ["bad.io"]);
         assert_eq!(f.notes.len(), 1);
         let extras = vec!["registry.example.com/release".to_string()];
         let f = ClusterFacts::new(None, Some(&v), &extras).unwrap();
-        assert_eq!(f.payload_hit("registry.example.com").unwrap().0, "registry.example.com/release");
+        assert_eq!(
+            f.payload_hit("registry.example.com").unwrap().0,
+            "registry.example.com/release"
+        );
     }
 
     #[test]
@@ -166,7 +199,9 @@ mod tests {
             ImageConfigError::BothLists
         );
         assert_eq!(
-            ClusterFacts::new(Some(&image(&[], &["*"])), None, &[]).unwrap_err().to_string(),
+            ClusterFacts::new(Some(&image(&[], &["*"])), None, &[])
+                .unwrap_err()
+                .to_string(),
             "invalid entry for blocked registries \"*\""
         );
     }

@@ -14,7 +14,7 @@ use cip_webhook::documents::{self, Document, Loaded};
 use cip_webhook::explain;
 use cip_webhook::model::Image;
 use cip_webhook::policy::Policy;
-use cip_webhook::render::{self, Action, Condition, Plan, RenderOptions};
+use cip_webhook::render::{self, Condition, Plan, RenderOptions};
 use cip_webhook::validate::{self, Context, Report};
 
 /// Lets `check` and `explain` take `--output json` as the issue tracker's users expect,
@@ -52,7 +52,10 @@ fn collect_files(dir: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) -> std
         }
         if path.is_dir() {
             collect_files(&path, skip, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
             out.push(path);
         }
     }
@@ -68,49 +71,90 @@ fn same_path(a: &Path, b: &Path) -> bool {
 
 fn read_file_documents(path: &Path) -> Result<Vec<Document>> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(documents::parse_documents(&path.display().to_string(), &text)?)
+    Ok(documents::parse_documents(
+        &path.display().to_string(),
+        &text,
+    )?)
 }
 
 fn load_dir(dir: &Path, skip: Option<&Path>) -> Result<Loaded> {
     Ok(documents::load(&read_dir_documents(dir, skip)?)?)
 }
 
-pub fn render(input: &Path, output: &Path, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+pub fn render(
+    input: &Path,
+    output: &Path,
+    options: &RenderOptions,
+    json: bool,
+) -> Result<ExitCode> {
     let loaded = load_dir(input, Some(output))?;
-    let plan = render::plan(&loaded.inputs, options)?;
+    let mut plan = render::plan(&loaded.inputs, options)?;
     if let Some(p) = plan.pools.iter().find(|p| p.error.is_some()) {
-        bail!("pool {}: {}", p.pool, p.error.as_deref().unwrap_or_default());
+        bail!(
+            "pool {}: {}",
+            p.pool,
+            p.error.as_deref().unwrap_or_default()
+        );
     }
-    // Serialize everything before touching the output directory: no partial writes.
-    let mut files = Vec::new();
-    for mc in plan.desired_machine_configs() {
-        files.push((format!("{}.yaml", mc.metadata.name), serde_yaml::to_string(mc)?));
-    }
-    fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
-    for (name, text) in &files {
-        write_atomically(&output.join(name), text.as_bytes())?;
-    }
-    for change in plan.pools.iter().flat_map(|p| &p.changes) {
-        if change.action == Action::Delete {
-            let stale = output.join(format!("{}.yaml", change.name));
-            if stale.exists() {
-                fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
-            }
-        }
-    }
-    let text = if json {
+    let files: Vec<String> = plan
+        .desired_machine_configs()
+        .map(|mc| format!("{}.yaml", mc.metadata.name))
+        .collect();
+    let report = if json {
         serde_json::to_string_pretty(&render_json(&plan, &loaded, output, &files))? + "\n"
     } else {
         render_text(&plan, &loaded, input, output, files.len())
     };
-    print(&text)?;
+    // The MachineConfigs carry the rendered files from here on; the text can go.
+    for pool in &mut plan.pools {
+        pool.policy_json = None;
+        pool.sigstore_yaml = None;
+    }
+    write_machine_configs(&mut plan, output)?;
+    print(&report)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("yaml.tmp");
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+/// Writes every desired MachineConfig to a temporary name, then renames them all: an
+/// error leaves the output as it was. Each object is freed once written, since with
+/// thousands of scopes one can be tens of megabytes.
+fn write_machine_configs(plan: &mut Plan, output: &Path) -> Result<()> {
+    fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
+    let mut staged = Vec::new();
+    let mut deleted = Vec::new();
+    let result = (|| -> Result<()> {
+        for change in plan.pools.iter_mut().flat_map(|p| &mut p.changes) {
+            let Some(mc) = change.desired.take() else {
+                deleted.push(output.join(format!("{}.yaml", change.name)));
+                continue;
+            };
+            let name = format!("{}.yaml", mc.metadata.name);
+            let tmp = output.join(format!(".{name}.tmp"));
+            let file =
+                fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            staged.push((tmp.clone(), output.join(&name)));
+            let mut writer = std::io::BufWriter::new(file);
+            serde_yaml::to_writer(&mut writer, &mc)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            writer
+                .flush()
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for (tmp, _) in &staged {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    for (tmp, path) in &staged {
+        fs::rename(tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    }
+    // A MachineConfig to delete must not linger in the output from an earlier run.
+    for stale in deleted.iter().filter(|p| p.exists()) {
+        fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;
+    }
     Ok(())
 }
 
@@ -127,18 +171,29 @@ fn condition_line(c: &Condition) -> String {
     match c {
         Condition::Applied { pools } => format!("Applied    pools {}", pools.join(", ")),
         Condition::Pending {
-            reason, skipped, written, ..
+            reason,
+            skipped,
+            written,
+            ..
         } if !skipped.is_empty() => format!(
             "Pending    {}: {} of {} scope(s) skipped",
             reason.as_str(),
             skipped.len(),
             skipped.len() + written.len()
         ),
-        Condition::Pending { reason, message, .. } => format!("Pending    {}: not applied: {message}", reason.as_str()),
+        Condition::Pending {
+            reason, message, ..
+        } => format!("Pending    {}: not applied: {message}", reason.as_str()),
     }
 }
 
-fn render_text(plan: &Plan, loaded: &Loaded, input: &Path, output: &Path, written: usize) -> String {
+fn render_text(
+    plan: &Plan,
+    loaded: &Loaded,
+    input: &Path,
+    output: &Path,
+    written: usize,
+) -> String {
     let mut s = String::new();
     let i = &loaded.inputs;
     let _ = writeln!(
@@ -154,13 +209,27 @@ fn render_text(plan: &Plan, loaded: &Loaded, input: &Path, output: &Path, writte
     for p in &plan.pools {
         let _ = writeln!(s, "\npool {}", p.pool);
         for c in &p.changes {
-            let _ = writeln!(s, "  {:<10} {}", format!("{:?}", c.action).to_lowercase(), c.name);
+            let _ = writeln!(
+                s,
+                "  {:<10} {}",
+                format!("{:?}", c.action).to_lowercase(),
+                c.name
+            );
         }
         let origin = p.original_from.as_deref().unwrap_or("MCO template");
         let _ = writeln!(s, "  original policy.json from {origin}");
     }
-    let scopes = plan.pools.first().map(|p| p.scopes.clone()).unwrap_or_default();
-    let _ = writeln!(s, "\nscopes written ({}): {}", scopes.len(), scopes.join(", "));
+    let scopes = plan
+        .pools
+        .first()
+        .map(|p| p.scopes.clone())
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "\nscopes written ({}): {}",
+        scopes.len(),
+        scopes.join(", ")
+    );
     let _ = writeln!(s, "\npolicies");
     for o in &plan.policies {
         let _ = writeln!(s, "  {:<24} {}", o.name, condition_line(&o.condition));
@@ -179,11 +248,15 @@ fn render_text(plan: &Plan, loaded: &Loaded, input: &Path, output: &Path, writte
             let _ = writeln!(s, "  - {n}");
         }
     }
-    let _ = writeln!(s, "\nwrote {written} MachineConfigs to {}", output.display());
+    let _ = writeln!(
+        s,
+        "\nwrote {written} MachineConfigs to {}",
+        output.display()
+    );
     s
 }
 
-fn render_json(plan: &Plan, loaded: &Loaded, output: &Path, files: &[(String, String)]) -> serde_json::Value {
+fn render_json(plan: &Plan, loaded: &Loaded, output: &Path, files: &[String]) -> serde_json::Value {
     json!({
         "pools": plan.pools,
         "policies": plan.policies,
@@ -191,11 +264,17 @@ fn render_json(plan: &Plan, loaded: &Loaded, output: &Path, files: &[(String, St
         "payloadRepositories": plan.facts.payload_repos,
         "notes": plan.notes,
         "output": output.display().to_string(),
-        "files": files.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "files": files,
     })
 }
 
-pub fn check(state: Option<&Path>, files: &[PathBuf], exempt: bool, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+pub fn check(
+    state: Option<&Path>,
+    files: &[PathBuf],
+    exempt: bool,
+    options: &RenderOptions,
+    json: bool,
+) -> Result<ExitCode> {
     let state = match state {
         Some(dir) => load_dir(dir, None)?,
         None => Loaded::default(),
@@ -211,7 +290,9 @@ pub fn check(state: Option<&Path>, files: &[PathBuf], exempt: bool, options: &Re
         .filter(|d| documents::is_cluster_image_policy(&d.value))
         .map(|d| documents::name_of(&d.value))
         .collect();
-    context_inputs.policies.retain(|p| !checked.contains(&p.metadata.name.as_str()));
+    context_inputs
+        .policies
+        .retain(|p| !checked.contains(&p.metadata.name.as_str()));
     let plan = render::plan(&context_inputs, options)?;
     let size = plan.size_check(options.size_budget);
     let ctx = Context {
@@ -229,17 +310,27 @@ pub fn check(state: Option<&Path>, files: &[PathBuf], exempt: bool, options: &Re
         } else if kind == "Image" && name == "cluster" {
             let image: Image = serde_json::from_value(doc.value.clone())
                 .with_context(|| format!("{}: Image cluster does not decode", doc.source))?;
-            let facts = ClusterFacts::new(Some(&image), state.inputs.cluster_version.as_ref(), &options.extra_payload_repos);
+            let facts = ClusterFacts::new(
+                Some(&image),
+                state.inputs.cluster_version.as_ref(),
+                &options.extra_payload_repos,
+            );
             validate::validate_image_update(facts, &state.inputs.policies)
         } else {
-            eprintln!("{}: skipping {api} {kind} {name:?}: not a ClusterImagePolicy or the Image cluster", doc.source);
+            eprintln!(
+                "{}: skipping {api} {kind} {name:?}: not a ClusterImagePolicy or the Image cluster",
+                doc.source
+            );
             continue;
         };
         results.push((doc.source.clone(), kind.to_string(), name, report));
     }
     let denied = results.iter().any(|(_, _, _, r)| !r.allowed());
     let text = if json {
-        let items: Vec<_> = results.iter().map(|(source, kind, name, r)| check_json(source, kind, name, r)).collect();
+        let items: Vec<_> = results
+            .iter()
+            .map(|(source, kind, name, r)| check_json(source, kind, name, r))
+            .collect();
         serde_json::to_string_pretty(&items)? + "\n"
     } else {
         let mut s = String::new();
@@ -259,7 +350,11 @@ pub fn check(state: Option<&Path>, files: &[PathBuf], exempt: bool, options: &Re
         s
     };
     print(&text)?;
-    Ok(if denied { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if denied {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn check_json(source: &str, kind: &str, name: &str, r: &Report) -> serde_json::Value {
@@ -274,12 +369,22 @@ fn check_json(source: &str, kind: &str, name: &str, r: &Report) -> serde_json::V
     })
 }
 
-pub fn explain(input: &Path, pool: &str, image: &str, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+pub fn explain(
+    input: &Path,
+    pool: &str,
+    image: &str,
+    options: &RenderOptions,
+    json: bool,
+) -> Result<ExitCode> {
     let loaded = load_dir(input, None)?;
     let plan = render::plan(&loaded.inputs, options)?;
     let Some(pool_plan) = plan.pools.iter().find(|p| p.pool == pool) else {
         let names: Vec<&str> = plan.pools.iter().map(|p| p.pool.as_str()).collect();
-        bail!("no pool {pool:?} in {}: pools are {}", input.display(), names.join(", "));
+        bail!(
+            "no pool {pool:?} in {}: pools are {}",
+            input.display(),
+            names.join(", ")
+        );
     };
     if let Some(e) = &pool_plan.error {
         bail!("pool {pool}: {e}");
@@ -307,7 +412,8 @@ pub fn explain(input: &Path, pool: &str, image: &str, options: &RenderOptions, j
         _ => Vec::new(),
     };
     let text = if json {
-        serde_json::to_string_pretty(&json!({"pool": pool, "explanation": e, "policies": from}))? + "\n"
+        serde_json::to_string_pretty(&json!({"pool": pool, "explanation": e, "policies": from}))?
+            + "\n"
     } else {
         let mut s = String::new();
         let _ = writeln!(s, "image:        {} (pool {pool})", e.identity);

@@ -4,7 +4,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{ClusterImagePolicy, ClusterVersion, Image, MachineConfig, MachineConfigPool, CONFIG_GROUP};
+use crate::model::{
+    ClusterImagePolicy, ClusterVersion, Image, MachineConfig, MachineConfigPool, CONFIG_GROUP,
+};
 use crate::render::Inputs;
 
 /// One object and where it came from (`file` or `file#2` for later documents).
@@ -35,7 +37,11 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, LoadEr
             origin: source.to_string(),
             message: e.to_string(),
         })?;
-        let source = if i == 0 { source.to_string() } else { format!("{source}#{}", i + 1) };
+        let source = if i == 0 {
+            source.to_string()
+        } else {
+            format!("{source}#{}", i + 1)
+        };
         push_objects(&source, value, &mut out);
     }
     Ok(out)
@@ -44,7 +50,12 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, LoadEr
 fn push_objects(source: &str, value: Value, out: &mut Vec<Document>) {
     match value {
         Value::Null => {}
-        Value::Object(mut map) if map.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) => {
+        Value::Object(mut map)
+            if map
+                .get("kind")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.ends_with("List")) =>
+        {
             if let Some(Value::Array(items)) = map.remove("items") {
                 for item in items {
                     push_objects(source, item, out);
@@ -60,12 +71,18 @@ fn push_objects(source: &str, value: Value, out: &mut Vec<Document>) {
 
 pub fn kind_of(value: &Value) -> (&str, &str) {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
-    let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let api = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     (api, kind)
 }
 
 pub fn name_of(value: &Value) -> &str {
-    value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+    value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 pub fn is_cluster_image_policy(value: &Value) -> bool {
@@ -101,23 +118,31 @@ pub fn load(documents: &[Document]) -> Result<Loaded, LoadError> {
             "ClusterImagePolicy" if is_cluster_image_policy(&doc.value) => {
                 match serde_path_to_error::deserialize::<_, ClusterImagePolicy>(&doc.value) {
                     Ok(cip) => loaded.inputs.policies.push(cip),
-                    Err(e) => loaded
-                        .undecodable
-                        .push((doc.source.clone(), name, format!("{}: {}", e.path(), e.inner()))),
+                    Err(e) => loaded.undecodable.push((
+                        doc.source.clone(),
+                        name,
+                        format!("{}: {}", e.path(), e.inner()),
+                    )),
                 }
             }
             "Image" if name == "cluster" => {
                 loaded.inputs.image = Some(Image::deserialize(&doc.value).map_err(fail)?);
             }
             "ClusterVersion" if name == "version" => {
-                loaded.inputs.cluster_version = Some(ClusterVersion::deserialize(&doc.value).map_err(fail)?);
+                loaded.inputs.cluster_version =
+                    Some(ClusterVersion::deserialize(&doc.value).map_err(fail)?);
             }
-            "MachineConfigPool" => loaded.inputs.pools.push(MachineConfigPool::deserialize(&doc.value).map_err(fail)?),
+            "MachineConfigPool" => loaded
+                .inputs
+                .pools
+                .push(MachineConfigPool::deserialize(&doc.value).map_err(fail)?),
             "MachineConfig" => loaded
                 .inputs
                 .machine_configs
                 .push(MachineConfig::deserialize(&doc.value).map_err(fail)?),
-            _ => loaded.ignored.push(format!("{}: {kind} {name:?}", doc.source)),
+            _ => loaded
+                .ignored
+                .push(format!("{}: {kind} {name:?}", doc.source)),
         }
     }
     Ok(loaded)
@@ -145,10 +170,19 @@ mod tests {
         assert!(err.to_string().starts_with("bad.yaml: not YAML or JSON"));
         let docs = parse_documents("mc.yaml", "{apiVersion: machineconfiguration.openshift.io/v1, kind: MachineConfig, metadata: {name: m}, spec: {config: {storage: {files: 3}}}}").unwrap();
         let err = load(&docs).unwrap_err().to_string();
-        assert!(err.starts_with("mc.yaml: MachineConfig \"m\": invalid type"), "{err}");
+        assert!(
+            err.starts_with("mc.yaml: MachineConfig \"m\": invalid type"),
+            "{err}"
+        );
         let docs = parse_documents("p.yaml", "{apiVersion: config.openshift.io/v1, kind: ClusterImagePolicy, metadata: {name: p}, spec: {scopes: 3}}").unwrap();
         let loaded = load(&docs).unwrap();
         assert_eq!(loaded.undecodable[0].1, "p");
-        assert!(loaded.undecodable[0].2.starts_with("spec.scopes: invalid type"), "{:?}", loaded.undecodable);
+        assert!(
+            loaded.undecodable[0]
+                .2
+                .starts_with("spec.scopes: invalid type"),
+            "{:?}",
+            loaded.undecodable
+        );
     }
 }

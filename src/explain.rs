@@ -36,7 +36,11 @@ pub fn normalize(image: &str) -> Result<(String, String), String> {
     let (first, remainder) = name.split_once('/').unwrap_or(("", name));
     let has_domain = !first.is_empty() && (first.contains(['.', ':']) || first == "localhost");
     let full = if has_domain {
-        let domain = if first == "index.docker.io" { "docker.io" } else { first };
+        let domain = if first == "index.docker.io" {
+            "docker.io"
+        } else {
+            first
+        };
         format!("{domain}/{remainder}")
     } else if name.contains('/') {
         format!("docker.io/{name}")
@@ -44,7 +48,9 @@ pub fn normalize(image: &str) -> Result<(String, String), String> {
         format!("docker.io/library/{name}")
     };
     if full.chars().any(|c| c.is_ascii_uppercase()) && !has_domain {
-        return Err(format!("invalid image reference {image:?}: repository name must be lowercase"));
+        return Err(format!(
+            "invalid image reference {image:?}: repository name must be lowercase"
+        ));
     }
     let identity = match (tag, digest) {
         (Some(_), Some(_)) => {
@@ -84,7 +90,8 @@ pub fn explain(policy: &Policy, image: &str) -> Result<Explanation, String> {
     let mut candidates = candidates(&name, &identity);
     let docker = policy.transports.get("docker");
     candidates.push(String::new());
-    let matched = docker.and_then(|scopes| candidates.iter().find(|c| scopes.contains_key(*c)).cloned());
+    let matched =
+        docker.and_then(|scopes| candidates.iter().find(|c| scopes.contains_key(*c)).cloned());
     let requirements = match (&matched, docker) {
         (Some(m), Some(scopes)) => scopes[m].clone(),
         _ => policy.default.clone(),
@@ -104,17 +111,29 @@ mod tests {
 
     #[test]
     fn normalization() {
-        assert_eq!(normalize("busybox").unwrap().1, "docker.io/library/busybox:latest");
+        assert_eq!(
+            normalize("busybox").unwrap().1,
+            "docker.io/library/busybox:latest"
+        );
         assert_eq!(normalize("user/app:1").unwrap().1, "docker.io/user/app:1");
-        assert_eq!(normalize("localhost:5000/a/b").unwrap().1, "localhost:5000/a/b:latest");
-        assert_eq!(normalize("quay.io/a/b@sha256:abc").unwrap().1, "quay.io/a/b@sha256:abc");
+        assert_eq!(
+            normalize("localhost:5000/a/b").unwrap().1,
+            "localhost:5000/a/b:latest"
+        );
+        assert_eq!(
+            normalize("quay.io/a/b@sha256:abc").unwrap().1,
+            "quay.io/a/b@sha256:abc"
+        );
         assert!(normalize("quay.io/a:t@sha256:abc").is_err());
     }
 
     #[test]
     fn lookup_order() {
         assert_eq!(
-            candidates("a.example.com:5000/ns/repo", "a.example.com:5000/ns/repo:v1"),
+            candidates(
+                "a.example.com:5000/ns/repo",
+                "a.example.com:5000/ns/repo:v1"
+            ),
             [
                 "a.example.com:5000/ns/repo:v1",
                 "a.example.com:5000/ns/repo",
@@ -142,6 +161,9 @@ mod tests {
         let e = explain(&policy, "registry.example.com/x").unwrap();
         assert_eq!(e.matched.as_deref(), Some("*.example.com"));
         let e = explain(&policy, "quay.io/x").unwrap();
-        assert_eq!((e.matched, e.requirements), (None, vec![Requirement::Reject]));
+        assert_eq!(
+            (e.matched, e.requirements),
+            (None, vec![Requirement::Reject])
+        );
     }
 }

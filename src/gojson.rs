@@ -16,7 +16,11 @@ impl Formatter for GoFormatter<'_> {
     fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
         self.0.end_array(w)
     }
-    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         self.0.begin_array_value(w, first)
     }
     fn end_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
@@ -28,7 +32,11 @@ impl Formatter for GoFormatter<'_> {
     fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
         self.0.end_object(w)
     }
-    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         self.0.begin_object_key(w, first)
     }
     fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
@@ -38,7 +46,11 @@ impl Formatter for GoFormatter<'_> {
         self.0.end_object_value(w)
     }
 
-    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         // U+2028 and U+2029 are E2 80 A8/A9 in UTF-8; the others are ASCII.
         let needs = |b: &u8| matches!(b, b'<' | b'>' | b'&' | 0xE2);
         if !fragment.as_bytes().iter().any(needs) {
@@ -65,7 +77,10 @@ impl Formatter for GoFormatter<'_> {
 /// Serializes `value` like Go's `json.MarshalIndent(value, "", "  ")` (no trailing newline).
 pub fn marshal_indent<T: Serialize + ?Sized>(value: &T) -> String {
     let mut out = Vec::with_capacity(256);
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter(PrettyFormatter::with_indent(b"  ")));
+    let mut ser = serde_json::Serializer::with_formatter(
+        &mut out,
+        GoFormatter(PrettyFormatter::with_indent(b"  ")),
+    );
     value
         .serialize(&mut ser)
         .expect("serializing plain data into memory cannot fail");
@@ -80,7 +95,10 @@ mod tests {
     #[test]
     fn escapes_like_go() {
         let v: BTreeMap<&str, &str> = [("a<b", "x&y>z\u{2028}\n\"")].into_iter().collect();
-        assert_eq!(marshal_indent(&v), "{\n  \"a\\u003cb\": \"x\\u0026y\\u003ez\\u2028\\n\\\"\"\n}");
+        assert_eq!(
+            marshal_indent(&v),
+            "{\n  \"a\\u003cb\": \"x\\u0026y\\u003ez\\u2028\\n\\\"\"\n}"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use base64::Engine;
 
-use crate::model::{FileContents, IgnitionConfig, IgnitionFile, IgnitionMeta, MachineConfig, Storage};
+use crate::model::{
+    FileContents, IgnitionConfig, IgnitionFile, IgnitionMeta, MachineConfig, Storage,
+};
 
 pub const POLICY_JSON_PATH: &str = "/etc/containers/policy.json";
 pub const SIGSTORE_YAML_PATH: &str = "/etc/containers/registries.d/sigstore-registries.yaml";
@@ -56,19 +58,20 @@ fn file_text(file: &IgnitionFile) -> Result<String, String> {
             return Err(format!("{}: compression {c:?} is not supported", file.path));
         }
     }
-    let source = contents.and_then(|c| c.source.as_deref()).unwrap_or("data:,");
+    let source = contents
+        .and_then(|c| c.source.as_deref())
+        .unwrap_or("data:,");
     let bytes = decode_data_url(source).map_err(|e| format!("{}: {e}", file.path))?;
     String::from_utf8(bytes).map_err(|_| format!("{}: contents are not UTF-8", file.path))
 }
 
 /// Puts this entry in place of the one for the same path, or appends it.
-pub fn set_file(config: &mut IgnitionConfig, entry: &IgnitionFile) {
+pub fn set_file(config: &mut IgnitionConfig, entry: IgnitionFile) {
     let files = config
         .storage
         .get_or_insert_with(Storage::default)
         .files
         .get_or_insert_with(Vec::new);
-    let entry = entry.clone();
     match files.iter_mut().find(|f| f.path == entry.path) {
         Some(existing) => {
             // Keep fields we do not own (user, group, append…) where they are.
@@ -115,20 +118,29 @@ mod tests {
             url,
             "data:text/plain;charset=utf-8;base64,ZG9ja2VyOgogIGV4YW1wbGUuY29tOgogICAgdXNlLXNpZ3N0b3JlLWF0dGFjaG1lbnRzOiB0cnVlCg=="
         );
-        assert_eq!(decode_data_url(&url).unwrap(), b"docker:\n  example.com:\n    use-sigstore-attachments: true\n");
-        assert_eq!(decode_data_url("data:,%7B%22a%22%3A1%7D").unwrap(), b"{\"a\":1}");
+        assert_eq!(
+            decode_data_url(&url).unwrap(),
+            b"docker:\n  example.com:\n    use-sigstore-attachments: true\n"
+        );
+        assert_eq!(
+            decode_data_url("data:,%7B%22a%22%3A1%7D").unwrap(),
+            b"{\"a\":1}"
+        );
         assert!(decode_data_url("http://x").is_err());
     }
 
     #[test]
     fn set_and_remove_keep_other_files() {
         let mut cfg = new_config(vec![file_entry("/etc/containers/registries.conf", "x")]);
-        set_file(&mut cfg, &file_entry(POLICY_JSON_PATH, "{}"));
-        set_file(&mut cfg, &file_entry(POLICY_JSON_PATH, "{ }"));
+        set_file(&mut cfg, file_entry(POLICY_JSON_PATH, "{}"));
+        set_file(&mut cfg, file_entry(POLICY_JSON_PATH, "{ }"));
         let files = cfg.storage.as_ref().unwrap().files.as_ref().unwrap();
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].path, "/etc/containers/registries.conf");
         remove_file(&mut cfg, POLICY_JSON_PATH);
-        assert_eq!(cfg.storage.as_ref().unwrap().files.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            cfg.storage.as_ref().unwrap().files.as_ref().unwrap().len(),
+            1
+        );
     }
 }

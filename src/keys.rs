@@ -14,13 +14,18 @@ pub fn check_public_key(pem_text: &[u8]) -> Result<(), String> {
         .ok_or("no PEM block found")?
         .map_err(|e| format!("PEM does not decode: {e}"))?;
     if block.label != "PUBLIC KEY" {
-        return Err(format!("PEM block is {:?}, expected \"PUBLIC KEY\"", block.label));
+        return Err(format!(
+            "PEM block is {:?}, expected \"PUBLIC KEY\"",
+            block.label
+        ));
     }
     let (_, spki) = SubjectPublicKeyInfo::from_der(&block.contents)
         .map_err(|_| "the key is not a DER SubjectPublicKeyInfo")?;
     match spki.parsed() {
         Ok(PublicKey::EC(_)) | Ok(PublicKey::RSA(_)) => Ok(()),
-        Ok(PublicKey::Unknown(_)) if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => Ok(()),
+        Ok(PublicKey::Unknown(_)) if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => {
+            Ok(())
+        }
         Ok(_) | Err(_) => Err(format!(
             "unsupported public key algorithm {}",
             spki.algorithm.algorithm.to_id_string()
@@ -34,7 +39,10 @@ pub fn check_certificates(pem_text: &[u8]) -> Result<usize, String> {
     for block in Pem::iter_from_buffer(pem_text) {
         let block = block.map_err(|e| format!("PEM does not decode: {e}"))?;
         if block.label != "CERTIFICATE" {
-            return Err(format!("PEM block is {:?}, expected \"CERTIFICATE\"", block.label));
+            return Err(format!(
+                "PEM block is {:?}, expected \"CERTIFICATE\"",
+                block.label
+            ));
         }
         block
             .parse_x509()
@@ -57,19 +65,33 @@ pub(crate) mod tests {
     #[test]
     fn public_keys() {
         check_public_key(EC_PUBLIC_KEY.as_bytes()).unwrap();
-        assert_eq!(check_public_key(b"foo bar").unwrap_err(), "no PEM block found");
+        assert_eq!(
+            check_public_key(b"foo bar").unwrap_err(),
+            "no PEM block found"
+        );
         let garbage = "-----BEGIN PUBLIC KEY-----\nZm9vYmFy\n-----END PUBLIC KEY-----\n";
-        assert_eq!(check_public_key(garbage.as_bytes()).unwrap_err(), "the key is not a DER SubjectPublicKeyInfo");
+        assert_eq!(
+            check_public_key(garbage.as_bytes()).unwrap_err(),
+            "the key is not a DER SubjectPublicKeyInfo"
+        );
         let wrong_label = EC_PUBLIC_KEY.replace("PUBLIC KEY", "CERTIFICATE");
-        assert!(check_public_key(wrong_label.as_bytes()).unwrap_err().contains("expected \"PUBLIC KEY\""));
+        assert!(check_public_key(wrong_label.as_bytes())
+            .unwrap_err()
+            .contains("expected \"PUBLIC KEY\""));
     }
 
     #[test]
     fn certificates() {
         let bogus = "-----BEGIN CERTIFICATE-----\nMIIBATA=\n-----END CERTIFICATE-----";
-        assert_eq!(check_certificates(bogus.as_bytes()).unwrap_err(), "certificate 1 is not DER X.509");
+        assert_eq!(
+            check_certificates(bogus.as_bytes()).unwrap_err(),
+            "certificate 1 is not DER X.509"
+        );
         assert_eq!(check_certificates(b"").unwrap_err(), "no PEM block found");
-        assert_eq!(check_certificates(format!("{CA_CERT}{CA_CERT}").as_bytes()), Ok(2));
+        assert_eq!(
+            check_certificates(format!("{CA_CERT}{CA_CERT}").as_bytes()),
+            Ok(2)
+        );
         assert!(check_certificates(format!("{CA_CERT}{EC_PUBLIC_KEY}").as_bytes()).is_err());
     }
 }

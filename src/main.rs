@@ -104,13 +104,23 @@ fn main() -> ExitCode {
     let args = commands::alias_output_format(args);
     let cli = Cli::parse_from(args);
     let result = match cli.command {
-        Command::Render { input, output, common } => commands::render(&input, &output, &common.options(), common.json()),
+        Command::Render {
+            input,
+            output,
+            common,
+        } => commands::render(&input, &output, &common.options(), common.json()),
         Command::Check {
             state,
             files,
             exempt,
             common,
-        } => commands::check(state.as_deref(), &files, exempt, &common.options(), common.json()),
+        } => commands::check(
+            state.as_deref(),
+            &files,
+            exempt,
+            &common.options(),
+            common.json(),
+        ),
         Command::Explain {
             input,
             pool,

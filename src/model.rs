@@ -73,7 +73,10 @@ impl ClusterImagePolicy {
     }
 
     pub fn scopes(&self) -> &[String] {
-        self.spec.as_ref().and_then(|s| s.scopes.as_deref()).unwrap_or(&[])
+        self.spec
+            .as_ref()
+            .and_then(|s| s.scopes.as_deref())
+            .unwrap_or(&[])
     }
 }
 
@@ -106,7 +109,11 @@ pub struct RootOfTrust {
     pub policy_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<PublicKeySpec>,
-    #[serde(default, rename = "fulcioCAWithRekor", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "fulcioCAWithRekor",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fulcio_ca_with_rekor: Option<FulcioSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pki: Option<PkiSpec>,
@@ -129,7 +136,11 @@ pub struct PublicKeySpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FulcioSpec {
-    #[serde(default, rename = "fulcioCAData", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "fulcioCAData",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fulcio_ca_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rekor_key_data: Option<String>,
@@ -294,7 +305,9 @@ pub struct LabelSelectorRequirement {
 impl LabelSelector {
     /// Kubernetes label-selector semantics; an empty selector matches everything.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|e| {
                 let value = labels.get(&e.key);
                 match e.operator.as_str() {

@@ -111,7 +111,7 @@ pub enum Requirement {
     #[serde(rename = "signedBy")]
     SignedBy(SignedBy),
     #[serde(rename = "sigstoreSigned")]
-    SigstoreSigned(SigstoreSigned),
+    SigstoreSigned(Box<SigstoreSigned>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,11 +196,18 @@ pub enum SignedIdentity {
     MatchRepoDigestOrExact,
     MatchRepository,
     #[serde(rename_all = "camelCase")]
-    ExactReference { docker_reference: String },
+    ExactReference {
+        docker_reference: String,
+    },
     #[serde(rename_all = "camelCase")]
-    ExactRepository { docker_repository: String },
+    ExactRepository {
+        docker_repository: String,
+    },
     #[serde(rename_all = "camelCase")]
-    RemapIdentity { prefix: String, signed_prefix: String },
+    RemapIdentity {
+        prefix: String,
+        signed_prefix: String,
+    },
 }
 
 /// MCO's template policy.json (`01-<role>-container-runtime`), used when no
@@ -235,8 +242,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_base64_are_refused() {
-        let bad_key = r#"{"default":[{"type":"sigstoreSigned","keyData":"Zm9v","dockerReference":"x"}]}"#;
-        assert!(Policy::parse(bad_key).unwrap_err().contains("dockerReference"));
+        let bad_key =
+            r#"{"default":[{"type":"sigstoreSigned","keyData":"Zm9v","dockerReference":"x"}]}"#;
+        assert!(Policy::parse(bad_key)
+            .unwrap_err()
+            .contains("dockerReference"));
         let bad_b64 = r#"{"default":[{"type":"sigstoreSigned","keyData":"!!"}]}"#;
         assert!(Policy::parse(bad_b64).is_err());
         assert!(Policy::parse(r#"{"default":[]}"#).is_err());
@@ -245,7 +255,8 @@ mod tests {
     #[test]
     fn base64_is_canonicalised_like_go() {
         // "Zm9=" has non-zero trailing bits: Go accepts it and writes "Zm8=".
-        let p = Policy::parse(r#"{"default":[{"type":"sigstoreSigned","keyData":"Zm9="}]}"#).unwrap();
+        let p =
+            Policy::parse(r#"{"default":[{"type":"sigstoreSigned","keyData":"Zm9="}]}"#).unwrap();
         assert!(p.to_go_json().contains("\"keyData\": \"Zm8=\""));
     }
 }

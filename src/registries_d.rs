@@ -6,12 +6,17 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-static HEX_FLOAT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)[pP][+-]?[0-9]+$").unwrap());
+static HEX_FLOAT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)[pP][+-]?[0-9]+$")
+        .unwrap()
+});
 
 /// The registries.d document enabling sigstore attachments for every scope.
 pub fn sigstore_registries_yaml<'a>(scopes: impl IntoIterator<Item = &'a str>) -> String {
-    let mut keys: Vec<(Vec<char>, &str)> = scopes.into_iter().map(|s| (s.chars().collect(), s)).collect();
+    let mut keys: Vec<(Vec<char>, &str)> = scopes
+        .into_iter()
+        .map(|s| (s.chars().collect(), s))
+        .collect();
     keys.sort_by(|a, b| natural_order(&a.0, &b.0));
     keys.dedup_by(|a, b| a.1 == b.1);
     let mut out = String::from("docker:\n");
@@ -169,7 +174,10 @@ mod tests {
     #[test]
     fn digit_runs_compare_numerically() {
         assert_eq!(yaml_v2_key_order("test2.com", "test10.com"), Ordering::Less);
-        assert_eq!(yaml_v2_key_order("test10.com", "test2.com"), Ordering::Greater);
+        assert_eq!(
+            yaml_v2_key_order("test10.com", "test2.com"),
+            Ordering::Greater
+        );
         assert_eq!(yaml_v2_key_order("a.com", "a.com"), Ordering::Equal);
     }
 

@@ -11,8 +11,8 @@ use crate::cluster::{ClusterFacts, ImageConfigError, DEFAULT_EXTRA_PAYLOAD_REPOS
 use crate::gojson;
 use crate::ignition::{self, POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
 use crate::model::{
-    ClusterImagePolicy, ClusterVersion, IgnitionFile, Image, LabelSelector, MachineConfig, MachineConfigPool, MachineConfigSpec,
-    ObjectMeta, MC_API_VERSION, ROLE_LABEL,
+    ClusterImagePolicy, ClusterVersion, IgnitionFile, Image, LabelSelector, MachineConfig,
+    MachineConfigPool, MachineConfigSpec, ObjectMeta, MC_API_VERSION, ROLE_LABEL,
 };
 use crate::policy::{self, Bytes, Policy, Requirement, SigstoreSigned};
 use crate::registries_d;
@@ -44,7 +44,10 @@ pub struct RenderOptions {
 impl Default for RenderOptions {
     fn default() -> Self {
         RenderOptions {
-            extra_payload_repos: DEFAULT_EXTRA_PAYLOAD_REPOS.iter().map(|s| s.to_string()).collect(),
+            extra_payload_repos: DEFAULT_EXTRA_PAYLOAD_REPOS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             size_budget: DEFAULT_SIZE_BUDGET,
         }
     }
@@ -81,8 +84,11 @@ pub struct PoolPlan {
     pub pool: String,
     /// Scopes written to this pool's files (the same for every pool).
     pub scopes: Arc<[String]>,
-    /// Our policy.json, or `None` where the pool's original applies.
+    /// Our policy.json, or `None` where the pool's original applies. Not in reports:
+    /// the MachineConfigs carry it.
+    #[serde(skip)]
     pub policy_json: Option<Arc<str>>,
+    #[serde(skip)]
     pub sigstore_yaml: Option<Arc<str>>,
     /// The MachineConfig that supplied the original policy.json (`None`: MCO's template).
     pub original_from: Option<String>,
@@ -175,8 +181,15 @@ pub fn object_size<T: Serialize>(object: &T) -> usize {
 
 /// The requirement MCO's `policyItemFromSpec` builds for a (validated) policy.
 pub fn requirement(cip: &ClusterImagePolicy) -> Result<Requirement, String> {
-    let policy = cip.spec.as_ref().and_then(|s| s.policy.as_ref()).ok_or("spec.policy is missing")?;
-    let rot = policy.root_of_trust.as_ref().ok_or("spec.policy.rootOfTrust is missing")?;
+    let policy = cip
+        .spec
+        .as_ref()
+        .and_then(|s| s.policy.as_ref())
+        .ok_or("spec.policy is missing")?;
+    let rot = policy
+        .root_of_trust
+        .as_ref()
+        .ok_or("spec.policy.rootOfTrust is missing")?;
     let bytes = |field: &str, v: &Option<String>| -> Result<Option<Bytes>, String> {
         match v.as_deref() {
             None | Some("") => Ok(None),
@@ -216,10 +229,16 @@ pub fn requirement(cip: &ClusterImagePolicy) -> Result<Requirement, String> {
     req.signed_identity = match &policy.signed_identity {
         None => policy::SignedIdentity::MatchRepoDigestOrExact,
         Some(si) => match si.match_policy.as_deref() {
-            None | Some("") | Some("MatchRepoDigestOrExact") => policy::SignedIdentity::MatchRepoDigestOrExact,
+            None | Some("") | Some("MatchRepoDigestOrExact") => {
+                policy::SignedIdentity::MatchRepoDigestOrExact
+            }
             Some("MatchRepository") => policy::SignedIdentity::MatchRepository,
             Some("ExactRepository") => policy::SignedIdentity::ExactRepository {
-                docker_repository: si.exact_repository.as_ref().and_then(|e| e.repository.clone()).unwrap_or_default(),
+                docker_repository: si
+                    .exact_repository
+                    .as_ref()
+                    .and_then(|e| e.repository.clone())
+                    .unwrap_or_default(),
             },
             Some("RemapIdentity") => {
                 let remap = si.remap_identity.clone().unwrap_or_default();
@@ -231,7 +250,7 @@ pub fn requirement(cip: &ClusterImagePolicy) -> Result<Requirement, String> {
             Some(other) => return Err(format!("unknown signedIdentity match policy: {other}")),
         },
     };
-    Ok(Requirement::SigstoreSigned(req))
+    Ok(Requirement::SigstoreSigned(Box::new(req)))
 }
 
 /// About how many bytes this policy adds to a registries MachineConfig: its
@@ -259,7 +278,11 @@ pub type ScopeMap<'a> = BTreeMap<&'a str, Vec<&'a Requirement>>;
 
 /// MCO's `updatePolicyJSON`: `None` when nothing of ours belongs in policy.json,
 /// so the pool's original file applies unchanged.
-pub fn update_policy_json(original: &str, facts: &ClusterFacts, scopes: &ScopeMap) -> Result<Option<String>, String> {
+pub fn update_policy_json(
+    original: &str,
+    facts: &ClusterFacts,
+    scopes: &ScopeMap,
+) -> Result<Option<String>, String> {
     if facts.allowed.is_empty() && facts.blocked.is_empty() && scopes.is_empty() {
         return Ok(None);
     }
@@ -268,7 +291,11 @@ pub fn update_policy_json(original: &str, facts: &ClusterFacts, scopes: &ScopeMa
     let mut docker: ScopeMap = BTreeMap::new();
     if !facts.allowed.is_empty() {
         default = std::slice::from_ref(&REJECT);
-        for reg in facts.allowed.iter().filter(|r| !scopes.contains_key(r.as_str())) {
+        for reg in facts
+            .allowed
+            .iter()
+            .filter(|r| !scopes.contains_key(r.as_str()))
+        {
             docker.insert(reg, vec![&ACCEPT]);
         }
     }
@@ -281,12 +308,22 @@ pub fn update_policy_json(original: &str, facts: &ClusterFacts, scopes: &ScopeMa
     for (scope, reqs) in scopes {
         docker.entry(scope).or_default().extend(reqs);
     }
-    let mut transports: BTreeMap<&str, Transport> =
-        policy.transports.iter().map(|(k, v)| (k.as_str(), Transport::Kept(v))).collect();
+    let mut transports: BTreeMap<&str, Transport> = policy
+        .transports
+        .iter()
+        .map(|(k, v)| (k.as_str(), Transport::Kept(v)))
+        .collect();
     if !docker.is_empty() {
         // containers/image's `atomic` transport cannot address 3+ path levels (OCPBUGS-4122).
-        let atomic = docker.iter().filter(|(scope, _)| scope.matches('/').count() < 3).map(|(k, v)| (*k, v)).collect();
-        transports.insert("docker", Transport::Built(docker.iter().map(|(k, v)| (*k, v)).collect()));
+        let atomic = docker
+            .iter()
+            .filter(|(scope, _)| scope.matches('/').count() < 3)
+            .map(|(k, v)| (*k, v))
+            .collect();
+        transports.insert(
+            "docker",
+            Transport::Built(docker.iter().map(|(k, v)| (*k, v)).collect()),
+        );
         transports.insert("atomic", Transport::Built(atomic));
     }
     Ok(Some(PolicyWriter::default().policy(default, &transports)))
@@ -367,7 +404,9 @@ impl PolicyWriter {
 
     /// A map key: written directly when nothing in it needs escaping.
     fn key(&mut self, key: &str, depth: usize) {
-        let plain = key.bytes().all(|b| b >= 0x20 && b < 0x80 && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&'));
+        let plain = key
+            .bytes()
+            .all(|b| (0x20..0x80).contains(&b) && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&'));
         if plain {
             self.out.push('"');
             self.out.push_str(key);
@@ -455,10 +494,17 @@ struct Admitted {
 /// Renders the whole desired state. Bad policies and scopes are skipped and reported;
 /// only input that makes every output meaningless is an error.
 pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderError> {
-    let facts = ClusterFacts::new(inputs.image.as_ref(), inputs.cluster_version.as_ref(), &options.extra_payload_repos)?;
+    let facts = ClusterFacts::new(
+        inputs.image.as_ref(),
+        inputs.cluster_version.as_ref(),
+        &options.extra_payload_repos,
+    )?;
     let mut policies: Vec<&ClusterImagePolicy> = inputs.policies.iter().collect();
     policies.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    if let Some(w) = policies.windows(2).find(|w| w[0].metadata.name == w[1].metadata.name) {
+    if let Some(w) = policies
+        .windows(2)
+        .find(|w| w[0].metadata.name == w[1].metadata.name)
+    {
         return Err(RenderError::DuplicatePolicy(w[0].metadata.name.clone()));
     }
 
@@ -471,7 +517,12 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
     let base_size = pools
         .selected
         .iter()
-        .filter_map(|p| find_mc(&inputs.machine_configs, &registries_mc_name(&p.metadata.name)))
+        .filter_map(|p| {
+            find_mc(
+                &inputs.machine_configs,
+                &registries_mc_name(&p.metadata.name),
+            )
+        })
         .map(|mc| {
             let mut mc = mc.clone();
             ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
@@ -498,13 +549,31 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             .map(|(name, a)| (name.as_str(), a.scopes.as_slice(), &a.requirement)),
     );
 
-    let sigstore_yaml: Option<Arc<str>> =
-        (!scope_map.is_empty()).then(|| registries_d::sigstore_registries_yaml(scope_map.keys().copied()).into());
+    let sigstore_yaml: Option<Arc<str>> = (!scope_map.is_empty())
+        .then(|| registries_d::sigstore_registries_yaml(scope_map.keys().copied()).into());
     let written_scopes: Arc<[String]> = scope_map.keys().map(|s| s.to_string()).collect();
-    let sigstore_file = sigstore_yaml.as_ref().map(|yaml| ignition::file_entry(SIGSTORE_YAML_PATH, yaml));
+    let sigstore_file = sigstore_yaml
+        .as_ref()
+        .map(|yaml| ignition::file_entry(SIGSTORE_YAML_PATH, yaml));
     let mut rendered = PolicyJsonCache::new();
     let mut pool_plans = Vec::new();
-    for pool in &pools.selected {
+    let originals: Vec<Original> = pools
+        .selected
+        .iter()
+        .map(|p| original_policy(p, &inputs.machine_configs))
+        .collect();
+    let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
+    for o in &originals {
+        if let Ok(text) = &o.text {
+            *remaining.entry(text.clone()).or_default() += 1;
+        }
+    }
+    for (pool, original) in pools.selected.iter().zip(originals) {
+        let last_use = original.text.as_ref().is_ok_and(|t| {
+            let left = remaining.get_mut(t).expect("counted above");
+            *left -= 1;
+            *left == 0
+        });
         let shared = Shared {
             facts: &facts,
             scope_map: &scope_map,
@@ -512,7 +581,14 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             sigstore_file: &sigstore_file,
             scopes: &written_scopes,
         };
-        let (plan, pool_notes) = plan_pool(pool, &inputs.machine_configs, shared, &mut rendered);
+        let (plan, pool_notes) = plan_pool(
+            pool,
+            &inputs.machine_configs,
+            original,
+            last_use,
+            shared,
+            &mut rendered,
+        );
         notes.extend(pool_notes);
         pool_plans.push(plan);
     }
@@ -541,7 +617,10 @@ fn admit(
     budget: usize,
     used: &mut usize,
 ) -> (PolicyOutcome, Option<Admitted>) {
-    let pending = |reason: Reason, message: String, skipped: Vec<SkippedScope>, written: Vec<String>| PolicyOutcome {
+    let pending = |reason: Reason,
+                   message: String,
+                   skipped: Vec<SkippedScope>,
+                   written: Vec<String>| PolicyOutcome {
         name: cip.metadata.name.clone(),
         generation: cip.metadata.generation,
         condition: Condition::Pending {
@@ -567,7 +646,9 @@ fn admit(
             skipped.push(SkippedScope {
                 scope: s.clone(),
                 reason: Reason::PayloadRepository,
-                message: format!("scope {s} touches the OpenShift release payload repository {repo}"),
+                message: format!(
+                    "scope {s} touches the OpenShift release payload repository {repo}"
+                ),
             });
         } else if let Some(message) = facts.registry_conflict(s) {
             skipped.push(SkippedScope {
@@ -585,7 +666,10 @@ fn admit(
             "writing this policy would grow the generated MachineConfigs to about {} bytes, over the budget of {budget} bytes",
             *used + growth
         );
-        return (pending(Reason::TooLarge, message, Vec::new(), Vec::new()), None);
+        return (
+            pending(Reason::TooLarge, message, Vec::new(), Vec::new()),
+            None,
+        );
     }
     *used += growth;
     let outcome = match skipped.first() {
@@ -601,7 +685,13 @@ fn admit(
             pending(reason, message, skipped, scopes.clone())
         }
     };
-    (outcome, Some(Admitted { requirement, scopes }))
+    (
+        outcome,
+        Some(Admitted {
+            requirement,
+            scopes,
+        }),
+    )
 }
 
 struct PoolSelection {
@@ -629,7 +719,9 @@ fn select_pools(pools: &[MachineConfigPool]) -> PoolSelection {
     let mut selected: Vec<MachineConfigPool> = Vec::new();
     let mut skipped = Vec::new();
     for p in pools {
-        if BUILT_IN_POOLS.contains(&p.metadata.name.as_str()) || p.metadata.labels.contains_key(BUILT_IN_LABEL) {
+        if BUILT_IN_POOLS.contains(&p.metadata.name.as_str())
+            || p.metadata.labels.contains_key(BUILT_IN_LABEL)
+        {
             selected.push(p.clone());
         } else {
             skipped.push(p.metadata.name.clone());
@@ -659,9 +751,62 @@ struct Shared<'a> {
 /// with its Ignition entry (the base64 data URL is the costly part).
 type PolicyJsonCache = BTreeMap<String, Result<Option<(Arc<str>, IgnitionFile)>, String>>;
 
+/// The policy.json a pool's nodes get without us: MachineConfigs merge in name order
+/// and the last one naming the path wins; MCO's template when none does.
+struct Original {
+    text: Result<String, String>,
+    from: Option<String>,
+    notes: Vec<String>,
+}
+
+fn original_policy(pool: &MachineConfigPool, mcs: &[MachineConfig]) -> Original {
+    let name = &pool.metadata.name;
+    let (reg_name, ip_name) = (registries_mc_name(name), imagepolicies_mc_name(name));
+    let selector = pool
+        .spec
+        .machine_config_selector
+        .clone()
+        .unwrap_or_default();
+    let mut members: Vec<&MachineConfig> = mcs
+        .iter()
+        .filter(|mc| {
+            selector.matches(&mc.metadata.labels)
+                && mc.metadata.name != reg_name
+                && mc.metadata.name != ip_name
+        })
+        .collect();
+    members.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut original = Original {
+        text: Ok(policy::MCO_TEMPLATE.to_string()),
+        from: None,
+        notes: Vec::new(),
+    };
+    for mc in members {
+        let Some(text) = ignition::read_file(mc, POLICY_JSON_PATH) else {
+            continue;
+        };
+        original.from = Some(mc.metadata.name.clone());
+        original.text = text.map_err(|e| format!("MachineConfig {}: {e}", mc.metadata.name));
+        if original.text.is_err() {
+            break;
+        }
+        if mc.metadata.name > reg_name {
+            original.notes.push(format!(
+                "pool {name}: MachineConfig {} sorts after {reg_name} and also writes {POLICY_JSON_PATH}: it overrides ours on the nodes",
+                mc.metadata.name
+            ));
+        }
+    }
+    original
+}
+
+/// `last_use`: no later pool shares this original, so its rendered entry can be moved
+/// out of the cache instead of copied (it can be megabytes).
 fn plan_pool(
     pool: &MachineConfigPool,
     mcs: &[MachineConfig],
+    original: Original,
+    last_use: bool,
     shared: Shared,
     rendered: &mut PolicyJsonCache,
 ) -> (PoolPlan, Vec<String>) {
@@ -675,44 +820,24 @@ fn plan_pool(
     let name = pool.metadata.name.clone();
     let reg_name = registries_mc_name(&name);
     let ip_name = imagepolicies_mc_name(&name);
-    let mut notes = Vec::new();
-    let selector = pool.spec.machine_config_selector.clone().unwrap_or_default();
-    let mut members: Vec<&MachineConfig> = mcs.iter().filter(|mc| selector.matches(&mc.metadata.labels)).collect();
-    members.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-
+    let notes = original.notes;
     let mut plan = PoolPlan {
         pool: name.clone(),
         scopes: Arc::clone(scopes),
         policy_json: None,
         sigstore_yaml: None,
-        original_from: None,
+        original_from: original.from,
         original_policy_json: String::new(),
         changes: Vec::new(),
         error: None,
     };
-
-    // MachineConfigs merge in name order and the last one naming a path wins.
-    let mut original = policy::MCO_TEMPLATE.to_string();
-    for mc in members.iter().filter(|mc| mc.metadata.name != reg_name && mc.metadata.name != ip_name) {
-        if let Some(text) = ignition::read_file(mc, POLICY_JSON_PATH) {
-            match text {
-                Ok(t) => {
-                    original = t;
-                    plan.original_from = Some(mc.metadata.name.clone());
-                }
-                Err(e) => {
-                    plan.error = Some(format!("MachineConfig {}: {e}", mc.metadata.name));
-                    return (plan, notes);
-                }
-            }
-            if mc.metadata.name > reg_name {
-                notes.push(format!(
-                    "pool {name}: MachineConfig {} sorts after {reg_name} and also writes {POLICY_JSON_PATH}: it overrides ours on the nodes",
-                    mc.metadata.name
-                ));
-            }
+    let original = match original.text {
+        Ok(text) => text,
+        Err(e) => {
+            plan.error = Some(e);
+            return (plan, notes);
         }
-    }
+    };
 
     plan.original_policy_json.clone_from(&original);
     let result = rendered.entry(original).or_insert_with_key(|original| {
@@ -723,16 +848,26 @@ fn plan_pool(
         }))
     });
     let policy_file = match result {
-        Ok(p) => p.as_ref(),
+        Ok(Some((json, entry))) => Some((
+            Arc::clone(json),
+            if last_use {
+                std::mem::take(entry)
+            } else {
+                entry.clone()
+            },
+        )),
+        Ok(None) => None,
         Err(e) => {
             let source = plan.original_from.as_deref().unwrap_or("the MCO template");
-            plan.error = Some(format!("original {POLICY_JSON_PATH} from {source} does not parse: {e}"));
+            plan.error = Some(format!(
+                "original {POLICY_JSON_PATH} from {source} does not parse: {e}"
+            ));
             return (plan, notes);
         }
     };
     plan.sigstore_yaml.clone_from(sigstore_yaml);
 
-    plan.policy_json = policy_file.map(|(json, _)| Arc::clone(json));
+    plan.policy_json = policy_file.as_ref().map(|(json, _)| Arc::clone(json));
     let existing_reg = find_mc(mcs, &reg_name);
     let desired_reg = match (policy_file, existing_reg) {
         (Some((_, entry)), Some(existing)) => {
@@ -740,16 +875,18 @@ fn plan_pool(
             ignition::set_file(&mut mc.spec.config, entry);
             Some(mc)
         }
-        (Some((_, entry)), None) => Some(new_machine_config(&reg_name, &name, entry.clone())),
+        (Some((_, entry)), None) => Some(new_machine_config(&reg_name, &name, entry)),
         (None, Some(existing)) => {
             let mut mc = existing.clone();
             ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
-            let ours = mc.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
+            let ours =
+                mc.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
             (!(ours && mc.files().is_empty())).then_some(mc)
         }
         (None, None) => None,
     };
-    plan.changes.extend(change(&reg_name, existing_reg, desired_reg));
+    plan.changes
+        .extend(change(&reg_name, existing_reg, desired_reg));
 
     let existing_ip = find_mc(mcs, &ip_name);
     let desired_ip = sigstore_file.as_ref().map(|file| {
@@ -764,11 +901,16 @@ fn plan_pool(
             None => new_machine_config(&ip_name, &name, file),
         }
     });
-    plan.changes.extend(change(&ip_name, existing_ip, desired_ip));
+    plan.changes
+        .extend(change(&ip_name, existing_ip, desired_ip));
     (plan, notes)
 }
 
-fn change(name: &str, existing: Option<&MachineConfig>, desired: Option<MachineConfig>) -> Option<Change> {
+fn change(
+    name: &str,
+    existing: Option<&MachineConfig>,
+    desired: Option<MachineConfig>,
+) -> Option<Change> {
     let action = match (existing, &desired) {
         (None, None) => return None,
         (None, Some(_)) => Action::Create,
@@ -807,6 +949,8 @@ fn new_machine_config(name: &str, pool: &str, file: IgnitionFile) -> MachineConf
 impl PoolPlan {
     /// The policy.json nodes of this pool end up with.
     pub fn effective_policy_json(&self) -> &str {
-        self.policy_json.as_deref().unwrap_or(&self.original_policy_json)
+        self.policy_json
+            .as_deref()
+            .unwrap_or(&self.original_policy_json)
     }
 }

@@ -9,7 +9,8 @@ use regex::Regex;
 const LABEL: &str = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
 
 /// S2: a wildcard is only allowed as a leading `*.` followed by labels.
-static WILDCARD: LazyLock<Regex> = LazyLock::new(|| Regex::new(&format!(r"^\*(?:\.{LABEL})+$")).unwrap());
+static WILDCARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(&format!(r"^\*(?:\.{LABEL})+$")).unwrap());
 
 /// S3, ported from RE2: `\w` is ASCII there, so it is spelled out here.
 static SCOPE: LazyLock<Regex> = LazyLock::new(|| {
@@ -20,8 +21,10 @@ static SCOPE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// N1: a trailing `:tag` is only tolerated as `localhost:<port>`.
-static IDENTITY_TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^.*:([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$").unwrap());
-static IDENTITY_LOCALHOST_PORT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(localhost:[0-9]+)$").unwrap());
+static IDENTITY_TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^.*:([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$").unwrap());
+static IDENTITY_LOCALHOST_PORT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(localhost:[0-9]+)$").unwrap());
 
 /// N2: a repository or prefix without tag or digest.
 static IDENTITY: LazyLock<Regex> = LazyLock::new(|| {
@@ -171,7 +174,11 @@ mod tests {
             "Example.COM/a__b/c-d---e",
             "registry.ci.openshift.org",
         ] {
-            assert!(scope_rule_failures(ok).is_empty(), "{ok} should be valid: {:?}", scope_rule_failures(ok));
+            assert!(
+                scope_rule_failures(ok).is_empty(),
+                "{ok} should be valid: {:?}",
+                scope_rule_failures(ok)
+            );
         }
     }
 
@@ -222,12 +229,24 @@ mod tests {
     fn payload_hits() {
         let p = "quay.io/openshift-release-dev/ocp-release";
         assert_eq!(payload_hit(p, p), Some(PayloadHit::Covers));
-        assert_eq!(payload_hit("quay.io/openshift-release-dev", p), Some(PayloadHit::Covers));
+        assert_eq!(
+            payload_hit("quay.io/openshift-release-dev", p),
+            Some(PayloadHit::Covers)
+        );
         assert_eq!(payload_hit("quay.io", p), Some(PayloadHit::Covers));
         assert_eq!(payload_hit("*.io", p), Some(PayloadHit::Covers));
-        assert_eq!(payload_hit("quay.io/openshift-release-dev/ocp-release:4.16.0-x86_64", p), Some(PayloadHit::Inside));
-        assert_eq!(payload_hit("quay.io/openshift-release-dev/ocp-release/sub", p), Some(PayloadHit::Inside));
-        assert_eq!(payload_hit("quay.io/openshift-release-dev/ocp-release-nightly", p), None);
+        assert_eq!(
+            payload_hit("quay.io/openshift-release-dev/ocp-release:4.16.0-x86_64", p),
+            Some(PayloadHit::Inside)
+        );
+        assert_eq!(
+            payload_hit("quay.io/openshift-release-dev/ocp-release/sub", p),
+            Some(PayloadHit::Inside)
+        );
+        assert_eq!(
+            payload_hit("quay.io/openshift-release-dev/ocp-release-nightly", p),
+            None
+        );
         assert_eq!(payload_hit("*.quay.io", p), None);
     }
 

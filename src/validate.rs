@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 use crate::cluster::ClusterFacts;
 use crate::keys;
 use crate::model::{
-    CipVersion, ClusterImagePolicy, FulcioSpec, PkiSpec, PublicKeySpec, RootOfTrust, SignedIdentitySpec,
+    CipVersion, ClusterImagePolicy, FulcioSpec, PkiSpec, PublicKeySpec, RootOfTrust,
+    SignedIdentitySpec,
 };
 use crate::policy::decode_b64;
 use crate::rules;
@@ -20,7 +21,12 @@ pub const MAX_SCOPES: usize = 256;
 pub const MAX_SCOPE_LEN: usize = 512;
 pub const MAX_KEY_LEN: usize = 8192;
 pub const POLICY_TYPES: [&str; 3] = ["PublicKey", "FulcioCAWithRekor", "PKI"];
-pub const MATCH_POLICIES: [&str; 4] = ["MatchRepoDigestOrExact", "MatchRepository", "ExactRepository", "RemapIdentity"];
+pub const MATCH_POLICIES: [&str; 4] = [
+    "MatchRepoDigestOrExact",
+    "MatchRepository",
+    "ExactRepository",
+    "RemapIdentity",
+];
 
 /// Why a policy cannot take (full) effect; also the `Pending` condition reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -86,7 +92,10 @@ impl Report {
             [one] => Some(one.to_string()),
             many => Some(format!(
                 "[{}]",
-                many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
@@ -158,10 +167,24 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
             let message = format!(
                 "clusterimagePolicy configured for the scope {s} {how} the OpenShift release payload repository {repo}, whose signatures the platform verifies"
             );
-            w.push(!ctx.exempt, &path, "PayloadRepository", Reason::PayloadRepository, message, true);
+            w.push(
+                !ctx.exempt,
+                &path,
+                "PayloadRepository",
+                Reason::PayloadRepository,
+                message,
+                true,
+            );
         }
         if let Some(message) = ctx.facts.registry_conflict(s) {
-            w.push(true, &path, "ConflictScopes", Reason::ConflictScopes, message, true);
+            w.push(
+                true,
+                &path,
+                "ConflictScopes",
+                Reason::ConflictScopes,
+                message,
+                true,
+            );
         }
     }
     if let Some(size) = ctx.size {
@@ -198,7 +221,14 @@ pub fn validate_object(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
         );
     }
     if cip.kind != "ClusterImagePolicy" {
-        w.error("kind", "Unsupported", format!("Unsupported value: {:?}: supported values: \"ClusterImagePolicy\"", cip.kind));
+        w.error(
+            "kind",
+            "Unsupported",
+            format!(
+                "Unsupported value: {:?}: supported values: \"ClusterImagePolicy\"",
+                cip.kind
+            ),
+        );
     }
     if cip.metadata.name.is_empty() {
         w.error("metadata.name", "Required", "Required value".into());
@@ -224,7 +254,11 @@ pub fn validate_object(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
     };
     w.unknown("spec.policy", &policy.unknown);
     match &policy.root_of_trust {
-        None => w.error("spec.policy.rootOfTrust", "Required", "Required value".into()),
+        None => w.error(
+            "spec.policy.rootOfTrust",
+            "Required",
+            "Required value".into(),
+        ),
         Some(rot) => w.root_of_trust(rot),
     }
     if let Some(si) = &policy.signed_identity {
@@ -246,7 +280,15 @@ enum Material {
 }
 
 impl Walker {
-    fn push(&mut self, error: bool, path: &str, rule: &'static str, reason: Reason, message: String, standalone: bool) {
+    fn push(
+        &mut self,
+        error: bool,
+        path: &str,
+        rule: &'static str,
+        reason: Reason,
+        message: String,
+        standalone: bool,
+    ) {
         let problem = Problem {
             path: path.to_string(),
             message,
@@ -280,7 +322,11 @@ impl Walker {
 
     fn unknown(&mut self, path: &str, fields: &Map<String, Value>) {
         for key in fields.keys() {
-            self.warn(&format!("{path}.{key}"), "UnknownField", "unknown field, the API server drops it".into());
+            self.warn(
+                &format!("{path}.{key}"),
+                "UnknownField",
+                "unknown field, the API server drops it".into(),
+            );
         }
     }
 
@@ -293,7 +339,11 @@ impl Walker {
 
     fn max_len(&mut self, path: &str, value: &str, max: usize) -> bool {
         if value.len() > max {
-            self.error(path, "TooLong", format!("Too long: may not be more than {max} bytes"));
+            self.error(
+                path,
+                "TooLong",
+                format!("Too long: may not be more than {max} bytes"),
+            );
             return false;
         }
         true
@@ -304,11 +354,18 @@ impl Walker {
             self.error(
                 "spec.scopes",
                 "TooMany",
-                format!("Too many: {}: must have at most {MAX_SCOPES} items", scopes.len()),
+                format!(
+                    "Too many: {}: must have at most {MAX_SCOPES} items",
+                    scopes.len()
+                ),
             );
         }
         if scopes.is_empty() {
-            self.warn("spec.scopes", "NoScopes", "no scopes: the policy applies to no image".into());
+            self.warn(
+                "spec.scopes",
+                "NoScopes",
+                "no scopes: the policy applies to no image".into(),
+            );
         }
         for (i, s) in scopes.iter().enumerate() {
             let path = format!("spec.scopes[{i}]");
@@ -339,12 +396,18 @@ impl Walker {
         }
         let unions = [
             ("U1", "PublicKey", "publicKey", rot.public_key.is_some()),
-            ("U2", "FulcioCAWithRekor", "fulcioCAWithRekor", rot.fulcio_ca_with_rekor.is_some()),
+            (
+                "U2",
+                "FulcioCAWithRekor",
+                "fulcioCAWithRekor",
+                rot.fulcio_ca_with_rekor.is_some(),
+            ),
             ("U3", "PKI", "pki", rot.pki.is_some()),
         ];
         for (rule, ty, field, present) in unions {
             if (policy_type == Some(ty)) != present {
-                let message = format!("{field} is required when policyType is {ty}, and forbidden otherwise");
+                let message =
+                    format!("{field} is required when policyType is {ty}, and forbidden otherwise");
                 self.cel(P, rule, "object", &message);
             }
         }
@@ -363,10 +426,24 @@ impl Walker {
         const P: &str = "spec.policy.rootOfTrust.publicKey";
         self.unknown(P, &pk.unknown);
         if let Some(key) = self.required(&format!("{P}.keyData"), &pk.key_data) {
-            self.key_material(&format!("{P}.keyData"), key, "keyData", Material::PublicKey, Some(68), ["K1", "K2", ""]);
+            self.key_material(
+                &format!("{P}.keyData"),
+                key,
+                "keyData",
+                Material::PublicKey,
+                Some(68),
+                ["K1", "K2", ""],
+            );
         }
         if let Some(rekor) = &pk.rekor_key_data {
-            self.key_material(&format!("{P}.rekorKeyData"), rekor, "rekorKeyData", Material::PublicKey, None, ["R1", "R2", ""]);
+            self.key_material(
+                &format!("{P}.rekorKeyData"),
+                rekor,
+                "rekorKeyData",
+                Material::PublicKey,
+                None,
+                ["R1", "R2", ""],
+            );
         }
     }
 
@@ -374,10 +451,24 @@ impl Walker {
         const P: &str = "spec.policy.rootOfTrust.fulcioCAWithRekor";
         self.unknown(P, &f.unknown);
         if let Some(ca) = self.required(&format!("{P}.fulcioCAData"), &f.fulcio_ca_data) {
-            self.key_material(&format!("{P}.fulcioCAData"), ca, "fulcioCAData", Material::Certificates, None, ["C1", "C2", ""]);
+            self.key_material(
+                &format!("{P}.fulcioCAData"),
+                ca,
+                "fulcioCAData",
+                Material::Certificates,
+                None,
+                ["C1", "C2", ""],
+            );
         }
         if let Some(rekor) = self.required(&format!("{P}.rekorKeyData"), &f.rekor_key_data) {
-            self.key_material(&format!("{P}.rekorKeyData"), rekor, "rekorKeyData", Material::PublicKey, None, ["R1", "R2", ""]);
+            self.key_material(
+                &format!("{P}.rekorKeyData"),
+                rekor,
+                "rekorKeyData",
+                Material::PublicKey,
+                None,
+                ["R1", "R2", ""],
+            );
         }
         let Some(subject) = self.required(&format!("{P}.fulcioSubject"), &f.fulcio_subject) else {
             return;
@@ -385,8 +476,15 @@ impl Walker {
         self.unknown(&format!("{P}.fulcioSubject"), &subject.unknown);
         let issuer_path = format!("{P}.fulcioSubject.oidcIssuer");
         if let Some(issuer) = self.required(&issuer_path, &subject.oidc_issuer) {
-            if (!self.v1() || self.max_len(&issuer_path, issuer, 2048)) && !rules::is_request_uri(issuer) {
-                self.cel(&issuer_path, "F1", "string", "oidcIssuer must be a valid URL");
+            if (!self.v1() || self.max_len(&issuer_path, issuer, 2048))
+                && !rules::is_request_uri(issuer)
+            {
+                self.cel(
+                    &issuer_path,
+                    "F1",
+                    "string",
+                    "oidcIssuer must be a valid URL",
+                );
             }
         }
         let email_path = format!("{P}.fulcioSubject.signedEmail");
@@ -401,11 +499,25 @@ impl Walker {
         const P: &str = "spec.policy.rootOfTrust.pki";
         self.unknown(P, &pki.unknown);
         if let Some(roots) = self.required(&format!("{P}.caRootsData"), &pki.ca_roots_data) {
-            self.key_material(&format!("{P}.caRootsData"), roots, "caRootsData", Material::Certificates, Some(72), ["CR1", "CR2", "CR3"]);
+            self.key_material(
+                &format!("{P}.caRootsData"),
+                roots,
+                "caRootsData",
+                Material::Certificates,
+                Some(72),
+                ["CR1", "CR2", "CR3"],
+            );
         }
         if let Some(inter) = &pki.ca_intermediates_data {
             let path = format!("{P}.caIntermediatesData");
-            self.key_material(&path, inter, "caIntermediatesData", Material::Certificates, Some(72), ["CI1", "CI2", "CI3"]);
+            self.key_material(
+                &path,
+                inter,
+                "caIntermediatesData",
+                Material::Certificates,
+                Some(72),
+                ["CI1", "CI2", "CI3"],
+            );
         }
         let subject_path = format!("{P}.pkiCertificateSubject");
         let Some(subject) = self.required(&subject_path, &pki.pki_certificate_subject) else {
@@ -413,12 +525,21 @@ impl Walker {
         };
         self.unknown(&subject_path, &subject.unknown);
         if subject.email.is_none() && subject.hostname.is_none() {
-            self.cel(&subject_path, "PS1", "object", "at least one of email or hostname must be set in pkiCertificateSubject");
+            self.cel(
+                &subject_path,
+                "PS1",
+                "object",
+                "at least one of email or hostname must be set in pkiCertificateSubject",
+            );
         }
         if let Some(email) = &subject.email {
             let path = format!("{subject_path}.email");
             if self.max_len(&path, email, 320) && !rules::is_email(email) {
-                let message = if self.v1() { "invalid email address" } else { "invalid email address in pkiCertificateSubject" };
+                let message = if self.v1() {
+                    "invalid email address"
+                } else {
+                    "invalid email address in pkiCertificateSubject"
+                };
                 self.cel(&path, "E1", "string", message);
             }
         }
@@ -447,7 +568,15 @@ impl Walker {
         ids: [&'static str; 3],
     ) {
         let Ok(bytes) = decode_b64(b64) else {
-            self.error(path, "Format", format!("Invalid value: {}: {path} in body must be of type byte: {}", shown(b64), shown(b64)));
+            self.error(
+                path,
+                "Format",
+                format!(
+                    "Invalid value: {}: {path} in body must be of type byte: {}",
+                    shown(b64),
+                    shown(b64)
+                ),
+            );
             return;
         };
         if !self.max_len(path, b64, MAX_KEY_LEN) {
@@ -460,19 +589,44 @@ impl Walker {
         let mut markers_ok = true;
         if self.v1() {
             if let Some(min) = min_v1.filter(|&m| b64.len() < m) {
-                self.error(path, "TooShort", format!("Invalid value: {}: {path} in body should be at least {min} chars long", shown(b64)));
+                self.error(
+                    path,
+                    "TooShort",
+                    format!(
+                        "Invalid value: {}: {path} in body should be at least {min} chars long",
+                        shown(b64)
+                    ),
+                );
                 markers_ok = false;
             }
             let Ok(text) = std::str::from_utf8(&bytes) else {
-                self.error(path, ids[0], "Invalid value: \"string\": decoded data is not valid UTF-8".into());
+                self.error(
+                    path,
+                    ids[0],
+                    "Invalid value: \"string\": decoded data is not valid UTF-8".into(),
+                );
                 return;
             };
             let (starts, ends, balanced) = rules::pem_markers(text, label);
             if !starts {
-                self.cel(path, ids[0], "string", &format!("the {field} must start with base64 encoding of '-----BEGIN {label}-----'."));
+                self.cel(
+                    path,
+                    ids[0],
+                    "string",
+                    &format!(
+                        "the {field} must start with base64 encoding of '-----BEGIN {label}-----'."
+                    ),
+                );
             }
             if !ends {
-                self.cel(path, ids[1], "string", &format!("the {field} must end with base64 encoding of '-----END {label}-----'."));
+                self.cel(
+                    path,
+                    ids[1],
+                    "string",
+                    &format!(
+                        "the {field} must end with base64 encoding of '-----END {label}-----'."
+                    ),
+                );
             }
             if !ids[2].is_empty() && !balanced {
                 let message = format!(
@@ -495,7 +649,14 @@ impl Walker {
                 Material::Certificates => "PEM certificates",
             };
             let message = format!("does not decode to {what}: {cause}");
-            self.push(self.v1(), path, "KeyParse", Reason::InvalidKey, message, false);
+            self.push(
+                self.v1(),
+                path,
+                "KeyParse",
+                Reason::InvalidKey,
+                message,
+                false,
+            );
         }
     }
 
@@ -517,12 +678,24 @@ impl Walker {
             None => {}
         }
         let unions = [
-            ("I1", "ExactRepository", "exactRepository", si.exact_repository.is_some()),
-            ("I2", "RemapIdentity", "remapIdentity", si.remap_identity.is_some()),
+            (
+                "I1",
+                "ExactRepository",
+                "exactRepository",
+                si.exact_repository.is_some(),
+            ),
+            (
+                "I2",
+                "RemapIdentity",
+                "remapIdentity",
+                si.remap_identity.is_some(),
+            ),
         ];
         for (rule, mp, field, present) in unions {
             if (policy == Some(mp)) != present {
-                let message = format!("{field} is required when matchPolicy is {mp}, and forbidden otherwise");
+                let message = format!(
+                    "{field} is required when matchPolicy is {mp}, and forbidden otherwise"
+                );
                 self.cel(P, rule, "object", &message);
             }
         }
@@ -535,7 +708,10 @@ impl Walker {
         }
         if let Some(remap) = &si.remap_identity {
             self.unknown(&format!("{P}.remapIdentity"), &remap.unknown);
-            for (field, value) in [("prefix", &remap.prefix), ("signedPrefix", &remap.signed_prefix)] {
+            for (field, value) in [
+                ("prefix", &remap.prefix),
+                ("signedPrefix", &remap.signed_prefix),
+            ] {
                 let path = format!("{P}.remapIdentity.{field}");
                 if let Some(v) = self.required(&path, value) {
                     self.identity(&path, v);
@@ -575,7 +751,10 @@ fn shown(v: &str) -> String {
 
 /// The Image CR guard: an update of `cluster` whose registry lists would conflict
 /// with existing policies, each named. Invalid lists are refused as MCO would fail on them.
-pub fn validate_image_update(facts: Result<ClusterFacts, crate::cluster::ImageConfigError>, policies: &[ClusterImagePolicy]) -> Report {
+pub fn validate_image_update(
+    facts: Result<ClusterFacts, crate::cluster::ImageConfigError>,
+    policies: &[ClusterImagePolicy],
+) -> Report {
     let mut report = Report::default();
     let facts = match facts {
         Ok(f) => f,

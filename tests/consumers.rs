@@ -29,7 +29,11 @@ impl Drop for Registry {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn skopeo(policy: &Path, registries_d: &Path, image: &str, dest: &Path) -> (bool, String) {
@@ -38,11 +42,18 @@ fn skopeo(policy: &Path, registries_d: &Path, image: &str, dest: &Path) -> (bool
         .arg(policy)
         .arg("--registries.d")
         .arg(registries_d)
-        .args(["copy", "--src-tls-verify=false", &format!("docker://{image}")])
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{image}"),
+        ])
         .arg(format!("dir:{}", dest.display()))
         .output()
         .expect("skopeo is installed (scripts/test.sh installs it)");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -67,7 +78,8 @@ fn skopeo_enforces_the_rendered_policy() {
         String::from_utf8_lossy(&setup.stderr)
     );
 
-    let key_data = base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"));
+    let key_data =
+        base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"));
     let cip: ClusterImagePolicy = serde_json::from_value(json!({
         "apiVersion": "config.openshift.io/v1",
         "kind": "ClusterImagePolicy",
@@ -87,39 +99,92 @@ fn skopeo_enforces_the_rendered_policy() {
         ..Default::default()
     };
     let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
-    assert!(matches!(plan.policies[0].condition, render::Condition::Applied { .. }), "{:?}", plan.policies);
+    assert!(
+        matches!(
+            plan.policies[0].condition,
+            render::Condition::Applied { .. }
+        ),
+        "{:?}",
+        plan.policies
+    );
     let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
     let policy = work.path().join("policy.json");
     std::fs::write(&policy, worker.policy_json.as_deref().unwrap()).unwrap();
     let registries_d = work.path().join("registries.d");
     std::fs::create_dir(&registries_d).unwrap();
-    std::fs::write(registries_d.join("sigstore-registries.yaml"), worker.sigstore_yaml.as_deref().unwrap()).unwrap();
+    std::fs::write(
+        registries_d.join("sigstore-registries.yaml"),
+        worker.sigstore_yaml.as_deref().unwrap(),
+    )
+    .unwrap();
 
     let dest = |n: &str| {
         let d = work.path().join(format!("out-{n}"));
         std::fs::create_dir_all(&d).unwrap();
         d
     };
-    let (ok, err) = skopeo(&policy, &registries_d, &format!("{registry}/unsigned/app:v1"), &dest("unsigned"));
-    assert!(!ok && err.contains("A signature was required, but no signature exists"), "unsigned: {err}");
+    let (ok, err) = skopeo(
+        &policy,
+        &registries_d,
+        &format!("{registry}/unsigned/app:v1"),
+        &dest("unsigned"),
+    );
+    assert!(
+        !ok && err.contains("A signature was required, but no signature exists"),
+        "unsigned: {err}"
+    );
     // The attachment was found through registries.d and handed to verification, which
     // Debian's build disables: proof the policy parsed and the scope matched.
-    let (ok, err) = skopeo(&policy, &registries_d, &format!("{registry}/signed/app:v1"), &dest("signed"));
-    assert!(!ok && err.contains("Debian-local change: sigstore disabled"), "signed: {err}");
-    let (ok, err) = skopeo(&policy, &registries_d, &format!("{registry}/blocked/app:v1"), &dest("blocked"));
-    assert!(!ok && err.contains("is rejected by policy"), "blocked: {err}");
-    let (ok, err) = skopeo(&policy, &registries_d, &format!("{registry}/free/app:v1"), &dest("free"));
+    let (ok, err) = skopeo(
+        &policy,
+        &registries_d,
+        &format!("{registry}/signed/app:v1"),
+        &dest("signed"),
+    );
+    assert!(
+        !ok && err.contains("Debian-local change: sigstore disabled"),
+        "signed: {err}"
+    );
+    let (ok, err) = skopeo(
+        &policy,
+        &registries_d,
+        &format!("{registry}/blocked/app:v1"),
+        &dest("blocked"),
+    );
+    assert!(
+        !ok && err.contains("is rejected by policy"),
+        "blocked: {err}"
+    );
+    let (ok, err) = skopeo(
+        &policy,
+        &registries_d,
+        &format!("{registry}/free/app:v1"),
+        &dest("free"),
+    );
     assert!(ok, "free: {err}");
     // Without our registries.d file the signed image looks unsigned: the file matters.
     let empty = work.path().join("empty.d");
     std::fs::create_dir(&empty).unwrap();
-    let (ok, err) = skopeo(&policy, &empty, &format!("{registry}/signed/app:v1"), &dest("signed-2"));
-    assert!(!ok && err.contains("A signature was required, but no signature exists"), "no registries.d: {err}");
+    let (ok, err) = skopeo(
+        &policy,
+        &empty,
+        &format!("{registry}/signed/app:v1"),
+        &dest("signed-2"),
+    );
+    assert!(
+        !ok && err.contains("A signature was required, but no signature exists"),
+        "no registries.d: {err}"
+    );
 }
 
 #[test]
 fn every_rendered_ignition_config_validates() {
-    let inputs = common::load(&common::yaml_files("examples").iter().map(String::as_str).collect::<Vec<_>>());
+    let inputs = common::load(
+        &common::yaml_files("examples")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
@@ -130,13 +195,29 @@ fn every_rendered_ignition_config_validates() {
             .arg(&path)
             .output()
             .expect("ignition-validate is installed (scripts/test.sh installs it)");
-        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && !report.contains("warning") && !report.contains("error"), "{}: {report}", mc.metadata.name);
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !report.contains("warning") && !report.contains("error"),
+            "{}: {report}",
+            mc.metadata.name
+        );
         checked += 1;
     }
     assert_eq!(checked, 4);
     // The validator does catch a bad config, so a pass means something.
     let bad = dir.path().join("bad.ign");
-    std::fs::write(&bad, r#"{"ignition":{"version":"3.2.0"},"storage":{"files":[{"path":"relative","mode":420}]}}"#).unwrap();
-    assert!(!Command::new("ignition-validate").arg(&bad).status().unwrap().success());
+    std::fs::write(
+        &bad,
+        r#"{"ignition":{"version":"3.2.0"},"storage":{"files":[{"path":"relative","mode":420}]}}"#,
+    )
+    .unwrap();
+    assert!(!Command::new("ignition-validate")
+        .arg(&bad)
+        .status()
+        .unwrap()
+        .success());
 }

@@ -16,7 +16,10 @@ const CRS: &str = "tests/fixtures/mco/policies.yaml";
 /// validation (their remap prefixes break the CRD's rule N2), template as original.
 fn mco_policy_json(names: &[&str], image: Option<Image>) -> String {
     let policies = common::policies(&[CRS], names);
-    let requirements: Vec<_> = policies.iter().map(|p| render::requirement(p).unwrap()).collect();
+    let requirements: Vec<_> = policies
+        .iter()
+        .map(|p| render::requirement(p).unwrap())
+        .collect();
     let map = render::scope_requirements(
         policies
             .iter()
@@ -24,7 +27,9 @@ fn mco_policy_json(names: &[&str], image: Option<Image>) -> String {
             .map(|(p, r)| (p.metadata.name.as_str(), p.scopes(), r)),
     );
     let facts = ClusterFacts::new(image.as_ref(), None, &[]).unwrap();
-    render::update_policy_json(MCO_TEMPLATE, &facts, &map).unwrap().expect("a policy.json is written")
+    render::update_policy_json(MCO_TEMPLATE, &facts, &map)
+        .unwrap()
+        .expect("a policy.json is written")
 }
 
 /// The worker pool's policy.json from the full pipeline (validation included).
@@ -32,7 +37,11 @@ fn worker_policy_json(inputs: &Inputs) -> String {
     let plan = render::plan(inputs, &RenderOptions::default()).unwrap();
     let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
     assert_eq!(worker.error, None);
-    worker.policy_json.clone().expect("a policy.json is written")
+    worker
+        .policy_json
+        .as_deref()
+        .expect("a policy.json is written")
+        .to_string()
 }
 
 fn image(allowed: &[&str], blocked: &[&str]) -> Image {
@@ -57,13 +66,17 @@ fn lists_only(image: Image) -> Inputs {
 fn p0_with(scopes: &[&str], image: Image) -> Inputs {
     let mut i = lists_only(image);
     i.policies = common::policies(&["examples/p0.yaml"], &["p0"]);
-    i.policies[0].spec.as_mut().unwrap().scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
+    i.policies[0].spec.as_mut().unwrap().scopes =
+        Some(scopes.iter().map(|s| s.to_string()).collect());
     i
 }
 
 #[test]
 fn tv1_fulcio_and_pki_without_registry_lists() {
-    common::assert_golden("tests/golden/mco/tv1.policy.json", &mco_policy_json(&["test-cr0", "test-cr3"], None));
+    common::assert_golden(
+        "tests/golden/mco/tv1.policy.json",
+        &mco_policy_json(&["test-cr0", "test-cr3"], None),
+    );
 }
 
 #[test]
@@ -74,27 +87,45 @@ fn tv2_allowed_registries_default_reject() {
 
 #[test]
 fn tv3_policies_on_one_scope_merge_in_name_order() {
-    common::assert_golden("tests/golden/mco/tv3.policy.json", &mco_policy_json(&["test-cr0", "test-cr1"], None));
+    common::assert_golden(
+        "tests/golden/mco/tv3.policy.json",
+        &mco_policy_json(&["test-cr0", "test-cr1"], None),
+    );
     // The order of the input objects does not matter.
-    common::assert_golden("tests/golden/mco/tv3.policy.json", &mco_policy_json(&["test-cr1", "test-cr0"], None));
+    common::assert_golden(
+        "tests/golden/mco/tv3.policy.json",
+        &mco_policy_json(&["test-cr1", "test-cr0"], None),
+    );
 }
 
 #[test]
 fn tv5_sigstore_registries_yaml() {
     let policies = common::policies(&[CRS], &["test-cr0", "test-cr1"]);
-    let yaml = cip_webhook::registries_d::sigstore_registries_yaml(policies.iter().flat_map(|p| p.scopes()).map(String::as_str));
+    let yaml = cip_webhook::registries_d::sigstore_registries_yaml(
+        policies.iter().flat_map(|p| p.scopes()).map(String::as_str),
+    );
     common::assert_golden("tests/golden/mco/tv5.sigstore-registries.yaml", &yaml);
 }
 
 #[test]
 fn tv7_blocked_and_allowed_lists_alone() {
     let blocked = lists_only(image(&[], &["block.com", "*.blocked-example.com"]));
-    common::assert_golden("tests/golden/mco/tv7-blocked.policy.json", &worker_policy_json(&blocked));
+    common::assert_golden(
+        "tests/golden/mco/tv7-blocked.policy.json",
+        &worker_policy_json(&blocked),
+    );
     let allowed = lists_only(image(
-        &["allow.io", "allow.io/namespace1/namespace2", "allowed-example.com/namespace1/namespace2/namespace3"],
+        &[
+            "allow.io",
+            "allow.io/namespace1/namespace2",
+            "allowed-example.com/namespace1/namespace2/namespace3",
+        ],
         &[],
     ));
-    common::assert_golden("tests/golden/mco/tv7-allowed.policy.json", &worker_policy_json(&allowed));
+    common::assert_golden(
+        "tests/golden/mco/tv7-allowed.policy.json",
+        &worker_policy_json(&allowed),
+    );
     // With lists alone there is no policy to attach: no imagepolicies MachineConfig.
     let plan = render::plan(&allowed, &RenderOptions::default()).unwrap();
     assert!(plan.pools.iter().all(|p| p.sigstore_yaml.is_none()));
@@ -103,11 +134,17 @@ fn tv7_blocked_and_allowed_lists_alone() {
 #[test]
 fn tv9_conflicting_scopes_are_skipped_and_reported() {
     let i = p0_with(
-        &["allowed.io/policysigned", "allowed.io/namespace1/namespace2/ok"],
+        &[
+            "allowed.io/policysigned",
+            "allowed.io/namespace1/namespace2/ok",
+        ],
         image(&["allowed.io/namespace1/namespace2"], &[]),
     );
     let plan = render::plan(&i, &RenderOptions::default()).unwrap();
-    let render::Condition::Pending { reason, skipped, .. } = &plan.policies[0].condition else {
+    let render::Condition::Pending {
+        reason, skipped, ..
+    } = &plan.policies[0].condition
+    else {
         panic!("expected Pending: {:?}", plan.policies[0]);
     };
     assert_eq!(*reason, cip_webhook::validate::Reason::ConflictScopes);
@@ -116,19 +153,33 @@ fn tv9_conflicting_scopes_are_skipped_and_reported() {
         "clusterimagePolicy configured for the scope allowed.io/policysigned is not nested inside allowedRegistries"
     );
     // The rest of the policy still rolls out.
-    assert_eq!(plan.pools[0].scopes, ["allowed.io/namespace1/namespace2/ok"]);
+    assert_eq!(
+        &plan.pools[0].scopes[..],
+        ["allowed.io/namespace1/namespace2/ok"]
+    );
 
-    let i = p0_with(&["blocker-reg.com/namespace1/policysigned"], image(&[], &["blocked.io", "blocker-reg.com/namespace1"]));
+    let i = p0_with(
+        &["blocker-reg.com/namespace1/policysigned"],
+        image(&[], &["blocked.io", "blocker-reg.com/namespace1"]),
+    );
     let plan = render::plan(&i, &RenderOptions::default()).unwrap();
-    let render::Condition::Pending { skipped, .. } = &plan.policies[0].condition else { panic!() };
+    let render::Condition::Pending { skipped, .. } = &plan.policies[0].condition else {
+        panic!()
+    };
     assert_eq!(
         skipped[0].message,
         "clusterimagePolicy configured for the scope blocker-reg.com/namespace1/policysigned is nested inside blockedRegistries"
     );
 
-    let i = p0_with(&["blocked.io"], image(&[], &["blocked.io/namespace1/namespace2"]));
+    let i = p0_with(
+        &["blocked.io"],
+        image(&[], &["blocked.io/namespace1/namespace2"]),
+    );
     let plan = render::plan(&i, &RenderOptions::default()).unwrap();
-    assert!(matches!(plan.policies[0].condition, render::Condition::Applied { .. }));
+    assert!(matches!(
+        plan.policies[0].condition,
+        render::Condition::Applied { .. }
+    ));
 }
 
 /// `render` over examples/: the MachineConfig files and the summary, byte for byte.
@@ -141,8 +192,14 @@ fn examples_render_golden() {
         .arg(out.path())
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let summary = String::from_utf8(run.stdout).unwrap().replace(&out.path().display().to_string(), "OUT");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary = String::from_utf8(run.stdout)
+        .unwrap()
+        .replace(&out.path().display().to_string(), "OUT");
     common::assert_golden("tests/golden/examples/summary.txt", &summary);
     let mut names: Vec<String> = std::fs::read_dir(out.path())
         .unwrap()
@@ -169,20 +226,42 @@ fn examples_render_golden() {
 fn rejected_examples_check_golden() {
     let run = Command::new(common::bin())
         .current_dir(common::root())
-        .args(["check", "--state", "examples", "examples/p0.yaml", "examples/signed-apps.yaml"])
+        .args([
+            "check",
+            "--state",
+            "examples",
+            "examples/p0.yaml",
+            "examples/signed-apps.yaml",
+        ])
         .args(common::yaml_files("examples/rejected"))
         .output()
         .unwrap();
-    assert_eq!(run.status.code(), Some(1), "{}", String::from_utf8_lossy(&run.stderr));
-    common::assert_golden("examples/rejected/expected.txt", &String::from_utf8(run.stdout).unwrap());
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    common::assert_golden(
+        "examples/rejected/expected.txt",
+        &String::from_utf8(run.stdout).unwrap(),
+    );
 }
 
 #[test]
 fn render_changes_are_create_then_unchanged() {
     let mut i = common::load(&["examples/p0.yaml", "examples/pools.yaml"]);
     let first = render::plan(&i, &RenderOptions::default()).unwrap();
-    assert!(first.pools.iter().flat_map(|p| &p.changes).all(|c| c.action == Action::Create));
+    assert!(first
+        .pools
+        .iter()
+        .flat_map(|p| &p.changes)
+        .all(|c| c.action == Action::Create));
     i.machine_configs = first.desired_machine_configs().cloned().collect();
     let second = render::plan(&i, &RenderOptions::default()).unwrap();
-    assert!(second.pools.iter().flat_map(|p| &p.changes).all(|c| c.action == Action::Unchanged));
+    assert!(second
+        .pools
+        .iter()
+        .flat_map(|p| &p.changes)
+        .all(|c| c.action == Action::Unchanged));
 }

@@ -27,8 +27,14 @@ const SCOPES: [&str; 12] = [
     "quay.io/openshift-release-dev",
 ];
 
-fn policy(index: usize, scopes: Vec<&str>, v1alpha1: bool, match_repository: bool) -> ClusterImagePolicy {
-    let key = base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"));
+fn policy(
+    index: usize,
+    scopes: Vec<&str>,
+    v1alpha1: bool,
+    match_repository: bool,
+) -> ClusterImagePolicy {
+    let key =
+        base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"));
     let mut value = json!({
         "apiVersion": if v1alpha1 { "config.openshift.io/v1alpha1" } else { "config.openshift.io/v1" },
         "kind": "ClusterImagePolicy",
@@ -45,7 +51,15 @@ fn policy(index: usize, scopes: Vec<&str>, v1alpha1: bool, match_repository: boo
 }
 
 fn policies() -> impl Strategy<Value = Vec<ClusterImagePolicy>> {
-    prop::collection::vec((prop::sample::subsequence(SCOPES.to_vec(), 1..4), any::<bool>(), any::<bool>()), 0..8).prop_map(|specs| {
+    prop::collection::vec(
+        (
+            prop::sample::subsequence(SCOPES.to_vec(), 1..4),
+            any::<bool>(),
+            any::<bool>(),
+        ),
+        0..8,
+    )
+    .prop_map(|specs| {
         specs
             .into_iter()
             .enumerate()
@@ -77,7 +91,9 @@ fn cluster() -> Inputs {
 
 /// The desired MachineConfigs as bytes.
 fn machine_configs(plan: &Plan) -> String {
-    plan.desired_machine_configs().map(|mc| serde_yaml::to_string(mc).unwrap()).collect()
+    plan.desired_machine_configs()
+        .map(|mc| serde_yaml::to_string(mc).unwrap())
+        .collect()
 }
 
 /// Everything a plan says, as bytes: the MachineConfigs, the conditions, the pool plans.
@@ -92,7 +108,8 @@ fn bytes(plan: &Plan) -> String {
 fn apply(inputs: &Inputs, plan: &Plan) -> Inputs {
     let mut next = inputs.clone();
     for change in plan.pools.iter().flat_map(|p| &p.changes) {
-        next.machine_configs.retain(|mc| mc.metadata.name != change.name);
+        next.machine_configs
+            .retain(|mc| mc.metadata.name != change.name);
         if let Some(desired) = &change.desired {
             next.machine_configs.push(desired.clone());
         }
@@ -175,16 +192,40 @@ fn without_registry_lists_revert_removes_our_entry() {
     let original = cluster();
     let mut with = original.clone();
     with.policies = vec![policy(0, vec!["example.com"], false, false)];
-    let added = apply(&with, &render::plan(&with, &RenderOptions::default()).unwrap());
-    let reg = added.machine_configs.iter().find(|m| m.metadata.name == "99-worker-generated-registries").unwrap();
+    let added = apply(
+        &with,
+        &render::plan(&with, &RenderOptions::default()).unwrap(),
+    );
+    let reg = added
+        .machine_configs
+        .iter()
+        .find(|m| m.metadata.name == "99-worker-generated-registries")
+        .unwrap();
     assert_eq!(reg.files().len(), 2);
     let mut without = added.clone();
     without.policies.clear();
     let plan = render::plan(&without, &RenderOptions::default()).unwrap();
     let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
-    let actions: Vec<(&str, Action)> = worker.changes.iter().map(|c| (c.name.as_str(), c.action)).collect();
-    assert_eq!(actions, [("99-worker-generated-registries", Action::Update), ("99-worker-generated-imagepolicies", Action::Delete)]);
+    let actions: Vec<(&str, Action)> = worker
+        .changes
+        .iter()
+        .map(|c| (c.name.as_str(), c.action))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("99-worker-generated-registries", Action::Update),
+            ("99-worker-generated-imagepolicies", Action::Delete)
+        ]
+    );
     let reverted = worker.changes[0].desired.as_ref().unwrap();
-    let before = original.machine_configs.iter().find(|m| m.metadata.name == "99-worker-generated-registries").unwrap();
-    assert_eq!(serde_yaml::to_string(reverted).unwrap(), serde_yaml::to_string(before).unwrap());
+    let before = original
+        .machine_configs
+        .iter()
+        .find(|m| m.metadata.name == "99-worker-generated-registries")
+        .unwrap();
+    assert_eq!(
+        serde_yaml::to_string(reverted).unwrap(),
+        serde_yaml::to_string(before).unwrap()
+    );
 }

@@ -64,7 +64,15 @@ fn pki_policy() -> Value {
 }
 
 fn run(object: &Value, facts: &ClusterFacts, size: Option<&SizeCheck>, exempt: bool) -> Report {
-    validate::validate_value(object, &Context { facts, size, exempt }).1
+    validate::validate_value(
+        object,
+        &Context {
+            facts,
+            size,
+            exempt,
+        },
+    )
+    .1
 }
 
 fn check(object: &Value) -> Report {
@@ -74,7 +82,9 @@ fn check(object: &Value) -> Report {
 /// Sets the field at a `/`-separated path (`~` removes it).
 fn with(mut object: Value, path: &str, value: Value) -> Value {
     let (parent, last) = path.rsplit_once('/').unwrap();
-    let target = object.pointer_mut(parent).unwrap_or_else(|| panic!("no {parent}"));
+    let target = object
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("no {parent}"));
     if value == json!("~") {
         target.as_object_mut().unwrap().remove(last);
     } else if let Ok(i) = last.parse::<usize>() {
@@ -97,7 +107,12 @@ fn assert_denied(object: Value, expected: &[&str]) {
 
 #[test]
 fn valid_policies_pass_cleanly() {
-    for p in [public_key_policy("v1"), fulcio_policy(), pki_policy(), public_key_policy("v1alpha1")] {
+    for p in [
+        public_key_policy("v1"),
+        fulcio_policy(),
+        pki_policy(),
+        public_key_policy("v1alpha1"),
+    ] {
         let r = check(&p);
         assert_eq!(r, Report::default(), "{p}");
     }
@@ -123,12 +138,24 @@ fn scope_rules() {
         &["spec.scopes[2]: Duplicate value: \"a.io\""],
     );
     let long = format!("example.com/{}", "a".repeat(510));
-    assert_denied(with(p.clone(), "/spec/scopes/0", json!(long)), &["spec.scopes[0]: Too long: may not be more than 512 bytes"]);
+    assert_denied(
+        with(p.clone(), "/spec/scopes/0", json!(long)),
+        &["spec.scopes[0]: Too long: may not be more than 512 bytes"],
+    );
     let many: Vec<String> = (0..257).map(|i| format!("r{i}.example.com")).collect();
-    assert_denied(with(p.clone(), "/spec/scopes", json!(many)), &["spec.scopes: Too many: 257: must have at most 256 items"]);
-    assert_denied(with(p.clone(), "/spec/scopes", json!("~")), &["spec.scopes: Required value"]);
+    assert_denied(
+        with(p.clone(), "/spec/scopes", json!(many)),
+        &["spec.scopes: Too many: 257: must have at most 256 items"],
+    );
+    assert_denied(
+        with(p.clone(), "/spec/scopes", json!("~")),
+        &["spec.scopes: Required value"],
+    );
     let r = check(&with(p, "/spec/scopes", json!([])));
-    assert_eq!(r.warning_messages(), ["spec.scopes: no scopes: the policy applies to no image"]);
+    assert_eq!(
+        r.warning_messages(),
+        ["spec.scopes: no scopes: the policy applies to no image"]
+    );
 }
 
 #[test]
@@ -157,8 +184,14 @@ fn union_and_policy_type_rules() {
             "spec.policy.rootOfTrust: Invalid value: \"object\": pki is required when policyType is PKI, and forbidden otherwise",
         ],
     );
-    assert_denied(with(p.clone(), "/spec/policy/rootOfTrust", json!("~")), &["spec.policy.rootOfTrust: Required value"]);
-    assert_denied(with(p.clone(), "/spec/policy", json!("~")), &["spec.policy: Required value"]);
+    assert_denied(
+        with(p.clone(), "/spec/policy/rootOfTrust", json!("~")),
+        &["spec.policy.rootOfTrust: Required value"],
+    );
+    assert_denied(
+        with(p.clone(), "/spec/policy", json!("~")),
+        &["spec.policy: Required value"],
+    );
     assert_denied(with(p, "/spec", json!("~")), &["spec: Required value"]);
 }
 
@@ -167,7 +200,10 @@ fn public_key_rules() {
     let p = public_key_policy("v1");
     const K: &str = "/spec/policy/rootOfTrust/publicKey/keyData";
     const KP: &str = "spec.policy.rootOfTrust.publicKey.keyData";
-    assert_denied(with(p.clone(), K, json!("~")), &[&format!("{KP}: Required value")]);
+    assert_denied(
+        with(p.clone(), K, json!("~")),
+        &[&format!("{KP}: Required value")],
+    );
     assert_denied(
         with(p.clone(), K, json!("not base64!")),
         &[&format!("{KP}: Invalid value: \"not base64!\": {KP} in body must be of type byte: \"not base64!\"")],
@@ -190,11 +226,20 @@ fn public_key_rules() {
         &[&format!("{KP}: Invalid value: \"string\": the keyData must start with base64 encoding of '-----BEGIN PUBLIC KEY-----'.")],
     );
     let too_long = b64(&format!("{pem}{}", "x".repeat(6200)));
-    assert_denied(with(p.clone(), K, json!(too_long)), &[&format!("{KP}: Too long: may not be more than 8192 bytes")]);
+    assert_denied(
+        with(p.clone(), K, json!(too_long)),
+        &[&format!("{KP}: Too long: may not be more than 8192 bytes")],
+    );
     // Markers right, contents wrong: only the parse check can tell.
-    let garbage = b64("-----BEGIN PUBLIC KEY-----\nTm90IGEga2V5IGF0IGFsbA==\n-----END PUBLIC KEY-----\n");
+    let garbage =
+        b64("-----BEGIN PUBLIC KEY-----\nTm90IGEga2V5IGF0IGFsbA==\n-----END PUBLIC KEY-----\n");
     let r = check(&with(p.clone(), K, json!(garbage)));
-    assert_eq!(errors(&r), [format!("{KP}: does not decode to a PEM public key: the key is not a DER SubjectPublicKeyInfo")]);
+    assert_eq!(
+        errors(&r),
+        [format!(
+            "{KP}: does not decode to a PEM public key: the key is not a DER SubjectPublicKeyInfo"
+        )]
+    );
     assert_eq!(r.reason(), Some(Reason::InvalidKey));
     const R: &str = "/spec/policy/rootOfTrust/publicKey/rekorKeyData";
     const RP: &str = "spec.policy.rootOfTrust.publicKey.rekorKeyData";
@@ -219,24 +264,44 @@ fn fulcio_rules() {
             &format!("{P}.fulcioCAData: Invalid value: \"string\": the fulcioCAData must end with base64 encoding of '-----END CERTIFICATE-----'."),
         ],
     );
-    assert_denied(with(f.clone(), &format!("{J}/rekorKeyData"), json!("~")), &[&format!("{P}.rekorKeyData: Required value")]);
-    assert_denied(with(f.clone(), &format!("{J}/fulcioSubject"), json!("~")), &[&format!("{P}.fulcioSubject: Required value")]);
+    assert_denied(
+        with(f.clone(), &format!("{J}/rekorKeyData"), json!("~")),
+        &[&format!("{P}.rekorKeyData: Required value")],
+    );
+    assert_denied(
+        with(f.clone(), &format!("{J}/fulcioSubject"), json!("~")),
+        &[&format!("{P}.fulcioSubject: Required value")],
+    );
     assert_denied(
         with(f.clone(), &format!("{J}/fulcioSubject/oidcIssuer"), json!("../relative-path")),
         &[&format!("{P}.fulcioSubject.oidcIssuer: Invalid value: \"string\": oidcIssuer must be a valid URL")],
     );
     assert_denied(
-        with(f.clone(), &format!("{J}/fulcioSubject/oidcIssuer"), json!(format!("https://e.com/{}", "a".repeat(2040)))),
-        &[&format!("{P}.fulcioSubject.oidcIssuer: Too long: may not be more than 2048 bytes")],
+        with(
+            f.clone(),
+            &format!("{J}/fulcioSubject/oidcIssuer"),
+            json!(format!("https://e.com/{}", "a".repeat(2040))),
+        ),
+        &[&format!(
+            "{P}.fulcioSubject.oidcIssuer: Too long: may not be more than 2048 bytes"
+        )],
     );
     assert_denied(
-        with(f.clone(), &format!("{J}/fulcioSubject/signedEmail"), json!("dev at example.com")),
-        &[&format!("{P}.fulcioSubject.signedEmail: Invalid value: \"string\": invalid email address")],
+        with(
+            f.clone(),
+            &format!("{J}/fulcioSubject/signedEmail"),
+            json!("dev at example.com"),
+        ),
+        &[&format!(
+            "{P}.fulcioSubject.signedEmail: Invalid value: \"string\": invalid email address"
+        )],
     );
     let bogus_cert = b64("-----BEGIN CERTIFICATE-----\nMIIBATA=\n-----END CERTIFICATE-----");
     assert_denied(
         with(f, &format!("{J}/fulcioCAData"), json!(bogus_cert)),
-        &[&format!("{P}.fulcioCAData: does not decode to PEM certificates: certificate 1 is not DER X.509")],
+        &[&format!(
+            "{P}.fulcioCAData: does not decode to PEM certificates: certificate 1 is not DER X.509"
+        )],
     );
 }
 
@@ -268,10 +333,20 @@ fn pki_rules() {
         &[&format!("{P}.pkiCertificateSubject.hostname: Invalid value: \"string\": hostname must be a valid dns 1123 subdomain name, optionally prefixed by '*.'. It must consist only of lowercase alphanumeric characters, hyphens, periods and the optional preceding asterisk.")],
     );
     assert_denied(
-        with(p.clone(), &format!("{J}/pkiCertificateSubject/email"), json!("nobody")),
-        &[&format!("{P}.pkiCertificateSubject.email: Invalid value: \"string\": invalid email address")],
+        with(
+            p.clone(),
+            &format!("{J}/pkiCertificateSubject/email"),
+            json!("nobody"),
+        ),
+        &[&format!(
+            "{P}.pkiCertificateSubject.email: Invalid value: \"string\": invalid email address"
+        )],
     );
-    let mut alpha = with(p, &format!("{J}/pkiCertificateSubject/email"), json!("nobody"));
+    let mut alpha = with(
+        p,
+        &format!("{J}/pkiCertificateSubject/email"),
+        json!("nobody"),
+    );
     alpha["apiVersion"] = json!("config.openshift.io/v1alpha1");
     assert_denied(
         alpha,
@@ -284,7 +359,10 @@ fn signed_identity_rules() {
     let p = public_key_policy("v1");
     const S: &str = "spec.policy.signedIdentity";
     let si = |v: Value| with(p.clone(), "/spec/policy/signedIdentity", v);
-    assert_denied(si(json!({})), &[&format!("{S}.matchPolicy: Required value")]);
+    assert_denied(
+        si(json!({})),
+        &[&format!("{S}.matchPolicy: Required value")],
+    );
     assert_denied(
         si(json!({"matchPolicy": "Exact"})),
         &[&format!("{S}.matchPolicy: Unsupported value: \"Exact\": supported values: \"MatchRepoDigestOrExact\", \"MatchRepository\", \"ExactRepository\", \"RemapIdentity\"")],
@@ -305,10 +383,14 @@ fn signed_identity_rules() {
         ],
     );
     assert_denied(
-        si(json!({"matchPolicy": "RemapIdentity", "remapIdentity": {"prefix": "mirror.example.com/ns"}})),
+        si(
+            json!({"matchPolicy": "RemapIdentity", "remapIdentity": {"prefix": "mirror.example.com/ns"}}),
+        ),
         &[&format!("{S}.remapIdentity.signedPrefix: Required value")],
     );
-    let mut alpha = si(json!({"matchPolicy": "RemapIdentity", "remapIdentity": {"prefix": "mirror", "signedPrefix": "example.com"}}));
+    let mut alpha = si(
+        json!({"matchPolicy": "RemapIdentity", "remapIdentity": {"prefix": "mirror", "signedPrefix": "example.com"}}),
+    );
     alpha["apiVersion"] = json!("config.openshift.io/v1alpha1");
     assert_denied(alpha.clone(), &[&format!("{S}.remapIdentity.prefix: Invalid value: \"string\": invalid repository or prefix in the signedIdentity")]);
     // v1alpha1: an empty matchPolicy means the default.
@@ -319,7 +401,14 @@ fn signed_identity_rules() {
 #[test]
 fn v1alpha1_keeps_the_seed_example_with_a_warning() {
     let seed = common::load(&["examples/p0.yaml"]).policies.remove(0);
-    let r = validate::validate(&seed, &Context { facts: &ClusterFacts::default(), size: None, exempt: false });
+    let r = validate::validate(
+        &seed,
+        &Context {
+            facts: &ClusterFacts::default(),
+            size: None,
+            exempt: false,
+        },
+    );
     assert!(r.allowed(), "{:?}", r.denial_message());
     assert_eq!(
         r.warning_messages(),
@@ -338,13 +427,23 @@ fn object_level_rules() {
         with(p.clone(), "/apiVersion", json!("config.openshift.io/v2")),
         &["apiVersion: Unsupported value: \"config.openshift.io/v2\": supported values: \"config.openshift.io/v1\", \"config.openshift.io/v1alpha1\""],
     );
-    assert_denied(with(p.clone(), "/metadata/name", json!("~")), &["metadata.name: Required value"]);
+    assert_denied(
+        with(p.clone(), "/metadata/name", json!("~")),
+        &["metadata.name: Required value"],
+    );
     assert_denied(
         with(p.clone(), "/spec/scopes", json!("example.com")),
         &["spec.scopes: Invalid value: invalid type: string \"example.com\", expected a sequence"],
     );
-    let r = check(&with(p.clone(), "/spec/policy/rootOfTrust/publicKey/keyDatas", json!([])));
-    assert_eq!(r.warning_messages(), ["spec.policy.rootOfTrust.publicKey.keyDatas: unknown field, the API server drops it"]);
+    let r = check(&with(
+        p.clone(),
+        "/spec/policy/rootOfTrust/publicKey/keyDatas",
+        json!([]),
+    ));
+    assert_eq!(
+        r.warning_messages(),
+        ["spec.policy.rootOfTrust.publicKey.keyDatas: unknown field, the API server drops it"]
+    );
     let r = check(&with(p.clone(), "/metadata/name", json!("openshift-mine")));
     assert!(r.allowed());
     assert_eq!(
@@ -352,21 +451,33 @@ fn object_level_rules() {
         ["metadata.name: names beginning with \"openshift\" are reserved for policies shipped with the platform"]
     );
     // Several problems come back at once, aggregated as the API server does.
-    let two = with(with(p, "/spec/scopes/0", json!("*.x.io/a")), "/spec/policy/signedIdentity", json!({}));
+    let two = with(
+        with(p, "/spec/scopes/0", json!("*.x.io/a")),
+        "/spec/policy/signedIdentity",
+        json!({}),
+    );
     let message = check(&two).denial_message().unwrap();
-    assert!(message.starts_with("[spec.scopes[0]: ") && message.contains(", spec.policy.signedIdentity.matchPolicy: Required value]"), "{message}");
+    assert!(
+        message.starts_with("[spec.scopes[0]: ")
+            && message.contains(", spec.policy.signedIdentity.matchPolicy: Required value]"),
+        "{message}"
+    );
 }
 
 fn cluster(image_lists: (&[&str], &[&str])) -> ClusterFacts {
     let mut image = Image::default();
-    image.spec.registry_sources.allowed_registries = image_lists.0.iter().map(|s| s.to_string()).collect();
-    image.spec.registry_sources.blocked_registries = image_lists.1.iter().map(|s| s.to_string()).collect();
+    image.spec.registry_sources.allowed_registries =
+        image_lists.0.iter().map(|s| s.to_string()).collect();
+    image.spec.registry_sources.blocked_registries =
+        image_lists.1.iter().map(|s| s.to_string()).collect();
     let mut cv = ClusterVersion::default();
     cv.status.desired = Some(Release {
         image: "registry.build05.ci.openshift.org/ci-ln/release@sha256:0123".into(),
         version: "4.20.0".into(),
     });
-    let extras: Vec<String> = cip_webhook::cluster::DEFAULT_EXTRA_PAYLOAD_REPOS.map(String::from).to_vec();
+    let extras: Vec<String> = cip_webhook::cluster::DEFAULT_EXTRA_PAYLOAD_REPOS
+        .map(String::from)
+        .to_vec();
     ClusterFacts::new(Some(&image), Some(&cv), &extras).unwrap()
 }
 
@@ -384,7 +495,11 @@ fn cluster_context_rules() {
     );
 
     let facts = cluster((&[], &[]));
-    let payload = with(p.clone(), "/spec/scopes/0", json!("registry.build05.ci.openshift.org"));
+    let payload = with(
+        p.clone(),
+        "/spec/scopes/0",
+        json!("registry.build05.ci.openshift.org"),
+    );
     let expected = "clusterimagePolicy configured for the scope registry.build05.ci.openshift.org covers the OpenShift release payload repository registry.build05.ci.openshift.org/ci-ln/release, whose signatures the platform verifies";
     let r = run(&payload, &facts, None, false);
     assert_eq!(r.denial_message().unwrap(), expected);
@@ -393,15 +508,31 @@ fn cluster_context_rules() {
     let r = run(&payload, &facts, None, true);
     assert!(r.allowed());
     assert_eq!(r.warning_messages(), [expected]);
-    let inside = with(p.clone(), "/spec/scopes/0", json!("quay.io/openshift-release-dev/ocp-v4.0-art-dev:4.20"));
+    let inside = with(
+        p.clone(),
+        "/spec/scopes/0",
+        json!("quay.io/openshift-release-dev/ocp-v4.0-art-dev:4.20"),
+    );
     assert!(run(&inside, &facts, None, false).denial_message().unwrap().contains(" is inside the OpenShift release payload repository quay.io/openshift-release-dev/ocp-v4.0-art-dev,"));
 
-    let size = SizeCheck { machine_config: "99-worker-generated-registries".into(), current_bytes: 1_000_000, budget_bytes: 1_048_576 };
+    let size = SizeCheck {
+        machine_config: "99-worker-generated-registries".into(),
+        current_bytes: 1_000_000,
+        budget_bytes: 1_048_576,
+    };
     let big: Vec<String> = (0..200).map(|i| format!("r{i}.example.com")).collect();
-    let r = run(&with(p.clone(), "/spec/scopes", json!(big)), &facts, Some(&size), false);
+    let r = run(
+        &with(p.clone(), "/spec/scopes", json!(big)),
+        &facts,
+        Some(&size),
+        false,
+    );
     let message = r.denial_message().unwrap();
     assert!(message.starts_with("spec: adding this policy would grow MachineConfig 99-worker-generated-registries to about "), "{message}");
-    assert!(message.ends_with("over the budget of 1048576 bytes"), "{message}");
+    assert!(
+        message.ends_with("over the budget of 1048576 bytes"),
+        "{message}"
+    );
     assert_eq!(r.reason(), Some(Reason::TooLarge));
     assert!(run(&p, &facts, Some(&size), false).allowed());
 }
@@ -417,5 +548,8 @@ fn image_guard_names_the_conflicting_policies() {
         "clusterimagePolicy configured for the scope example.com/global is nested inside blockedRegistries (ClusterImagePolicy p0)"
     );
     image.spec.registry_sources.blocked_registries = vec!["other.example.com".into()];
-    assert!(validate::validate_image_update(ClusterFacts::new(Some(&image), None, &[]), &policies).allowed());
+    assert!(
+        validate::validate_image_update(ClusterFacts::new(Some(&image), None, &[]), &policies)
+            .allowed()
+    );
 }

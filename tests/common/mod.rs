@@ -16,7 +16,8 @@ pub fn load(paths: &[&str]) -> Inputs {
     let mut docs = Vec::new();
     for p in paths {
         let path = root().join(p);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         docs.extend(documents::parse_documents(p, &text).unwrap());
     }
     let loaded = documents::load(&docs).unwrap();
@@ -48,7 +49,12 @@ pub fn policies(paths: &[&str], names: &[&str]) -> Vec<ClusterImagePolicy> {
     let all = load(paths).policies;
     names
         .iter()
-        .map(|n| all.iter().find(|p| p.metadata.name == *n).unwrap_or_else(|| panic!("no policy {n}")).clone())
+        .map(|n| {
+            all.iter()
+                .find(|p| p.metadata.name == *n)
+                .unwrap_or_else(|| panic!("no policy {n}"))
+                .clone()
+        })
         .collect()
 }
 
@@ -60,7 +66,8 @@ pub fn assert_golden(path: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     if expected != actual {
         panic!(
             "{} differs from the golden file\n--- expected\n{expected}\n--- actual\n{actual}",
