@@ -80,7 +80,8 @@ struct Common {
     /// Output format of the report (`--output` is an alias on `check` and `explain`).
     #[arg(long, value_enum, default_value_t = Format::Text, alias = "output-format")]
     format: Format,
-    /// Payload repositories protected besides the one ClusterVersion names (repeatable).
+    /// Payload repositories protected besides the one ClusterVersion names (repeatable;
+    /// giving any replaces the defaults).
     #[arg(
         long = "payload-repo",
         value_name = "REPO",
