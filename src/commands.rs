@@ -12,13 +12,14 @@ use serde_json::json;
 use cip_webhook::cluster::ClusterFacts;
 use cip_webhook::documents::{self, Document, Loaded};
 use cip_webhook::explain;
+use cip_webhook::files;
 use cip_webhook::model::Image;
 use cip_webhook::policy::Policy;
 use cip_webhook::render::{self, Condition, Plan, RenderOptions};
 use cip_webhook::validate::{self, Context, Report};
 
-/// Lets `check` and `explain` take `--output json` as the issue tracker's users expect,
-/// while `render --output` stays the output directory.
+/// Lets `check` and `explain` take `--output json` (kubectl's spelling), while
+/// `render --output` stays the output directory.
 pub fn alias_output_format(mut args: Vec<String>) -> Vec<String> {
     if matches!(args.get(1).map(String::as_str), Some("check" | "explain")) {
         for arg in args.iter_mut().skip(2) {
@@ -32,53 +33,12 @@ pub fn alias_output_format(mut args: Vec<String>) -> Vec<String> {
     args
 }
 
-/// Every YAML/JSON document under `dir`, files in path order; `skip` is left out.
-fn read_dir_documents(dir: &Path, skip: Option<&Path>) -> Result<Vec<Document>> {
-    let mut files = Vec::new();
-    collect_files(dir, skip, &mut files).with_context(|| format!("reading {}", dir.display()))?;
-    files.sort();
-    let mut docs = Vec::new();
-    for f in files {
-        docs.extend(read_file_documents(&f)?);
-    }
-    Ok(docs)
-}
-
-fn collect_files(dir: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if skip.is_some_and(|s| same_path(s, &path)) {
-            continue;
-        }
-        if path.is_dir() {
-            collect_files(&path, skip, out)?;
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 fn read_file_documents(path: &Path) -> Result<Vec<Document>> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(documents::parse_documents(
-        &path.display().to_string(),
-        &text,
-    )?)
+    Ok(files::read_file_documents(path)?)
 }
 
 fn load_dir(dir: &Path, skip: Option<&Path>) -> Result<Loaded> {
-    Ok(documents::load(&read_dir_documents(dir, skip)?)?)
+    Ok(files::load_dir(dir, skip)?)
 }
 
 pub fn render(
@@ -434,5 +394,102 @@ pub fn explain(
         s
     };
     print(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub struct ServeOptions {
+    pub listen: std::net::SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub state_dir: PathBuf,
+    pub admission: cip_webhook::admission::Config,
+    pub log_json: bool,
+    pub limits: cip_webhook::server::Limits,
+}
+
+pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
+    init_logging(opts.log_json);
+    let cert = std::sync::Arc::new(
+        cip_webhook::tls::ReloadingCert::new(&opts.tls_cert, &opts.tls_key).context("loading the serving certificate")?,
+    );
+    let app = std::sync::Arc::new(cip_webhook::server::App::new(opts.admission.clone(), cert));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("listening on {}", opts.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, state_dir = %opts.state_dir.display(), "serving admission webhook");
+        tokio::spawn(watch_state_dir(std::sync::Arc::clone(&app), opts.state_dir.clone(), render.clone()));
+        cip_webhook::server::serve(listener, app, opts.limits.clone(), stop_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi && !json);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// SIGTERM (the kubelet) or SIGINT (a terminal).
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Reloads the cluster state whenever a manifest under `dir` changes; a broken state
+/// keeps the last good one serving and shows in /readyz.
+async fn watch_state_dir(app: std::sync::Arc<cip_webhook::server::App>, dir: PathBuf, render: RenderOptions) {
+    let mut last = None;
+    loop {
+        match files::dir_stamp(&dir) {
+            Ok(stamp) if last.as_ref() != Some(&stamp) => {
+                match files::load_dir(&dir, None) {
+                    Ok(loaded) => {
+                        let snapshot = cip_webhook::admission::Snapshot::build(&loaded.inputs, &render);
+                        let status = format!("state from {}: {} ClusterImagePolicies", dir.display(), loaded.inputs.policies.len());
+                        tracing::info!("{status}");
+                        app.set_snapshot(snapshot, status);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster state not reloaded");
+                        app.set_status(format!("last reload of {} failed: {e}", dir.display()));
+                    }
+                }
+                last = Some(stamp);
+            }
+            Ok(_) => {}
+            Err(e) => app.set_status(format!("reading {}: {e}", dir.display())),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+pub fn certs(out: &Path, dns: &[String], days: i64) -> Result<ExitCode> {
+    let generated = cip_webhook::tls::generate(dns, days)?;
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, text) in [("ca.crt", &generated.ca_cert), ("tls.crt", &generated.cert), ("tls.key", &generated.key)] {
+        let path = out.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(out.join("tls.key"), fs::Permissions::from_mode(0o600))?;
+    }
+    eprintln!("wrote ca.crt, tls.crt and tls.key to {}; caBundle:", out.display());
+    println!("{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &generated.ca_cert));
     Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,31 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Serve the validating and mutating admission webhook over HTTPS.
+    ///
+    /// POST /validate and /mutate take admission.k8s.io/v1 AdmissionReviews; GET /healthz,
+    /// /readyz (ready once the cluster state is loaded) and /metrics (Prometheus). SIGTERM
+    /// stops accepting connections and lets requests in flight finish.
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write a CA and a serving certificate for the webhook, and print the caBundle.
+    ///
+    /// For development and tests; clusters use OpenShift's service-ca or cert-manager.
+    Certs {
+        /// Directory for ca.crt, tls.crt and tls.key (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// DNS names of the serving certificate, e.g. cip-webhook.cip-webhook.svc (repeatable).
+        #[arg(long = "dns", value_name = "NAME", required = true)]
+        dns: Vec<String>,
+        /// Days the serving certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
     /// Show which scope and requirements apply to an image after rendering.
     ///
     /// Uses the same lookup as containers/image: the exact reference, then each parent
@@ -73,6 +98,51 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: std::net::SocketAddr,
+    /// Serving certificate (PEM, leaf first); reloaded when the file changes.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: PathBuf,
+    /// Private key of the serving certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: PathBuf,
+    /// Read the cluster state (Image, ClusterVersion, policies, pools, MachineConfigs)
+    /// from manifests in this directory, re-read when they change, instead of the cluster.
+    #[arg(long, value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Users whose policies on payload repositories get a warning, not a denial (repeatable;
+    /// giving any replaces the default).
+    #[arg(long = "exempt-user", value_name = "USER", default_values_t = [cip_webhook::admission::DEFAULT_EXEMPT_USER.to_string()])]
+    exempt_users: Vec<String>,
+    /// What to do with an Image `cluster` update that conflicts with existing policies.
+    #[arg(long, value_enum, default_value_t = cip_webhook::admission::ImageGuard::Deny)]
+    image_guard: cip_webhook::admission::ImageGuard,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+    /// Largest request body in bytes (larger ones get 413).
+    #[arg(long, value_name = "BYTES", default_value_t = 3 * 1024 * 1024)]
+    max_body: usize,
+    /// Seconds a request may take, body read included.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    request_timeout: u64,
+    /// Connections served at once.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    shutdown_grace: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -128,12 +198,40 @@ fn main() -> ExitCode {
             image,
             common,
         } => commands::explain(&input, &pool, &image, &common.options(), common.json()),
+        Command::Serve { serve, common } => commands::serve(
+            &serve.serve_options(),
+            &common.options(),
+        ),
+        Command::Certs { out, dns, days } => commands::certs(&out, &dns, days),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+impl ServeArgs {
+    fn serve_options(&self) -> commands::ServeOptions {
+        commands::ServeOptions {
+            listen: self.listen,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            state_dir: self.state_dir.clone(),
+            admission: cip_webhook::admission::Config {
+                exempt_users: self.exempt_users.clone(),
+                image_guard: self.image_guard,
+            },
+            log_json: self.log_format == LogFormat::Json,
+            limits: cip_webhook::server::Limits {
+                max_body: self.max_body,
+                request_timeout: std::time::Duration::from_secs(self.request_timeout),
+                max_connections: self.max_connections,
+                shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace),
+                ..Default::default()
+            },
         }
     }
 }
