@@ -35,7 +35,8 @@ impl Snapshot {
     pub fn build(inputs: &Inputs, options: &RenderOptions) -> Snapshot {
         let repos = &options.extra_payload_repos;
         let cv = inputs.cluster_version.as_ref();
-        let payload_facts = ClusterFacts::new(None, cv, repos).expect("no Image, no list to reject");
+        let payload_facts =
+            ClusterFacts::new(None, cv, repos).expect("no Image, no list to reject");
         let facts = ClusterFacts::new(inputs.image.as_ref(), cv, repos);
         let size = match render::plan(inputs, options) {
             Ok(plan) => plan.size_check(options.size_budget),
@@ -205,8 +206,14 @@ impl Verdict {
 }
 
 /// Decodes one AdmissionReview and answers it.
-pub fn review(body: &[u8], endpoint: Endpoint, snapshot: &Snapshot, config: &Config) -> Result<(ReviewOut, Decision), BadReview> {
-    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
+pub fn review(
+    body: &[u8],
+    endpoint: Endpoint,
+    snapshot: &Snapshot,
+    config: &Config,
+) -> Result<(ReviewOut, Decision), BadReview> {
+    let review: ReviewIn =
+        serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
     if review.api_version != REVIEW_API_VERSION || review.kind != "AdmissionReview" {
         return Err(BadReview::WrongType {
             api_version: review.api_version,
@@ -233,7 +240,11 @@ pub fn review(body: &[u8], endpoint: Endpoint, snapshot: &Snapshot, config: &Con
         operation: request.operation.clone(),
         user: request.user_info.username.clone(),
         dry_run: request.dry_run.unwrap_or(false),
-        verdict: if response.allowed { Verdict::Allowed } else { Verdict::Denied },
+        verdict: if response.allowed {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied
+        },
         reason,
         message: response.status.as_ref().map(|s| s.message.clone()),
     };
@@ -245,7 +256,13 @@ pub fn review(body: &[u8], endpoint: Endpoint, snapshot: &Snapshot, config: &Con
     Ok((out, decision))
 }
 
-fn decide(request: &Request, endpoint: Endpoint, snapshot: &Snapshot, config: &Config, response: &mut Response) -> &'static str {
+fn decide(
+    request: &Request,
+    endpoint: Endpoint,
+    snapshot: &Snapshot,
+    config: &Config,
+    response: &mut Response,
+) -> &'static str {
     let kind = &request.kind;
     let is_policy = kind.group == CONFIG_GROUP && kind.kind == "ClusterImagePolicy";
     let is_image = kind.group == CONFIG_GROUP && kind.kind == "Image";
@@ -263,18 +280,32 @@ fn decide(request: &Request, endpoint: Endpoint, snapshot: &Snapshot, config: &C
         return "None";
     }
     let Some(object) = request.object.as_ref() else {
-        deny(response, 400, "BadRequest", format!("{} {} request has no object", request.operation, kind.kind));
+        deny(
+            response,
+            400,
+            "BadRequest",
+            format!("{} {} request has no object", request.operation, kind.kind),
+        );
         return "BadRequest";
     };
     if is_image {
         let image: Image = match serde_json::from_value(object.clone()) {
             Ok(i) => i,
             Err(e) => {
-                deny(response, 400, "BadRequest", format!("Image does not decode: {e}"));
+                deny(
+                    response,
+                    400,
+                    "BadRequest",
+                    format!("Image does not decode: {e}"),
+                );
                 return "BadRequest";
             }
         };
-        let facts = ClusterFacts::new(Some(&image), snapshot.cluster_version.as_ref(), &snapshot.options.extra_payload_repos);
+        let facts = ClusterFacts::new(
+            Some(&image),
+            snapshot.cluster_version.as_ref(),
+            &snapshot.options.extra_payload_repos,
+        );
         let report = validate::validate_image_update(facts, &snapshot.policies);
         return match config.image_guard {
             ImageGuard::Deny => answer(response, &report, 403, "Forbidden"),
@@ -292,7 +323,8 @@ fn decide(request: &Request, endpoint: Endpoint, snapshot: &Snapshot, config: &C
         Endpoint::Mutate => match default_signed_identity(object) {
             Some(patch) => {
                 response.patch_type = Some("JSONPatch");
-                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch.to_string()));
+                response.patch =
+                    Some(base64::engine::general_purpose::STANDARD.encode(patch.to_string()));
                 "Patched"
             }
             None => "None",

@@ -410,10 +410,13 @@ pub struct ServeOptions {
 pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
     init_logging(opts.log_json);
     let cert = std::sync::Arc::new(
-        cip_webhook::tls::ReloadingCert::new(&opts.tls_cert, &opts.tls_key).context("loading the serving certificate")?,
+        cip_webhook::tls::ReloadingCert::new(&opts.tls_cert, &opts.tls_key)
+            .context("loading the serving certificate")?,
     );
     let app = std::sync::Arc::new(cip_webhook::server::App::new(opts.admission.clone(), cert));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
@@ -427,7 +430,8 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -442,7 +446,8 @@ fn init_logging(json: bool) {
 
 /// SIGTERM (the kubelet) or SIGINT (a terminal).
 async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
@@ -451,15 +456,24 @@ async fn stop_signal() {
 
 /// Reloads the cluster state whenever a manifest under `dir` changes; a broken state
 /// keeps the last good one serving and shows in /readyz.
-async fn watch_state_dir(app: std::sync::Arc<cip_webhook::server::App>, dir: PathBuf, render: RenderOptions) {
+async fn watch_state_dir(
+    app: std::sync::Arc<cip_webhook::server::App>,
+    dir: PathBuf,
+    render: RenderOptions,
+) {
     let mut last = None;
     loop {
         match files::dir_stamp(&dir) {
             Ok(stamp) if last.as_ref() != Some(&stamp) => {
                 match files::load_dir(&dir, None) {
                     Ok(loaded) => {
-                        let snapshot = cip_webhook::admission::Snapshot::build(&loaded.inputs, &render);
-                        let status = format!("state from {}: {} ClusterImagePolicies", dir.display(), loaded.inputs.policies.len());
+                        let snapshot =
+                            cip_webhook::admission::Snapshot::build(&loaded.inputs, &render);
+                        let status = format!(
+                            "state from {}: {} ClusterImagePolicies",
+                            dir.display(),
+                            loaded.inputs.policies.len()
+                        );
                         tracing::info!("{status}");
                         app.set_snapshot(snapshot, status);
                     }
@@ -480,7 +494,11 @@ async fn watch_state_dir(app: std::sync::Arc<cip_webhook::server::App>, dir: Pat
 pub fn certs(out: &Path, dns: &[String], days: i64) -> Result<ExitCode> {
     let generated = cip_webhook::tls::generate(dns, days)?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for (name, text) in [("ca.crt", &generated.ca_cert), ("tls.crt", &generated.cert), ("tls.key", &generated.key)] {
+    for (name, text) in [
+        ("ca.crt", &generated.ca_cert),
+        ("tls.crt", &generated.cert),
+        ("tls.key", &generated.key),
+    ] {
         let path = out.join(name);
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -489,7 +507,16 @@ pub fn certs(out: &Path, dns: &[String], days: i64) -> Result<ExitCode> {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(out.join("tls.key"), fs::Permissions::from_mode(0o600))?;
     }
-    eprintln!("wrote ca.crt, tls.crt and tls.key to {}; caBundle:", out.display());
-    println!("{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &generated.ca_cert));
+    eprintln!(
+        "wrote ca.crt, tls.crt and tls.key to {}; caBundle:",
+        out.display()
+    );
+    println!(
+        "{}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            &generated.ca_cert
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }

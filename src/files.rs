@@ -9,7 +9,10 @@ use crate::documents::{self, Document, LoadError, Loaded};
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Load(#[from] LoadError),
 }
@@ -32,7 +35,10 @@ pub fn manifest_files(dir: &Path, skip: Option<&Path>) -> Result<Vec<PathBuf>, F
             }
             if path.is_dir() {
                 walk(&path, skip, out)?;
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
                 out.push(path);
             }
         }
@@ -50,7 +56,10 @@ fn same_path(a: &Path, b: &Path) -> bool {
 
 pub fn read_file_documents(path: &Path) -> Result<Vec<Document>, FilesError> {
     let text = fs::read_to_string(path).map_err(io(path))?;
-    Ok(documents::parse_documents(&path.display().to_string(), &text)?)
+    Ok(documents::parse_documents(
+        &path.display().to_string(),
+        &text,
+    )?)
 }
 
 pub fn load_dir(dir: &Path, skip: Option<&Path>) -> Result<Loaded, FilesError> {

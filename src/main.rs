@@ -198,10 +198,9 @@ fn main() -> ExitCode {
             image,
             common,
         } => commands::explain(&input, &pool, &image, &common.options(), common.json()),
-        Command::Serve { serve, common } => commands::serve(
-            &serve.serve_options(),
-            &common.options(),
-        ),
+        Command::Serve { serve, common } => {
+            commands::serve(&serve.serve_options(), &common.options())
+        }
         Command::Certs { out, dns, days } => commands::certs(&out, &dns, days),
     };
     match result {

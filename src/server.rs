@@ -81,7 +81,10 @@ impl App {
     }
 
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -94,14 +97,20 @@ pub fn router(app: Arc<App>, limits: &Limits) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limits.max_body))
-        .layer(middleware::from_fn(move |req: Request, next: Next| deadline(req, next, timeout)))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            deadline(req, next, timeout)
+        }))
         .with_state(app)
 }
 
 async fn deadline(req: Request, next: Next, timeout: Duration) -> Response {
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request not completed in time\n").into_response(),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request not completed in time\n",
+        )
+            .into_response(),
     }
 }
 
@@ -117,11 +126,16 @@ fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Response {
     let start = Instant::now();
     let Some(snapshot) = app.snapshot() else {
         app.metrics.bad_request();
-        return (StatusCode::SERVICE_UNAVAILABLE, "cluster state not loaded yet\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster state not loaded yet\n",
+        )
+            .into_response();
     };
     match admission::review(body, endpoint, &snapshot, &app.admission) {
         Ok((review, decision)) => {
-            app.metrics.observe(&decision, start.elapsed().as_secs_f64());
+            app.metrics
+                .observe(&decision, start.elapsed().as_secs_f64());
             tracing::info!(
                 uid = %decision.uid,
                 kind = %decision.kind,
@@ -150,14 +164,25 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.snapshot().is_some() {
         (StatusCode::OK, format!("ok: {status}\n")).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {status}\n")).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {status}\n"),
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics.set_cert_expiry(app.cert.not_after());
     let body = Body::from(app.metrics.encode());
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests

@@ -43,7 +43,9 @@ pub struct ReloadingCert {
 
 impl std::fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReloadingCert").field("cert_path", &self.cert_path).finish()
+        f.debug_struct("ReloadingCert")
+            .field("cert_path", &self.cert_path)
+            .finish()
     }
 }
 
@@ -66,12 +68,13 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, i64), T
     let leaf = certs
         .first()
         .ok_or_else(|| file_err(cert_path, "no certificate in the file".into()))?;
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(leaf).map_err(|e| file_err(cert_path, format!("not X.509: {e}")))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| file_err(cert_path, format!("not X.509: {e}")))?;
     let not_after = parsed.validity().not_after.timestamp();
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| file_err(key_path, e.to_string()))?;
-    let certified =
-        CertifiedKey::from_der(certs, key, &default_provider()).map_err(|e| TlsError::Mismatch(e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_path).map_err(|e| file_err(key_path, e.to_string()))?;
+    let certified = CertifiedKey::from_der(certs, key, &default_provider())
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
     Ok((Arc::new(certified), not_after))
 }
 
@@ -82,7 +85,11 @@ impl ReloadingCert {
         Ok(ReloadingCert {
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
-            current: RwLock::new(Current { stamp, key, not_after }),
+            current: RwLock::new(Current {
+                stamp,
+                key,
+                not_after,
+            }),
         })
     }
 
@@ -100,7 +107,11 @@ impl ReloadingCert {
             match load(&self.cert_path, &self.key_path) {
                 Ok((key, not_after)) => {
                     tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate reloaded");
-                    *current = Current { stamp: now, key, not_after };
+                    *current = Current {
+                        stamp: now,
+                        key,
+                        not_after,
+                    };
                 }
                 // Retried on the next handshake; the old pair serves meanwhile.
                 Err(e) => tracing::warn!(error = %e, "serving certificate not reloaded"),
@@ -111,7 +122,10 @@ impl ReloadingCert {
 
     /// Expiry of the certificate being served, in Unix seconds.
     pub fn not_after(&self) -> i64 {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).not_after
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .not_after
     }
 }
 
@@ -139,11 +153,15 @@ pub struct Generated {
 }
 
 pub fn generate(dns_names: &[String], valid_days: i64) -> Result<Generated, TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
     let now = time::OffsetDateTime::now_utc();
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(DnType::CommonName, "cip-webhook CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "cip-webhook CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now - time::Duration::hours(1);
     ca.not_after = now + time::Duration::days(valid_days + 1);
@@ -151,8 +169,13 @@ pub fn generate(dns_names: &[String], valid_days: i64) -> Result<Generated, TlsE
     let ca_cert = ca.self_signed(&ca_key)?;
 
     let mut leaf = CertificateParams::new(dns_names.to_vec())?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, dns_names.first().map(String::as_str).unwrap_or("cip-webhook"));
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        dns_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("cip-webhook"),
+    );
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.not_before = now - time::Duration::hours(1);
     leaf.not_after = now + time::Duration::days(valid_days);

@@ -1,0 +1,689 @@
+//! The admission server over real TLS sockets, with a client that trusts only the
+//! generated CA, as kube-apiserver does with the caBundle.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use cip_webhook::admission::{self, ImageGuard, Snapshot};
+use cip_webhook::render::RenderOptions;
+use cip_webhook::server::{self, App, Limits};
+use cip_webhook::tls::{self, ReloadingCert};
+
+struct Server {
+    addr: SocketAddr,
+    ca: String,
+    dir: tempfile::TempDir,
+    app: Arc<App>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn write_pair(dir: &Path) -> String {
+    let g = tls::generate(&["localhost".to_string()], 30).unwrap();
+    std::fs::write(dir.join("tls.crt"), &g.cert).unwrap();
+    std::fs::write(dir.join("tls.key"), &g.key).unwrap();
+    g.ca_cert
+}
+
+async fn start_with(config: admission::Config, limits: Limits, state: Option<&[&str]>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_pair(dir.path());
+    let cert = Arc::new(
+        ReloadingCert::new(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap(),
+    );
+    let app = Arc::new(App::new(config, cert));
+    if let Some(files) = state {
+        let inputs = common::load(files);
+        app.set_snapshot(
+            Snapshot::build(&inputs, &RenderOptions::default()),
+            "test state".into(),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(
+        listener,
+        Arc::clone(&app),
+        limits,
+        async move {
+            let _ = stopped.await;
+        },
+    ))
+    .map_ok();
+    Server {
+        addr,
+        ca,
+        dir,
+        app,
+        stop: Some(stop),
+        task,
+    }
+}
+
+trait MapOk {
+    fn map_ok(self) -> tokio::task::JoinHandle<()>;
+}
+
+impl MapOk for tokio::task::JoinHandle<Result<(), rustls::Error>> {
+    fn map_ok(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.await.unwrap().unwrap() })
+    }
+}
+
+const STATE: [&str; 5] = [
+    "examples/image.yaml",
+    "examples/clusterversion.yaml",
+    "examples/pools.yaml",
+    "examples/p0.yaml",
+    "examples/signed-apps.yaml",
+];
+
+async fn start() -> Server {
+    start_with(
+        admission::Config::default(),
+        Limits::default(),
+        Some(&STATE),
+    )
+    .await
+}
+
+async fn connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// One request on a fresh HTTP/1.1 connection.
+async fn send(server: &Server, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    let tls = connect(server.addr, &server.ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+fn review(kind: &str, operation: &str, user: &str, object: Value) -> Vec<u8> {
+    let name = object
+        .pointer("/metadata/name")
+        .cloned()
+        .unwrap_or(json!(""));
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "0d6c1d9a-5f2a-4d4e-9b8e-1b2c3d4e5f60",
+            "kind": {"group": "config.openshift.io", "version": "v1", "kind": kind},
+            "resource": {"group": "config.openshift.io", "version": "v1", "resource": "x"},
+            "name": name,
+            "operation": operation,
+            "userInfo": {"username": user, "groups": ["system:authenticated"]},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false
+        }
+    }))
+    .unwrap()
+}
+
+fn policy(version: &str, scopes: &[&str]) -> Value {
+    json!({
+        "apiVersion": format!("config.openshift.io/{version}"),
+        "kind": "ClusterImagePolicy",
+        "metadata": {"name": "p"},
+        "spec": {
+            "scopes": scopes,
+            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {
+                "keyData": base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"))
+            }}}
+        }
+    })
+}
+
+async fn validate(server: &Server, body: Vec<u8>) -> Value {
+    let (status, bytes) = send(server, "POST", "/validate", body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let review: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(review["kind"], "AdmissionReview");
+    assert_eq!(
+        review["response"]["uid"],
+        "0d6c1d9a-5f2a-4d4e-9b8e-1b2c3d4e5f60"
+    );
+    review["response"].clone()
+}
+
+#[track_caller]
+fn assert_forbidden(response: &Value, message: &str) {
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["status"]["code"], 403);
+    assert_eq!(response["status"]["reason"], "Forbidden");
+    assert_eq!(response["status"]["message"], message);
+}
+
+#[tokio::test]
+async fn denials_carry_403_forbidden_and_the_core_message() {
+    let s = start().await;
+    let r = validate(
+        &s,
+        review(
+            "ClusterImagePolicy",
+            "CREATE",
+            "kube:admin",
+            policy("v1", &["blocked.example.com/global"]),
+        ),
+    )
+    .await;
+    assert_forbidden(&r, "clusterimagePolicy configured for the scope blocked.example.com/global is nested inside blockedRegistries");
+    let r = validate(
+        &s,
+        review(
+            "ClusterImagePolicy",
+            "UPDATE",
+            "kube:admin",
+            policy("v1", &["quay.io/openshift-release-dev"]),
+        ),
+    )
+    .await;
+    assert_forbidden(
+        &r,
+        "clusterimagePolicy configured for the scope quay.io/openshift-release-dev covers the OpenShift release payload repository quay.io/openshift-release-dev/ocp-release, whose signatures the platform verifies",
+    );
+    let r = validate(
+        &s,
+        review(
+            "ClusterImagePolicy",
+            "CREATE",
+            "kube:admin",
+            policy("v1", &["*.example.com/app"]),
+        ),
+    )
+    .await;
+    assert_forbidden(&r, "spec.scopes[0]: Invalid value: \"string\": invalid image scope with wildcard, a wildcard can only be at the start of the domain and is only supported for subdomain matching, not path matching");
+    let mut bad_key = policy("v1", &["example.com"]);
+    bad_key["spec"]["policy"]["rootOfTrust"]["publicKey"]["keyData"] = json!("Zm9vIGJhcg==");
+    let r = validate(
+        &s,
+        review("ClusterImagePolicy", "CREATE", "kube:admin", bad_key),
+    )
+    .await;
+    assert!(
+        r["status"]["message"].as_str().unwrap().starts_with(
+            "[spec.policy.rootOfTrust.publicKey.keyData: Invalid value: \"Zm9vIGJhcg==\""
+        ),
+        "{r}"
+    );
+    // Allowed, with no warning, and DELETE is always allowed.
+    let r = validate(
+        &s,
+        review(
+            "ClusterImagePolicy",
+            "CREATE",
+            "kube:admin",
+            policy("v1", &["example.org/apps"]),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r["allowed"].clone(), r.get("warnings").cloned()),
+        (json!(true), None),
+        "{r}"
+    );
+    let mut delete: Value = serde_json::from_slice(&review(
+        "ClusterImagePolicy",
+        "DELETE",
+        "kube:admin",
+        Value::Null,
+    ))
+    .unwrap();
+    delete["request"]["object"] = Value::Null;
+    let r = validate(&s, serde_json::to_vec(&delete).unwrap()).await;
+    assert_eq!(r["allowed"], true);
+}
+
+#[tokio::test]
+async fn v1alpha1_seed_policy_is_admitted_with_a_warning_and_dry_run_gets_the_same_answer() {
+    let s = start().await;
+    let seed = serde_json::to_value(&common::load(&["examples/p0.yaml"]).policies[0]).unwrap();
+    let r = validate(
+        &s,
+        review("ClusterImagePolicy", "CREATE", "kube:admin", seed.clone()),
+    )
+    .await;
+    assert_eq!(r["allowed"], true);
+    assert_eq!(
+        r["warnings"],
+        json!(["spec.policy.rootOfTrust.publicKey.keyData: does not decode to a PEM public key: no PEM block found"])
+    );
+    let mut dry: Value =
+        serde_json::from_slice(&review("ClusterImagePolicy", "CREATE", "kube:admin", seed))
+            .unwrap();
+    dry["request"]["dryRun"] = json!(true);
+    assert_eq!(validate(&s, serde_json::to_vec(&dry).unwrap()).await, r);
+}
+
+#[tokio::test]
+async fn exempt_users_get_warnings_for_payload_repositories() {
+    let s = start().await;
+    let object = policy("v1", &["quay.io/openshift-release-dev/ocp-release"]);
+    let r = validate(
+        &s,
+        review(
+            "ClusterImagePolicy",
+            "CREATE",
+            admission::DEFAULT_EXEMPT_USER,
+            object.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(r["allowed"], true);
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("OpenShift release payload repository"),
+        "{r}"
+    );
+    let r = validate(
+        &s,
+        review(
+            "ClusterImagePolicy",
+            "CREATE",
+            "system:serviceaccount:other:default",
+            object,
+        ),
+    )
+    .await;
+    assert_eq!(r["allowed"], false);
+}
+
+#[tokio::test]
+async fn mutation_sets_the_default_match_policy_once() {
+    let s = start().await;
+    let object = policy("v1", &["example.org/apps"]);
+    let (status, bytes) = send(
+        &s,
+        "POST",
+        "/mutate",
+        review("ClusterImagePolicy", "CREATE", "u", object.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let response: Value = serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone();
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut patched = object;
+    json_patch::patch(&mut patched, &patch).unwrap();
+    assert_eq!(
+        patched["spec"]["policy"]["signedIdentity"],
+        json!({"matchPolicy": "MatchRepoDigestOrExact"})
+    );
+    // Idempotent: the patched object needs nothing more.
+    let (_, bytes) = send(
+        &s,
+        "POST",
+        "/mutate",
+        review("ClusterImagePolicy", "UPDATE", "u", patched.clone()),
+    )
+    .await;
+    let response: Value = serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone();
+    assert_eq!(
+        (response.get("patch"), response["allowed"].clone()),
+        (None, json!(true))
+    );
+    // An empty matchPolicy is filled in; nothing else is touched.
+    patched["spec"]["policy"]["signedIdentity"]["matchPolicy"] = json!("");
+    let (_, bytes) = send(
+        &s,
+        "POST",
+        "/mutate",
+        review("ClusterImagePolicy", "UPDATE", "u", patched.clone()),
+    )
+    .await;
+    let response: Value = serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone();
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    let before = patched.clone();
+    json_patch::patch(
+        &mut patched,
+        &serde_json::from_slice::<json_patch::Patch>(&patch).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        patched["spec"]["policy"]["signedIdentity"]["matchPolicy"],
+        "MatchRepoDigestOrExact"
+    );
+    patched["spec"]["policy"]["signedIdentity"]["matchPolicy"] = json!("");
+    assert_eq!(patched, before);
+}
+
+fn image(blocked: &[&str]) -> Value {
+    json!({"apiVersion": "config.openshift.io/v1", "kind": "Image", "metadata": {"name": "cluster"},
+           "spec": {"registrySources": {"blockedRegistries": blocked}}})
+}
+
+#[tokio::test]
+async fn image_guard_denies_or_warns() {
+    let s = start().await;
+    let r = validate(
+        &s,
+        review("Image", "UPDATE", "kube:admin", image(&["example.com"])),
+    )
+    .await;
+    assert_forbidden(&r, "clusterimagePolicy configured for the scope example.com/global is nested inside blockedRegistries (ClusterImagePolicy p0)");
+    let r = validate(
+        &s,
+        review(
+            "Image",
+            "UPDATE",
+            "kube:admin",
+            image(&["other.example.com"]),
+        ),
+    )
+    .await;
+    assert_eq!(r["allowed"], true);
+
+    let warn = admission::Config {
+        image_guard: ImageGuard::Warn,
+        ..Default::default()
+    };
+    let s = start_with(warn, Limits::default(), Some(&STATE)).await;
+    let r = validate(
+        &s,
+        review("Image", "UPDATE", "kube:admin", image(&["example.com"])),
+    )
+    .await;
+    assert_eq!(r["allowed"], true);
+    assert_eq!(
+        r["warnings"],
+        json!(["clusterimagePolicy configured for the scope example.com/global is nested inside blockedRegistries (ClusterImagePolicy p0)"])
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_without_a_crash() {
+    let limits = Limits {
+        max_body: 64 * 1024,
+        ..Limits::default()
+    };
+    let s = start_with(admission::Config::default(), limits, Some(&STATE)).await;
+    let good = review(
+        "ClusterImagePolicy",
+        "CREATE",
+        "u",
+        policy("v1", &["example.org"]),
+    );
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (b"not json".to_vec(), StatusCode::BAD_REQUEST, "request body is not JSON"),
+        (good[..good.len() / 2].to_vec(), StatusCode::BAD_REQUEST, "request body is not JSON"),
+        (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#.to_vec(), StatusCode::BAD_REQUEST, "expected apiVersion admission.k8s.io/v1"),
+        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), StatusCode::BAD_REQUEST, "AdmissionReview has no request"),
+        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#.to_vec(), StatusCode::BAD_REQUEST, "request has no uid"),
+        (vec![b' '; 65 * 1024], StatusCode::PAYLOAD_TOO_LARGE, ""),
+    ];
+    for (body, status, text) in cases {
+        let (got, bytes) = send(&s, "POST", "/validate", body).await;
+        assert_eq!(got, status);
+        assert!(
+            String::from_utf8_lossy(&bytes).contains(text),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    let mut other: Value = serde_json::from_slice(&review(
+        "ConfigMap",
+        "CREATE",
+        "u",
+        json!({"metadata": {"name": "c"}}),
+    ))
+    .unwrap();
+    other["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
+    let r = validate(&s, serde_json::to_vec(&other).unwrap()).await;
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 400);
+    assert_eq!(
+        r["status"]["message"],
+        "cip-webhook does not handle /v1 ConfigMap; check the webhook configuration's rules"
+    );
+    // Still serving after all that.
+    assert_eq!(validate(&s, good).await["allowed"], true);
+    let (_, metrics) = send(&s, "GET", "/metrics", Vec::new()).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("cip_webhook_admission_bad_requests_total 5"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_health_and_metrics() {
+    let s = start_with(admission::Config::default(), Limits::default(), None).await;
+    assert_eq!(
+        send(&s, "GET", "/healthz", Vec::new()).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = send(&s, "GET", "/readyz", Vec::new()).await;
+    assert_eq!(
+        (status, String::from_utf8(body).unwrap()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: cluster state not loaded yet\n".to_string()
+        )
+    );
+    let good = review(
+        "ClusterImagePolicy",
+        "CREATE",
+        "u",
+        policy("v1", &["example.org"]),
+    );
+    assert_eq!(
+        send(&s, "POST", "/validate", good.clone()).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    s.app.set_snapshot(
+        Snapshot::build(&common::load(&STATE), &RenderOptions::default()),
+        "loaded".into(),
+    );
+    assert_eq!(
+        send(&s, "GET", "/readyz", Vec::new()).await.0,
+        StatusCode::OK
+    );
+    validate(&s, good).await;
+    let (_, metrics) = send(&s, "GET", "/metrics", Vec::new()).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains(r#"cip_webhook_admission_requests_total{kind="ClusterImagePolicy",operation="CREATE",verdict="allowed",reason="None"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains("cip_webhook_admission_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cip_webhook_serving_certificate_expiry_timestamp_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let in_30_days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 30 * 86400;
+    assert!(
+        (expiry - in_30_days).abs() < 3600,
+        "{expiry} vs {in_30_days}"
+    );
+}
+
+#[tokio::test]
+async fn http2_is_served() {
+    let s = start().await;
+    let tls = connect(s.addr, &s.ca, &[b"h2"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let body = review(
+        "ClusterImagePolicy",
+        "CREATE",
+        "u",
+        policy("v1", &["blocked.example.com"]),
+    );
+    let request = Request::post("https://localhost/validate")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let review: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(review["response"]["status"]["code"], 403);
+}
+
+#[tokio::test]
+async fn rotated_certificates_are_served_on_the_next_connection() {
+    let s = start().await;
+    let old_ca = s.ca.clone();
+    let first = connect(s.addr, &old_ca, &[]).await.unwrap();
+    let served_before = first.get_ref().1.peer_certificates().unwrap()[0].clone();
+    // Rotate in place, as service-ca does: new files, same paths, no restart.
+    let new_ca = write_pair(s.dir.path());
+    let second = connect(s.addr, &new_ca, &[]).await.unwrap();
+    let served_after = second.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_ne!(served_before, served_after);
+    let on_disk = CertificateDer::from_pem_file(s.dir.path().join("tls.crt")).unwrap();
+    assert_eq!(served_after, on_disk);
+    // A client that trusts only the old CA is refused now.
+    assert!(connect(s.addr, &old_ca, &[]).await.is_err());
+    // A half-written rotation (key missing) keeps serving the last good pair.
+    std::fs::write(s.dir.path().join("tls.key"), "").unwrap();
+    let third = connect(s.addr, &new_ca, &[]).await.unwrap();
+    assert_eq!(third.get_ref().1.peer_certificates().unwrap()[0], on_disk);
+}
+
+#[tokio::test]
+async fn hundred_concurrent_requests() {
+    let s = Arc::new(start().await);
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let scope = if i % 2 == 0 {
+                "blocked.example.com/x"
+            } else {
+                "example.org/x"
+            };
+            let r = validate(
+                &s,
+                review("ClusterImagePolicy", "CREATE", "u", policy("v1", &[scope])),
+            )
+            .await;
+            (i, r["allowed"].as_bool().unwrap())
+        }));
+    }
+    for t in tasks {
+        let (i, allowed) = t.await.unwrap();
+        assert_eq!(allowed, i % 2 == 1);
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    let mut s = start().await;
+    let body = review(
+        "ClusterImagePolicy",
+        "CREATE",
+        "u",
+        policy("v1", &["blocked.example.com/x"]),
+    );
+    // Headers and half the body now, the rest after the stop signal.
+    let mut tls = connect(s.addr, &s.ca, &[b"http/1.1"]).await.unwrap();
+    let head = format!("POST /validate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body[..body.len() / 2]).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.stop.take().unwrap().send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections once stopping.
+    assert!(connect(s.addr, &s.ca, &[]).await.is_err());
+    tls.write_all(&body[body.len() / 2..]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut response = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut response)
+        .await
+        .ok();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("\"code\":403"), "{text}");
+    // The server returned once the connection was done.
+    tokio::time::timeout(Duration::from_secs(5), &mut s.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
