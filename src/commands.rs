@@ -408,7 +408,7 @@ pub struct ServeOptions {
 }
 
 pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
-    init_logging(opts.log_json);
+    let _logs = init_logging(opts.log_json);
     let cert = std::sync::Arc::new(
         cip_webhook::tls::ReloadingCert::new(&opts.tls_cert, &opts.tls_key)
             .context("loading the serving certificate")?,
@@ -429,19 +429,25 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+/// One line per admission decision must not cost the request a write syscall: lines go
+/// through a buffered writer thread. Nothing is dropped (`lossy(false)`); the guard
+/// flushes what is left when `serve` returns.
+fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi && !json);
     if json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
+    guard
 }
 
 /// SIGTERM (the kubelet) or SIGINT (a terminal).
