@@ -2,6 +2,7 @@
 //! policy.json and sigstore-registries.yaml to every node, following MCO's
 //! `updatePolicyJSON` byte for byte, but skipping bad scopes instead of failing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -87,7 +88,7 @@ pub struct PoolPlan {
     /// Our policy.json, or `None` where the pool's original applies. Not in reports:
     /// the MachineConfigs carry it.
     #[serde(skip)]
-    pub policy_json: Option<Arc<str>>,
+    pub policy_json: Option<Arc<String>>,
     #[serde(skip)]
     pub sigstore_yaml: Option<Arc<str>>,
     /// The MachineConfig that supplied the original policy.json (`None`: MCO's template).
@@ -288,7 +289,12 @@ pub fn update_policy_json(
     }
     let policy = Policy::parse(original)?;
     let mut default: &[Requirement] = &policy.default;
-    let mut docker: ScopeMap = BTreeMap::new();
+    // The policies' scopes are borrowed as they are; only the few scopes that the
+    // registry lists also name get a merged list of their own.
+    let mut docker: BTreeMap<&str, Cow<[&Requirement]>> = scopes
+        .iter()
+        .map(|(k, v)| (*k, Cow::Borrowed(v.as_slice())))
+        .collect();
     if !facts.allowed.is_empty() {
         default = std::slice::from_ref(&REJECT);
         for reg in facts
@@ -296,17 +302,16 @@ pub fn update_policy_json(
             .iter()
             .filter(|r| !scopes.contains_key(r.as_str()))
         {
-            docker.insert(reg, vec![&ACCEPT]);
+            docker.insert(reg, Cow::Owned(vec![&ACCEPT]));
         }
     }
     if !facts.blocked.is_empty() {
         default = std::slice::from_ref(&ACCEPT);
         for reg in &facts.blocked {
-            docker.insert(reg, vec![&REJECT]);
+            let mut merged = vec![&REJECT];
+            merged.extend(scopes.get(reg.as_str()).into_iter().flatten());
+            docker.insert(reg, Cow::Owned(merged));
         }
-    }
-    for (scope, reqs) in scopes {
-        docker.entry(scope).or_default().extend(reqs);
     }
     let mut transports: BTreeMap<&str, Transport> = policy
         .transports
@@ -318,11 +323,11 @@ pub fn update_policy_json(
         let atomic = docker
             .iter()
             .filter(|(scope, _)| scope.matches('/').count() < 3)
-            .map(|(k, v)| (*k, v))
+            .map(|(k, v)| (*k, &**v))
             .collect();
         transports.insert(
             "docker",
-            Transport::Built(docker.iter().map(|(k, v)| (*k, v)).collect()),
+            Transport::Built(docker.iter().map(|(k, v)| (*k, &**v)).collect()),
         );
         transports.insert("atomic", Transport::Built(atomic));
     }
@@ -331,7 +336,7 @@ pub fn update_policy_json(
 
 enum Transport<'a> {
     Kept(&'a BTreeMap<String, Vec<Requirement>>),
-    Built(BTreeMap<&'a str, &'a Vec<&'a Requirement>>),
+    Built(BTreeMap<&'a str, &'a [&'a Requirement]>),
 }
 
 /// A requirement serialized once and indented for `depth` (always the same depth
@@ -749,7 +754,7 @@ struct Shared<'a> {
 
 /// Pools usually share their original policy.json: render each distinct one once,
 /// with its Ignition entry (the base64 data URL is the costly part).
-type PolicyJsonCache = BTreeMap<String, Result<Option<(Arc<str>, IgnitionFile)>, String>>;
+type PolicyJsonCache = BTreeMap<String, Result<Option<(Arc<String>, IgnitionFile)>, String>>;
 
 /// The policy.json a pool's nodes get without us: MachineConfigs merge in name order
 /// and the last one naming the path wins; MCO's template when none does.
@@ -844,7 +849,7 @@ fn plan_pool(
         let json = update_policy_json(original, facts, scope_map)?;
         Ok(json.map(|j| {
             let entry = ignition::file_entry(POLICY_JSON_PATH, &j);
-            (Arc::from(j), entry)
+            (Arc::new(j), entry)
         }))
     });
     let policy_file = match result {
