@@ -1,0 +1,140 @@
+//! Admission never panics: arbitrary bytes, and valid reviews with arbitrary JSON
+//! put at every interesting path, always get an answer (or a 400-style error).
+
+mod common;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use cip_webhook::admission::{self, Config, Endpoint, Snapshot};
+use cip_webhook::render::RenderOptions;
+
+fn snapshot() -> Snapshot {
+    let inputs = common::load(&[
+        "examples/image.yaml",
+        "examples/clusterversion.yaml",
+        "examples/p0.yaml",
+    ]);
+    Snapshot::build(&inputs, &RenderOptions::default())
+}
+
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        ".{0,12}".prop_map(Value::String),
+        prop_oneof![
+            Just("PublicKey"),
+            Just("PKI"),
+            Just("FulcioCAWithRekor"),
+            Just("RemapIdentity"),
+            Just("*.x"),
+            Just("Zm9v")
+        ]
+        .prop_map(|s| Value::String(s.to_string())),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+const PATHS: [&str; 16] = [
+    "/request/object",
+    "/request/object/spec",
+    "/request/object/spec/scopes",
+    "/request/object/spec/scopes/0",
+    "/request/object/spec/policy",
+    "/request/object/spec/policy/rootOfTrust",
+    "/request/object/spec/policy/rootOfTrust/policyType",
+    "/request/object/spec/policy/rootOfTrust/publicKey",
+    "/request/object/spec/policy/rootOfTrust/publicKey/keyData",
+    "/request/object/spec/policy/signedIdentity",
+    "/request/object/metadata",
+    "/request/object/apiVersion",
+    "/request/kind",
+    "/request/operation",
+    "/request/userInfo",
+    "/request/dryRun",
+];
+
+fn base(kind: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "kind": {"group": "config.openshift.io", "version": "v1", "kind": kind},
+            "name": "cluster",
+            "operation": "UPDATE",
+            "userInfo": {"username": "kube:admin"},
+            "object": {
+                "apiVersion": "config.openshift.io/v1",
+                "kind": kind,
+                "metadata": {"name": "cluster"},
+                "spec": {"scopes": ["example.org"], "registrySources": {"blockedRegistries": ["a.io"]},
+                         "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": "Zm9vIGJhcg=="}},
+                                    "signedIdentity": {"matchPolicy": "MatchRepository"}}}
+            }
+        }
+    })
+}
+
+fn set(value: &mut Value, pointer: &str, new: Value) {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    if let Some(target) = value.pointer_mut(parent) {
+        match target {
+            Value::Object(map) => {
+                map.insert(key.to_string(), new);
+            }
+            Value::Array(items) => {
+                if let Some(slot) = key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    *slot = new;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let s = snapshot();
+        for endpoint in [Endpoint::Validate, Endpoint::Mutate] {
+            let _ = admission::review(&bytes, endpoint, &s, &Config::default());
+        }
+    }
+
+    #[test]
+    fn arbitrary_fields_get_an_answer(
+        kind in prop_oneof![Just("ClusterImagePolicy"), Just("Image")],
+        path in prop::sample::select(PATHS.to_vec()),
+        value in any_json(),
+    ) {
+        let mut review = base(kind);
+        set(&mut review, path, value);
+        let bytes = serde_json::to_vec(&review).unwrap();
+        let s = snapshot();
+        for endpoint in [Endpoint::Validate, Endpoint::Mutate] {
+            if let Ok((out, decision)) = admission::review(&bytes, endpoint, &s, &Config::default()) {
+                prop_assert_eq!(&out.response.uid, "u-1");
+                prop_assert_eq!(out.response.allowed, decision.verdict == admission::Verdict::Allowed);
+                if !out.response.allowed {
+                    let status = out.response.status.as_ref().unwrap();
+                    prop_assert!(!status.message.is_empty());
+                    prop_assert!(status.code == 400 || status.code == 403);
+                }
+            }
+        }
+    }
+}
