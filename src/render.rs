@@ -635,7 +635,7 @@ fn admit(
             written,
         },
     };
-    let report = validate::validate_object(cip, false).report;
+    let report = validate::validate_object(cip, false);
     if let Some(message) = report.denial_message() {
         let reason = report.reason().unwrap_or(Reason::Invalid);
         return (pending(reason, message, Vec::new(), Vec::new()), None);

@@ -153,7 +153,7 @@ pub fn validate_value(object: &Value, ctx: &Context) -> (Option<ClusterImagePoli
 
 /// Every rule: the object's own (see [`validate_object`]) plus the cluster context.
 pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
-    let mut w = validate_object(cip, ctx.exempt);
+    let mut w = walk(cip, ctx.exempt);
     for (i, s) in cip.scopes().iter().enumerate() {
         if !scope::scope_rule_failures(s).is_empty() {
             continue;
@@ -205,7 +205,11 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
 
 /// The rules that need nothing but the object: the CRD schema and CEL rules of its
 /// version, unknown `policyType`, and whether the key material parses.
-pub fn validate_object(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
+pub fn validate_object(cip: &ClusterImagePolicy, exempt: bool) -> Report {
+    walk(cip, exempt).report
+}
+
+fn walk(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
     let mut w = Walker {
         version: cip.version().unwrap_or(CipVersion::V1),
         report: Report::default(),
@@ -268,9 +272,9 @@ pub fn validate_object(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
 }
 
 /// Collects problems for one object; the version decides which CRD rules apply.
-pub struct Walker {
+struct Walker {
     version: CipVersion,
-    pub report: Report,
+    report: Report,
 }
 
 #[derive(Clone, Copy)]
