@@ -431,23 +431,16 @@ impl Walker {
         self.unknown(P, &pk.unknown);
         if let Some(key) = self.required(&format!("{P}.keyData"), &pk.key_data) {
             self.key_material(
-                &format!("{P}.keyData"),
-                key,
+                P,
                 "keyData",
+                key,
                 Material::PublicKey,
                 Some(68),
                 ["K1", "K2", ""],
             );
         }
         if let Some(rekor) = &pk.rekor_key_data {
-            self.key_material(
-                &format!("{P}.rekorKeyData"),
-                rekor,
-                "rekorKeyData",
-                Material::PublicKey,
-                None,
-                ["R1", "R2", ""],
-            );
+            self.rekor_key(P, rekor);
         }
     }
 
@@ -456,23 +449,16 @@ impl Walker {
         self.unknown(P, &f.unknown);
         if let Some(ca) = self.required(&format!("{P}.fulcioCAData"), &f.fulcio_ca_data) {
             self.key_material(
-                &format!("{P}.fulcioCAData"),
-                ca,
+                P,
                 "fulcioCAData",
+                ca,
                 Material::Certificates,
                 None,
                 ["C1", "C2", ""],
             );
         }
         if let Some(rekor) = self.required(&format!("{P}.rekorKeyData"), &f.rekor_key_data) {
-            self.key_material(
-                &format!("{P}.rekorKeyData"),
-                rekor,
-                "rekorKeyData",
-                Material::PublicKey,
-                None,
-                ["R1", "R2", ""],
-            );
+            self.rekor_key(P, rekor);
         }
         let Some(subject) = self.required(&format!("{P}.fulcioSubject"), &f.fulcio_subject) else {
             return;
@@ -504,23 +490,23 @@ impl Walker {
         self.unknown(P, &pki.unknown);
         if let Some(roots) = self.required(&format!("{P}.caRootsData"), &pki.ca_roots_data) {
             self.key_material(
-                &format!("{P}.caRootsData"),
-                roots,
+                P,
                 "caRootsData",
+                roots,
                 Material::Certificates,
                 Some(72),
                 ["CR1", "CR2", "CR3"],
             );
         }
         if let Some(inter) = &pki.ca_intermediates_data {
-            let path = format!("{P}.caIntermediatesData");
+            let ids = ["CI1", "CI2", "CI3"];
             self.key_material(
-                &path,
-                inter,
+                P,
                 "caIntermediatesData",
+                inter,
                 Material::Certificates,
                 Some(72),
-                ["CI1", "CI2", "CI3"],
+                ids,
             );
         }
         let subject_path = format!("{P}.pkiCertificateSubject");
@@ -560,17 +546,30 @@ impl Walker {
         }
     }
 
+    /// `rekorKeyData`, optional under publicKey and required under fulcioCAWithRekor.
+    fn rekor_key(&mut self, parent: &str, value: &str) {
+        self.key_material(
+            parent,
+            "rekorKeyData",
+            value,
+            Material::PublicKey,
+            None,
+            ["R1", "R2", ""],
+        );
+    }
+
     /// A `format: byte` field holding PEM: base64, lengths, the marker rules (v1),
     /// then whether the PEM parses (an error for v1, a warning for v1alpha1).
     fn key_material(
         &mut self,
-        path: &str,
-        b64: &str,
+        parent: &str,
         field: &str,
+        b64: &str,
         material: Material,
         min_v1: Option<usize>,
         ids: [&'static str; 3],
     ) {
+        let path = &format!("{parent}.{field}");
         let Ok(bytes) = decode_b64(b64) else {
             self.error(
                 path,

@@ -213,6 +213,33 @@ async fn validate(server: &Server, body: Vec<u8>) -> Value {
     review["response"].clone()
 }
 
+/// The AdmissionResponse of /mutate for this object.
+async fn mutate(server: &Server, operation: &str, object: Value) -> Value {
+    let (status, bytes) = send(
+        server,
+        "POST",
+        "/mutate",
+        review("ClusterImagePolicy", operation, "u", object),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone()
+}
+
+/// A v1 PublicKey policy on these scopes, as kube:admin.
+async fn validate_scopes(server: &Server, operation: &str, scopes: &[&str]) -> Value {
+    validate(
+        server,
+        review(
+            "ClusterImagePolicy",
+            operation,
+            "kube:admin",
+            policy("v1", scopes),
+        ),
+    )
+    .await
+}
+
 #[track_caller]
 fn assert_forbidden(response: &Value, message: &str) {
     assert_eq!(response["allowed"], false, "{response}");
@@ -224,41 +251,14 @@ fn assert_forbidden(response: &Value, message: &str) {
 #[tokio::test]
 async fn denials_carry_403_forbidden_and_the_core_message() {
     let s = start().await;
-    let r = validate(
-        &s,
-        review(
-            "ClusterImagePolicy",
-            "CREATE",
-            "kube:admin",
-            policy("v1", &["blocked.example.com/global"]),
-        ),
-    )
-    .await;
+    let r = validate_scopes(&s, "CREATE", &["blocked.example.com/global"]).await;
     assert_forbidden(&r, "clusterimagePolicy configured for the scope blocked.example.com/global is nested inside blockedRegistries");
-    let r = validate(
-        &s,
-        review(
-            "ClusterImagePolicy",
-            "UPDATE",
-            "kube:admin",
-            policy("v1", &["quay.io/openshift-release-dev"]),
-        ),
-    )
-    .await;
+    let r = validate_scopes(&s, "UPDATE", &["quay.io/openshift-release-dev"]).await;
     assert_forbidden(
         &r,
         "clusterimagePolicy configured for the scope quay.io/openshift-release-dev covers the OpenShift release payload repository quay.io/openshift-release-dev/ocp-release, whose signatures the platform verifies",
     );
-    let r = validate(
-        &s,
-        review(
-            "ClusterImagePolicy",
-            "CREATE",
-            "kube:admin",
-            policy("v1", &["*.example.com/app"]),
-        ),
-    )
-    .await;
+    let r = validate_scopes(&s, "CREATE", &["*.example.com/app"]).await;
     assert_forbidden(&r, "spec.scopes[0]: Invalid value: \"string\": invalid image scope with wildcard, a wildcard can only be at the start of the domain and is only supported for subdomain matching, not path matching");
     let mut bad_key = policy("v1", &["example.com"]);
     bad_key["spec"]["policy"]["rootOfTrust"]["publicKey"]["keyData"] = json!("Zm9vIGJhcg==");
@@ -274,16 +274,7 @@ async fn denials_carry_403_forbidden_and_the_core_message() {
         "{r}"
     );
     // Allowed, with no warning, and DELETE is always allowed.
-    let r = validate(
-        &s,
-        review(
-            "ClusterImagePolicy",
-            "CREATE",
-            "kube:admin",
-            policy("v1", &["example.org/apps"]),
-        ),
-    )
-    .await;
+    let r = validate_scopes(&s, "CREATE", &["example.org/apps"]).await;
     assert_eq!(
         (r["allowed"].clone(), r.get("warnings").cloned()),
         (json!(true), None),
@@ -383,28 +374,14 @@ async fn mutation_sets_the_default_match_policy_once() {
         json!({"matchPolicy": "MatchRepoDigestOrExact"})
     );
     // Idempotent: the patched object needs nothing more.
-    let (_, bytes) = send(
-        &s,
-        "POST",
-        "/mutate",
-        review("ClusterImagePolicy", "UPDATE", "u", patched.clone()),
-    )
-    .await;
-    let response: Value = serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone();
+    let response = mutate(&s, "UPDATE", patched.clone()).await;
     assert_eq!(
         (response.get("patch"), response["allowed"].clone()),
         (None, json!(true))
     );
     // An empty matchPolicy is filled in; nothing else is touched.
     patched["spec"]["policy"]["signedIdentity"]["matchPolicy"] = json!("");
-    let (_, bytes) = send(
-        &s,
-        "POST",
-        "/mutate",
-        review("ClusterImagePolicy", "UPDATE", "u", patched.clone()),
-    )
-    .await;
-    let response: Value = serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone();
+    let response = mutate(&s, "UPDATE", patched.clone()).await;
     let patch = base64::engine::general_purpose::STANDARD
         .decode(response["patch"].as_str().unwrap())
         .unwrap();
