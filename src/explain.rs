@@ -47,7 +47,9 @@ pub fn normalize(image: &str) -> Result<(String, String), String> {
     } else {
         format!("docker.io/library/{name}")
     };
-    if full.chars().any(|c| c.is_ascii_uppercase()) && !has_domain {
+    // The host may have any case; the repository path may not.
+    let path = full.split_once('/').map_or("", |(_, p)| p);
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
         return Err(format!(
             "invalid image reference {image:?}: repository name must be lowercase"
         ));
@@ -125,6 +127,14 @@ mod tests {
             "quay.io/a/b@sha256:abc"
         );
         assert!(normalize("quay.io/a:t@sha256:abc").is_err());
+        assert_eq!(
+            normalize("Quay.IO/org/app").unwrap().1,
+            "Quay.IO/org/app:latest"
+        );
+        assert!(normalize("quay.io/Org/app")
+            .unwrap_err()
+            .contains("must be lowercase"));
+        assert!(normalize("Busybox").is_err());
     }
 
     #[test]

@@ -186,3 +186,29 @@ fn explain_an_unknown_pool_says_which_exist() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_same_policy_twice_is_unusable_input() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.yaml", "b.yaml"] {
+        std::fs::copy(
+            common::root().join("examples/p0.yaml"),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "render",
+        "--input",
+        dir.path().to_str().unwrap(),
+        "--output",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("ClusterImagePolicy \"p0\" is given more than once"),
+        "{}",
+        stderr(&o)
+    );
+}
