@@ -202,9 +202,15 @@ fn render_text(
     for (source, name, message) in &loaded.undecodable {
         let _ = writeln!(s, "  {name:<24} Pending    Invalid: {source}: {message}");
     }
-    if !plan.notes.is_empty() {
+    // A kind or apiVersion typo must not drop a policy without a word.
+    let ignored = loaded
+        .ignored
+        .iter()
+        .map(|i| format!("ignored {i}: not an input of render"));
+    let notes: Vec<String> = plan.notes.iter().cloned().chain(ignored).collect();
+    if !notes.is_empty() {
         let _ = writeln!(s, "\nnotes");
-        for n in &plan.notes {
+        for n in &notes {
             let _ = writeln!(s, "  - {n}");
         }
     }
@@ -223,6 +229,7 @@ fn render_json(plan: &Plan, loaded: &Loaded, output: &Path, files: &[String]) ->
         "undecodable": loaded.undecodable.iter().map(|(source, name, message)| json!({"source": source, "name": name, "message": message})).collect::<Vec<_>>(),
         "payloadRepositories": plan.facts.payload_repos,
         "notes": plan.notes,
+        "ignored": loaded.ignored,
         "output": output.display().to_string(),
         "files": files,
     })

@@ -41,10 +41,6 @@ impl Bytes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    pub fn as_base64(&self) -> &str {
-        &self.0
-    }
 }
 
 impl fmt::Debug for Bytes {

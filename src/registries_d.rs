@@ -30,11 +30,6 @@ pub fn sigstore_registries_yaml<'a>(scopes: impl IntoIterator<Item = &'a str>) -
 
 /// yaml.v2's `keyList.Less` for string keys: letters after non-letters, digit runs
 /// compared by value, otherwise rune order.
-pub fn yaml_v2_key_order(a: &str, b: &str) -> Ordering {
-    let (ar, br): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    natural_order(&ar, &br)
-}
-
 fn natural_order(ar: &[char], br: &[char]) -> Ordering {
     let less = |x: &[char], y: &[char]| -> Option<bool> {
         for i in 0..x.len().min(y.len()) {
@@ -125,6 +120,11 @@ fn resolves_as_number(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn yaml_v2_key_order(a: &str, b: &str) -> Ordering {
+        let (ar, br): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        natural_order(&ar, &br)
+    }
 
     #[test]
     fn tv5_exact_bytes() {

@@ -407,6 +407,16 @@ impl PolicyWriter {
         self.out.push(']');
     }
 
+    /// The start of an object member: separator, indent, key and `": "`.
+    fn member(&mut self, first: bool, key: &str, depth: usize) {
+        if !first {
+            self.out.push(',');
+        }
+        self.newline(depth);
+        self.key(key, depth);
+        self.out.push_str(": ");
+    }
+
     /// A map key: written directly when nothing in it needs escaping.
     fn key(&mut self, key: &str, depth: usize) {
         let plain = key
@@ -442,24 +452,14 @@ impl PolicyWriter {
         } else {
             self.out.push('{');
             for (i, (name, transport)) in transports.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                self.newline(2);
-                self.key(name, 2);
-                self.out.push_str(": ");
+                self.member(i == 0, name, 2);
                 match transport {
                     Transport::Kept(map) => self.value(*map, 2),
                     Transport::Built(map) if map.is_empty() => self.out.push_str("{}"),
                     Transport::Built(map) => {
                         self.out.push('{');
                         for (j, (scope, reqs)) in map.iter().enumerate() {
-                            if j > 0 {
-                                self.out.push(',');
-                            }
-                            self.newline(3);
-                            self.key(scope, 3);
-                            self.out.push_str(": ");
+                            self.member(j == 0, scope, 3);
                             self.requirements(reqs, 3);
                         }
                         self.newline(2);

@@ -99,26 +99,16 @@ fn valid_host(host: &str) -> bool {
     let port_ok = |p: &str| {
         p.is_empty() || (p.starts_with(':') && p[1..].bytes().all(|b| b.is_ascii_digit()))
     };
-    let name = if let Some(v6) = host.strip_prefix('[') {
-        let Some(close) = v6.find(']') else {
-            return false;
-        };
-        if !port_ok(&v6[close + 1..]) {
-            return false;
-        }
-        return true;
-    } else if let Some(i) = host.rfind(':') {
-        if !port_ok(&host[i..]) {
-            return false;
-        }
-        host
-    } else {
-        host
-    };
-    let chars_ok = name.chars().all(|c| {
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.find(']').is_some_and(|close| port_ok(&v6[close + 1..]));
+    }
+    if host.rfind(':').is_some_and(|i| !port_ok(&host[i..])) {
+        return false;
+    }
+    let chars_ok = host.chars().all(|c| {
         !c.is_ascii() || c.is_ascii_alphanumeric() || "-_.~!$&'()*+,;=:[]<>\"%".contains(c)
     });
-    chars_ok && valid_escapes(name, true)
+    chars_ok && valid_escapes(host, true)
 }
 
 /// `%XX` sequences must be hex; in a host only `%25` or escapes of non-ASCII bytes.

@@ -8,7 +8,6 @@ mod common;
 use std::cell::Cell;
 use std::collections::BTreeSet;
 
-use base64::Engine;
 use kube::core::cel::{compile_schema, validate_compiled, CompiledSchema};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -35,9 +34,7 @@ fn schema(path: &str) -> CompiledSchema {
     compiled
 }
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
+use common::b64;
 
 fn base(version: &str) -> Value {
     json!({

@@ -13,6 +13,10 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn render(input: &str, output: &str) -> Output {
+    run(&["render", "--input", input, "--output", output])
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -22,13 +26,7 @@ fn unusable_input_exits_2_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.yaml"), "kind: [unclosed").unwrap();
     let out = tempfile::tempdir().unwrap();
-    let o = run(&[
-        "render",
-        "--input",
-        dir.path().to_str().unwrap(),
-        "--output",
-        out.path().to_str().unwrap(),
-    ]);
+    let o = render(dir.path().to_str().unwrap(), out.path().to_str().unwrap());
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("broken.yaml: not YAML or JSON"),
@@ -36,13 +34,7 @@ fn unusable_input_exits_2_naming_the_file() {
         stderr(&o)
     );
 
-    let o = run(&[
-        "render",
-        "--input",
-        "/nonexistent",
-        "--output",
-        out.path().to_str().unwrap(),
-    ]);
+    let o = render("/nonexistent", out.path().to_str().unwrap());
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("reading /nonexistent"),
@@ -56,13 +48,7 @@ fn unusable_input_exits_2_naming_the_file() {
         "apiVersion: config.openshift.io/v1\nkind: Image\nmetadata: {name: cluster}\nspec: {registrySources: {allowedRegistries: [a.io], blockedRegistries: [b.io]}}\n",
     )
     .unwrap();
-    let o = run(&[
-        "render",
-        "--input",
-        dir.path().to_str().unwrap(),
-        "--output",
-        out.path().to_str().unwrap(),
-    ]);
+    let o = render(dir.path().to_str().unwrap(), out.path().to_str().unwrap());
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("only one of AllowedRegistries or BlockedRegistries may be specified"),
@@ -80,13 +66,9 @@ fn unusable_input_exits_2_naming_the_file() {
 fn render_twice_gives_the_same_files() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().to_str().unwrap();
-    assert!(run(&["render", "--input", "examples", "--output", o])
-        .status
-        .success());
+    assert!(render("examples", o).status.success());
     let first: Vec<(String, String)> = read_all(out.path());
-    assert!(run(&["render", "--input", "examples", "--output", o])
-        .status
-        .success());
+    assert!(render("examples", o).status.success());
     assert_eq!(read_all(out.path()), first);
     assert_eq!(first.len(), 4);
 }
@@ -198,17 +180,31 @@ fn the_same_policy_twice_is_unusable_input() {
         .unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    let o = run(&[
-        "render",
-        "--input",
-        dir.path().to_str().unwrap(),
-        "--output",
-        out.path().to_str().unwrap(),
-    ]);
+    let o = render(dir.path().to_str().unwrap(), out.path().to_str().unwrap());
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("ClusterImagePolicy \"p0\" is given more than once"),
         "{}",
         stderr(&o)
+    );
+}
+
+#[test]
+fn documents_render_does_not_use_are_named_in_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = std::fs::read_to_string(common::root().join("examples/p0.yaml"))
+        .unwrap()
+        .replace(
+            "config.openshift.io/v1alpha1",
+            "config.openshif.io/v1alpha1",
+        );
+    std::fs::write(dir.path().join("p0.yaml"), typo).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = render(dir.path().to_str().unwrap(), out.path().to_str().unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("p0.yaml: ClusterImagePolicy \"p0\": not an input of render"),
+        "{text}"
     );
 }

@@ -3,16 +3,13 @@
 
 mod common;
 
-use base64::Engine;
 use serde_json::{json, Value};
 
 use cip_webhook::cluster::ClusterFacts;
 use cip_webhook::model::{ClusterVersion, Image, Release};
 use cip_webhook::validate::{self, Context, Reason, Report, SizeCheck};
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
+use common::b64;
 
 fn key() -> String {
     b64(include_str!("fixtures/keys/cosign.pub"))

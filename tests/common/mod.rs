@@ -79,3 +79,7 @@ pub fn assert_golden(path: &str, actual: &str) {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cip-webhook"))
 }
+
+pub fn b64(s: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s)
+}
