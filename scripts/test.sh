@@ -15,6 +15,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# kubectl comes with the machine image (e2e-facts.md); Debian 12 does not package it.
+command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required for the end-to-end tests" >&2; exit 1; }
+
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace --all-targets

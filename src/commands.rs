@@ -404,11 +404,19 @@ pub fn explain(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `serve` learns the cluster state.
+pub enum StateSource {
+    /// Manifests in a directory, re-read when they change.
+    Dir(PathBuf),
+    /// Watches on the API server, through this kubeconfig or the in-cluster config.
+    Cluster(Option<PathBuf>),
+}
+
 pub struct ServeOptions {
     pub listen: std::net::SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
-    pub state_dir: PathBuf,
+    pub state: StateSource,
     pub admission: cip_webhook::admission::Config,
     pub log_json: bool,
     pub limits: cip_webhook::server::Limits,
@@ -428,8 +436,16 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("listening on {}", opts.listen))?;
-        tracing::info!(listen = %listener.local_addr()?, state_dir = %opts.state_dir.display(), "serving admission webhook");
-        tokio::spawn(watch_state_dir(std::sync::Arc::clone(&app), opts.state_dir.clone(), render.clone()));
+        tracing::info!(listen = %listener.local_addr()?, "serving admission webhook");
+        let state_app = std::sync::Arc::clone(&app);
+        match &opts.state {
+            StateSource::Dir(dir) => {
+                tokio::spawn(watch_state_dir(state_app, dir.clone(), render.clone()))
+            }
+            StateSource::Cluster(kubeconfig) => {
+                tokio::spawn(watch_cluster(state_app, kubeconfig.clone(), render.clone()))
+            }
+        };
         cip_webhook::server::serve(listener, app, opts.limits.clone(), stop_signal()).await?;
         anyhow::Ok(())
     })?;
@@ -465,6 +481,76 @@ async fn stop_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Keeps the admission snapshot in step with the cluster. Until every watcher has listed,
+/// /readyz says what it waits for; errors are retried for ever, never fatal.
+async fn watch_cluster(
+    app: std::sync::Arc<cip_webhook::server::App>,
+    kubeconfig: Option<PathBuf>,
+    render: RenderOptions,
+) {
+    use cip_webhook::kube_state::{self, ClusterState};
+    let retry = std::time::Duration::from_secs(2);
+    let (client, version) = loop {
+        let attempt = async {
+            let client = kube_client(kubeconfig.as_deref()).await?;
+            let version = kube_state::policy_version(&client).await?;
+            anyhow::Ok((client, version))
+        };
+        match attempt.await {
+            Ok(found) => break found,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot reach the cluster yet; retrying");
+                app.set_status(format!("connecting to the API server: {e:#}"));
+                tokio::time::sleep(retry).await;
+            }
+        }
+    };
+    tracing::info!(version = %version, "watching ClusterImagePolicy {version} and the cluster's image configuration");
+    let state = ClusterState::spawn(client, &version);
+    let mut changes = state.subscribe();
+    loop {
+        match state.inputs() {
+            None => app.set_status(format!(
+                "waiting for the first list of: {}",
+                state.waiting_for().join(", ")
+            )),
+            Some((inputs, undecodable)) => {
+                for problem in &undecodable {
+                    tracing::warn!(problem = %problem, "object left out of the admission state");
+                }
+                let snapshot = cip_webhook::admission::Snapshot::build(&inputs, &render);
+                let mut status = format!(
+                    "cluster state: {} ClusterImagePolicies ({version})",
+                    inputs.policies.len()
+                );
+                let errors = state.errors();
+                if !errors.is_empty() {
+                    status.push_str(&format!("; retrying: {}", errors.join("; ")));
+                }
+                app.set_snapshot(snapshot, status);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+        // Bursts (a list, a kubectl apply of many objects) become one rebuild.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        changes.borrow_and_update();
     }
 }
 

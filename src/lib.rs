@@ -12,6 +12,7 @@ pub mod files;
 pub mod gojson;
 pub mod ignition;
 pub mod keys;
+pub mod kube_state;
 pub mod metrics;
 pub mod model;
 pub mod policy;

@@ -113,8 +113,12 @@ struct ServeArgs {
     tls_key: PathBuf,
     /// Read the cluster state (Image, ClusterVersion, policies, pools, MachineConfigs)
     /// from manifests in this directory, re-read when they change, instead of the cluster.
-    #[arg(long, value_name = "DIR")]
-    state_dir: PathBuf,
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    state_dir: Option<PathBuf>,
+    /// Watch the cluster this kubeconfig names. Without it and without --state-dir, the
+    /// in-cluster service account (or $KUBECONFIG) is used.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
     /// Users whose policies on payload repositories get a warning, not a denial (repeatable;
     /// giving any replaces the default).
     #[arg(long = "exempt-user", value_name = "USER", default_values_t = [cip_webhook::admission::DEFAULT_EXEMPT_USER.to_string()])]
@@ -218,7 +222,10 @@ impl ServeArgs {
             listen: self.listen,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
-            state_dir: self.state_dir.clone(),
+            state: match &self.state_dir {
+                Some(dir) => commands::StateSource::Dir(dir.clone()),
+                None => commands::StateSource::Cluster(self.kubeconfig.clone()),
+            },
             admission: cip_webhook::admission::Config {
                 exempt_users: self.exempt_users.clone(),
                 image_guard: self.image_guard,

@@ -1,0 +1,301 @@
+//! Cluster state from the API server: one watcher per type the core reads, kept in memory
+//! as render inputs, so that no API call happens on the admission path. Readers wait for
+//! `changed` and take `inputs()` once every watcher has listed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use serde_json::Value;
+
+use crate::model::CONFIG_GROUP;
+use crate::render::{imagepolicies_mc_name, registries_mc_name, Inputs};
+
+/// The types watched, in the order `inputs()` reports what it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Policies,
+    Image,
+    ClusterVersion,
+    Pools,
+    MachineConfigs,
+}
+
+impl Source {
+    pub const ALL: [Source; 5] = [
+        Source::Policies,
+        Source::Image,
+        Source::ClusterVersion,
+        Source::Pools,
+        Source::MachineConfigs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Policies => "clusterimagepolicies",
+            Source::Image => "images",
+            Source::ClusterVersion => "clusterversions",
+            Source::Pools => "machineconfigpools",
+            Source::MachineConfigs => "machineconfigs",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    objects: BTreeMap<String, Value>,
+    listing: Option<BTreeMap<String, Value>>,
+    synced: bool,
+    last_error: Option<String>,
+}
+
+/// What the watchers have seen.
+#[derive(Debug)]
+pub struct ClusterState {
+    slots: Mutex<BTreeMap<Source, Slot>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    pub policy_version: String,
+}
+
+fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// The ClusterImagePolicy version the cluster serves: v1 where it exists, else v1alpha1.
+pub async fn policy_version(client: &Client) -> Result<String, kube::Error> {
+    let mut last = None;
+    for version in ["v1", "v1alpha1"] {
+        match client
+            .list_api_group_resources(&format!("{CONFIG_GROUP}/{version}"))
+            .await
+        {
+            Ok(list)
+                if list
+                    .resources
+                    .iter()
+                    .any(|r| r.name == "clusterimagepolicies") =>
+            {
+                return Ok(version.to_string())
+            }
+            Ok(_) => {}
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        kube::Error::Discovery(kube::error::DiscoveryError::MissingResource(
+            "clusterimagepolicies.config.openshift.io".into(),
+        ))
+    }))
+}
+
+/// Only the MachineConfigs the renderer reads are kept; the others can be large.
+fn rendered_mc(name: &str) -> bool {
+    name.strip_prefix("99-").is_some_and(|rest| {
+        let pool = rest
+            .strip_suffix("-generated-registries")
+            .or_else(|| rest.strip_suffix("-generated-imagepolicies"));
+        pool.is_some_and(|p| name == registries_mc_name(p) || name == imagepolicies_mc_name(p))
+    })
+}
+
+impl ClusterState {
+    /// Starts the watchers; they run until the process ends, retrying with backoff.
+    pub fn spawn(client: Client, policy_version: &str) -> Arc<ClusterState> {
+        let state = Arc::new(ClusterState {
+            slots: Mutex::new(Source::ALL.iter().map(|s| (*s, Slot::default())).collect()),
+            changed: tokio::sync::watch::channel(0).0,
+            policy_version: policy_version.to_string(),
+        });
+        let mc = "machineconfiguration.openshift.io";
+        let watches = [
+            (
+                Source::Policies,
+                api_resource(
+                    CONFIG_GROUP,
+                    policy_version,
+                    "ClusterImagePolicy",
+                    "clusterimagepolicies",
+                ),
+                watcher::Config::default(),
+            ),
+            (
+                Source::Image,
+                api_resource(CONFIG_GROUP, "v1", "Image", "images"),
+                watcher::Config::default().fields("metadata.name=cluster"),
+            ),
+            (
+                Source::ClusterVersion,
+                api_resource(CONFIG_GROUP, "v1", "ClusterVersion", "clusterversions"),
+                watcher::Config::default().fields("metadata.name=version"),
+            ),
+            (
+                Source::Pools,
+                api_resource(mc, "v1", "MachineConfigPool", "machineconfigpools"),
+                watcher::Config::default(),
+            ),
+            (
+                Source::MachineConfigs,
+                api_resource(mc, "v1", "MachineConfig", "machineconfigs"),
+                watcher::Config::default(),
+            ),
+        ];
+        for (source, resource, config) in watches {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            tokio::spawn(follow(Arc::clone(&state), source, api, config));
+        }
+        state
+    }
+
+    /// A receiver that wakes on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Source, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Types not listed yet, with the last error each watcher met.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, s)| !s.synced)
+            .map(|(source, s)| match &s.last_error {
+                Some(e) => format!("{} ({e})", source.as_str()),
+                None => source.as_str().to_string(),
+            })
+            .collect()
+    }
+
+    /// Errors the watchers are currently retrying, by type.
+    pub fn errors(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter_map(|(source, s)| {
+                s.last_error
+                    .as_ref()
+                    .map(|e| format!("{}: {e}", source.as_str()))
+            })
+            .collect()
+    }
+
+    /// The render inputs, once every watcher has listed. Objects that do not decode are
+    /// returned by name in the second list.
+    pub fn inputs(&self) -> Option<(Inputs, Vec<String>)> {
+        let slots = self.lock();
+        if slots.values().any(|s| !s.synced) {
+            return None;
+        }
+        let mut bad = Vec::new();
+        fn decode<T: serde::de::DeserializeOwned>(
+            slot: &Slot,
+            what: &str,
+            bad: &mut Vec<String>,
+        ) -> Vec<T> {
+            slot.objects
+                .iter()
+                .filter_map(|(name, v)| match serde_json::from_value(v.clone()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        bad.push(format!("{what} {name}: {e}"));
+                        None
+                    }
+                })
+                .collect()
+        }
+        let inputs = Inputs {
+            policies: decode(&slots[&Source::Policies], "ClusterImagePolicy", &mut bad),
+            image: decode(&slots[&Source::Image], "Image", &mut bad).pop(),
+            cluster_version: decode(&slots[&Source::ClusterVersion], "ClusterVersion", &mut bad)
+                .pop(),
+            pools: decode(&slots[&Source::Pools], "MachineConfigPool", &mut bad),
+            machine_configs: decode(&slots[&Source::MachineConfigs], "MachineConfig", &mut bad),
+        };
+        Some((inputs, bad))
+    }
+
+    fn apply(&self, source: Source, event: Result<Event<DynamicObject>, watcher::Error>) {
+        let keep = |o: &DynamicObject| {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            let wanted = source != Source::MachineConfigs || rendered_mc(&name);
+            (name, wanted)
+        };
+        let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
+        let mut slots = self.lock();
+        let slot = slots.get_mut(&source).expect("every source has a slot");
+        let changed = match event {
+            Err(e) => {
+                tracing::warn!(resource = source.as_str(), error = %e, "watch failed; retrying");
+                slot.last_error = Some(e.to_string());
+                true
+            }
+            Ok(Event::Init) => {
+                slot.listing = Some(BTreeMap::new());
+                false
+            }
+            Ok(Event::InitApply(o)) => {
+                let (name, wanted) = keep(&o);
+                if let (Some(listing), true) = (slot.listing.as_mut(), wanted) {
+                    listing.insert(name, value(&o));
+                }
+                false
+            }
+            Ok(Event::InitDone) => {
+                let listing = slot.listing.take().unwrap_or_default();
+                let changed = !slot.synced || listing != slot.objects;
+                slot.objects = listing;
+                slot.synced = true;
+                slot.last_error = None;
+                changed
+            }
+            Ok(Event::Apply(o)) => {
+                let (name, wanted) = keep(&o);
+                slot.last_error = None;
+                wanted && slot.objects.insert(name, value(&o)).as_ref() != Some(&value(&o))
+            }
+            Ok(Event::Delete(o)) => {
+                let (name, _) = keep(&o);
+                slot.objects.remove(&name).is_some()
+            }
+        };
+        drop(slots);
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+async fn follow(
+    state: Arc<ClusterState>,
+    source: Source,
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+) {
+    let mut events = watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        state.apply(source, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rendered_machine_configs_are_kept() {
+        assert!(rendered_mc("99-worker-generated-registries"));
+        assert!(rendered_mc("99-infra-generated-imagepolicies"));
+        assert!(!rendered_mc("01-worker-container-runtime"));
+        assert!(!rendered_mc("99-worker-ssh"));
+    }
+}

@@ -1,0 +1,228 @@
+//! A simulated cluster for end-to-end tests: the API simulator, the real `cip-webhook`
+//! process registered with the project's own webhook configurations, and the real
+//! `kubectl`. Include with `#[path = "common/cluster.rs"] mod cluster;`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use apisim::{Config, Simulator};
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+pub const NAMESPACE: &str = "cip-webhook";
+pub const SERVICE: &str = "cip-webhook";
+pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:cip-webhook:cip-webhook";
+
+pub const CRDS: &str = "../shared/reference/crds";
+pub const IMAGES_CRD: &str =
+    "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_images.crd.yaml";
+pub const CLUSTERVERSIONS_CRD: &str = "../shared/reference/crds/master/config-v1/0000_00_cluster-version-operator_01_clusterversions-Default.crd.yaml";
+pub const CIP_V1_CRD: &str = "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_clusterimagepolicies.crd.yaml";
+pub const CIP_V1ALPHA1_CRD: &str = "../shared/reference/crds/release-4.19/config-v1alpha1/0000_10_config-operator_01_clusterimagepolicies-TechPreviewNoUpgrade.crd.yaml";
+pub const MCO_CRDS: &str = "../shared/reference/crds/master/machineconfiguration-v1";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cip-webhook"))
+}
+
+pub struct Cluster {
+    pub sim: Simulator,
+    pub dir: tempfile::TempDir,
+    webhook: Option<Child>,
+    pub webhook_addr: Option<SocketAddr>,
+}
+
+/// What kubectl printed, with its exit status.
+#[derive(Debug)]
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// A simulator serving these CRD files (relative to the crate root), with the project's
+    /// webhook configurations stored and their caBundle filled in, as service-ca would.
+    pub async fn start(crds: &[&str]) -> Cluster {
+        let config = Config {
+            crds: crds.iter().map(|c| root().join(c)).collect(),
+            ..Config::default()
+        };
+        let sim = Simulator::start(config).await.expect("simulator starts");
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let out = Command::new(bin())
+            .args(["certs", "--out"])
+            .arg(&certs)
+            .args(["--dns", &format!("{SERVICE}.{NAMESPACE}.svc")])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let cluster = Cluster {
+            sim,
+            dir,
+            webhook: None,
+            webhook_addr: None,
+        };
+        let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+        let bundle = base64::engine::general_purpose::STANDARD.encode(ca);
+        let text = std::fs::read_to_string(root().join("manifests/base/webhooks.yaml")).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            for hook in v["webhooks"].as_array_mut().unwrap() {
+                hook["clientConfig"]["caBundle"] = json!(bundle);
+            }
+            cluster.apply_value(&v).await;
+        }
+        cluster
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `kubectl apply` of one object, which must succeed.
+    pub async fn apply_value(&self, v: &Value) -> Run {
+        let file = self.path(&format!(
+            "{}-{}.json",
+            v["kind"].as_str().unwrap(),
+            v["metadata"]["name"].as_str().unwrap()
+        ));
+        std::fs::write(&file, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+        let run = self
+            .kubectl(&["apply", "--validate=false", "-f", file.to_str().unwrap()])
+            .await;
+        assert!(run.ok, "{run:?}");
+        run
+    }
+
+    /// Runs kubectl as the cluster administrator.
+    pub async fn kubectl(&self, args: &[&str]) -> Run {
+        self.kubectl_as(self.sim.kubeconfig(), args).await
+    }
+
+    pub async fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Run {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .await
+            .expect("kubectl is installed")
+            .into()
+    }
+
+    /// Starts `cip-webhook serve` against the simulator as its service account and waits
+    /// until /readyz answers 200.
+    pub async fn start_webhook(&mut self, extra: &[&str]) {
+        let kubeconfig = self
+            .sim
+            .kubeconfig_for(SERVICE_ACCOUNT, &["system:serviceaccounts"])
+            .unwrap();
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::fs::File::create(self.path("webhook.log")).unwrap();
+        let certs = self.path("certs");
+        let child = Command::new(bin())
+            .arg("serve")
+            .args(["--listen", &addr.to_string()])
+            .arg("--tls-cert")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("tls.key"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.webhook = Some(child);
+        self.webhook_addr = Some(addr);
+        self.sim.route_service(NAMESPACE, SERVICE, 443, addr);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.readyz().await.as_deref() == Some("200") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook never ready: {}",
+                self.webhook_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The HTTP status of /readyz, through curl trusting only the webhook's CA.
+    pub async fn readyz(&self) -> Option<String> {
+        let addr = self.webhook_addr?;
+        let host = format!("{SERVICE}.{NAMESPACE}.svc");
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(self.path("certs").join("ca.crt"))
+            .args(["--resolve", &format!("{host}:{}:127.0.0.1", addr.port())])
+            .arg(format!("https://{host}:{}/readyz", addr.port()))
+            .output()
+            .await
+            .expect("curl is installed");
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub async fn stop_webhook(&mut self) {
+        if let Some(mut child) = self.webhook.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    pub fn webhook_log(&self) -> String {
+        std::fs::read_to_string(self.path("webhook.log")).unwrap_or_default()
+    }
+
+    /// Retries `kubectl args` until `done` holds for its result, for changes the webhook
+    /// learns through its watches.
+    pub async fn eventually(&self, args: &[&str], done: impl Fn(&Run) -> bool) -> Run {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let run = self.kubectl(args).await;
+            if done(&run) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never reached: {run:?}\n{}",
+                self.webhook_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The seed's user flow end to end: the real `kubectl` against the API simulator, which
+//! calls the real `cip-webhook serve` process through the project's webhook configurations.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use cluster::*;
+use serde_json::{json, Value};
+
+const VALIDATE: &str = "clusterimagepolicies.validate.cip-webhook.io";
+
+fn image(blocked: &[&str]) -> Value {
+    let mut image = json!({"apiVersion": "config.openshift.io/v1", "kind": "Image",
+                           "metadata": {"name": "cluster"}, "spec": {}});
+    if !blocked.is_empty() {
+        image["spec"]["registrySources"] = json!({"blockedRegistries": blocked});
+    }
+    image
+}
+
+fn clusterversion() -> Value {
+    let text = std::fs::read_to_string(root().join("examples/clusterversion.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+/// A cluster serving `cip_crd`, with the Image, ClusterVersion and MCO types, an Image
+/// `cluster` blocking `blocked`, and the webhook running.
+async fn cluster(cip_crd: &str, blocked: &[&str]) -> Cluster {
+    let mut c = Cluster::start(&[cip_crd, IMAGES_CRD, CLUSTERVERSIONS_CRD, MCO_CRDS]).await;
+    c.sim.seed(clusterversion()).unwrap();
+    c.sim.seed(image(blocked)).unwrap();
+    c.start_webhook(&[]).await;
+    c
+}
+
+fn stored_policy(c: &Cluster, name: &str) -> Value {
+    c.sim
+        .get("config.openshift.io", "clusterimagepolicies", "", name)
+        .unwrap_or_else(|| panic!("{name} is stored"))
+}
+
+/// p0 from the seed, with another name and without its signedIdentity.
+fn p0_without_identity(c: &Cluster, name: &str) -> String {
+    let text = std::fs::read_to_string(root().join("examples/p0.yaml")).unwrap();
+    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    v["metadata"]["name"] = json!(name);
+    v["spec"]["policy"]
+        .as_object_mut()
+        .unwrap()
+        .remove("signedIdentity");
+    let path = c.path(&format!("{name}.yaml"));
+    std::fs::write(&path, serde_yaml::to_string(&v).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_flow_on_a_v1alpha1_cluster() {
+    let c = cluster(CIP_V1ALPHA1_CRD, &[]).await;
+
+    // The seed's p0 is created, listed, and stored as given.
+    let run = c
+        .kubectl(&["apply", "--validate=false", "-f", "examples/p0.yaml"])
+        .await;
+    assert!(run.ok, "{run:?}\n{}", c.webhook_log());
+    assert_eq!(
+        run.stdout.trim(),
+        "clusterimagepolicy.config.openshift.io/p0 created"
+    );
+    // v1alpha1 admits the seed's placeholder key with a warning.
+    assert!(run.stderr.starts_with("Warning: "), "{run:?}");
+    let run = c.kubectl(&["get", "clusterimagepolicy"]).await;
+    assert!(run.ok, "{run:?}");
+    let names: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["p0"], "{}", run.stdout);
+    assert_eq!(
+        stored_policy(&c, "p0")["spec"]["policy"]["signedIdentity"]["matchPolicy"],
+        "MatchRepoDigestOrExact"
+    );
+
+    // The mutating webhook defaults an absent signedIdentity before the object is stored.
+    let p1 = p0_without_identity(&c, "p1");
+    let run = c.kubectl(&["apply", "--validate=false", "-f", &p1]).await;
+    assert!(run.ok, "{run:?}");
+    assert_eq!(
+        stored_policy(&c, "p1")["spec"]["policy"]["signedIdentity"],
+        json!({"matchPolicy": "MatchRepoDigestOrExact"})
+    );
+
+    // Blocking a registry that existing policies cover is refused, naming them.
+    let blocked = c.path("image-blocked.json");
+    std::fs::write(
+        &blocked,
+        serde_json::to_vec(&image(&["example.com/global"])).unwrap(),
+    )
+    .unwrap();
+    let blocked = blocked.to_str().unwrap().to_string();
+    let run = c
+        .kubectl(&["apply", "--validate=false", "-f", &blocked])
+        .await;
+    assert!(!run.ok, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("Error from server (Forbidden): error when applying patch:")
+            || run.stderr.contains(
+                "admission webhook \"images.validate.cip-webhook.io\" denied the request: "
+            ),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("p0") && run.stderr.contains("p1"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("example.com/global"), "{run:?}");
+    let spec = &c
+        .sim
+        .get("config.openshift.io", "images", "", "cluster")
+        .unwrap()["spec"];
+    assert_eq!(spec, &json!({}), "the Image was not changed");
+
+    // Without the policies the Image change goes through; then p0 itself is refused with
+    // the seed's troubleshooting message inside the API server's wrapper.
+    let run = c
+        .kubectl(&["delete", "clusterimagepolicy", "p0", "p1"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.eventually(&["apply", "--validate=false", "-f", &blocked], |r| r.ok)
+        .await;
+    let want = format!(
+        "Error from server (Forbidden): error when creating \"examples/p0.yaml\": admission webhook \"{VALIDATE}\" denied the request: clusterimagePolicy configured for the scope example.com/global is nested inside blockedRegistries"
+    );
+    let run = c
+        .eventually(
+            &["apply", "--validate=false", "-f", "examples/p0.yaml"],
+            |r| !r.ok,
+        )
+        .await;
+    assert_eq!(run.stderr.trim(), want, "{run:?}");
+    assert!(c
+        .sim
+        .get("config.openshift.io", "clusterimagepolicies", "", "p0")
+        .is_none());
+}
+
+fn payload_policy(c: &Cluster) -> String {
+    let v = json!({
+        "apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+        "metadata": {"name": "release"},
+        "spec": {
+            "scopes": ["quay.io/openshift-release-dev/ocp-release"],
+            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {
+                "keyData": std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap()
+                    .lines().find_map(|l| l.trim().strip_prefix("keyData: ")).unwrap()
+            }}}
+        }
+    });
+    let path = c.path("release.json");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_policies_and_the_payload_repository() {
+    let c = cluster(CIP_V1_CRD, &[]).await;
+
+    let run = c
+        .kubectl(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            "examples/signed-apps.yaml",
+        ])
+        .await;
+    assert!(run.ok, "{run:?}\n{}", c.webhook_log());
+    assert_eq!(
+        run.stdout.trim(),
+        "clusterimagepolicy.config.openshift.io/signed-apps created"
+    );
+    assert_eq!(run.stderr, "", "a valid v1 policy gets no warning");
+
+    // The release payload's repository is refused for a cluster administrator...
+    let release = payload_policy(&c);
+    let run = c
+        .kubectl(&["apply", "--validate=false", "-f", &release])
+        .await;
+    assert!(!run.ok, "{run:?}");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "Error from server (Forbidden): error when creating \"{release}\": admission webhook \"{VALIDATE}\" denied the request: "
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("quay.io/openshift-release-dev/ocp-release"),
+        "{run:?}"
+    );
+
+    // ...and admitted with a warning for the cluster-version operator.
+    let cvo = c
+        .sim
+        .kubeconfig_for(
+            "system:serviceaccount:openshift-cluster-version:default",
+            &[],
+        )
+        .unwrap();
+    let run = c
+        .kubectl_as(&cvo, &["apply", "--validate=false", "-f", &release])
+        .await;
+    assert!(run.ok, "{run:?}");
+    assert!(run.stderr.starts_with("Warning: "), "{run:?}");
+
+    // The CRD's own rules run between the mutating and the validating webhook: the seed's
+    // placeholder key, valid in v1alpha1, is refused by the v1 schema with the API
+    // server's 422.
+    let text = std::fs::read_to_string(root().join("examples/p0.yaml")).unwrap();
+    let p0 = c.path("p0-v1.yaml");
+    std::fs::write(
+        &p0,
+        text.replace("config.openshift.io/v1alpha1", "config.openshift.io/v1"),
+    )
+    .unwrap();
+    let run = c
+        .kubectl(&["apply", "--validate=false", "-f", p0.to_str().unwrap()])
+        .await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .starts_with("The ClusterImagePolicy \"p0\" is invalid: "),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("spec.policy.rootOfTrust.publicKey.keyData: Invalid value: \"string\": the keyData must start with base64 encoding of '-----BEGIN PUBLIC KEY-----'."),
+        "{run:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_policy_decides_when_the_webhook_is_down() {
+    let mut c = cluster(CIP_V1_CRD, &[]).await;
+    c.stop_webhook().await;
+
+    let run = c
+        .kubectl(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            "examples/signed-apps.yaml",
+        ])
+        .await;
+    assert!(!run.ok, "{run:?}");
+    assert!(
+        run.stderr.starts_with("Error from server (InternalError): error when creating \"examples/signed-apps.yaml\": Internal error occurred: failed calling webhook \"clusterimagepolicies.mutate.cip-webhook.io\": failed to call webhook: Post \"https://cip-webhook.cip-webhook.svc:443/mutate?timeout=5s\": dial tcp "),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .trim_end()
+            .ends_with("connect: connection refused"),
+        "{run:?}"
+    );
+    assert!(c
+        .sim
+        .get(
+            "config.openshift.io",
+            "clusterimagepolicies",
+            "",
+            "signed-apps"
+        )
+        .is_none());
+
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
+        let patch =
+            r#"[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]"#;
+        let run = c
+            .kubectl(&["patch", kind, "cip-webhook", "--type=json", "-p", patch])
+            .await;
+        assert!(run.ok, "{run:?}");
+    }
+    let run = c
+        .kubectl(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            "examples/signed-apps.yaml",
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+}
