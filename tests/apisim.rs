@@ -1,0 +1,442 @@
+//! The API simulator behaves like an API server where the product and kubectl depend on
+//! it: checked through kube-rs, the client the product uses.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use std::time::Duration;
+
+use apisim::{Config, FaultAction, Simulator};
+use futures_util::{StreamExt, TryStreamExt};
+use kube::api::{
+    Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
+use kube::Client;
+use serde_json::{json, Value};
+
+use cluster::{root, CIP_V1_CRD, IMAGES_CRD, MCO_CRDS};
+
+async fn sim() -> (Simulator, Client) {
+    let sim = Simulator::start(Config {
+        crds: [CIP_V1_CRD, IMAGES_CRD, MCO_CRDS]
+            .iter()
+            .map(|c| root().join(c))
+            .collect(),
+        bookmark_every: Duration::from_millis(100),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let file = kube::config::Kubeconfig::read_from(sim.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
+    (sim, Client::try_from(config).unwrap())
+}
+
+fn resource(group: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+fn pools(client: &Client) -> Api<DynamicObject> {
+    Api::all_with(
+        client.clone(),
+        &resource(
+            "machineconfiguration.openshift.io",
+            "MachineConfigPool",
+            "machineconfigpools",
+        ),
+    )
+}
+
+fn mcs(client: &Client) -> Api<DynamicObject> {
+    Api::all_with(
+        client.clone(),
+        &resource(
+            "machineconfiguration.openshift.io",
+            "MachineConfig",
+            "machineconfigs",
+        ),
+    )
+}
+
+fn mc(name: &str, role: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+        "metadata": {"name": name, "labels": {"machineconfiguration.openshift.io/role": role}},
+        "spec": {"config": {"ignition": {"version": "3.2.0"}}}
+    }))
+    .unwrap()
+}
+
+fn status_code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+fn api_message(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn metadata_generation_and_optimistic_concurrency() {
+    let (_sim, client) = sim().await;
+    let api = mcs(&client);
+    let created = api
+        .create(&PostParams::default(), &mc("a", "worker"))
+        .await
+        .unwrap();
+    let meta = &created.metadata;
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+    assert_eq!(meta.generation, Some(1));
+    let rv = meta.resource_version.clone().unwrap();
+    assert_eq!(
+        status_code(
+            api.create(&PostParams::default(), &mc("a", "worker"))
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+
+    // A label change keeps the generation; a spec change bumps it.
+    let mut relabeled = created.clone();
+    relabeled
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("x".into(), "y".into());
+    let relabeled = api
+        .replace("a", &PostParams::default(), &relabeled)
+        .await
+        .unwrap();
+    assert_eq!(relabeled.metadata.generation, Some(1));
+    assert_eq!(relabeled.metadata.uid, created.metadata.uid);
+    let mut respec = relabeled.clone();
+    respec.data["spec"]["kernelType"] = json!("realtime");
+    let respec = api
+        .replace("a", &PostParams::default(), &respec)
+        .await
+        .unwrap();
+    assert_eq!(respec.metadata.generation, Some(2));
+
+    // Writing with the resource version first read is a conflict now.
+    let mut stale = created.clone();
+    stale.metadata.resource_version = Some(rv);
+    let e = api
+        .replace("a", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_message(e),
+        "Operation cannot be fulfilled on machineconfigs.machineconfiguration.openshift.io \"a\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+    // Custom resources refuse unconditional updates.
+    let mut unconditional = respec.clone();
+    unconditional.metadata.resource_version = None;
+    assert_eq!(
+        status_code(
+            api.replace("a", &PostParams::default(), &unconditional)
+                .await
+                .unwrap_err()
+        ),
+        422
+    );
+    assert_eq!(status_code(api.get("missing").await.unwrap_err()), 404);
+}
+
+#[tokio::test]
+async fn status_is_a_subresource() {
+    let (_sim, client) = sim().await;
+    let api = pools(&client);
+    let pool: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfigPool",
+        "metadata": {"name": "worker"}, "spec": {}, "status": {"machineCount": 3}
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &pool).await.unwrap();
+    assert!(
+        created.data.get("status").is_none(),
+        "status is dropped on create"
+    );
+    let patched = api
+        .patch_status(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"machineCount": 3}, "spec": {"paused": true}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data["status"]["machineCount"], 3);
+    assert!(
+        patched.data["spec"].get("paused").is_none(),
+        "the status subresource changes only status"
+    );
+    assert_eq!(patched.metadata.generation, Some(1));
+    let main = api
+        .patch(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"machineCount": 9}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        main.data["status"]["machineCount"], 3,
+        "the main resource ignores status"
+    );
+}
+
+#[tokio::test]
+async fn selectors_patches_and_server_side_apply() {
+    let (_sim, client) = sim().await;
+    let api = mcs(&client);
+    for (name, role) in [("w1", "worker"), ("w2", "worker"), ("m1", "master")] {
+        api.create(&PostParams::default(), &mc(name, role))
+            .await
+            .unwrap();
+    }
+    let names = |list: kube::core::ObjectList<DynamicObject>| -> Vec<String> {
+        list.items
+            .into_iter()
+            .map(|o| o.metadata.name.unwrap())
+            .collect()
+    };
+    let role = ListParams::default().labels("machineconfiguration.openshift.io/role=worker");
+    assert_eq!(names(api.list(&role).await.unwrap()), ["w1", "w2"]);
+    let by_name = ListParams::default().fields("metadata.name=m1");
+    assert_eq!(names(api.list(&by_name).await.unwrap()), ["m1"]);
+
+    let json_patch: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "add", "path": "/spec/kernelType", "value": "realtime"}]),
+    )
+    .unwrap();
+    let p = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Json::<()>(json_patch),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.data["spec"]["kernelType"], "realtime");
+
+    // Server-side apply: the manager owns what it applied, and drops what it stops applying.
+    let apply = |spec: Value| {
+        json!({"apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+               "metadata": {"name": "ssa"}, "spec": spec})
+    };
+    let pp = PatchParams::apply("cip-webhook");
+    let created = api
+        .patch(
+            "ssa",
+            &pp,
+            &Patch::Apply(apply(json!({"kernelType": "realtime", "fips": true}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.data["spec"]["fips"], true);
+    let shrunk = api
+        .patch(
+            "ssa",
+            &pp,
+            &Patch::Apply(apply(json!({"kernelType": "realtime"}))),
+        )
+        .await
+        .unwrap();
+    assert!(shrunk.data["spec"].get("fips").is_none());
+    let other = PatchParams::apply("someone-else");
+    let e = api
+        .patch(
+            "ssa",
+            &other,
+            &Patch::Apply(apply(json!({"kernelType": "default"}))),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_message(e),
+        "Apply failed with 1 conflict: conflict with \"cip-webhook\": .spec.kernelType"
+    );
+    let forced = api
+        .patch(
+            "ssa",
+            &other.force(),
+            &Patch::Apply(apply(json!({"kernelType": "default"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data["spec"]["kernelType"], "default");
+}
+
+#[tokio::test]
+async fn schema_and_cel_errors_are_the_api_servers() {
+    let (_sim, client) = sim().await;
+    let api: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &resource(
+            "config.openshift.io",
+            "ClusterImagePolicy",
+            "clusterimagepolicies",
+        ),
+    );
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy", "metadata": {"name": "bad"},
+        "spec": {"scopes": ["*.example.com/x"], "policy": {"rootOfTrust": {"policyType": "Nope"}}}
+    }))
+    .unwrap();
+    let e = match api.create(&PostParams::default(), &bad).await.unwrap_err() {
+        kube::Error::Api(s) => s,
+        other => panic!("{other}"),
+    };
+    assert_eq!(e.code, 422);
+    assert_eq!(e.reason, "Invalid");
+    // An enum error blocks the CEL rules, as in the API server.
+    assert_eq!(
+        e.message,
+        "ClusterImagePolicy.config.openshift.io \"bad\" is invalid: [spec.policy.rootOfTrust.policyType: Unsupported value: \"Nope\": supported values: \"PublicKey\", \"FulcioCAWithRekor\", \"PKI\", <nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
+    );
+}
+
+#[tokio::test]
+async fn watches_replay_bookmark_expire_and_close() {
+    let (sim, client) = sim().await;
+    let api = mcs(&client);
+    let first = api
+        .create(&PostParams::default(), &mc("a", "worker"))
+        .await
+        .unwrap();
+    let rv = first.metadata.resource_version.clone().unwrap();
+    api.create(&PostParams::default(), &mc("b", "worker"))
+        .await
+        .unwrap();
+    api.delete("a", &Default::default()).await.unwrap();
+
+    // From a resource version: the changes after it, then bookmarks.
+    let wp = WatchParams::default();
+    let mut stream = api.watch(&wp, &rv).await.unwrap().boxed();
+    let mut seen = Vec::new();
+    while let Some(ev) = stream.try_next().await.unwrap() {
+        match ev {
+            WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.metadata.name.unwrap())),
+            WatchEvent::Deleted(o) => seen.push(format!("DELETED {}", o.metadata.name.unwrap())),
+            WatchEvent::Bookmark(b) => {
+                seen.push("BOOKMARK".into());
+                assert_eq!(
+                    b.metadata.resource_version,
+                    sim.resource_version().to_string()
+                );
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, ["ADDED b", "DELETED a", "BOOKMARK"]);
+
+    // Closing the streams ends them.
+    sim.close_watches();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(WatchEvent::Bookmark(_))) = stream.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended");
+
+    // History gone: 410 Expired as an ERROR event.
+    sim.compact();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!(e.code, 410);
+            assert_eq!(e.reason, "Expired");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn faults_and_the_request_log() {
+    let (sim, client) = sim().await;
+    let api = mcs(&client);
+    sim.clear_requests();
+    sim.inject(
+        Some("create"),
+        Some("machineconfigs"),
+        2,
+        FaultAction::Fail(500),
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            status_code(
+                api.create(&PostParams::default(), &mc("a", "worker"))
+                    .await
+                    .unwrap_err()
+            ),
+            500
+        );
+    }
+    api.create(&PostParams::default(), &mc("a", "worker"))
+        .await
+        .unwrap();
+    sim.inject(Some("update"), None, 1, FaultAction::Conflict);
+    let current = api.get("a").await.unwrap();
+    assert_eq!(
+        status_code(
+            api.replace("a", &PostParams::default(), &current)
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+    api.replace("a", &PostParams::default(), &current)
+        .await
+        .unwrap();
+    sim.inject(
+        Some("get"),
+        Some("machineconfigs"),
+        1,
+        FaultAction::Delay(Duration::from_millis(300)),
+    );
+    let t = std::time::Instant::now();
+    api.get("a").await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+
+    let log: Vec<(String, u16)> = sim
+        .requests()
+        .into_iter()
+        .map(|r| (r.verb, r.code))
+        .collect();
+    let want: Vec<(String, u16)> = [
+        ("create", 500),
+        ("create", 500),
+        ("create", 201),
+        ("get", 200),
+        ("update", 409),
+        ("update", 200),
+        ("get", 200),
+    ]
+    .iter()
+    .map(|(v, c)| (v.to_string(), *c))
+    .collect();
+    assert_eq!(log, want);
+    assert!(sim
+        .requests()
+        .iter()
+        .all(|r| r.user == apisim::ADMIN && r.resource == "machineconfigs"));
+}
