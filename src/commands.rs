@@ -412,6 +412,11 @@ pub enum StateSource {
     Cluster(Option<PathBuf>),
 }
 
+pub struct ReconcileOptions {
+    pub lease: cip_webhook::lease::LeaseConfig,
+    pub resync: std::time::Duration,
+}
+
 pub struct ServeOptions {
     pub listen: std::net::SocketAddr,
     pub tls_cert: PathBuf,
@@ -419,6 +424,8 @@ pub struct ServeOptions {
     pub state: StateSource,
     pub admission: cip_webhook::admission::Config,
     pub log_json: bool,
+    /// None: admission only.
+    pub reconcile: Option<ReconcileOptions>,
     pub limits: cip_webhook::server::Limits,
 }
 
@@ -438,15 +445,34 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
             .with_context(|| format!("listening on {}", opts.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "serving admission webhook");
         let state_app = std::sync::Arc::clone(&app);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let lease_task = std::sync::Arc::new(std::sync::Mutex::new(None));
         match &opts.state {
             StateSource::Dir(dir) => {
+                if opts.reconcile.is_some() {
+                    tracing::info!("state from files: admission only, nothing is written");
+                }
                 tokio::spawn(watch_state_dir(state_app, dir.clone(), render.clone()))
             }
-            StateSource::Cluster(kubeconfig) => {
-                tokio::spawn(watch_cluster(state_app, kubeconfig.clone(), render.clone()))
-            }
+            StateSource::Cluster(kubeconfig) => tokio::spawn(watch_cluster(
+                state_app,
+                kubeconfig.clone(),
+                render.clone(),
+                opts.reconcile.as_ref().map(|r| (r.lease.clone(), r.resync)),
+                stop_rx,
+                std::sync::Arc::clone(&lease_task),
+            )),
         };
-        cip_webhook::server::serve(listener, app, opts.limits.clone(), stop_signal()).await?;
+        let shutdown = async move {
+            stop_signal().await;
+            let _ = stop_tx.send(true);
+        };
+        cip_webhook::server::serve(listener, app, opts.limits.clone(), shutdown).await?;
+        // The lease is released before exit so that a successor takes over at once.
+        let task = lease_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -502,6 +528,9 @@ async fn watch_cluster(
     app: std::sync::Arc<cip_webhook::server::App>,
     kubeconfig: Option<PathBuf>,
     render: RenderOptions,
+    reconcile: Option<(cip_webhook::lease::LeaseConfig, std::time::Duration)>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    lease_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 ) {
     use cip_webhook::kube_state::{self, ClusterState};
     let retry = std::time::Duration::from_secs(2);
@@ -521,7 +550,25 @@ async fn watch_cluster(
         }
     };
     tracing::info!(version = %version, "watching ClusterImagePolicy {version} and the cluster's image configuration");
-    let state = ClusterState::spawn(client, &version);
+    let state = ClusterState::spawn(client.clone(), &version);
+    if let Some((lease, resync)) = reconcile {
+        let metrics_app = std::sync::Arc::clone(&app);
+        let (leadership, task) =
+            cip_webhook::lease::spawn(client.clone(), lease.clone(), stop, move |leader| {
+                metrics_app.metrics.set_leader(leader)
+            });
+        *lease_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        let reconciler = cip_webhook::reconcile::Reconciler::new(
+            client,
+            std::sync::Arc::clone(&state),
+            render.clone(),
+            std::sync::Arc::clone(&app),
+            leadership,
+            lease.namespace,
+            lease.identity,
+        );
+        tokio::spawn(cip_webhook::reconcile::run(reconciler, resync));
+    }
     let mut changes = state.subscribe();
     loop {
         match state.inputs() {

@@ -98,7 +98,19 @@ pub async fn policy_version(client: &Client) -> Result<String, kube::Error> {
     }))
 }
 
-/// Only the MachineConfigs the renderer reads are kept; the others can be large.
+/// Only the MachineConfigs the renderer reads are kept, the others can be large: ours,
+/// and those that put a policy.json on the nodes (where the original comes from).
+fn relevant_mc(name: &str, object: &Value) -> bool {
+    let writes_policy = object["spec"]["config"]["storage"]["files"]
+        .as_array()
+        .is_some_and(|files| {
+            files
+                .iter()
+                .any(|f| f["path"] == crate::ignition::POLICY_JSON_PATH)
+        });
+    writes_policy || rendered_mc(name)
+}
+
 fn rendered_mc(name: &str) -> bool {
     name.strip_prefix("99-").is_some_and(|rest| {
         let pool = rest
@@ -225,12 +237,12 @@ impl ClusterState {
     }
 
     fn apply(&self, source: Source, event: Result<Event<DynamicObject>, watcher::Error>) {
+        let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
         let keep = |o: &DynamicObject| {
             let name = o.metadata.name.clone().unwrap_or_default();
-            let wanted = source != Source::MachineConfigs || rendered_mc(&name);
+            let wanted = source != Source::MachineConfigs || relevant_mc(&name, &value(o));
             (name, wanted)
         };
-        let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
         let mut slots = self.lock();
         let slot = slots.get_mut(&source).expect("every source has a slot");
         let changed = match event {
@@ -261,7 +273,13 @@ impl ClusterState {
             Ok(Event::Apply(o)) => {
                 let (name, wanted) = keep(&o);
                 slot.last_error = None;
-                wanted && slot.objects.insert(name, value(&o)).as_ref() != Some(&value(&o))
+                if wanted {
+                    let v = value(&o);
+                    slot.objects.insert(name, v.clone()).as_ref() != Some(&v)
+                } else {
+                    // A MachineConfig that stopped writing policy.json no longer counts.
+                    slot.objects.remove(&name).is_some()
+                }
             }
             Ok(Event::Delete(o)) => {
                 let (name, _) = keep(&o);
@@ -297,5 +315,9 @@ mod tests {
         assert!(rendered_mc("99-infra-generated-imagepolicies"));
         assert!(!rendered_mc("01-worker-container-runtime"));
         assert!(!rendered_mc("99-worker-ssh"));
+        let runtime = serde_json::json!({"spec": {"config": {"storage": {"files": [
+            {"path": "/etc/containers/policy.json"}]}}}});
+        assert!(relevant_mc("01-worker-container-runtime", &runtime));
+        assert!(!relevant_mc("00-worker", &serde_json::json!({"spec": {}})));
     }
 }

@@ -60,11 +60,13 @@ enum Command {
     /// Serve the validating and mutating admission webhook over HTTPS.
     ///
     /// POST /validate and /mutate take admission.k8s.io/v1 AdmissionReviews; GET /healthz,
-    /// /readyz (ready once the cluster state is loaded) and /metrics (Prometheus). SIGTERM
-    /// stops accepting connections and lets requests in flight finish.
+    /// /readyz (ready once the cluster state is loaded) and /metrics (Prometheus). Without
+    /// --state-dir it watches the cluster and, in --mode full, the replica holding the Lease
+    /// writes the MachineConfigs and policy status. SIGTERM stops accepting connections, lets
+    /// requests in flight finish and releases the Lease.
     Serve {
         #[command(flatten)]
-        serve: ServeArgs,
+        serve: Box<ServeArgs>,
         #[command(flatten)]
         common: Common,
     },
@@ -141,6 +143,36 @@ struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 25)]
     shutdown_grace: u64,
+    /// `full` also writes the MachineConfigs and policy status (one leader at a time);
+    /// `admission-only` never writes, for clusters whose MCO renders policies itself.
+    #[arg(long, value_enum, default_value_t = Mode::Full)]
+    mode: Mode,
+    /// Namespace of the reconcile Lease and of Events.
+    #[arg(
+        long,
+        value_name = "NS",
+        env = "POD_NAMESPACE",
+        default_value = "cip-webhook"
+    )]
+    namespace: String,
+    /// Name of the reconcile Lease.
+    #[arg(long, value_name = "NAME", default_value = "cip-webhook-reconcile")]
+    lease_name: String,
+    /// Seconds a leader may go without renewing before another replica takes over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    lease_duration: u64,
+    /// This replica's name in the Lease (defaults to the pod name, else host and pid).
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds between full reconcile passes when nothing changes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    resync: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Full,
+    AdmissionOnly,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +263,15 @@ impl ServeArgs {
                 image_guard: self.image_guard,
             },
             log_json: self.log_format == LogFormat::Json,
+            reconcile: (self.mode == Mode::Full).then(|| commands::ReconcileOptions {
+                lease: cip_webhook::lease::LeaseConfig {
+                    namespace: self.namespace.clone(),
+                    name: self.lease_name.clone(),
+                    identity: self.identity.clone().unwrap_or_else(default_identity),
+                    duration: std::time::Duration::from_secs(self.lease_duration),
+                },
+                resync: std::time::Duration::from_secs(self.resync),
+            }),
             limits: cip_webhook::server::Limits {
                 max_body: self.max_body,
                 request_timeout: std::time::Duration::from_secs(self.request_timeout),
@@ -240,6 +281,13 @@ impl ServeArgs {
             },
         }
     }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "cip-webhook".into());
+    format!("{host}-{}", std::process::id())
 }
 
 impl Common {

@@ -1,4 +1,5 @@
-//! Prometheus metrics of the admission server, in the text exposition format.
+//! Prometheus metrics of the admission server and the reconciler, in the text exposition
+//! format.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,8 +18,30 @@ struct RequestLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    pool: String,
+    action: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Histogram,
+    machine_config_writes: Family<WriteLabels, Counter>,
+    status_writes: Counter,
+    leader: Gauge,
     requests: Family<RequestLabels, Counter>,
     bad_requests: Counter,
     latency: Histogram,
@@ -53,8 +76,51 @@ impl Default for Metrics {
             "Expiry of the serving certificate, Unix seconds",
             cert_expiry.clone(),
         );
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconcile passes by the leader, by result (ok, error, waiting)",
+            reconciles.clone(),
+        );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconcile passes that failed, by reason",
+            reconcile_errors.clone(),
+        );
+        // 1 ms to about 16 s.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile pass, render and writes",
+            reconcile_duration.clone(),
+        );
+        let machine_config_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "machineconfig_writes",
+            "MachineConfig writes accepted by the API server, by pool and action",
+            machine_config_writes.clone(),
+        );
+        let status_writes = Counter::default();
+        registry.register(
+            "status_writes",
+            "ClusterImagePolicy status updates",
+            status_writes.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the reconcile lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            machine_config_writes,
+            status_writes,
+            leader,
             requests,
             bad_requests,
             latency,
@@ -82,6 +148,40 @@ impl Metrics {
 
     pub fn set_cert_expiry(&self, unix_seconds: i64) {
         self.cert_expiry.set(unix_seconds);
+    }
+
+    pub fn reconciled(&self, result: &str, seconds: f64) {
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+        self.reconcile_duration.observe(seconds);
+    }
+
+    pub fn reconcile_error(&self, reason: &str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn machine_config_written(&self, pool: &str, action: &str) {
+        self.machine_config_writes
+            .get_or_create(&WriteLabels {
+                pool: pool.to_string(),
+                action: action.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn status_written(&self) {
+        self.status_writes.inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     pub fn encode(&self) -> String {

@@ -55,6 +55,8 @@ pub struct App {
     snapshot: RwLock<Option<Arc<Snapshot>>>,
     /// Why the server is not ready, or what it last loaded.
     status: RwLock<String>,
+    /// What the reconciler last did; shown by /readyz, never making it fail.
+    reconcile: RwLock<String>,
     pub admission: admission::Config,
     pub metrics: Metrics,
     pub cert: Arc<ReloadingCert>,
@@ -65,6 +67,7 @@ impl App {
         App {
             snapshot: RwLock::new(None),
             status: RwLock::new("cluster state not loaded yet".into()),
+            reconcile: RwLock::new(String::new()),
             admission,
             metrics: Metrics::default(),
             cert,
@@ -78,6 +81,10 @@ impl App {
 
     pub fn set_status(&self, status: String) {
         *self.status.write().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    pub fn set_reconcile_status(&self, status: String) {
+        *self.reconcile.write().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
@@ -160,7 +167,16 @@ fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Response {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let status = app.status.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut status = app.status.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let reconcile = app
+        .reconcile
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if !reconcile.is_empty() {
+        status.push_str("\nreconciler: ");
+        status.push_str(&reconcile);
+    }
     if app.snapshot().is_some() {
         (StatusCode::OK, format!("ok: {status}\n")).into_response()
     } else {

@@ -36,8 +36,35 @@ pub fn bin() -> PathBuf {
 pub struct Cluster {
     pub sim: Simulator,
     pub dir: tempfile::TempDir,
-    webhook: Option<Child>,
+    webhook: Option<Replica>,
     pub webhook_addr: Option<SocketAddr>,
+}
+
+/// One running `cip-webhook serve` process.
+pub struct Replica {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    pub identity: String,
+}
+
+impl Replica {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc_kill(pid, 15) };
+        self.child.wait().await.unwrap()
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// What kubectl printed, with its exit status.
@@ -140,20 +167,31 @@ impl Cluster {
             .into()
     }
 
-    /// Starts `cip-webhook serve` against the simulator as its service account and waits
-    /// until /readyz answers 200.
+    /// Starts `cip-webhook serve` against the simulator as its service account, routes
+    /// the webhook Service to it, and waits until /readyz answers 200.
     pub async fn start_webhook(&mut self, extra: &[&str]) {
+        let replica = self
+            .spawn_replica(SERVICE_ACCOUNT, "replica-0", extra)
+            .await;
+        self.webhook_addr = Some(replica.addr);
+        self.sim
+            .route_service(NAMESPACE, SERVICE, 443, replica.addr);
+        self.webhook = Some(replica);
+    }
+
+    /// Starts one more `cip-webhook serve` as `user` with this Lease identity, and waits
+    /// until it is ready.
+    pub async fn spawn_replica(&self, user: &str, identity: &str, extra: &[&str]) -> Replica {
         let kubeconfig = self
             .sim
-            .kubeconfig_for(SERVICE_ACCOUNT, &["system:serviceaccounts"])
+            .kubeconfig_for(user, &["system:serviceaccounts"])
             .unwrap();
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = std::fs::File::create(self.path("webhook.log")).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = self.path(&format!("{identity}.log"));
         let certs = self.path("certs");
         let child = Command::new(bin())
             .arg("serve")
-            .args(["--listen", &addr.to_string()])
+            .args(["--listen", &addr.to_string(), "--identity", identity])
             .arg("--tls-cert")
             .arg(certs.join("tls.crt"))
             .arg("--tls-key")
@@ -161,23 +199,27 @@ impl Cluster {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(extra)
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        self.webhook = Some(child);
-        self.webhook_addr = Some(addr);
-        self.sim.route_service(NAMESPACE, SERVICE, 443, addr);
+        let replica = Replica {
+            child,
+            addr,
+            log,
+            identity: identity.to_string(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if self.readyz().await.as_deref() == Some("200") {
-                return;
+            if self.readyz_at(addr).await == "200" {
+                return replica;
             }
             assert!(
                 Instant::now() < deadline,
                 "webhook never ready: {}",
-                self.webhook_log()
+                replica.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -185,7 +227,10 @@ impl Cluster {
 
     /// The HTTP status of /readyz, through curl trusting only the webhook's CA.
     pub async fn readyz(&self) -> Option<String> {
-        let addr = self.webhook_addr?;
+        Some(self.readyz_at(self.webhook_addr?).await)
+    }
+
+    pub async fn readyz_at(&self, addr: SocketAddr) -> String {
         let host = format!("{SERVICE}.{NAMESPACE}.svc");
         let out = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
@@ -195,17 +240,43 @@ impl Cluster {
             .output()
             .await
             .expect("curl is installed");
-        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub async fn stop_webhook(&mut self) {
-        if let Some(mut child) = self.webhook.take() {
-            child.kill().await.unwrap();
+        if let Some(mut replica) = self.webhook.take() {
+            replica.child.kill().await.unwrap();
         }
     }
 
     pub fn webhook_log(&self) -> String {
-        std::fs::read_to_string(self.path("webhook.log")).unwrap_or_default()
+        self.webhook.as_ref().map(Replica::log).unwrap_or_default()
+    }
+
+    /// Stores every object of these YAML files (relative to the crate root) directly.
+    pub fn seed_files(&self, files: &[&str]) {
+        for file in files {
+            let text = std::fs::read_to_string(root().join(file)).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+                if !v.is_null() {
+                    self.sim.seed(v).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Waits until `done` holds for the simulator's state.
+    pub async fn until(&self, what: &str, done: impl Fn(&Simulator) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !done(&self.sim) {
+            assert!(
+                Instant::now() < deadline,
+                "never reached: {what}\n{}",
+                self.webhook_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Retries `kubectl args` until `done` holds for its result, for changes the webhook

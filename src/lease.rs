@@ -1,0 +1,225 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, as client-go does it: a holder
+//! renews; the others take over when the record has not changed for the lease duration,
+//! measured on their own clock; SIGTERM releases the lease so a successor starts at once.
+
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::Client;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub duration: Duration,
+}
+
+impl LeaseConfig {
+    fn renew_every(&self) -> Duration {
+        self.duration / 3
+    }
+
+    /// How long a successful renewal lets us write: the lease duration less a margin for
+    /// the request time and for clocks that run apart.
+    fn valid_for(&self) -> Duration {
+        self.duration * 3 / 4
+    }
+}
+
+/// Whether this replica may write now. Cloned into every writer.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    until: watch::Receiver<Option<Instant>>,
+}
+
+impl Leadership {
+    pub fn is_leader(&self) -> bool {
+        matches!(*self.until.borrow(), Some(t) if Instant::now() < t)
+    }
+
+    /// Resolves when leadership is won or lost.
+    pub async fn changed(&mut self) -> bool {
+        let before = self.until.borrow().is_some();
+        while self.until.changed().await.is_ok() {
+            if self.until.borrow_and_update().is_some() != before {
+                return true;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+fn now_micro() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    let t = t.replace_nanosecond(t.microsecond() * 1000).unwrap_or(t);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    t.format(&format).unwrap_or_default()
+}
+
+struct Elector {
+    api: Api<DynamicObject>,
+    config: LeaseConfig,
+    /// The last record seen from another holder and when it was first seen.
+    observed: Option<(Value, Instant)>,
+}
+
+enum Outcome {
+    Leader,
+    Follower(String),
+}
+
+impl Elector {
+    fn record(&self, holder: &str, acquire: Option<&str>, transitions: i64) -> Value {
+        let now = now_micro();
+        json!({
+            "holderIdentity": holder,
+            "leaseDurationSeconds": self.config.duration.as_secs().max(1),
+            "acquireTime": acquire.map(str::to_string).unwrap_or_else(|| now.clone()),
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        })
+    }
+
+    async fn try_acquire_or_renew(&mut self) -> Result<Outcome, kube::Error> {
+        let me = self.config.identity.clone();
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            let lease: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": self.config.name, "namespace": self.config.namespace},
+                "spec": self.record(&me, None, 0),
+            }))
+            .expect("a Lease is a valid object");
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Outcome::Leader),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Follower(String::new())),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.data["spec"].clone();
+        let holder = spec["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let transitions = spec["leaseTransitions"].as_i64().unwrap_or(0);
+        let duration = Duration::from_secs(spec["leaseDurationSeconds"].as_u64().unwrap_or(15));
+        if holder == me {
+            lease.data["spec"] = self.record(&me, spec["acquireTime"].as_str(), transitions);
+        } else {
+            let expired = match &self.observed {
+                Some((seen, since)) if *seen == spec => since.elapsed() >= duration,
+                _ => {
+                    self.observed = Some((spec.clone(), Instant::now()));
+                    false
+                }
+            };
+            if !holder.is_empty() && !expired {
+                return Ok(Outcome::Follower(holder));
+            }
+            lease.data["spec"] = self.record(&me, None, transitions + 1);
+        }
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                self.observed = None;
+                Ok(Outcome::Leader)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Follower(holder)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up so that a successor need not wait for it to expire.
+    async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        if lease.data["spec"]["holderIdentity"].as_str() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        lease.data["spec"]["holderIdentity"] = Value::Null;
+        lease.data["spec"]["leaseDurationSeconds"] = json!(1);
+        lease.data["spec"]["renewTime"] = json!(now_micro());
+        self.api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Runs the election until `stop` turns true, then releases the lease if held.
+pub fn spawn(
+    client: Client,
+    config: LeaseConfig,
+    mut stop: watch::Receiver<bool>,
+    on_change: impl Fn(bool) + Send + 'static,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let resource = ApiResource {
+        group: "coordination.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "coordination.k8s.io/v1".into(),
+        kind: "Lease".into(),
+        plural: "leases".into(),
+    };
+    let api = Api::namespaced_with(client, &config.namespace, &resource);
+    let mut elector = Elector {
+        api,
+        config,
+        observed: None,
+    };
+    let task = tokio::spawn(async move {
+        let mut leading = false;
+        loop {
+            let started = Instant::now();
+            let result = elector.try_acquire_or_renew().await;
+            let now_leading = match result {
+                Ok(Outcome::Leader) => {
+                    tx.send_replace(Some(started + elector.config.valid_for()));
+                    true
+                }
+                Ok(Outcome::Follower(holder)) => {
+                    tx.send_replace(None);
+                    if leading {
+                        tracing::warn!(holder = %holder, "lost the reconcile lease");
+                    }
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                    // Leadership lapses by itself when the validity runs out.
+                    leading && tx.borrow().is_some_and(|t| Instant::now() < t)
+                }
+            };
+            if now_leading != leading {
+                if now_leading {
+                    tracing::info!(identity = %elector.config.identity, "acquired the reconcile lease");
+                }
+                on_change(now_leading);
+                leading = now_leading;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(elector.config.renew_every()) => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    tx.send_replace(None);
+                    if leading {
+                        on_change(false);
+                        match elector.release().await {
+                            Ok(()) => tracing::info!("released the reconcile lease"),
+                            Err(e) => tracing::warn!(error = %e, "could not release the reconcile lease"),
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    (Leadership { until: rx }, task)
+}

@@ -1,0 +1,457 @@
+//! The reconciler in the real binary against the API simulator: MachineConfigs and
+//! status written exactly, nothing written when nothing changed, convergence through
+//! conflicts, server errors and broken watches, and one writer among replicas.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use std::time::{Duration, Instant};
+
+use apisim::{FaultAction, Logged, Simulator};
+use base64::Engine;
+use cluster::*;
+use serde_json::{json, Value};
+
+const MC_GROUP: &str = "machineconfiguration.openshift.io";
+const STATE: &[&str] = &[
+    "examples/image.yaml",
+    "examples/clusterversion.yaml",
+    "examples/pools.yaml",
+    "examples/machineconfigs/01-master-container-runtime.yaml",
+    "examples/machineconfigs/01-worker-container-runtime.yaml",
+    "examples/machineconfigs/99-master-generated-registries.yaml",
+    "examples/machineconfigs/99-worker-generated-registries.yaml",
+];
+const OURS: [&str; 4] = [
+    "99-master-generated-imagepolicies",
+    "99-master-generated-registries",
+    "99-worker-generated-imagepolicies",
+    "99-worker-generated-registries",
+];
+
+async fn cluster(extra: &[&str]) -> Cluster {
+    let mut c = Cluster::start(&[CIP_V1_CRD, IMAGES_CRD, CLUSTERVERSIONS_CRD, MCO_CRDS]).await;
+    c.seed_files(STATE);
+    c.start_webhook(extra).await;
+    c
+}
+
+fn mc(sim: &Simulator, name: &str) -> Option<Value> {
+    sim.get(MC_GROUP, "machineconfigs", "", name)
+}
+
+/// A stored object without what the server sets, as goldens hold it.
+fn normalized(mut v: Value) -> Value {
+    let meta = v["metadata"].as_object_mut().unwrap();
+    for field in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "generation",
+        "managedFields",
+    ] {
+        meta.remove(field);
+    }
+    v
+}
+
+fn file(mc: &Value, path: &str) -> Option<String> {
+    let files = mc["spec"]["config"]["storage"]["files"].as_array()?;
+    let source = files.iter().find(|f| f["path"] == path)?["contents"]["source"].as_str()?;
+    let data = source.split_once("base64,")?.1;
+    Some(
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+fn policy_json(sim: &Simulator, pool: &str) -> String {
+    file(
+        &mc(sim, &format!("99-{pool}-generated-registries")).unwrap(),
+        "/etc/containers/policy.json",
+    )
+    .unwrap_or_default()
+}
+
+fn writes<'a>(log: &'a [Logged], resource: &str) -> Vec<&'a Logged> {
+    log.iter()
+        .filter(|r| {
+            r.resource == resource
+                && matches!(r.verb.as_str(), "create" | "update" | "patch" | "delete")
+        })
+        .collect()
+}
+
+fn assert_golden(dir: &str, sim: &Simulator) {
+    for name in OURS {
+        let path = root().join(format!("tests/golden/reconcile/{dir}/{name}.yaml"));
+        let actual = mc(sim, name).map(normalized);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            match &actual {
+                Some(v) => std::fs::write(&path, serde_yaml::to_string(v).unwrap()).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            continue;
+        }
+        // Compared as data: key order in the stored object is the writer's, not ours.
+        let expected: Option<Value> = std::fs::read_to_string(&path)
+            .ok()
+            .map(|t| serde_yaml::from_str(&t).unwrap());
+        assert_eq!(
+            actual,
+            expected,
+            "{} differs from the golden",
+            path.display()
+        );
+    }
+}
+
+async fn set_scopes(c: &Cluster, scopes: &[&str]) {
+    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
+    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    v["spec"]["scopes"] = json!(scopes);
+    c.apply_value(&v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_become_machine_configs_and_revert() {
+    let c = cluster(&["--lease-duration", "2"]).await;
+    let original: Vec<Value> = [
+        "99-master-generated-registries",
+        "99-worker-generated-registries",
+    ]
+    .iter()
+    .map(|n| mc(&c.sim, n).unwrap())
+    .collect();
+
+    // Create: the golden MachineConfigs, registries.conf kept, status Applied.
+    let run = c
+        .kubectl(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            "examples/signed-apps.yaml",
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("imagepolicies MachineConfigs written", |s| {
+        OURS.iter().all(|n| mc(s, n).is_some())
+    })
+    .await;
+    c.until("status Applied", |s| {
+        let cip = s
+            .get(
+                "config.openshift.io",
+                "clusterimagepolicies",
+                "",
+                "signed-apps",
+            )
+            .unwrap();
+        cip["status"]["conditions"][0]["status"] == "True"
+    })
+    .await;
+    assert_golden("created", &c.sim);
+    for pool in ["master", "worker"] {
+        let registries = mc(&c.sim, &format!("99-{pool}-generated-registries")).unwrap();
+        assert!(
+            file(&registries, "/etc/containers/registries.conf").is_some(),
+            "another file survives"
+        );
+        assert!(policy_json(&c.sim, pool).contains("quay.io/example-org"));
+    }
+    let cip = c
+        .sim
+        .get(
+            "config.openshift.io",
+            "clusterimagepolicies",
+            "",
+            "signed-apps",
+        )
+        .unwrap();
+    let applied = &cip["status"]["conditions"][0];
+    assert_eq!(applied["type"], "Applied");
+    assert_eq!(applied["observedGeneration"], 1);
+    assert_eq!(
+        applied["message"],
+        "written to the MachineConfigs of pools master, worker"
+    );
+
+    // Nothing changed: a resync, a relist after broken watches and an unrelated change
+    // write nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.sim.clear_requests();
+    let mut cv = c
+        .sim
+        .get("config.openshift.io", "clusterversions", "", "version")
+        .unwrap();
+    cv["metadata"]["annotations"] = json!({"touched": "yes"});
+    c.sim.seed(cv).unwrap();
+    // History gone past every watcher's position, then the streams cut: all relist.
+    c.sim.compact();
+    c.sim.close_watches();
+    c.until("the watchers relisted", |s| {
+        let log = s.requests();
+        ["machineconfigs", "clusterimagepolicies", "images"]
+            .iter()
+            .all(|res| log.iter().any(|r| r.verb == "list" && r.resource == *res))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = c.sim.requests();
+    assert_eq!(writes(&log, "machineconfigs").len(), 0, "{log:#?}");
+    assert_eq!(writes(&log, "clusterimagepolicies").len(), 0, "{log:#?}");
+
+    // Update: one write per changed MachineConfig, one status write.
+    c.sim.clear_requests();
+    set_scopes(
+        &c,
+        &[
+            "quay.io/example-org",
+            "registry.example.com:5000/team/app",
+            "quay.io/other",
+        ],
+    )
+    .await;
+    c.until("new scope rendered", |s| {
+        ["master", "worker"]
+            .iter()
+            .all(|p| policy_json(s, p).contains("quay.io/other"))
+            && mc(s, "99-worker-generated-imagepolicies").is_some_and(|m| {
+                file(&m, "/etc/containers/registries.d/sigstore-registries.yaml")
+                    .unwrap()
+                    .contains("quay.io/other")
+            })
+    })
+    .await;
+    c.until("observedGeneration 2", |s| {
+        s.get(
+            "config.openshift.io",
+            "clusterimagepolicies",
+            "",
+            "signed-apps",
+        )
+        .unwrap()["status"]["conditions"][0]["observedGeneration"]
+            == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = c.sim.requests();
+    let mc_writes: Vec<(&str, &str)> = writes(&log, "machineconfigs")
+        .iter()
+        .map(|r| (r.verb.as_str(), r.name.as_str()))
+        .collect();
+    assert_eq!(mc_writes.len(), 4, "{mc_writes:?}");
+    assert!(
+        mc_writes.iter().all(|(verb, _)| *verb == "update"),
+        "{mc_writes:?}"
+    );
+    let status: Vec<&Logged> = writes(&log, "clusterimagepolicies")
+        .into_iter()
+        .filter(|r| r.subresource == "status")
+        .collect();
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_golden("updated", &c.sim);
+
+    // Injected conflicts and server errors converge.
+    c.sim.inject(
+        Some("update"),
+        Some("machineconfigs"),
+        2,
+        FaultAction::Conflict,
+    );
+    c.sim.inject(
+        Some("update"),
+        Some("machineconfigs"),
+        2,
+        FaultAction::Fail(500),
+    );
+    set_scopes(
+        &c,
+        &["quay.io/example-org", "registry.example.com:5000/team/app"],
+    )
+    .await;
+    c.until("converged after faults", |s| {
+        ["master", "worker"]
+            .iter()
+            .all(|p| !policy_json(s, p).contains("quay.io/other"))
+    })
+    .await;
+    c.until("converged after faults", |s| {
+        OURS.iter().all(|n| {
+            let golden: Option<Value> = std::fs::read_to_string(
+                root().join(format!("tests/golden/reconcile/created/{n}.yaml")),
+            )
+            .ok()
+            .map(|t| serde_yaml::from_str(&t).unwrap());
+            mc(s, n).map(normalized) == golden
+        })
+    })
+    .await;
+    let metrics = c.webhook_log();
+    assert!(
+        metrics.contains("reconcile failed"),
+        "the failures were logged"
+    );
+
+    // Delete: the registries MachineConfigs get their original bytes back, ours go.
+    let run = c
+        .kubectl(&["delete", "clusterimagepolicy", "signed-apps"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("reverted", |s| {
+        mc(s, "99-master-generated-imagepolicies").is_none()
+            && mc(s, "99-worker-generated-imagepolicies").is_none()
+    })
+    .await;
+    c.until("registries reverted", |s| {
+        original.iter().all(|o| {
+            let now = mc(s, o["metadata"]["name"].as_str().unwrap()).unwrap();
+            now["spec"] == o["spec"]
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_policies_get_status_and_an_event() {
+    let c = cluster(&[]).await;
+    // Stored without admission (as if created before the Image CR blocked it).
+    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
+    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    v["metadata"]["name"] = json!("blocked");
+    v["spec"]["scopes"] = json!(["blocked.example.com/app", "quay.io/example-org"]);
+    c.sim.seed(v).unwrap();
+    c.until("Pending", |s| {
+        s.get("config.openshift.io", "clusterimagepolicies", "", "blocked")
+            .unwrap()["status"]["conditions"][1]["status"]
+            == "True"
+    })
+    .await;
+    let cip = c
+        .sim
+        .get("config.openshift.io", "clusterimagepolicies", "", "blocked")
+        .unwrap();
+    let pending = &cip["status"]["conditions"][1];
+    assert_eq!(pending["reason"], "ConflictScopes");
+    assert!(
+        pending["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked.example.com/app"),
+        "{pending}"
+    );
+    c.until("event", |s| !s.list("events.k8s.io", "events").is_empty())
+        .await;
+    let events = c.sim.list("events.k8s.io", "events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["regarding"]["name"], "blocked");
+    assert_eq!(events[0]["reason"], "ConflictScopes");
+    assert_eq!(events[0]["metadata"]["namespace"], NAMESPACE);
+    // The scope that is not blocked is written all the same.
+    assert!(policy_json(&c.sim, "worker").contains("quay.io/example-org"));
+    assert!(!policy_json(&c.sim, "worker").contains("blocked.example.com/app"));
+}
+
+fn holder(sim: &Simulator) -> Option<String> {
+    sim.get(
+        "coordination.k8s.io",
+        "leases",
+        NAMESPACE,
+        "cip-webhook-reconcile",
+    )
+    .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_writes_and_a_successor_takes_over() {
+    let c = Cluster::start(&[CIP_V1_CRD, IMAGES_CRD, CLUSTERVERSIONS_CRD, MCO_CRDS]).await;
+    c.seed_files(STATE);
+    let args = ["--lease-duration", "2"];
+    let a = c
+        .spawn_replica("system:serviceaccount:cip-webhook:replica-a", "a", &args)
+        .await;
+    let b = c
+        .spawn_replica("system:serviceaccount:cip-webhook:replica-b", "b", &args)
+        .await;
+    c.sim.route_service(NAMESPACE, SERVICE, 443, a.addr);
+    c.until("a leader", |s| holder(s).is_some()).await;
+    let first = holder(&c.sim).unwrap();
+    let (leader, follower) = if first == "a" { (a, b) } else { (b, a) };
+    c.sim.route_service(NAMESPACE, SERVICE, 443, follower.addr);
+
+    let run = c
+        .kubectl(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            "examples/signed-apps.yaml",
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("written", |s| OURS.iter().all(|n| mc(s, n).is_some()))
+        .await;
+    let user = |r: &Logged| {
+        r.user
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_start_matches("replica-")
+            .to_string()
+    };
+    let writers: std::collections::BTreeSet<String> = writes(&c.sim.requests(), "machineconfigs")
+        .iter()
+        .map(|r| user(r))
+        .collect();
+    assert_eq!(
+        writers,
+        [leader.identity.clone()].into(),
+        "only the leader writes"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Killed without a chance to release: the follower takes over once the lease expires,
+    // and writes no MachineConfig since nothing changed.
+    c.sim.clear_requests();
+    let mut leader = leader;
+    leader.child.kill().await.unwrap();
+    let killed = Instant::now();
+    c.until("takeover", |s| {
+        holder(s).as_deref() == Some(follower.identity.as_str())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover after a crash: {takeover:?} (lease 2 s)");
+    assert!(
+        takeover < Duration::from_millis(2000 + 667 + 500),
+        "{takeover:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        writes(&c.sim.requests(), "machineconfigs").len(),
+        0,
+        "{:#?}",
+        c.sim.requests()
+    );
+
+    // SIGTERM releases the lease: a new replica takes over well before it would expire.
+    let c2 = c
+        .spawn_replica("system:serviceaccount:cip-webhook:replica-c", "c", &args)
+        .await;
+    let status = follower.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let released = Instant::now();
+    assert_eq!(holder(&c.sim), None, "released on SIGTERM");
+    c.until("c leads", |s| holder(s).as_deref() == Some("c"))
+        .await;
+    let handover = released.elapsed();
+    eprintln!("handover after SIGTERM: {handover:?}");
+    assert!(handover < Duration::from_millis(1500), "{handover:?}");
+    drop(c2);
+}
