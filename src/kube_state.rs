@@ -120,6 +120,23 @@ fn rendered_mc(name: &str) -> bool {
     })
 }
 
+/// What rendering and admission read of an object. A change elsewhere (our own status
+/// writes, resourceVersion, managedFields) is stored but wakes nobody.
+fn significant(source: Source, v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+    }
+    // ClusterVersion's status names the release payload; other statuses are not read.
+    if source != Source::ClusterVersion {
+        if let Some(map) = v.as_object_mut() {
+            map.remove("status");
+        }
+    }
+    v
+}
+
 impl ClusterState {
     /// Starts the watchers; they run until the process ends, retrying with backoff.
     pub fn spawn(client: Client, policy_version: &str) -> Arc<ClusterState> {
@@ -275,7 +292,8 @@ impl ClusterState {
                 slot.last_error = None;
                 if wanted {
                     let v = value(&o);
-                    slot.objects.insert(name, v.clone()).as_ref() != Some(&v)
+                    let before = slot.objects.insert(name, v.clone());
+                    before.is_none_or(|b| significant(source, &b) != significant(source, &v))
                 } else {
                     // A MachineConfig that stopped writing policy.json no longer counts.
                     slot.objects.remove(&name).is_some()

@@ -50,6 +50,10 @@ impl Default for Limits {
     }
 }
 
+/// Where the webhook configurations send reviews (manifests/base/webhooks.yaml).
+pub const VALIDATE_PATH: &str = "/validate";
+pub const MUTATE_PATH: &str = "/mutate";
+
 /// Shared by every request: the latest cluster snapshot and the server's parts.
 pub struct App {
     snapshot: RwLock<Option<Arc<Snapshot>>>,
@@ -98,8 +102,8 @@ impl App {
 pub fn router(app: Arc<App>, limits: &Limits) -> Router {
     let timeout = limits.request_timeout;
     Router::new()
-        .route("/validate", post(validate))
-        .route("/mutate", post(mutate))
+        .route(VALIDATE_PATH, post(validate))
+        .route(MUTATE_PATH, post(mutate))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -455,3 +455,112 @@ async fn one_leader_writes_and_a_successor_takes_over() {
     assert!(handover < Duration::from_millis(1500), "{handover:?}");
     drop(c2);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Not a pass/fail test: the figures for the notes. Run with
+/// `scripts/bench-reconcile.sh` (release build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run by scripts/bench-reconcile.sh"]
+async fn reconcile_latency_and_memory() {
+    let c = cluster(&[]).await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(c.sim.kubeconfig()).unwrap();
+    let config = kube::config::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let resource = kube::api::ApiResource {
+        group: "config.openshift.io".into(),
+        version: "v1".into(),
+        api_version: "config.openshift.io/v1".into(),
+        kind: "ClusterImagePolicy".into(),
+        plural: "clusterimagepolicies".into(),
+    };
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client, &resource);
+    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
+    let base: Value = serde_yaml::from_str(&text).unwrap();
+    let mut latencies = Vec::new();
+    let mut writes_per_change = Vec::new();
+    for i in 0..100 {
+        let mut v = base.clone();
+        v["metadata"]["name"] = json!(format!("lat-{i}"));
+        v["spec"]["scopes"] = json!([format!("quay.io/lat/app{i}")]);
+        c.sim.clear_requests();
+        let obj: kube::api::DynamicObject = serde_json::from_value(v).unwrap();
+        api.create(&Default::default(), &obj).await.unwrap();
+        let scope = format!("quay.io/lat/app{i}");
+        c.until("written", |s| {
+            OURS.iter().all(|n| {
+                mc(s, n)
+                    .and_then(|m| file(&m, path_of(n)))
+                    .is_some_and(|f| f.contains(&scope))
+            })
+        })
+        .await;
+        let log = c.sim.requests();
+        let created = log
+            .iter()
+            .find(|r| r.verb == "create" && r.resource == "clusterimagepolicies")
+            .unwrap()
+            .at;
+        let mc_writes = writes(&log, "machineconfigs");
+        let last = mc_writes.iter().map(|r| r.at).max().unwrap();
+        latencies.push(last.duration_since(created));
+        writes_per_change.push(mc_writes.len());
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "create -> 4 MachineConfigs written, 100 changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(latencies[49]),
+        ms(latencies[98]),
+        ms(latencies[99])
+    );
+    eprintln!(
+        "MachineConfig writes per change: min {} max {}",
+        writes_per_change.iter().min().unwrap(),
+        writes_per_change.iter().max().unwrap()
+    );
+
+    for i in 100..1000 {
+        let mut v = base.clone();
+        v["metadata"]["name"] = json!(format!("lat-{i}"));
+        v["spec"]["scopes"] = json!([format!("quay.io/lat/app{i}")]);
+        c.sim.seed(v).unwrap();
+    }
+    // The budget holds some back (1,000 full keys exceed 1 MiB): all get a status.
+    let seeded = Instant::now();
+    c.until("1,000 policies reconciled", |s| {
+        s.list("config.openshift.io", "clusterimagepolicies")
+            .iter()
+            .filter(|p| p["status"]["conditions"].is_array())
+            .count()
+            == 1000
+    })
+    .await;
+    let statuses = c.sim.list("config.openshift.io", "clusterimagepolicies");
+    let pending = statuses
+        .iter()
+        .filter(|p| p["status"]["conditions"][1]["status"] == "True")
+        .count();
+    eprintln!("900 policies added at once: all statuses written after {:?}; {pending} of 1,000 Pending (TooLarge)", seeded.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = c.webhook_pid().unwrap();
+    eprintln!(
+        "RSS with 1,000 ClusterImagePolicies cached: {} KiB",
+        rss_kib(pid)
+    );
+}
+
+/// The file each of our MachineConfigs carries.
+fn path_of(name: &str) -> &'static str {
+    if name.ends_with("registries") {
+        "/etc/containers/policy.json"
+    } else {
+        "/etc/containers/registries.d/sigstore-registries.yaml"
+    }
+}

@@ -97,8 +97,35 @@ impl Cluster {
     /// A simulator serving these CRD files (relative to the crate root), with the project's
     /// webhook configurations stored and their caBundle filled in, as service-ca would.
     pub async fn start(crds: &[&str]) -> Cluster {
+        let cluster = Cluster::start_bare(crds, &[]).await;
+        let ca = std::fs::read_to_string(cluster.path("certs").join("ca.crt")).unwrap();
+        let bundle = base64::engine::general_purpose::STANDARD.encode(ca);
+        let text = std::fs::read_to_string(root().join("manifests/base/webhooks.yaml")).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            for hook in v["webhooks"].as_array_mut().unwrap() {
+                hook["clientConfig"]["caBundle"] = json!(bundle);
+            }
+            cluster.apply_value(&v).await;
+        }
+        cluster
+    }
+
+    /// The CA bundle of the webhook's serving certificate, as service-ca would inject it.
+    pub fn ca_bundle(&self) -> String {
+        let ca = std::fs::read_to_string(self.path("certs").join("ca.crt")).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(ca)
+    }
+
+    /// A simulator and a serving certificate, with no webhook registered. `extra_crds`
+    /// are absolute paths.
+    pub async fn start_bare(crds: &[&str], extra_crds: &[PathBuf]) -> Cluster {
         let config = Config {
-            crds: crds.iter().map(|c| root().join(c)).collect(),
+            crds: crds
+                .iter()
+                .map(|c| root().join(c))
+                .chain(extra_crds.iter().cloned())
+                .collect(),
             ..Config::default()
         };
         let sim = Simulator::start(config).await.expect("simulator starts");
@@ -112,23 +139,12 @@ impl Cluster {
             .await
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let cluster = Cluster {
+        Cluster {
             sim,
             dir,
             webhook: None,
             webhook_addr: None,
-        };
-        let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
-        let bundle = base64::engine::general_purpose::STANDARD.encode(ca);
-        let text = std::fs::read_to_string(root().join("manifests/base/webhooks.yaml")).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let mut v: Value = serde::Deserialize::deserialize(doc).unwrap();
-            for hook in v["webhooks"].as_array_mut().unwrap() {
-                hook["clientConfig"]["caBundle"] = json!(bundle);
-            }
-            cluster.apply_value(&v).await;
         }
-        cluster
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -249,6 +265,10 @@ impl Cluster {
         }
     }
 
+    pub fn webhook_pid(&self) -> Option<u32> {
+        self.webhook.as_ref().and_then(|r| r.child.id())
+    }
+
     pub fn webhook_log(&self) -> String {
         self.webhook.as_ref().map(Replica::log).unwrap_or_default()
     }
@@ -268,7 +288,7 @@ impl Cluster {
 
     /// Waits until `done` holds for the simulator's state.
     pub async fn until(&self, what: &str, done: impl Fn(&Simulator) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !done(&self.sim) {
             assert!(
                 Instant::now() < deadline,

@@ -349,6 +349,7 @@ async fn handle(
         field_manager: params.get("fieldManager").cloned().unwrap_or_default(),
         content_type: content_type.clone(),
         path: path.clone(),
+        at: std::time::Instant::now(),
     };
     let token = headers
         .get("authorization")
@@ -374,6 +375,7 @@ async fn handle(
         }
     };
     log.code = response.status().as_u16();
+    log.at = std::time::Instant::now();
     sim.record(log);
     response
 }

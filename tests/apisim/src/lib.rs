@@ -104,6 +104,8 @@ pub struct Logged {
     pub field_manager: String,
     pub content_type: String,
     pub path: String,
+    /// When the response was ready.
+    pub at: std::time::Instant,
 }
 
 /// Shared state of a running simulator.
