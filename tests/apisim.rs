@@ -440,3 +440,190 @@ async fn faults_and_the_request_log() {
         .iter()
         .all(|r| r.user == apisim::ADMIN && r.resource == "machineconfigs"));
 }
+
+/// A webhook that answers by path: `/slow` never in time, `/deny-200` denies with code 200
+/// and a message, `/deny-reason` denies with only a reason, `/warn` allows with a warning.
+async fn fake_webhook() -> (std::net::SocketAddr, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::pem::PemObject;
+
+    let generated = cip_webhook::tls::generate(&["127.0.0.1".to_string()], 1).unwrap();
+    let chain =
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(generated.cert.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(generated.key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<Incoming>| async move {
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let review: Value = serde_json::from_slice(&body).unwrap();
+                        let uid = review["request"]["uid"].clone();
+                        let response = match path.as_str() {
+                            "/slow" => {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                                json!({"uid": uid, "allowed": true})
+                            }
+                            "/deny-200" => {
+                                json!({"uid": uid, "allowed": false, "status": {"code": 200, "message": "nope"}})
+                            }
+                            "/deny-reason" => {
+                                json!({"uid": uid, "allowed": false, "status": {"reason": "Forbidden"}})
+                            }
+                            _ => json!({"uid": uid, "allowed": true, "warnings": ["be careful"]}),
+                        };
+                        let out = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response});
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(out.to_string()),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let bundle = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &generated.ca_cert,
+    );
+    (addr, bundle)
+}
+
+#[tokio::test]
+async fn admission_webhooks_are_called_as_the_api_server_calls_them() {
+    let (sim, client) = sim().await;
+    let (addr, bundle) = fake_webhook().await;
+    let register = |path: &str, policy: &str, timeout: u64| {
+        sim.seed(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "fake"},
+            "webhooks": [{
+                "name": "fake.example.com", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "failurePolicy": policy, "timeoutSeconds": timeout,
+                "clientConfig": {"url": format!("https://{addr}{path}"), "caBundle": bundle},
+                "rules": [{"apiGroups": ["machineconfiguration.openshift.io"], "apiVersions": ["v1"],
+                           "resources": ["machineconfigs"], "operations": ["CREATE"]}]
+            }]
+        }))
+        .unwrap();
+    };
+    let api = mcs(&client);
+    let create = |name: &str| {
+        let api = api.clone();
+        let object = mc(name, "worker");
+        async move { api.create(&PostParams::default(), &object).await }
+    };
+
+    // A code under 400 becomes 400; the message is wrapped.
+    register("/deny-200", "Fail", 5);
+    let e = match create("a").await.unwrap_err() {
+        kube::Error::Api(s) => s,
+        other => panic!("{other}"),
+    };
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            400,
+            "admission webhook \"fake.example.com\" denied the request: nope"
+        )
+    );
+
+    // Only a reason: it is the message, and passed through.
+    register("/deny-reason", "Fail", 5);
+    let e = match create("a").await.unwrap_err() {
+        kube::Error::Api(s) => s,
+        other => panic!("{other}"),
+    };
+    assert_eq!(
+        (e.code, e.reason.as_str(), e.message.as_str()),
+        (
+            400,
+            "Forbidden",
+            "admission webhook \"fake.example.com\" denied the request: Forbidden"
+        )
+    );
+
+    // timeoutSeconds: Fail refuses after the timeout, Ignore admits.
+    register("/slow", "Fail", 1);
+    let started = std::time::Instant::now();
+    let message = api_message(create("a").await.unwrap_err());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+    assert_eq!(
+        message,
+        format!("Internal error occurred: failed calling webhook \"fake.example.com\": failed to call webhook: Post \"https://{addr}/slow?timeout=1s\": context deadline exceeded")
+    );
+    register("/slow", "Ignore", 1);
+    create("a").await.unwrap();
+
+    // A CA other than the caBundle's is refused; warnings reach the client's headers.
+    register("/warn", "Fail", 5);
+    let (_, other_bundle) = fake_webhook().await;
+    let mut config = sim
+        .get(
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            "",
+            "fake",
+        )
+        .unwrap();
+    config["webhooks"][0]["clientConfig"]["caBundle"] = json!(other_bundle);
+    sim.seed(config).unwrap();
+    let message = api_message(create("b").await.unwrap_err());
+    assert!(
+        message.contains("tls: failed to verify certificate"),
+        "{message}"
+    );
+    register("/warn", "Fail", 5);
+    let out = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(sim.kubeconfig())
+        .args(["create", "--validate=false", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = out;
+    use tokio::io::AsyncWriteExt;
+    out.stdin
+        .take()
+        .unwrap()
+        .write_all(
+            serde_json::to_string(&mc("c", "worker"))
+                .unwrap()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let out = out.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "Warning: be careful\n"
+    );
+}

@@ -564,3 +564,50 @@ fn path_of(name: &str) -> &'static str {
         "/etc/containers/registries.d/sigstore-registries.yaml"
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_only_mode_writes_nothing() {
+    let c = cluster(&["--mode", "admission-only"]).await;
+    let run = c
+        .kubectl(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            "examples/signed-apps.yaml",
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+    // Admission still runs: the mutating webhook defaulted nothing here (the example sets
+    // its identity), the validating one denies a blocked scope.
+    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
+    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    v["metadata"]["name"] = json!("blocked");
+    v["spec"]["scopes"] = json!(["blocked.example.com/app"]);
+    let path = c.path("blocked.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let run = c
+        .kubectl(&["apply", "--validate=false", "-f", path.to_str().unwrap()])
+        .await;
+    assert!(
+        !run.ok && run.stderr.contains("nested inside blockedRegistries"),
+        "{run:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = c.sim.requests();
+    assert_eq!(writes(&log, "machineconfigs").len(), 0);
+    assert_eq!(writes(&log, "leases").len(), 0);
+    assert!(OURS
+        .iter()
+        .filter(|n| n.ends_with("imagepolicies"))
+        .all(|n| mc(&c.sim, n).is_none()));
+    let cip = c
+        .sim
+        .get(
+            "config.openshift.io",
+            "clusterimagepolicies",
+            "",
+            "signed-apps",
+        )
+        .unwrap();
+    assert!(cip.get("status").is_none(), "{cip}");
+}
