@@ -15,11 +15,12 @@ use serde_json::{json, Value};
 
 use crate::kube_state::ClusterState;
 use crate::lease::Leadership;
-use crate::model::{MachineConfig, CONFIG_GROUP, ROLE_LABEL};
+use crate::model::{MachineConfig, CONFIG_GROUP};
 use crate::render::{self, Action, Condition, Inputs, PolicyOutcome, RenderOptions};
 use crate::server::App;
 
 pub const FIELD_MANAGER: &str = "cip-webhook";
+const MAX_MESSAGE: usize = 32768;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -75,6 +76,16 @@ pub fn conditions(outcome: &PolicyOutcome, current: Option<&Value>, now: &str) -
         Condition::Pending {
             reason, message, ..
         } => (false, true, reason.as_str().to_string(), message.clone()),
+    };
+    // The CRD caps condition messages at 32768 characters.
+    let message: String = if message.chars().count() > MAX_MESSAGE {
+        message
+            .chars()
+            .take(MAX_MESSAGE - 3)
+            .chain("...".chars())
+            .collect()
+    } else {
+        message
     };
     let previous = |kind: &str| {
         current
@@ -461,11 +472,6 @@ pub async fn run(mut reconciler: Reconciler, resync: Duration) {
     }
 }
 
-/// The pool label of a MachineConfig, for logs.
-pub fn pool_of(mc: &MachineConfig) -> Option<&str> {
-    mc.metadata.labels.get(ROLE_LABEL).map(String::as_str)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +509,14 @@ mod tests {
             skipped: vec![],
             written: vec![],
         });
+        let long = outcome(Condition::Pending {
+            reason: Reason::TooLarge,
+            message: "x".repeat(40_000),
+            skipped: vec![],
+            written: vec![],
+        });
+        let capped = conditions(&long, None, "T");
+        assert_eq!(capped[1]["message"].as_str().unwrap().len(), MAX_MESSAGE);
         let next = conditions(&pending, Some(&status), "T3");
         assert_eq!(next[1]["lastTransitionTime"], "T3");
         assert_eq!(next[1]["reason"], "ConflictScopes");
