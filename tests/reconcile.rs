@@ -259,7 +259,9 @@ async fn policies_become_machine_configs_and_revert() {
     assert_eq!(status.len(), 1, "{status:?}");
     assert_golden("updated", &c.sim);
 
-    // Injected conflicts and server errors converge.
+    // Watches cut just before the change resume from their resourceVersion and replay
+    // it; injected conflicts and server errors on the writes are retried until converged.
+    c.sim.close_watches();
     c.sim.inject(
         Some("update"),
         Some("machineconfigs"),
