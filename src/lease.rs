@@ -55,7 +55,8 @@ impl Leadership {
     }
 }
 
-fn now_micro() -> String {
+/// Now as a Kubernetes MicroTime (RFC 3339, microseconds, UTC).
+pub(crate) fn now_micro() -> String {
     let t = time::OffsetDateTime::now_utc();
     let t = t.replace_nanosecond(t.microsecond() * 1000).unwrap_or(t);
     let format = time::macros::format_description!(

@@ -154,14 +154,6 @@ fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource
     }
 }
 
-fn now_micro() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
-    t.format(&format).unwrap_or_default()
-}
-
 fn now_seconds() -> String {
     let t = time::OffsetDateTime::now_utc();
     let format =
@@ -388,7 +380,7 @@ impl Reconciler {
         let event: DynamicObject = match serde_json::from_value(json!({
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
             "metadata": {"generateName": format!("{policy}."), "namespace": self.namespace},
-            "eventTime": now_micro(),
+            "eventTime": crate::lease::now_micro(),
             "reportingController": "cip-webhook",
             "reportingInstance": self.identity,
             "action": "Render",
