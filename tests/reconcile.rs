@@ -613,3 +613,53 @@ async fn admission_only_mode_writes_nothing() {
         .unwrap();
     assert!(cip.get("status").is_none(), "{cip}");
 }
+
+/// Not a pass/fail test: admission-only RSS, idle and with 1,000 policies cached from
+/// the watches. Run by `scripts/bench-reconcile.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run by scripts/bench-reconcile.sh"]
+async fn admission_only_memory() {
+    let c = cluster(&["--mode", "admission-only"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = c.webhook_pid().unwrap();
+    let idle = rss_kib(pid);
+    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
+    let base: Value = serde_yaml::from_str(&text).unwrap();
+    for i in 0..1000 {
+        let mut v = base.clone();
+        v["metadata"]["name"] = json!(format!("mem-{i}"));
+        v["spec"]["scopes"] = json!([format!("quay.io/mem/app{i}")]);
+        c.sim.seed(v).unwrap();
+    }
+    let addr = c.webhook_addr.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(c.path("certs").join("ca.crt"))
+            .args([
+                "--resolve",
+                &format!("{SERVICE}.{NAMESPACE}.svc:{}:127.0.0.1", addr.port()),
+            ])
+            .arg(format!(
+                "https://{SERVICE}.{NAMESPACE}.svc:{}/readyz",
+                addr.port()
+            ))
+            .output()
+            .await
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("1000 ClusterImagePolicies") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshot never held 1,000 policies"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "admission-only RSS from the cluster: idle {idle} KiB, with 1,000 policies {} KiB",
+        rss_kib(pid)
+    );
+}
