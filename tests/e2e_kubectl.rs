@@ -58,9 +58,7 @@ async fn seed_flow_on_a_v1alpha1_cluster() {
     let c = cluster(CIP_V1ALPHA1_CRD, &[]).await;
 
     // The seed's p0 is created, listed, and stored as given.
-    let run = c
-        .kubectl(&["apply", "--validate=false", "-f", "examples/p0.yaml"])
-        .await;
+    let run = c.apply("examples/p0.yaml").await;
     assert!(run.ok, "{run:?}\n{}", c.webhook_log());
     assert_eq!(
         run.stdout.trim(),
@@ -84,8 +82,7 @@ async fn seed_flow_on_a_v1alpha1_cluster() {
 
     // The mutating webhook defaults an absent signedIdentity before the object is stored.
     let p1 = p0_without_identity(&c, "p1");
-    let run = c.kubectl(&["apply", "--validate=false", "-f", &p1]).await;
-    assert!(run.ok, "{run:?}");
+    c.apply_ok(&p1).await;
     assert_eq!(
         stored_policy(&c, "p1")["spec"]["policy"]["signedIdentity"],
         json!({"matchPolicy": "MatchRepoDigestOrExact"})
@@ -99,9 +96,7 @@ async fn seed_flow_on_a_v1alpha1_cluster() {
     )
     .unwrap();
     let blocked = blocked.to_str().unwrap().to_string();
-    let run = c
-        .kubectl(&["apply", "--validate=false", "-f", &blocked])
-        .await;
+    let run = c.apply(&blocked).await;
     assert!(!run.ok, "{run:?}");
     assert!(
         run.stderr
@@ -167,14 +162,7 @@ fn payload_policy(c: &Cluster) -> String {
 async fn v1_policies_and_the_payload_repository() {
     let c = cluster(CIP_V1_CRD, &[]).await;
 
-    let run = c
-        .kubectl(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            "examples/signed-apps.yaml",
-        ])
-        .await;
+    let run = c.apply("examples/signed-apps.yaml").await;
     assert!(run.ok, "{run:?}\n{}", c.webhook_log());
     assert_eq!(
         run.stdout.trim(),
@@ -184,9 +172,7 @@ async fn v1_policies_and_the_payload_repository() {
 
     // The release payload's repository is refused for a cluster administrator...
     let release = payload_policy(&c);
-    let run = c
-        .kubectl(&["apply", "--validate=false", "-f", &release])
-        .await;
+    let run = c.apply(&release).await;
     assert!(!run.ok, "{run:?}");
     assert!(
         run.stderr.starts_with(&format!(
@@ -224,9 +210,7 @@ async fn v1_policies_and_the_payload_repository() {
         text.replace("config.openshift.io/v1alpha1", "config.openshift.io/v1"),
     )
     .unwrap();
-    let run = c
-        .kubectl(&["apply", "--validate=false", "-f", p0.to_str().unwrap()])
-        .await;
+    let run = c.apply(p0.to_str().unwrap()).await;
     assert!(!run.ok);
     assert!(
         run.stderr
@@ -244,14 +228,7 @@ async fn failure_policy_decides_when_the_webhook_is_down() {
     let mut c = cluster(CIP_V1_CRD, &[]).await;
     c.stop_webhook().await;
 
-    let run = c
-        .kubectl(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            "examples/signed-apps.yaml",
-        ])
-        .await;
+    let run = c.apply("examples/signed-apps.yaml").await;
     assert!(!run.ok, "{run:?}");
     assert!(
         run.stderr.starts_with("Error from server (InternalError): error when creating \"examples/signed-apps.yaml\": Internal error occurred: failed calling webhook \"clusterimagepolicies.mutate.cip-webhook.io\": failed to call webhook: Post \"https://cip-webhook.cip-webhook.svc:443/mutate?timeout=5s\": dial tcp "),
@@ -284,13 +261,5 @@ async fn failure_policy_decides_when_the_webhook_is_down() {
             .await;
         assert!(run.ok, "{run:?}");
     }
-    let run = c
-        .kubectl(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            "examples/signed-apps.yaml",
-        ])
-        .await;
-    assert!(run.ok, "{run:?}");
+    c.apply_ok("examples/signed-apps.yaml").await;
 }

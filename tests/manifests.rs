@@ -262,15 +262,7 @@ async fn rbac_is_exactly_what_the_binary_uses() {
         "examples/machineconfigs/99-worker-generated-registries.yaml",
     ]);
     c.start_webhook(&["--lease-duration", "2"]).await;
-    let run = c
-        .kubectl(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            "examples/signed-apps.yaml",
-        ])
-        .await;
-    assert!(run.ok, "{run:?}");
+    c.apply_ok("examples/signed-apps.yaml").await;
     c.until("written", |s| {
         s.get(
             "machineconfiguration.openshift.io",
@@ -406,9 +398,7 @@ async fn openshift_overlay_installs_and_serves_the_seed_flow() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     c.start_webhook(&args).await;
 
-    let run = c
-        .kubectl(&["apply", "--validate=false", "-f", "examples/p0.yaml"])
-        .await;
+    let run = c.apply("examples/p0.yaml").await;
     assert!(run.ok, "{run:?}\n{}", c.webhook_log());
     assert!(
         c.webhook_log()

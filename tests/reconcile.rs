@@ -132,15 +132,7 @@ async fn policies_become_machine_configs_and_revert() {
     .collect();
 
     // Create: the golden MachineConfigs, registries.conf kept, status Applied.
-    let run = c
-        .kubectl(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            "examples/signed-apps.yaml",
-        ])
-        .await;
-    assert!(run.ok, "{run:?}");
+    c.apply_ok("examples/signed-apps.yaml").await;
     c.until("imagepolicies MachineConfigs written", |s| {
         OURS.iter().all(|n| mc(s, n).is_some())
     })
@@ -388,15 +380,7 @@ async fn one_leader_writes_and_a_successor_takes_over() {
     let (leader, follower) = if first == "a" { (a, b) } else { (b, a) };
     c.sim.route_service(NAMESPACE, SERVICE, 443, follower.addr);
 
-    let run = c
-        .kubectl(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            "examples/signed-apps.yaml",
-        ])
-        .await;
-    assert!(run.ok, "{run:?}");
+    c.apply_ok("examples/signed-apps.yaml").await;
     c.until("written", |s| OURS.iter().all(|n| mc(s, n).is_some()))
         .await;
     let user = |r: &Logged| {
@@ -570,15 +554,7 @@ fn path_of(name: &str) -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_only_mode_writes_nothing() {
     let c = cluster(&["--mode", "admission-only"]).await;
-    let run = c
-        .kubectl(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            "examples/signed-apps.yaml",
-        ])
-        .await;
-    assert!(run.ok, "{run:?}");
+    c.apply_ok("examples/signed-apps.yaml").await;
     // Admission still runs: the mutating webhook defaulted nothing here (the example sets
     // its identity), the validating one denies a blocked scope.
     let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
@@ -587,9 +563,7 @@ async fn admission_only_mode_writes_nothing() {
     v["spec"]["scopes"] = json!(["blocked.example.com/app"]);
     let path = c.path("blocked.json");
     std::fs::write(&path, v.to_string()).unwrap();
-    let run = c
-        .kubectl(&["apply", "--validate=false", "-f", path.to_str().unwrap()])
-        .await;
+    let run = c.apply(path.to_str().unwrap()).await;
     assert!(
         !run.ok && run.stderr.contains("nested inside blockedRegistries"),
         "{run:?}"

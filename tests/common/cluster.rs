@@ -159,10 +159,19 @@ impl Cluster {
             v["metadata"]["name"].as_str().unwrap()
         ));
         std::fs::write(&file, serde_json::to_vec_pretty(v).unwrap()).unwrap();
-        let run = self
-            .kubectl(&["apply", "--validate=false", "-f", file.to_str().unwrap()])
-            .await;
-        assert!(run.ok, "{run:?}");
+        self.apply_ok(file.to_str().unwrap()).await
+    }
+
+    /// `kubectl apply --validate=false -f path` as the administrator.
+    pub async fn apply(&self, path: &str) -> Run {
+        self.kubectl(&["apply", "--validate=false", "-f", path])
+            .await
+    }
+
+    /// `apply`, which must succeed.
+    pub async fn apply_ok(&self, path: &str) -> Run {
+        let run = self.apply(path).await;
+        assert!(run.ok, "{run:?}\n{}", self.webhook_log());
         run
     }
 
