@@ -34,9 +34,7 @@ async fn cluster(cip_crd: &str, blocked: &[&str]) -> Cluster {
 }
 
 fn stored_policy(c: &Cluster, name: &str) -> Value {
-    c.sim
-        .get("config.openshift.io", "clusterimagepolicies", "", name)
-        .unwrap_or_else(|| panic!("{name} is stored"))
+    policy(&c.sim, name).unwrap_or_else(|| panic!("{name} is stored"))
 }
 
 /// p0 from the seed, with another name and without its signedIdentity.
@@ -135,10 +133,7 @@ async fn seed_flow_on_a_v1alpha1_cluster() {
         )
         .await;
     assert_eq!(run.stderr.trim(), want, "{run:?}");
-    assert!(c
-        .sim
-        .get("config.openshift.io", "clusterimagepolicies", "", "p0")
-        .is_none());
+    assert!(policy(&c.sim, "p0").is_none());
 }
 
 fn payload_policy(c: &Cluster) -> String {
@@ -240,15 +235,7 @@ async fn failure_policy_decides_when_the_webhook_is_down() {
             .ends_with("connect: connection refused"),
         "{run:?}"
     );
-    assert!(c
-        .sim
-        .get(
-            "config.openshift.io",
-            "clusterimagepolicies",
-            "",
-            "signed-apps"
-        )
-        .is_none());
+    assert!(policy(&c.sim, "signed-apps").is_none());
 
     for kind in [
         "mutatingwebhookconfiguration",

@@ -264,20 +264,12 @@ async fn rbac_is_exactly_what_the_binary_uses() {
     c.start_webhook(&["--lease-duration", "2"]).await;
     c.apply_ok("examples/signed-apps.yaml").await;
     c.until("written", |s| {
-        s.get(
-            "machineconfiguration.openshift.io",
-            "machineconfigs",
-            "",
-            "99-worker-generated-imagepolicies",
-        )
-        .is_some()
+        machine_config(s, "99-worker-generated-imagepolicies").is_some()
     })
     .await;
-    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
-    let mut blocked: Value = serde_yaml::from_str(&text).unwrap();
-    blocked["metadata"]["name"] = json!("blocked");
-    blocked["spec"]["scopes"] = json!(["blocked.example.com/app"]);
-    c.sim.seed(blocked).unwrap();
+    c.sim
+        .seed(signed_apps("blocked", &["blocked.example.com/app"]))
+        .unwrap();
     c.until("event", |s| !s.list("events.k8s.io", "events").is_empty())
         .await;
     let run = c
@@ -285,13 +277,7 @@ async fn rbac_is_exactly_what_the_binary_uses() {
         .await;
     assert!(run.ok, "{run:?}");
     c.until("reverted", |s| {
-        s.get(
-            "machineconfiguration.openshift.io",
-            "machineconfigs",
-            "",
-            "99-worker-generated-imagepolicies",
-        )
-        .is_none()
+        machine_config(s, "99-worker-generated-imagepolicies").is_none()
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
@@ -407,13 +393,7 @@ async fn openshift_overlay_installs_and_serves_the_seed_flow() {
         "JSON decision logs"
     );
     c.until("MachineConfigs written", |s| {
-        s.get(
-            "machineconfiguration.openshift.io",
-            "machineconfigs",
-            "",
-            "99-worker-generated-imagepolicies",
-        )
-        .is_some()
+        machine_config(s, "99-worker-generated-imagepolicies").is_some()
     })
     .await;
     assert!(c

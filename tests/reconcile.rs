@@ -12,7 +12,6 @@ use base64::Engine;
 use cluster::*;
 use serde_json::{json, Value};
 
-const MC_GROUP: &str = "machineconfiguration.openshift.io";
 const STATE: &[&str] = &[
     "examples/image.yaml",
     "examples/clusterversion.yaml",
@@ -34,10 +33,6 @@ async fn cluster(extra: &[&str]) -> Cluster {
     c.seed_files(STATE);
     c.start_webhook(extra).await;
     c
-}
-
-fn mc(sim: &Simulator, name: &str) -> Option<Value> {
-    sim.get(MC_GROUP, "machineconfigs", "", name)
 }
 
 /// A stored object without what the server sets, as goldens hold it.
@@ -71,7 +66,7 @@ fn file(mc: &Value, path: &str) -> Option<String> {
 
 fn policy_json(sim: &Simulator, pool: &str) -> String {
     file(
-        &mc(sim, &format!("99-{pool}-generated-registries")).unwrap(),
+        &machine_config(sim, &format!("99-{pool}-generated-registries")).unwrap(),
         "/etc/containers/policy.json",
     )
     .unwrap_or_default()
@@ -89,7 +84,7 @@ fn writes<'a>(log: &'a [Logged], resource: &str) -> Vec<&'a Logged> {
 fn assert_golden(dir: &str, sim: &Simulator) {
     for name in OURS {
         let path = root().join(format!("tests/golden/reconcile/{dir}/{name}.yaml"));
-        let actual = mc(sim, name).map(normalized);
+        let actual = machine_config(sim, name).map(normalized);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             match &actual {
@@ -114,10 +109,7 @@ fn assert_golden(dir: &str, sim: &Simulator) {
 }
 
 async fn set_scopes(c: &Cluster, scopes: &[&str]) {
-    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
-    let mut v: Value = serde_yaml::from_str(&text).unwrap();
-    v["spec"]["scopes"] = json!(scopes);
-    c.apply_value(&v).await;
+    c.apply_value(&signed_apps("signed-apps", scopes)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,45 +120,31 @@ async fn policies_become_machine_configs_and_revert() {
         "99-worker-generated-registries",
     ]
     .iter()
-    .map(|n| mc(&c.sim, n).unwrap())
+    .map(|n| machine_config(&c.sim, n).unwrap())
     .collect();
 
     // Create: the golden MachineConfigs, registries.conf kept, status Applied.
     c.apply_ok("examples/signed-apps.yaml").await;
     c.until("imagepolicies MachineConfigs written", |s| {
-        OURS.iter().all(|n| mc(s, n).is_some())
+        OURS.iter().all(|n| machine_config(s, n).is_some())
     })
     .await;
     c.until("status Applied", |s| {
-        let cip = s
-            .get(
-                "config.openshift.io",
-                "clusterimagepolicies",
-                "",
-                "signed-apps",
-            )
-            .unwrap();
+        let cip = policy(s, "signed-apps").unwrap();
         cip["status"]["conditions"][0]["status"] == "True"
     })
     .await;
     assert_golden("created", &c.sim);
     for pool in ["master", "worker"] {
-        let registries = mc(&c.sim, &format!("99-{pool}-generated-registries")).unwrap();
+        let registries =
+            machine_config(&c.sim, &format!("99-{pool}-generated-registries")).unwrap();
         assert!(
             file(&registries, "/etc/containers/registries.conf").is_some(),
             "another file survives"
         );
         assert!(policy_json(&c.sim, pool).contains("quay.io/example-org"));
     }
-    let cip = c
-        .sim
-        .get(
-            "config.openshift.io",
-            "clusterimagepolicies",
-            "",
-            "signed-apps",
-        )
-        .unwrap();
+    let cip = policy(&c.sim, "signed-apps").unwrap();
     let applied = &cip["status"]["conditions"][0];
     assert_eq!(applied["type"], "Applied");
     assert_eq!(applied["observedGeneration"], 1);
@@ -215,7 +193,7 @@ async fn policies_become_machine_configs_and_revert() {
         ["master", "worker"]
             .iter()
             .all(|p| policy_json(s, p).contains("quay.io/other"))
-            && mc(s, "99-worker-generated-imagepolicies").is_some_and(|m| {
+            && machine_config(s, "99-worker-generated-imagepolicies").is_some_and(|m| {
                 file(&m, "/etc/containers/registries.d/sigstore-registries.yaml")
                     .unwrap()
                     .contains("quay.io/other")
@@ -223,14 +201,7 @@ async fn policies_become_machine_configs_and_revert() {
     })
     .await;
     c.until("observedGeneration 2", |s| {
-        s.get(
-            "config.openshift.io",
-            "clusterimagepolicies",
-            "",
-            "signed-apps",
-        )
-        .unwrap()["status"]["conditions"][0]["observedGeneration"]
-            == 2
+        policy(s, "signed-apps").unwrap()["status"]["conditions"][0]["observedGeneration"] == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -284,15 +255,12 @@ async fn policies_become_machine_configs_and_revert() {
             )
             .ok()
             .map(|t| serde_yaml::from_str(&t).unwrap());
-            mc(s, n).map(normalized) == golden
+            machine_config(s, n).map(normalized) == golden
         })
     })
     .await;
-    let metrics = c.webhook_log();
-    assert!(
-        metrics.contains("reconcile failed"),
-        "the failures were logged"
-    );
+    let log = c.webhook_log();
+    assert!(log.contains("reconcile failed"), "the failures were logged");
 
     // Delete: the registries MachineConfigs get their original bytes back, ours go.
     let run = c
@@ -300,13 +268,13 @@ async fn policies_become_machine_configs_and_revert() {
         .await;
     assert!(run.ok, "{run:?}");
     c.until("reverted", |s| {
-        mc(s, "99-master-generated-imagepolicies").is_none()
-            && mc(s, "99-worker-generated-imagepolicies").is_none()
+        machine_config(s, "99-master-generated-imagepolicies").is_none()
+            && machine_config(s, "99-worker-generated-imagepolicies").is_none()
     })
     .await;
     c.until("registries reverted", |s| {
         original.iter().all(|o| {
-            let now = mc(s, o["metadata"]["name"].as_str().unwrap()).unwrap();
+            let now = machine_config(s, o["metadata"]["name"].as_str().unwrap()).unwrap();
             now["spec"] == o["spec"]
         })
     })
@@ -317,21 +285,17 @@ async fn policies_become_machine_configs_and_revert() {
 async fn pending_policies_get_status_and_an_event() {
     let c = cluster(&[]).await;
     // Stored without admission (as if created before the Image CR blocked it).
-    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
-    let mut v: Value = serde_yaml::from_str(&text).unwrap();
-    v["metadata"]["name"] = json!("blocked");
-    v["spec"]["scopes"] = json!(["blocked.example.com/app", "quay.io/example-org"]);
-    c.sim.seed(v).unwrap();
+    c.sim
+        .seed(signed_apps(
+            "blocked",
+            &["blocked.example.com/app", "quay.io/example-org"],
+        ))
+        .unwrap();
     c.until("Pending", |s| {
-        s.get("config.openshift.io", "clusterimagepolicies", "", "blocked")
-            .unwrap()["status"]["conditions"][1]["status"]
-            == "True"
+        policy(s, "blocked").unwrap()["status"]["conditions"][1]["status"] == "True"
     })
     .await;
-    let cip = c
-        .sim
-        .get("config.openshift.io", "clusterimagepolicies", "", "blocked")
-        .unwrap();
+    let cip = policy(&c.sim, "blocked").unwrap();
     let pending = &cip["status"]["conditions"][1];
     assert_eq!(pending["reason"], "ConflictScopes");
     assert!(
@@ -381,8 +345,10 @@ async fn one_leader_writes_and_a_successor_takes_over() {
     c.sim.route_service(NAMESPACE, SERVICE, 443, follower.addr);
 
     c.apply_ok("examples/signed-apps.yaml").await;
-    c.until("written", |s| OURS.iter().all(|n| mc(s, n).is_some()))
-        .await;
+    c.until("written", |s| {
+        OURS.iter().all(|n| machine_config(s, n).is_some())
+    })
+    .await;
     let user = |r: &Logged| {
         r.user
             .rsplit(':')
@@ -467,21 +433,17 @@ async fn reconcile_latency_and_memory() {
         plural: "clusterimagepolicies".into(),
     };
     let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client, &resource);
-    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
-    let base: Value = serde_yaml::from_str(&text).unwrap();
     let mut latencies = Vec::new();
     let mut writes_per_change = Vec::new();
     for i in 0..100 {
-        let mut v = base.clone();
-        v["metadata"]["name"] = json!(format!("lat-{i}"));
-        v["spec"]["scopes"] = json!([format!("quay.io/lat/app{i}")]);
+        let scope = format!("quay.io/lat/app{i}");
+        let v = signed_apps(&format!("lat-{i}"), &[&scope]);
         c.sim.clear_requests();
         let obj: kube::api::DynamicObject = serde_json::from_value(v).unwrap();
         api.create(&Default::default(), &obj).await.unwrap();
-        let scope = format!("quay.io/lat/app{i}");
         c.until("written", |s| {
             OURS.iter().all(|n| {
-                mc(s, n)
+                machine_config(s, n)
                     .and_then(|m| file(&m, path_of(n)))
                     .is_some_and(|f| f.contains(&scope))
             })
@@ -513,9 +475,8 @@ async fn reconcile_latency_and_memory() {
     );
 
     for i in 100..1000 {
-        let mut v = base.clone();
-        v["metadata"]["name"] = json!(format!("lat-{i}"));
-        v["spec"]["scopes"] = json!([format!("quay.io/lat/app{i}")]);
+        let scope = format!("quay.io/lat/app{i}");
+        let v = signed_apps(&format!("lat-{i}"), &[&scope]);
         c.sim.seed(v).unwrap();
     }
     // The budget holds some back (1,000 full keys exceed 1 MiB): all get a status.
@@ -557,12 +518,9 @@ async fn admission_only_mode_writes_nothing() {
     c.apply_ok("examples/signed-apps.yaml").await;
     // Admission still runs: the mutating webhook defaulted nothing here (the example sets
     // its identity), the validating one denies a blocked scope.
-    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
-    let mut v: Value = serde_yaml::from_str(&text).unwrap();
-    v["metadata"]["name"] = json!("blocked");
-    v["spec"]["scopes"] = json!(["blocked.example.com/app"]);
     let path = c.path("blocked.json");
-    std::fs::write(&path, v.to_string()).unwrap();
+    let blocked = signed_apps("blocked", &["blocked.example.com/app"]);
+    std::fs::write(&path, blocked.to_string()).unwrap();
     let run = c.apply(path.to_str().unwrap()).await;
     assert!(
         !run.ok && run.stderr.contains("nested inside blockedRegistries"),
@@ -575,16 +533,8 @@ async fn admission_only_mode_writes_nothing() {
     assert!(OURS
         .iter()
         .filter(|n| n.ends_with("imagepolicies"))
-        .all(|n| mc(&c.sim, n).is_none()));
-    let cip = c
-        .sim
-        .get(
-            "config.openshift.io",
-            "clusterimagepolicies",
-            "",
-            "signed-apps",
-        )
-        .unwrap();
+        .all(|n| machine_config(&c.sim, n).is_none()));
+    let cip = policy(&c.sim, "signed-apps").unwrap();
     assert!(cip.get("status").is_none(), "{cip}");
 }
 
@@ -597,12 +547,9 @@ async fn admission_only_memory() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = c.webhook_pid().unwrap();
     let idle = rss_kib(pid);
-    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
-    let base: Value = serde_yaml::from_str(&text).unwrap();
     for i in 0..1000 {
-        let mut v = base.clone();
-        v["metadata"]["name"] = json!(format!("mem-{i}"));
-        v["spec"]["scopes"] = json!([format!("quay.io/mem/app{i}")]);
+        let scope = format!("quay.io/mem/app{i}");
+        let v = signed_apps(&format!("mem-{i}"), &[&scope]);
         c.sim.seed(v).unwrap();
     }
     let addr = c.webhook_addr.unwrap();

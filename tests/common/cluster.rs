@@ -33,6 +33,30 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cip-webhook"))
 }
 
+/// A stored ClusterImagePolicy.
+pub fn policy(sim: &Simulator, name: &str) -> Option<Value> {
+    sim.get("config.openshift.io", "clusterimagepolicies", "", name)
+}
+
+/// A stored MachineConfig.
+pub fn machine_config(sim: &Simulator, name: &str) -> Option<Value> {
+    sim.get(
+        "machineconfiguration.openshift.io",
+        "machineconfigs",
+        "",
+        name,
+    )
+}
+
+/// examples/signed-apps.yaml under another name, with these scopes.
+pub fn signed_apps(name: &str, scopes: &[&str]) -> Value {
+    let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
+    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    v["metadata"]["name"] = json!(name);
+    v["spec"]["scopes"] = json!(scopes);
+    v
+}
+
 pub struct Cluster {
     pub sim: Simulator,
     pub dir: tempfile::TempDir,
