@@ -89,5 +89,36 @@ fn bench_validate(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_render, bench_validate);
+/// The whole admission decision on a request body, as `/validate` makes it: JSON decode,
+/// validation against the snapshot, the response encoded. The HTTP and TLS cost is in
+/// `scripts/load-test.sh`.
+fn bench_review(c: &mut Criterion) {
+    use cip_webhook::admission::{self, Config, Endpoint, Snapshot};
+    let snapshot = Snapshot::build(&cluster(), &RenderOptions::default());
+    let body = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "0d6c1d9a-5f2a-4d4e-9b8e-1b2c3d4e5f60",
+            "kind": {"group": "config.openshift.io", "version": "v1", "kind": "ClusterImagePolicy"},
+            "name": "policy-00001",
+            "operation": "CREATE",
+            "userInfo": {"username": "kube:admin"},
+            "object": policy(1),
+        }
+    }))
+    .unwrap();
+    let config = Config::default();
+    let (_, decision) = admission::review(&body, Endpoint::Validate, &snapshot, &config).unwrap();
+    assert_eq!(decision.verdict.as_str(), "allowed", "{decision:?}");
+    c.bench_function("admission/review_and_encode", |b| {
+        b.iter(|| {
+            let (review, _) =
+                admission::review(&body, Endpoint::Validate, &snapshot, &config).unwrap();
+            serde_json::to_vec(&review).unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, bench_render, bench_validate, bench_review);
 criterion_main!(benches);

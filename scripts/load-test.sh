@@ -43,14 +43,26 @@ echo 'function delay() return 10 end' >>"$work/paced.lua"
 start examples
 sleep 1
 echo "idle RSS (examples/ state): $(rss)"
-run() { wrk -t1 -c"$1" -d"$2" --latency "${@:3}" 2>&1; }
+# The server's CPU time (user + system, clock ticks) is appended to wrk's output, so
+# that each run also tells how many CPU microseconds the server spent per request.
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+run() {
+  local before
+  before=$(ticks)
+  wrk -t1 -c"$1" -d"$2" --latency "${@:3}" 2>&1
+  echo "server ticks $(($(ticks) - before))"
+}
 validate=$(run 16 10s -s "$work/post.lua" "https://127.0.0.1:$port/validate")
 healthz=$(run 16 10s "https://127.0.0.1:$port/healthz")
 paced=$(run 10 10s -s "$work/paced.lua" "https://127.0.0.1:$port/validate")
 rps() { awk '/Requests\/sec/ {print $2}' <<<"$1"; }
 pct() { awk -v p="$2" '$1 == p {print $2}' <<<"$1"; }
-echo "validate saturated: $(rps "$validate") req/s, p50 $(pct "$validate" 50%), p99 $(pct "$validate" 99%)"
-echo "healthz saturated:  $(rps "$healthz") req/s, p50 $(pct "$healthz" 50%), p99 $(pct "$healthz" 99%)"
+cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '/requests in/ {n = $1} /server ticks/ {t = $3}
+    END {printf "%.1f", t / hz * 1e6 / n}' <<<"$1"
+}
+echo "validate saturated: $(rps "$validate") req/s, p50 $(pct "$validate" 50%), p99 $(pct "$validate" 99%), server CPU $(cpu "$validate") µs/request"
+echo "healthz saturated:  $(rps "$healthz") req/s, p50 $(pct "$healthz" 50%), p99 $(pct "$healthz" 99%), server CPU $(cpu "$healthz") µs/request"
 awk -v v="$(rps "$validate")" -v h="$(rps "$healthz")" 'BEGIN {printf "validate / ceiling: %.0f%%\n", 100 * v / h}'
 echo "validate paced:     $(rps "$paced") req/s, p50 $(pct "$paced" 50%), p99 $(pct "$paced" 99%)"
 grep -c '"verdict":"allowed"' "$work/serve.log" | xargs echo "decisions logged:"

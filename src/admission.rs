@@ -7,6 +7,7 @@
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::cluster::{ClusterFacts, ImageConfigError};
@@ -109,8 +110,9 @@ pub struct Request {
     pub operation: String,
     #[serde(default)]
     pub user_info: UserInfo,
+    /// Kept as text: validation decodes it straight into the model.
     #[serde(default)]
-    pub object: Option<Value>,
+    pub object: Option<Box<RawValue>>,
     #[serde(default)]
     pub dry_run: Option<bool>,
 }
@@ -289,14 +291,14 @@ fn decide(
         return "BadRequest";
     };
     if is_image {
-        let image: Image = match serde_json::from_value(object.clone()) {
+        let image: Image = match serde_json::from_str(object.get()) {
             Ok(i) => i,
             Err(e) => {
                 deny(
                     response,
                     400,
                     "BadRequest",
-                    format!("Image does not decode: {e}"),
+                    format!("Image does not decode: {}", validate::without_position(&e)),
                 );
                 return "BadRequest";
             }
@@ -320,7 +322,10 @@ fn decide(
         };
     }
     match endpoint {
-        Endpoint::Mutate => match default_signed_identity(object) {
+        Endpoint::Mutate => match serde_json::from_str(object.get())
+            .ok()
+            .and_then(|object| default_signed_identity(&object))
+        {
             Some(patch) => {
                 response.patch_type = Some("JSONPatch");
                 response.patch =
@@ -335,7 +340,7 @@ fn decide(
                 size: Some(&snapshot.size),
                 exempt: config.exempt_users.contains(&request.user_info.username),
             };
-            let (_, report) = validate::validate_value(object, &ctx);
+            let (_, report) = validate::validate_json(object.get(), &ctx);
             answer(response, &report, 403, "Forbidden")
         }
     }

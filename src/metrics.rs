@@ -12,10 +12,20 @@ use crate::admission::Decision;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    kind: String,
-    operation: String,
-    verdict: String,
-    reason: String,
+    kind: &'static str,
+    operation: &'static str,
+    verdict: &'static str,
+    reason: &'static str,
+}
+
+/// Label values come from a fixed set, whatever a caller puts in a review: a bounded
+/// number of series, and no allocation per request.
+fn known(value: &str, values: &[&'static str]) -> &'static str {
+    values
+        .iter()
+        .find(|v| **v == value)
+        .copied()
+        .unwrap_or("other")
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,10 +143,13 @@ impl Metrics {
     pub fn observe(&self, decision: &Decision, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                kind: decision.kind.clone(),
-                operation: decision.operation.clone(),
-                verdict: decision.verdict.as_str().to_string(),
-                reason: decision.reason.to_string(),
+                kind: known(&decision.kind, &["ClusterImagePolicy", "Image"]),
+                operation: known(
+                    &decision.operation,
+                    &["CREATE", "UPDATE", "DELETE", "CONNECT"],
+                ),
+                verdict: decision.verdict.as_str(),
+                reason: decision.reason,
             })
             .inc();
         self.latency.observe(seconds);
@@ -189,5 +202,52 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::Verdict;
+
+    #[test]
+    fn request_labels_stay_within_a_fixed_set() {
+        let metrics = Metrics::default();
+        for (kind, operation) in [
+            ("ClusterImagePolicy", "CREATE"),
+            ("Secret", "CREATE"),
+            ("Whatever", "PATCH"),
+        ] {
+            let decision = Decision {
+                uid: "u".into(),
+                kind: kind.into(),
+                name: "n".into(),
+                operation: operation.into(),
+                user: "me".into(),
+                dry_run: false,
+                verdict: Verdict::Denied,
+                reason: "UnhandledKind",
+                message: None,
+            };
+            metrics.observe(&decision, 0.001);
+        }
+        let text = metrics.encode();
+        let series = |labels: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!("cip_webhook_admission_requests_total{{{labels}}}"))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        };
+        let kind_cip = r#"kind="ClusterImagePolicy",operation="CREATE",verdict="denied",reason="UnhandledKind""#;
+        assert_eq!(series(kind_cip).as_deref(), Some("1"), "{text}");
+        let other = r#"kind="other",operation="CREATE",verdict="denied",reason="UnhandledKind""#;
+        assert_eq!(series(other).as_deref(), Some("1"), "{text}");
+        let both = r#"kind="other",operation="other",verdict="denied",reason="UnhandledKind""#;
+        assert_eq!(series(both).as_deref(), Some("1"), "{text}");
+        assert!(
+            !text.contains("Secret") && !text.contains("PATCH"),
+            "{text}"
+        );
     }
 }

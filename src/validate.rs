@@ -131,7 +131,21 @@ pub struct Context<'a> {
 /// Decodes and validates a raw object; a field of the wrong JSON type is reported
 /// with its path instead of failing the whole decode silently.
 pub fn validate_value(object: &Value, ctx: &Context) -> (Option<ClusterImagePolicy>, Report) {
-    match serde_path_to_error::deserialize::<_, ClusterImagePolicy>(object) {
+    decoded(serde_path_to_error::deserialize(object), ctx)
+}
+
+/// [`validate_value`] on JSON text, as the webhook receives it: decoded straight into the
+/// model, without a `Value` in between. The report is the same.
+pub fn validate_json(text: &str, ctx: &Context) -> (Option<ClusterImagePolicy>, Report) {
+    let mut de = serde_json::Deserializer::from_str(text);
+    decoded(serde_path_to_error::deserialize(&mut de), ctx)
+}
+
+fn decoded(
+    result: Result<ClusterImagePolicy, serde_path_to_error::Error<serde_json::Error>>,
+    ctx: &Context,
+) -> (Option<ClusterImagePolicy>, Report) {
+    match result {
         Ok(cip) => {
             let report = validate(&cip, ctx);
             (Some(cip), report)
@@ -141,7 +155,7 @@ pub fn validate_value(object: &Value, ctx: &Context) -> (Option<ClusterImagePoli
             let path = e.path().to_string();
             report.errors.push(Problem {
                 path: if path == "." { String::new() } else { path },
-                message: format!("Invalid value: {}", e.inner()),
+                message: format!("Invalid value: {}", without_position(e.inner())),
                 rule: "Type",
                 reason: Reason::Invalid,
                 standalone: false,
@@ -151,11 +165,24 @@ pub fn validate_value(object: &Value, ctx: &Context) -> (Option<ClusterImagePoli
     }
 }
 
+/// The error without serde_json's ` at line L column C`: the field path says where,
+/// and a position in the request body means nothing to the person who wrote the YAML.
+pub fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(bare) if e.line() > 0 => bare.to_string(),
+        _ => text,
+    }
+}
+
 /// Every rule: the object's own (see [`validate_object`]) plus the cluster context.
 pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
     let mut w = walk(cip, ctx.exempt);
+    let rules_pass = std::mem::take(&mut w.scope_rules_pass);
     for (i, s) in cip.scopes().iter().enumerate() {
-        if !scope::scope_rule_failures(s).is_empty() {
+        let pass = rules_pass.get(i).copied();
+        if !pass.unwrap_or_else(|| scope::scope_rule_failures(s).is_empty()) {
             continue;
         }
         let path = format!("spec.scopes[{i}]");
@@ -213,6 +240,7 @@ fn walk(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
     let mut w = Walker {
         version: cip.version().unwrap_or(CipVersion::V1),
         report: Report::default(),
+        scope_rules_pass: Vec::new(),
     };
     if cip.version().is_none() {
         w.error(
@@ -275,6 +303,9 @@ fn walk(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
 struct Walker {
     version: CipVersion,
     report: Report,
+    /// Per scope, whether it passed the CRD's scope rules: the cluster checks skip
+    /// the ones that did not, without running the rules twice.
+    scope_rules_pass: Vec<bool>,
 }
 
 #[derive(Clone, Copy)]
@@ -376,10 +407,12 @@ impl Walker {
             if scopes[..i].contains(s) {
                 self.error(&path, "Duplicate", format!("Duplicate value: {s:?}"));
             }
+            let failures = scope::scope_rule_failures(s);
+            self.scope_rules_pass.push(failures.is_empty());
             if !self.max_len(&path, s, MAX_SCOPE_LEN) {
                 continue;
             }
-            for rule in scope::scope_rule_failures(s) {
+            for rule in failures {
                 self.cel(&path, rule.id(), "string", rule.message());
             }
         }

@@ -63,15 +63,18 @@ fn both(
             .collect(),
     };
     let facts = ClusterFacts::default();
-    let report = validate::validate_value(
-        object,
-        &Context {
-            facts: &facts,
-            size: None,
-            exempt: false,
-        },
-    )
-    .1;
+    let ctx = Context {
+        facts: &facts,
+        size: None,
+        exempt: false,
+    };
+    let report = validate::validate_value(object, &ctx).1;
+    // The webhook decodes the request's JSON text instead of a Value: same report.
+    assert_eq!(
+        validate::validate_json(&object.to_string(), &ctx).1,
+        report,
+        "{object}"
+    );
     let core: BTreeSet<String> = report
         .errors
         .iter()

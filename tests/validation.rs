@@ -60,16 +60,19 @@ fn pki_policy() -> Value {
     p
 }
 
+/// Every case goes through both entry points: the CLI's (a decoded `Value`) and the
+/// webhook's (the request's JSON text), which must agree to the byte.
 fn run(object: &Value, facts: &ClusterFacts, size: Option<&SizeCheck>, exempt: bool) -> Report {
-    validate::validate_value(
-        object,
-        &Context {
-            facts,
-            size,
-            exempt,
-        },
-    )
-    .1
+    let ctx = Context {
+        facts,
+        size,
+        exempt,
+    };
+    let (from_value, report) = validate::validate_value(object, &ctx);
+    let (from_json, same) = validate::validate_json(&object.to_string(), &ctx);
+    assert_eq!(report, same, "the JSON text path disagrees on {object}");
+    assert_eq!(from_value, from_json);
+    report
 }
 
 fn check(object: &Value) -> Report {
