@@ -138,3 +138,42 @@ proptest! {
         }
     }
 }
+
+/// The object is decoded from the request text; a type error reads as it would from the
+/// YAML, with no position in a body the user never saw.
+#[test]
+fn type_errors_carry_no_body_position() {
+    let s = snapshot();
+    let answer = |kind: &str, pointer: &str, value: Value| {
+        let mut review = base(kind);
+        set(&mut review, pointer, value);
+        let bytes = serde_json::to_vec(&review).unwrap();
+        let (out, _) = admission::review(&bytes, Endpoint::Validate, &s, &Config::default())
+            .expect("a well-formed review");
+        let status = out.response.status.expect("denied");
+        (status.code, status.message)
+    };
+    assert_eq!(
+        answer(
+            "Image",
+            "/request/object/spec/registrySources/blockedRegistries",
+            json!("a.io")
+        ),
+        (
+            400,
+            r#"Image does not decode: invalid type: string "a.io", expected a sequence"#.into()
+        )
+    );
+    assert_eq!(
+        answer(
+            "ClusterImagePolicy",
+            "/request/object/spec/scopes",
+            json!("example.org")
+        ),
+        (
+            403,
+            r#"spec.scopes: Invalid value: invalid type: string "example.org", expected a sequence"#
+                .into()
+        )
+    );
+}
