@@ -169,12 +169,7 @@ fn render_text(
     for p in &plan.pools {
         let _ = writeln!(s, "\npool {}", p.pool);
         for c in &p.changes {
-            let _ = writeln!(
-                s,
-                "  {:<10} {}",
-                format!("{:?}", c.action).to_lowercase(),
-                c.name
-            );
+            let _ = writeln!(s, "  {:<10} {}", c.action.as_str(), c.name);
         }
         let origin = p.original_from.as_deref().unwrap_or("MCO template");
         let _ = writeln!(s, "  original policy.json from {origin}");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -62,14 +62,29 @@ pub struct ClusterState {
 }
 
 fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: format!("{group}/{version}"),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
+
+/// ClusterImagePolicy in the version the cluster serves.
+pub fn policy_resource(version: &str) -> ApiResource {
+    api_resource(
+        CONFIG_GROUP,
+        version,
+        "ClusterImagePolicy",
+        "clusterimagepolicies",
+    )
+}
+
+pub fn machine_config_resource() -> ApiResource {
+    api_resource(
+        MACHINECONFIGURATION_GROUP,
+        "v1",
+        "MachineConfig",
+        "machineconfigs",
+    )
+}
+
+const MACHINECONFIGURATION_GROUP: &str = "machineconfiguration.openshift.io";
 
 /// The ClusterImagePolicy version the cluster serves: v1 where it exists, else v1alpha1.
 pub async fn policy_version(client: &Client) -> Result<String, kube::Error> {
@@ -145,16 +160,10 @@ impl ClusterState {
             changed: tokio::sync::watch::channel(0).0,
             policy_version: policy_version.to_string(),
         });
-        let mc = "machineconfiguration.openshift.io";
         let watches = [
             (
                 Source::Policies,
-                api_resource(
-                    CONFIG_GROUP,
-                    policy_version,
-                    "ClusterImagePolicy",
-                    "clusterimagepolicies",
-                ),
+                policy_resource(policy_version),
                 watcher::Config::default(),
             ),
             (
@@ -169,12 +178,17 @@ impl ClusterState {
             ),
             (
                 Source::Pools,
-                api_resource(mc, "v1", "MachineConfigPool", "machineconfigpools"),
+                api_resource(
+                    MACHINECONFIGURATION_GROUP,
+                    "v1",
+                    "MachineConfigPool",
+                    "machineconfigpools",
+                ),
                 watcher::Config::default(),
             ),
             (
                 Source::MachineConfigs,
-                api_resource(mc, "v1", "MachineConfig", "machineconfigs"),
+                machine_config_resource(),
                 watcher::Config::default(),
             ),
         ];
@@ -254,11 +268,12 @@ impl ClusterState {
     }
 
     fn apply(&self, source: Source, event: Result<Event<DynamicObject>, watcher::Error>) {
-        let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
-        let keep = |o: &DynamicObject| {
+        // Each object is serialized once; MachineConfigs are kept only when relevant.
+        let decode = |o: &DynamicObject| {
             let name = o.metadata.name.clone().unwrap_or_default();
-            let wanted = source != Source::MachineConfigs || relevant_mc(&name, &value(o));
-            (name, wanted)
+            let value = serde_json::to_value(o).unwrap_or(Value::Null);
+            let wanted = source != Source::MachineConfigs || relevant_mc(&name, &value);
+            (name, value, wanted)
         };
         let mut slots = self.lock();
         let slot = slots.get_mut(&source).expect("every source has a slot");
@@ -273,9 +288,9 @@ impl ClusterState {
                 false
             }
             Ok(Event::InitApply(o)) => {
-                let (name, wanted) = keep(&o);
+                let (name, value, wanted) = decode(&o);
                 if let (Some(listing), true) = (slot.listing.as_mut(), wanted) {
-                    listing.insert(name, value(&o));
+                    listing.insert(name, value);
                 }
                 false
             }
@@ -288,19 +303,21 @@ impl ClusterState {
                 changed
             }
             Ok(Event::Apply(o)) => {
-                let (name, wanted) = keep(&o);
+                let (name, value, wanted) = decode(&o);
                 slot.last_error = None;
                 if wanted {
-                    let v = value(&o);
-                    let before = slot.objects.insert(name, v.clone());
-                    before.is_none_or(|b| significant(source, &b) != significant(source, &v))
+                    let changed = slot.objects.get(&name).is_none_or(|before| {
+                        significant(source, before) != significant(source, &value)
+                    });
+                    slot.objects.insert(name, value);
+                    changed
                 } else {
                     // A MachineConfig that stopped writing policy.json no longer counts.
                     slot.objects.remove(&name).is_some()
                 }
             }
             Ok(Event::Delete(o)) => {
-                let (name, _) = keep(&o);
+                let name = o.metadata.name.unwrap_or_default();
                 slot.objects.remove(&name).is_some()
             }
         };

@@ -186,13 +186,7 @@ pub fn spawn(
     on_change: impl Fn(bool) + Send + 'static,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
-    let resource = ApiResource {
-        group: "coordination.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "coordination.k8s.io/v1".into(),
-        kind: "Lease".into(),
-        plural: "leases".into(),
-    };
+    let resource = ApiResource::erase::<k8s_openapi::api::coordination::v1::Lease>(&());
     let api = Api::namespaced_with(client, &config.namespace, &resource);
     let mut elector = Elector {
         api,

@@ -30,18 +30,18 @@ fn known(value: &str, values: &[&'static str]) -> &'static str {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    result: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
-    reason: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     pool: String,
-    action: String,
+    action: &'static str,
 }
 
 pub struct Metrics {
@@ -163,28 +163,24 @@ impl Metrics {
         self.cert_expiry.set(unix_seconds);
     }
 
-    pub fn reconciled(&self, result: &str, seconds: f64) {
+    pub fn reconciled(&self, result: &'static str, seconds: f64) {
         self.reconciles
-            .get_or_create(&ResultLabels {
-                result: result.to_string(),
-            })
+            .get_or_create(&ResultLabels { result })
             .inc();
         self.reconcile_duration.observe(seconds);
     }
 
-    pub fn reconcile_error(&self, reason: &str) {
+    pub fn reconcile_error(&self, reason: &'static str) {
         self.reconcile_errors
-            .get_or_create(&ErrorLabels {
-                reason: reason.to_string(),
-            })
+            .get_or_create(&ErrorLabels { reason })
             .inc();
     }
 
-    pub fn machine_config_written(&self, pool: &str, action: &str) {
+    pub fn machine_config_written(&self, pool: &str, action: &'static str) {
         self.machine_config_writes
             .get_or_create(&WriteLabels {
                 pool: pool.to_string(),
-                action: action.to_string(),
+                action,
             })
             .inc();
     }

@@ -13,9 +13,9 @@ use kube::api::{
 use kube::Client;
 use serde_json::{json, Value};
 
-use crate::kube_state::ClusterState;
+use crate::kube_state::{self, ClusterState};
 use crate::lease::Leadership;
-use crate::model::{MachineConfig, CONFIG_GROUP};
+use crate::model::MachineConfig;
 use crate::render::{self, Action, Condition, Inputs, PolicyOutcome, RenderOptions};
 use crate::server::App;
 
@@ -140,20 +140,6 @@ pub struct Reconciler {
     expected: BTreeMap<String, (Option<String>, Instant)>,
 }
 
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: if group.is_empty() {
-            version.into()
-        } else {
-            format!("{group}/{version}")
-        },
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
 fn now_seconds() -> String {
     let t = time::OffsetDateTime::now_utc();
     let format =
@@ -176,23 +162,12 @@ impl Reconciler {
         namespace: String,
         identity: String,
     ) -> Reconciler {
-        let policy_resource = resource(
-            CONFIG_GROUP,
-            &state.policy_version,
-            "ClusterImagePolicy",
-            "clusterimagepolicies",
-        );
-        let mc = resource(
-            "machineconfiguration.openshift.io",
-            "v1",
-            "MachineConfig",
-            "machineconfigs",
-        );
-        let events = resource("events.k8s.io", "v1", "Event", "events");
+        let policy_resource = kube_state::policy_resource(&state.policy_version);
+        let events = ApiResource::erase::<k8s_openapi::api::events::v1::Event>(&());
         Reconciler {
             policies: Api::all_with(client.clone(), &policy_resource),
             policy_resource,
-            machine_configs: Api::all_with(client.clone(), &mc),
+            machine_configs: Api::all_with(client.clone(), &kube_state::machine_config_resource()),
             events: Api::namespaced_with(client, &namespace, &events),
             state,
             options,
@@ -267,9 +242,9 @@ impl Reconciler {
                     .await?;
                 self.expected
                     .insert(change.name.clone(), (written, Instant::now()));
-                let action = format!("{:?}", change.action).to_lowercase();
-                tracing::info!(machine_config = %change.name, pool = %pool.pool, action = %action, "MachineConfig written");
-                self.app.metrics.machine_config_written(&pool.pool, &action);
+                let action = change.action.as_str();
+                tracing::info!(machine_config = %change.name, pool = %pool.pool, action, "MachineConfig written");
+                self.app.metrics.machine_config_written(&pool.pool, action);
                 done.machine_config_writes += 1;
             }
         }

@@ -109,6 +109,18 @@ pub enum Action {
     Delete,
 }
 
+impl Action {
+    /// As serialized: the word in plans, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Unchanged => "unchanged",
+            Action::Delete => "delete",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
     pub name: String,

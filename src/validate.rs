@@ -180,9 +180,8 @@ pub fn without_position(e: &serde_json::Error) -> String {
 pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
     let mut w = walk(cip, ctx.exempt);
     let rules_pass = std::mem::take(&mut w.scope_rules_pass);
-    for (i, s) in cip.scopes().iter().enumerate() {
-        let pass = rules_pass.get(i).copied();
-        if !pass.unwrap_or_else(|| scope::scope_rule_failures(s).is_empty()) {
+    for (i, (s, pass)) in cip.scopes().iter().zip(rules_pass).enumerate() {
+        if !pass {
             continue;
         }
         let path = format!("spec.scopes[{i}]");
@@ -303,8 +302,8 @@ fn walk(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
 struct Walker {
     version: CipVersion,
     report: Report,
-    /// Per scope, whether it passed the CRD's scope rules: the cluster checks skip
-    /// the ones that did not, without running the rules twice.
+    /// Per scope of `cip.scopes()`, whether it passed the CRD's scope rules: the cluster
+    /// checks skip the ones that did not, without running the rules twice.
     scope_rules_pass: Vec<bool>,
 }
 

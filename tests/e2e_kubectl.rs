@@ -46,9 +46,7 @@ fn p0_without_identity(c: &Cluster, name: &str) -> String {
         .as_object_mut()
         .unwrap()
         .remove("signedIdentity");
-    let path = c.path(&format!("{name}.yaml"));
-    std::fs::write(&path, serde_yaml::to_string(&v).unwrap()).unwrap();
-    path.to_str().unwrap().to_string()
+    c.write(&format!("{name}.yaml"), serde_yaml::to_string(&v).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,13 +85,10 @@ async fn seed_flow_on_a_v1alpha1_cluster() {
     );
 
     // Blocking a registry that existing policies cover is refused, naming them.
-    let blocked = c.path("image-blocked.json");
-    std::fs::write(
-        &blocked,
+    let blocked = c.write(
+        "image-blocked.json",
         serde_json::to_vec(&image(&["example.com/global"])).unwrap(),
-    )
-    .unwrap();
-    let blocked = blocked.to_str().unwrap().to_string();
+    );
     let run = c.apply(&blocked).await;
     assert!(!run.ok, "{run:?}");
     assert!(
@@ -148,9 +143,7 @@ fn payload_policy(c: &Cluster) -> String {
             }}}
         }
     });
-    let path = c.path("release.json");
-    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-    path.to_str().unwrap().to_string()
+    c.write("release.json", serde_json::to_vec(&v).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,13 +192,11 @@ async fn v1_policies_and_the_payload_repository() {
     // placeholder key, valid in v1alpha1, is refused by the v1 schema with the API
     // server's 422.
     let text = std::fs::read_to_string(root().join("examples/p0.yaml")).unwrap();
-    let p0 = c.path("p0-v1.yaml");
-    std::fs::write(
-        &p0,
+    let p0 = c.write(
+        "p0-v1.yaml",
         text.replace("config.openshift.io/v1alpha1", "config.openshift.io/v1"),
-    )
-    .unwrap();
-    let run = c.apply(p0.to_str().unwrap()).await;
+    );
+    let run = c.apply(&p0).await;
     assert!(!run.ok);
     assert!(
         run.stderr

@@ -518,10 +518,8 @@ async fn admission_only_mode_writes_nothing() {
     c.apply_ok("examples/signed-apps.yaml").await;
     // Admission still runs: the mutating webhook defaulted nothing here (the example sets
     // its identity), the validating one denies a blocked scope.
-    let path = c.path("blocked.json");
     let blocked = signed_apps("blocked", &["blocked.example.com/app"]);
-    std::fs::write(&path, blocked.to_string()).unwrap();
-    let run = c.apply(path.to_str().unwrap()).await;
+    let run = c.apply(&c.write("blocked.json", blocked.to_string())).await;
     assert!(
         !run.ok && run.stderr.contains("nested inside blockedRegistries"),
         "{run:?}"

@@ -175,15 +175,22 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
+    /// Writes a file in the cluster's directory, for kubectl; returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
     /// `kubectl apply` of one object, which must succeed.
     pub async fn apply_value(&self, v: &Value) -> Run {
-        let file = self.path(&format!(
+        let name = format!(
             "{}-{}.json",
             v["kind"].as_str().unwrap(),
             v["metadata"]["name"].as_str().unwrap()
-        ));
-        std::fs::write(&file, serde_json::to_vec_pretty(v).unwrap()).unwrap();
-        self.apply_ok(file.to_str().unwrap()).await
+        );
+        let file = self.write(&name, serde_json::to_vec_pretty(v).unwrap());
+        self.apply_ok(&file).await
     }
 
     /// `kubectl apply --validate=false -f path` as the administrator.
