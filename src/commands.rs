@@ -171,6 +171,14 @@ fn render_text(
         for c in &p.changes {
             let _ = writeln!(s, "  {:<10} {}", c.action.as_str(), c.name);
         }
+        if p.beside_mco {
+            let _ = writeln!(
+                s,
+                "  policy.json in {}: {} is the MCO's, left alone",
+                p.policy_json_machine_config,
+                render::registries_mc_name(&p.pool)
+            );
+        }
         let origin = p.original_from.as_deref().unwrap_or("MCO template");
         let _ = writeln!(s, "  original policy.json from {origin}");
     }
@@ -407,9 +415,12 @@ pub enum StateSource {
     Cluster(Option<PathBuf>),
 }
 
+#[derive(Clone)]
 pub struct ReconcileOptions {
     pub lease: cip_webhook::lease::LeaseConfig,
     pub resync: std::time::Duration,
+    /// Stand down where the MCO renders policies itself (`--mode auto`).
+    pub auto: bool,
 }
 
 pub struct ServeOptions {
@@ -453,7 +464,7 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
                 state_app,
                 kubeconfig.clone(),
                 render.clone(),
-                opts.reconcile.as_ref().map(|r| (r.lease.clone(), r.resync)),
+                opts.reconcile.clone(),
                 stop_rx,
                 std::sync::Arc::clone(&lease_task),
             )),
@@ -523,20 +534,20 @@ async fn watch_cluster(
     app: std::sync::Arc<cip_webhook::server::App>,
     kubeconfig: Option<PathBuf>,
     render: RenderOptions,
-    reconcile: Option<(cip_webhook::lease::LeaseConfig, std::time::Duration)>,
+    reconcile: Option<ReconcileOptions>,
     stop: tokio::sync::watch::Receiver<bool>,
     lease_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 ) {
-    use cip_webhook::kube_state::{self, ClusterState};
+    use cip_webhook::kube_state::ClusterState;
     let retry = std::time::Duration::from_secs(2);
-    let (client, version) = loop {
+    let client = loop {
         let attempt = async {
             let client = kube_client(kubeconfig.as_deref()).await?;
-            let version = kube_state::policy_version(&client).await?;
-            anyhow::Ok((client, version))
+            client.apiserver_version().await?;
+            anyhow::Ok(client)
         };
         match attempt.await {
-            Ok(found) => break found,
+            Ok(client) => break client,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "cannot reach the cluster yet; retrying");
                 app.set_status(format!("connecting to the API server: {e:#}"));
@@ -544,12 +555,11 @@ async fn watch_cluster(
             }
         }
     };
-    tracing::info!(version = %version, "watching ClusterImagePolicy {version} and the cluster's image configuration");
-    let state = ClusterState::spawn(client.clone(), &version);
-    if let Some((lease, resync)) = reconcile {
+    let state = ClusterState::spawn(client.clone());
+    if let Some(options) = reconcile {
         let metrics_app = std::sync::Arc::clone(&app);
         let (leadership, task) =
-            cip_webhook::lease::spawn(client.clone(), lease.clone(), stop, move |leader| {
+            cip_webhook::lease::spawn(client.clone(), options.lease.clone(), stop, move |leader| {
                 metrics_app.metrics.set_leader(leader)
             });
         *lease_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
@@ -559,10 +569,11 @@ async fn watch_cluster(
             render.clone(),
             std::sync::Arc::clone(&app),
             leadership,
-            lease.namespace,
-            lease.identity,
+            options.lease.namespace.clone(),
+            options.lease.identity.clone(),
+            options.auto,
         );
-        tokio::spawn(cip_webhook::reconcile::run(reconciler, resync));
+        tokio::spawn(cip_webhook::reconcile::run(reconciler, options.resync));
     }
     let mut changes = state.subscribe();
     loop {
@@ -577,9 +588,17 @@ async fn watch_cluster(
                 }
                 let snapshot = cip_webhook::admission::Snapshot::build(&inputs, &render);
                 let mut status = format!(
-                    "cluster state: {} ClusterImagePolicies ({version})",
+                    "cluster state: {} ClusterImagePolicies",
                     inputs.policies.len()
                 );
+                let absent = state.absent();
+                if !absent.is_empty() {
+                    let names: Vec<&str> = absent.iter().map(|s| s.as_str()).collect();
+                    status.push_str(&format!(
+                        "; not served by this cluster (treated as empty): {}",
+                        names.join(", ")
+                    ));
+                }
                 let errors = state.errors();
                 if !errors.is_empty() {
                     status.push_str(&format!("; retrying: {}", errors.join("; ")));

@@ -5,7 +5,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::{
-    ClusterImagePolicy, ClusterVersion, Image, MachineConfig, MachineConfigPool, CONFIG_GROUP,
+    ClusterImagePolicy, ClusterVersion, FeatureGate, Image, MachineConfig, MachineConfigPool,
+    CONFIG_GROUP,
 };
 use crate::render::Inputs;
 
@@ -131,6 +132,10 @@ pub fn load(documents: &[Document]) -> Result<Loaded, LoadError> {
             "ClusterVersion" if name == "version" => {
                 loaded.inputs.cluster_version =
                     Some(ClusterVersion::deserialize(&doc.value).map_err(fail)?);
+            }
+            "FeatureGate" if name == "cluster" => {
+                loaded.inputs.feature_gate =
+                    Some(FeatureGate::deserialize(&doc.value).map_err(fail)?);
             }
             "MachineConfigPool" => loaded
                 .inputs

@@ -1,6 +1,11 @@
 //! Cluster state from the API server: one watcher per type the core reads, kept in memory
 //! as render inputs, so that no API call happens on the admission path. Readers wait for
 //! `changed` and take `inputs()` once every watcher has listed.
+//!
+//! An API the cluster does not serve (404 on list: no MachineConfig API on a hosted
+//! control plane or plain Kubernetes, no FeatureGate outside OpenShift) counts as listed
+//! and empty, never as "not ready": with `failurePolicy: Fail` that would refuse every
+//! policy edit. Its watcher keeps retrying, so a CRD installed later is picked up.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +18,9 @@ use kube::Client;
 use serde_json::Value;
 
 use crate::model::CONFIG_GROUP;
-use crate::render::{imagepolicies_mc_name, registries_mc_name, Inputs};
+use crate::render::{
+    imagepolicies_mc_name, registries_imagepolicies_mc_name, registries_mc_name, Inputs,
+};
 
 /// The types watched, in the order `inputs()` reports what it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,15 +28,17 @@ pub enum Source {
     Policies,
     Image,
     ClusterVersion,
+    FeatureGate,
     Pools,
     MachineConfigs,
 }
 
 impl Source {
-    pub const ALL: [Source; 5] = [
+    pub const ALL: [Source; 6] = [
         Source::Policies,
         Source::Image,
         Source::ClusterVersion,
+        Source::FeatureGate,
         Source::Pools,
         Source::MachineConfigs,
     ];
@@ -39,6 +48,7 @@ impl Source {
             Source::Policies => "clusterimagepolicies",
             Source::Image => "images",
             Source::ClusterVersion => "clusterversions",
+            Source::FeatureGate => "featuregates",
             Source::Pools => "machineconfigpools",
             Source::MachineConfigs => "machineconfigs",
         }
@@ -50,6 +60,8 @@ struct Slot {
     objects: BTreeMap<String, Value>,
     listing: Option<BTreeMap<String, Value>>,
     synced: bool,
+    /// The cluster does not serve this API (404): listed, empty.
+    absent: bool,
     last_error: Option<String>,
 }
 
@@ -58,7 +70,18 @@ struct Slot {
 pub struct ClusterState {
     slots: Mutex<BTreeMap<Source, Slot>>,
     changed: tokio::sync::watch::Sender<u64>,
-    pub policy_version: String,
+}
+
+/// The API server says the resource does not exist (no CRD, no API group).
+fn not_found(e: &watcher::Error) -> bool {
+    let api = match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
+        watcher::Error::WatchError(status) => return status.code == 404,
+        watcher::Error::NoResourceVersion => return false,
+    };
+    matches!(api, kube::Error::Api(status) if status.code == 404)
 }
 
 fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -86,9 +109,9 @@ pub fn machine_config_resource() -> ApiResource {
 
 const MACHINECONFIGURATION_GROUP: &str = "machineconfiguration.openshift.io";
 
-/// The ClusterImagePolicy version the cluster serves: v1 where it exists, else v1alpha1.
-pub async fn policy_version(client: &Client) -> Result<String, kube::Error> {
-    let mut last = None;
+/// The ClusterImagePolicy version the cluster serves: v1 where it exists, else v1alpha1;
+/// `None` where neither does (the watcher then finds v1 absent, and asks again later).
+pub async fn policy_version(client: &Client) -> Result<Option<String>, kube::Error> {
     for version in ["v1", "v1alpha1"] {
         match client
             .list_api_group_resources(&format!("{CONFIG_GROUP}/{version}"))
@@ -100,21 +123,23 @@ pub async fn policy_version(client: &Client) -> Result<String, kube::Error> {
                     .iter()
                     .any(|r| r.name == "clusterimagepolicies") =>
             {
-                return Ok(version.to_string())
+                return Ok(Some(version.to_string()))
             }
             Ok(_) => {}
-            Err(e) => last = Some(e),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| {
-        kube::Error::Discovery(kube::error::DiscoveryError::MissingResource(
-            "clusterimagepolicies.config.openshift.io".into(),
-        ))
-    }))
+    Ok(None)
 }
 
-/// Only the MachineConfigs the renderer reads are kept, the others can be large: ours,
-/// and those that put a policy.json on the nodes (where the original comes from).
+/// Only role-labelled MachineConfigs are watched: the MCO's `rendered-<pool>-<hash>`
+/// merges carry no role label, and there are hundreds of them at hundreds of KiB each.
+pub const MACHINE_CONFIG_SELECTOR: &str = crate::model::ROLE_LABEL;
+
+/// Of those, only the ones the renderer reads are kept (others can be large): the ones
+/// that put a policy.json on the nodes (where the original comes from), and the
+/// generated ones, ours or the MCO's.
 fn relevant_mc(name: &str, object: &Value) -> bool {
     let writes_policy = object["spec"]["config"]["storage"]["files"]
         .as_array()
@@ -123,15 +148,20 @@ fn relevant_mc(name: &str, object: &Value) -> bool {
                 .iter()
                 .any(|f| f["path"] == crate::ignition::POLICY_JSON_PATH)
         });
-    writes_policy || rendered_mc(name)
+    writes_policy || generated_mc(name)
 }
 
-fn rendered_mc(name: &str) -> bool {
+fn generated_mc(name: &str) -> bool {
     name.strip_prefix("99-").is_some_and(|rest| {
         let pool = rest
-            .strip_suffix("-generated-registries")
+            .strip_suffix("-generated-registries-imagepolicies")
+            .or_else(|| rest.strip_suffix("-generated-registries"))
             .or_else(|| rest.strip_suffix("-generated-imagepolicies"));
-        pool.is_some_and(|p| name == registries_mc_name(p) || name == imagepolicies_mc_name(p))
+        pool.is_some_and(|p| {
+            name == registries_mc_name(p)
+                || name == imagepolicies_mc_name(p)
+                || name == registries_imagepolicies_mc_name(p)
+        })
     })
 }
 
@@ -154,27 +184,28 @@ fn significant(source: Source, v: &Value) -> Value {
 
 impl ClusterState {
     /// Starts the watchers; they run until the process ends, retrying with backoff.
-    pub fn spawn(client: Client, policy_version: &str) -> Arc<ClusterState> {
+    pub fn spawn(client: Client) -> Arc<ClusterState> {
         let state = Arc::new(ClusterState {
             slots: Mutex::new(Source::ALL.iter().map(|s| (*s, Slot::default())).collect()),
             changed: tokio::sync::watch::channel(0).0,
-            policy_version: policy_version.to_string(),
         });
+        let named =
+            |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
         let watches = [
-            (
-                Source::Policies,
-                policy_resource(policy_version),
-                watcher::Config::default(),
-            ),
             (
                 Source::Image,
                 api_resource(CONFIG_GROUP, "v1", "Image", "images"),
-                watcher::Config::default().fields("metadata.name=cluster"),
+                named("cluster"),
             ),
             (
                 Source::ClusterVersion,
                 api_resource(CONFIG_GROUP, "v1", "ClusterVersion", "clusterversions"),
-                watcher::Config::default().fields("metadata.name=version"),
+                named("version"),
+            ),
+            (
+                Source::FeatureGate,
+                api_resource(CONFIG_GROUP, "v1", "FeatureGate", "featuregates"),
+                named("cluster"),
             ),
             (
                 Source::Pools,
@@ -189,13 +220,14 @@ impl ClusterState {
             (
                 Source::MachineConfigs,
                 machine_config_resource(),
-                watcher::Config::default(),
+                watcher::Config::default().labels(MACHINE_CONFIG_SELECTOR),
             ),
         ];
         for (source, resource, config) in watches {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
             tokio::spawn(follow(Arc::clone(&state), source, api, config));
         }
+        tokio::spawn(follow_policies(Arc::clone(&state), client));
         state
     }
 
@@ -206,6 +238,15 @@ impl ClusterState {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Source, Slot>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// APIs the cluster does not serve, in `Source` order.
+    pub fn absent(&self) -> Vec<Source> {
+        self.lock()
+            .iter()
+            .filter(|(_, s)| s.absent)
+            .map(|(source, _)| *source)
+            .collect()
     }
 
     /// Types not listed yet, with the last error each watcher met.
@@ -261,6 +302,7 @@ impl ClusterState {
             image: decode(&slots[&Source::Image], "Image", &mut bad).pop(),
             cluster_version: decode(&slots[&Source::ClusterVersion], "ClusterVersion", &mut bad)
                 .pop(),
+            feature_gate: decode(&slots[&Source::FeatureGate], "FeatureGate", &mut bad).pop(),
             pools: decode(&slots[&Source::Pools], "MachineConfigPool", &mut bad),
             machine_configs: decode(&slots[&Source::MachineConfigs], "MachineConfig", &mut bad),
         };
@@ -278,6 +320,21 @@ impl ClusterState {
         let mut slots = self.lock();
         let slot = slots.get_mut(&source).expect("every source has a slot");
         let changed = match event {
+            Err(e) if not_found(&e) => {
+                if !slot.absent {
+                    tracing::info!(
+                        resource = source.as_str(),
+                        "the cluster does not serve this API: treated as empty, checked again later"
+                    );
+                }
+                let changed = !(slot.synced && slot.absent && slot.objects.is_empty());
+                slot.objects.clear();
+                slot.listing = None;
+                slot.synced = true;
+                slot.absent = true;
+                slot.last_error = None;
+                changed
+            }
             Err(e) => {
                 tracing::warn!(resource = source.as_str(), error = %e, "watch failed; retrying");
                 slot.last_error = Some(e.to_string());
@@ -296,9 +353,10 @@ impl ClusterState {
             }
             Ok(Event::InitDone) => {
                 let listing = slot.listing.take().unwrap_or_default();
-                let changed = !slot.synced || listing != slot.objects;
+                let changed = !slot.synced || slot.absent || listing != slot.objects;
                 slot.objects = listing;
                 slot.synced = true;
+                slot.absent = false;
                 slot.last_error = None;
                 changed
             }
@@ -340,16 +398,50 @@ async fn follow(
     }
 }
 
+/// How long a missing ClusterImagePolicy API waits before the version is asked again.
+const REDISCOVER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The policies' watcher asks which version the cluster serves whenever the API goes
+/// away: an upgrade from 4.19 to 4.20 replaces v1alpha1 with v1, and a CRD installed by
+/// hand may come after us.
+async fn follow_policies(state: Arc<ClusterState>, client: Client) {
+    loop {
+        let version = match policy_version(&client).await {
+            Ok(Some(v)) => v,
+            Ok(None) => "v1".to_string(),
+            Err(e) => {
+                state.apply(Source::Policies, Err(watcher::Error::InitialListFailed(e)));
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        tracing::info!(version = %version, "watching ClusterImagePolicy {version}");
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &policy_resource(&version));
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            let gone = matches!(&event, Err(e) if not_found(e));
+            state.apply(Source::Policies, event);
+            if gone {
+                break;
+            }
+        }
+        tokio::time::sleep(REDISCOVER).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn only_rendered_machine_configs_are_kept() {
-        assert!(rendered_mc("99-worker-generated-registries"));
-        assert!(rendered_mc("99-infra-generated-imagepolicies"));
-        assert!(!rendered_mc("01-worker-container-runtime"));
-        assert!(!rendered_mc("99-worker-ssh"));
+        assert!(generated_mc("99-worker-generated-registries"));
+        assert!(generated_mc("99-infra-generated-imagepolicies"));
+        assert!(generated_mc("99-worker-generated-registries-imagepolicies"));
+        assert!(!generated_mc("01-worker-container-runtime"));
+        assert!(!generated_mc("99-worker-ssh"));
         let runtime = serde_json::json!({"spec": {"config": {"storage": {"files": [
             {"path": "/etc/containers/policy.json"}]}}}});
         assert!(relevant_mc("01-worker-container-runtime", &runtime));

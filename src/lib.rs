@@ -14,6 +14,7 @@ pub mod ignition;
 pub mod keys;
 pub mod kube_state;
 pub mod lease;
+pub mod mco;
 pub mod metrics;
 pub mod model;
 pub mod policy;

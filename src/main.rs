@@ -143,9 +143,10 @@ struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 25)]
     shutdown_grace: u64,
-    /// `full` also writes the MachineConfigs and policy status (one leader at a time);
-    /// `admission-only` never writes, for clusters whose MCO renders policies itself.
-    #[arg(long, value_enum, default_value_t = Mode::Full)]
+    /// `auto` writes the MachineConfigs and policy status (one leader at a time) unless
+    /// the MCO renders policies itself (FeatureGate SigstoreImageVerification), then hands
+    /// over; `full` always writes; `admission-only` never writes.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
     /// Namespace of the reconcile Lease and of Events.
     #[arg(
@@ -171,6 +172,7 @@ struct ServeArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    Auto,
     Full,
     AdmissionOnly,
 }
@@ -263,7 +265,8 @@ impl ServeArgs {
                 image_guard: self.image_guard,
             },
             log_json: self.log_format == LogFormat::Json,
-            reconcile: (self.mode == Mode::Full).then(|| commands::ReconcileOptions {
+            reconcile: (self.mode != Mode::AdmissionOnly).then(|| commands::ReconcileOptions {
+                auto: self.mode == Mode::Auto,
                 lease: cip_webhook::lease::LeaseConfig {
                     namespace: self.namespace.clone(),
                     name: self.lease_name.clone(),

@@ -39,6 +39,11 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DutyLabels {
+    duty: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     pool: String,
     action: &'static str,
@@ -52,6 +57,7 @@ pub struct Metrics {
     machine_config_writes: Family<WriteLabels, Counter>,
     status_writes: Counter,
     leader: Gauge,
+    duty: Family<DutyLabels, Gauge>,
     requests: Family<RequestLabels, Counter>,
     bad_requests: Counter,
     latency: Histogram,
@@ -123,7 +129,14 @@ impl Default for Metrics {
             "1 while this replica holds the reconcile lease",
             leader.clone(),
         );
+        let duty = Family::<DutyLabels, Gauge>::default();
+        registry.register(
+            "reconcile_duty",
+            "1 for what the reconciler does on this cluster: reconcile, stand_down (the MCO renders policies) or cannot_render (no MachineConfig API)",
+            duty.clone(),
+        );
         Metrics {
+            duty,
             registry,
             reconciles,
             reconcile_errors,
@@ -187,6 +200,15 @@ impl Metrics {
 
     pub fn status_written(&self) {
         self.status_writes.inc();
+    }
+
+    /// One series per duty, the current one at 1.
+    pub fn set_duty(&self, current: &'static str) {
+        for duty in crate::mco::Duty::LABELS {
+            self.duty
+                .get_or_create(&DutyLabels { duty })
+                .set(i64::from(duty == current));
+        }
     }
 
     pub fn set_leader(&self, leader: bool) {

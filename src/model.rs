@@ -29,6 +29,24 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<OwnerReference>,
+    /// RFC 3339, as the API server sets it; the size budget admits policies oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
     #[serde(flatten)]
     pub other: Extra,
 }
@@ -259,6 +277,64 @@ pub struct ClusterVersion {
 pub struct ClusterVersionStatus {
     #[serde(default)]
     pub desired: Option<Release>,
+    /// Newest first; an entry is `Completed` once every operator runs that version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<UpdateHistory>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateHistory {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+impl ClusterVersion {
+    /// The version the whole cluster runs: the newest completed update, else the desired
+    /// one (a cluster still installing has no completed entry). During an upgrade this is
+    /// the old version until the last operator, the MCO among them, has moved.
+    pub fn current_version(&self) -> Option<&str> {
+        self.status
+            .history
+            .iter()
+            .find(|h| h.state == "Completed")
+            .map(|h| h.version.as_str())
+            .or_else(|| self.status.desired.as_ref().map(|d| d.version.as_str()))
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// `featuregates.config.openshift.io` `cluster`: which gates each payload version enables.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeatureGate {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: FeatureGateStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureGateStatus {
+    #[serde(default)]
+    pub feature_gates: Vec<FeatureGateDetails>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeatureGateDetails {
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub enabled: Vec<FeatureGateName>,
+    #[serde(default)]
+    pub disabled: Vec<FeatureGateName>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeatureGateName {
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

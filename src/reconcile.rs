@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::kube_state::{self, ClusterState};
 use crate::lease::Leadership;
+use crate::mco::{self, Duty};
 use crate::model::MachineConfig;
 use crate::render::{self, Action, Condition, Inputs, PolicyOutcome, RenderOptions};
 use crate::server::App;
@@ -123,6 +124,8 @@ pub struct Pass {
     pub events: usize,
     /// The watch has not yet shown our own last writes; nothing was done.
     pub waiting: bool,
+    /// What the pass found, for /readyz: the duty and anything it waits for.
+    pub detail: String,
 }
 
 pub struct Reconciler {
@@ -132,12 +135,16 @@ pub struct Reconciler {
     pub leadership: Leadership,
     pub namespace: String,
     pub identity: String,
-    policies: Api<DynamicObject>,
-    policy_resource: ApiResource,
+    /// `--mode auto`: stand down where the MCO renders policies itself.
+    pub auto: bool,
+    client: Client,
     machine_configs: Api<DynamicObject>,
     events: Api<DynamicObject>,
-    /// Our writes the watch has not shown yet: name → resourceVersion (None: deleted).
+    /// Our writes the watch has not shown yet: name → the resourceVersion we wrote over
+    /// (None: we created it).
     expected: BTreeMap<String, (Option<String>, Instant)>,
+    /// The last duty, to log when it changes.
+    duty: Option<Duty>,
 }
 
 fn now_seconds() -> String {
@@ -153,6 +160,7 @@ fn to_dynamic(mc: &MachineConfig) -> DynamicObject {
 }
 
 impl Reconciler {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         state: Arc<ClusterState>,
@@ -161,37 +169,45 @@ impl Reconciler {
         leadership: Leadership,
         namespace: String,
         identity: String,
+        auto: bool,
     ) -> Reconciler {
-        let policy_resource = kube_state::policy_resource(&state.policy_version);
         let events = ApiResource::erase::<k8s_openapi::api::events::v1::Event>(&());
         Reconciler {
-            policies: Api::all_with(client.clone(), &policy_resource),
-            policy_resource,
             machine_configs: Api::all_with(client.clone(), &kube_state::machine_config_resource()),
-            events: Api::namespaced_with(client, &namespace, &events),
+            events: Api::namespaced_with(client.clone(), &namespace, &events),
+            client,
             state,
             options,
             app,
             leadership,
             namespace,
             identity,
+            auto,
             expected: BTreeMap::new(),
+            duty: None,
         }
     }
 
-    /// Whether the cache still lacks one of our writes (bounded, in case someone else
-    /// wrote right after us).
+    /// ClusterImagePolicies in the version this one was read in (v1 or v1alpha1).
+    fn policies(&self, api_version: &str) -> Api<DynamicObject> {
+        let version = api_version.rsplit('/').next().unwrap_or("v1");
+        Api::all_with(self.client.clone(), &kube_state::policy_resource(version))
+    }
+
+    /// Whether the cache still shows an object as it was before one of our writes. Any
+    /// other version means the watch has passed our write (someone else may have written
+    /// since: the next plan must see that at once). Bounded, should an event be lost.
     fn behind(&mut self, inputs: &Inputs) -> bool {
-        self.expected.retain(|name, (rv, at)| {
+        self.expected.retain(|name, (before, at)| {
             let cached = inputs
                 .machine_configs
                 .iter()
                 .find(|m| &m.metadata.name == name)
                 .map(|m| m.metadata.resource_version.clone());
-            let caught_up = match (rv, cached) {
-                (None, None) => true,
-                (Some(rv), Some(Some(c))) => *rv == c,
-                _ => false,
+            let caught_up = match (before, cached) {
+                (None, cached) => cached.is_some(),
+                (Some(_), None) => true,
+                (Some(before), Some(now)) => now.as_ref() != Some(before),
             };
             !caught_up && at.elapsed() < Duration::from_secs(5)
         });
@@ -217,6 +233,22 @@ impl Reconciler {
             done.waiting = true;
             return Ok(done);
         }
+        let absent: Vec<&str> = self.state.absent().iter().map(|s| s.as_str()).collect();
+        let duty = mco::duty(self.auto, &inputs, &absent);
+        if self.duty.as_ref() != Some(&duty) {
+            tracing::info!(duty = duty.label(), detail = %duty.describe(), "reconcile duty");
+            self.app.metrics.set_duty(duty.label());
+            self.duty = Some(duty.clone());
+        }
+        done.detail = duty.describe();
+        match duty {
+            Duty::CannotRender(_) => return Ok(done),
+            Duty::StandDown(_) => {
+                self.hand_over(&inputs, &mut done).await?;
+                return Ok(done);
+            }
+            Duty::Reconcile(_) => {}
+        }
         let plan = render::plan(&inputs, &self.options)?;
         for pool in &plan.pools {
             if let Some(error) = &pool.error {
@@ -232,16 +264,16 @@ impl Reconciler {
                     .machine_configs
                     .iter()
                     .find(|m| m.metadata.name == change.name);
-                let written = self
-                    .write(
-                        change.action,
-                        &change.name,
-                        change.desired.as_ref(),
-                        existing,
-                    )
-                    .await?;
+                self.write(
+                    change.action,
+                    &change.name,
+                    change.desired.as_ref(),
+                    existing,
+                )
+                .await?;
+                let before = existing.and_then(|m| m.metadata.resource_version.clone());
                 self.expected
-                    .insert(change.name.clone(), (written, Instant::now()));
+                    .insert(change.name.clone(), (before, Instant::now()));
                 let action = change.action.as_str();
                 tracing::info!(machine_config = %change.name, pool = %pool.pool, action, "MachineConfig written");
                 self.app.metrics.machine_config_written(&pool.pool, action);
@@ -264,7 +296,7 @@ impl Reconciler {
             }
             self.check_leader(&outcome.name)?;
             let patch = json!({"status": {"conditions": wanted}});
-            self.policies
+            self.policies(&cip.api_version)
                 .patch_status(
                     &outcome.name,
                     &PatchParams::default(),
@@ -287,9 +319,15 @@ impl Reconciler {
                     .find(|c| c["type"] == "Pending" && c["status"] == "True")
                     .and_then(|c| c["message"].as_str());
                 if was != Some(message.as_str()) {
+                    let regarding = json!({
+                        "apiVersion": cip.api_version,
+                        "kind": "ClusterImagePolicy",
+                        "name": outcome.name,
+                        "uid": cip.metadata.uid.as_deref().unwrap_or_default(),
+                    });
                     self.event(
-                        cip.metadata.uid.as_deref(),
-                        &outcome.name,
+                        regarding,
+                        &format!("{}.", outcome.name),
                         reason.as_str(),
                         message,
                     )
@@ -307,7 +345,7 @@ impl Reconciler {
         name: &str,
         desired: Option<&MachineConfig>,
         existing: Option<&MachineConfig>,
-    ) -> Result<Option<String>, ReconcileError> {
+    ) -> Result<(), ReconcileError> {
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -315,20 +353,16 @@ impl Reconciler {
         let what = format!("writing MachineConfig {name}");
         match (action, desired) {
             (Action::Create, Some(mc)) => {
-                let created = self
-                    .machine_configs
+                self.machine_configs
                     .create(&pp, &to_dynamic(mc))
                     .await
                     .map_err(api_error(what, name))?;
-                Ok(created.metadata.resource_version)
             }
             (Action::Update, Some(mc)) => {
-                let replaced = self
-                    .machine_configs
+                self.machine_configs
                     .replace(name, &pp, &to_dynamic(mc))
                     .await
                     .map_err(api_error(what, name))?;
-                Ok(replaced.metadata.resource_version)
             }
             (Action::Delete, _) => {
                 let meta = existing.map(|m| &m.metadata);
@@ -340,40 +374,89 @@ impl Reconciler {
                     ..Default::default()
                 };
                 match self.machine_configs.delete(name, &dp).await {
-                    Ok(_) => Ok(None),
-                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-                    Err(e) => Err(api_error(what, name)(e)),
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(api_error(what, name)(e)),
                 }
             }
-            _ => Ok(existing.and_then(|m| m.metadata.resource_version.clone())),
+            _ => {}
         }
+        Ok(())
+    }
+
+    /// Standing down: where the MCO's own MachineConfig carries every scope we wrote,
+    /// ours are deleted, with a log line and an Event; elsewhere they stay, so that the
+    /// nodes are never without verification.
+    async fn hand_over(&mut self, inputs: &Inputs, done: &mut Pass) -> Result<(), ReconcileError> {
+        let mut waiting = Vec::new();
+        for step in mco::handover(inputs) {
+            if !step.ready() {
+                waiting.push(format!(
+                    "pool {} keeps {} until the machine-config-operator's {} carries {}",
+                    step.pool,
+                    step.ours.join(", "),
+                    render::registries_mc_name(&step.pool),
+                    step.waiting_for.join(", ")
+                ));
+                continue;
+            }
+            for name in &step.ours {
+                self.check_leader(name)?;
+                let existing = inputs
+                    .machine_configs
+                    .iter()
+                    .find(|m| &m.metadata.name == name);
+                self.write(Action::Delete, name, None, existing).await?;
+                let before = existing.and_then(|m| m.metadata.resource_version.clone());
+                self.expected.insert(name.clone(), (before, Instant::now()));
+                self.app
+                    .metrics
+                    .machine_config_written(&step.pool, "delete");
+                done.machine_config_writes += 1;
+            }
+            let message = format!(
+                "the machine-config-operator renders ClusterImagePolicies and its {} carries every scope cip-webhook wrote for pool {}; deleted {}",
+                render::registries_mc_name(&step.pool),
+                step.pool,
+                step.ours.join(", ")
+            );
+            tracing::info!(pool = %step.pool, deleted = %step.ours.join(", "), "{message}");
+            let regarding = json!({
+                "apiVersion": "config.openshift.io/v1",
+                "kind": "FeatureGate",
+                "name": "cluster",
+                "uid": inputs.feature_gate.as_ref().and_then(|f| f.metadata.uid.clone()).unwrap_or_default(),
+            });
+            self.event(regarding, "cluster.", "HandedOver", &message)
+                .await;
+            done.events += 1;
+        }
+        if !waiting.is_empty() {
+            done.detail = format!("{}; {}", done.detail, waiting.join("; "));
+        }
+        Ok(())
     }
 
     /// Events are best effort: a failure is logged, never retried.
-    async fn event(&self, uid: Option<&str>, policy: &str, reason: &str, message: &str) {
+    async fn event(&self, regarding: Value, prefix: &str, reason: &str, message: &str) {
         let note: String = message.chars().take(1024).collect();
         let event: DynamicObject = match serde_json::from_value(json!({
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"generateName": format!("{policy}."), "namespace": self.namespace},
+            "metadata": {"generateName": prefix, "namespace": self.namespace},
             "eventTime": crate::lease::now_micro(),
             "reportingController": "cip-webhook",
             "reportingInstance": self.identity,
             "action": "Render",
             "reason": reason,
             "note": note,
-            "type": "Warning",
-            "regarding": {
-                "apiVersion": self.policy_resource.api_version,
-                "kind": "ClusterImagePolicy",
-                "name": policy,
-                "uid": uid.unwrap_or_default(),
-            },
+            "type": if reason == "HandedOver" { "Normal" } else { "Warning" },
+            "regarding": regarding,
         })) {
             Ok(e) => e,
             Err(_) => return,
         };
         if let Err(e) = self.events.create(&PostParams::default(), &event).await {
-            tracing::warn!(policy = %policy, error = %e, "event not recorded");
+            tracing::warn!(regarding = %prefix.trim_end_matches('.'), error = %e, "event not recorded");
         }
     }
 }
@@ -421,7 +504,7 @@ pub async fn run(mut reconciler: Reconciler, resync: Duration) {
                 }
                 reconciler
                     .app
-                    .set_reconcile_status("leader; in sync".into());
+                    .set_reconcile_status(format!("leader; {}; in sync", pass.detail));
                 backoff = Duration::from_millis(100);
                 retry = None;
             }

@@ -28,6 +28,30 @@ pub fn sigstore_registries_yaml<'a>(scopes: impl IntoIterator<Item = &'a str>) -
     out
 }
 
+/// The scopes a registries.d document turns sigstore attachments on for (what the MCO's
+/// own output carries, read back for the handover in [`crate::mco`]).
+pub fn scopes(text: &str) -> std::collections::BTreeSet<String> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        docker: std::collections::BTreeMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default, rename = "use-sigstore-attachments")]
+        use_sigstore_attachments: bool,
+    }
+    serde_yaml::from_str::<Doc>(text)
+        .map(|d| {
+            d.docker
+                .into_iter()
+                .filter(|(_, e)| e.use_sigstore_attachments)
+                .map(|(k, _)| k)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// yaml.v2's `keyList.Less` for string keys: letters after non-letters, digit runs
 /// compared by value, otherwise rune order.
 fn natural_order(ar: &[char], br: &[char]) -> Ordering {
@@ -124,6 +148,15 @@ mod tests {
     fn yaml_v2_key_order(a: &str, b: &str) -> Ordering {
         let (ar, br): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
         natural_order(&ar, &br)
+    }
+
+    #[test]
+    fn scopes_read_back() {
+        let yaml = sigstore_registries_yaml(["*.example.com", "123.456", "a.io/x"]);
+        let read: Vec<String> = scopes(&yaml).into_iter().collect();
+        assert_eq!(read, ["*.example.com", "123.456", "a.io/x"]);
+        assert!(scopes("docker:\n  a.io:\n    use-sigstore-attachments: false\n").is_empty());
+        assert!(scopes("not: [yaml").is_empty());
     }
 
     #[test]

@@ -11,9 +11,10 @@ use serde::Serialize;
 use crate::cluster::{ClusterFacts, ImageConfigError, DEFAULT_EXTRA_PAYLOAD_REPOS};
 use crate::gojson;
 use crate::ignition::{self, POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
+use crate::mco;
 use crate::model::{
-    ClusterImagePolicy, ClusterVersion, IgnitionFile, Image, LabelSelector, MachineConfig,
-    MachineConfigPool, MachineConfigSpec, ObjectMeta, MC_API_VERSION, ROLE_LABEL,
+    ClusterImagePolicy, ClusterVersion, FeatureGate, IgnitionFile, Image, LabelSelector,
+    MachineConfig, MachineConfigPool, MachineConfigSpec, ObjectMeta, MC_API_VERSION, ROLE_LABEL,
 };
 use crate::policy::{self, Bytes, Policy, Requirement, SigstoreSigned};
 use crate::registries_d;
@@ -34,6 +35,12 @@ pub fn registries_mc_name(pool: &str) -> String {
 
 pub fn imagepolicies_mc_name(pool: &str) -> String {
     format!("99-{pool}-generated-imagepolicies")
+}
+
+/// Ours, for policy.json where the MCO owns `99-<pool>-generated-registries`: it sorts
+/// right after the MCO's, so it wins the merge on the nodes (SPEC §8.1).
+pub fn registries_imagepolicies_mc_name(pool: &str) -> String {
+    format!("99-{pool}-generated-registries-imagepolicies")
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +69,8 @@ pub struct Inputs {
     pub cluster_version: Option<ClusterVersion>,
     pub pools: Vec<MachineConfigPool>,
     pub machine_configs: Vec<MachineConfig>,
+    /// FeatureGate `cluster`: whether the MCO renders policies itself (`serve --mode auto`).
+    pub feature_gate: Option<FeatureGate>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -91,6 +100,11 @@ pub struct PoolPlan {
     pub policy_json: Option<Arc<String>>,
     #[serde(skip)]
     pub sigstore_yaml: Option<Arc<str>>,
+    /// The MachineConfig that carries our policy.json: `99-<pool>-generated-registries`,
+    /// or ours beside it where the MCO owns that one.
+    pub policy_json_machine_config: String,
+    /// `99-<pool>-generated-registries` is the MCO's: it is never written (SPEC §8.1).
+    pub beside_mco: bool,
     /// The MachineConfig that supplied the original policy.json (`None`: MCO's template).
     pub original_from: Option<String>,
     #[serde(skip)]
@@ -165,9 +179,12 @@ impl Plan {
         let largest = self
             .pools
             .iter()
-            .flat_map(|p| &p.changes)
+            .flat_map(|p| {
+                p.changes
+                    .iter()
+                    .filter(|c| c.name == p.policy_json_machine_config)
+            })
             .filter_map(|c| c.desired.as_ref())
-            .filter(|mc| mc.metadata.name.ends_with("-generated-registries"))
             .map(|mc| (mc.metadata.name.clone(), object_size(mc)))
             .max_by_key(|(_, size)| *size);
         let (machine_config, current_bytes) =
@@ -527,21 +544,36 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
 
     let pools = select_pools(&inputs.pools);
     let mut notes: Vec<String> = facts.notes.clone();
+    if inputs.feature_gate.is_some() {
+        let gate = mco::sigstore_gate(
+            inputs.feature_gate.as_ref(),
+            inputs.cluster_version.as_ref(),
+        );
+        notes.push(if gate.mco_renders() {
+            format!("{}: the MCO renders ClusterImagePolicies itself; serve --mode auto writes nothing here", gate.describe())
+        } else {
+            format!("{}: the MCO does not render ClusterImagePolicies; serve --mode auto writes this", gate.describe())
+        });
+    }
     notes.extend(pools.skipped.iter().map(|p| {
         format!("pool {p}: not written; only built-in pools get generated MachineConfigs (custom pools inherit worker's)")
     }));
 
+    // The budget is for the MachineConfig that carries our policy.json: beside the MCO
+    // that is our own (its files never count against us), else the shared one.
     let base_size = pools
         .selected
         .iter()
-        .filter_map(|p| {
-            find_mc(
-                &inputs.machine_configs,
-                &registries_mc_name(&p.metadata.name),
-            )
-        })
-        .map(|mc| {
-            let mut mc = mc.clone();
+        .map(|p| {
+            let pool = &p.metadata.name;
+            let mut mc = match find_mc(&inputs.machine_configs, &registries_mc_name(pool)) {
+                Some(existing) if !mco::owned_by_mco(existing) => existing.clone(),
+                _ => new_machine_config(
+                    &registries_imagepolicies_mc_name(pool),
+                    pool,
+                    IgnitionFile::default(),
+                ),
+            };
             ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
             object_size(&mc)
         })
@@ -549,16 +581,24 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
         .unwrap_or(0)
         + 1024;
 
+    // Oldest first (SPEC §8.5): a policy in force is never pushed out by a newer one;
+    // the newest are the ones held back when the budget runs out.
+    let mut by_age = policies.clone();
+    by_age.sort_by(|a, b| {
+        (&a.metadata.creation_timestamp, &a.metadata.name)
+            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+    });
     let mut outcomes = Vec::new();
     let mut admitted: Vec<(String, Admitted)> = Vec::new();
     let mut used = base_size;
-    for cip in &policies {
+    for cip in by_age {
         let (outcome, accepted) = admit(cip, &facts, options.size_budget, &mut used);
         outcomes.push(outcome);
         if let Some(a) = accepted {
             admitted.push((cip.metadata.name.clone(), a));
         }
     }
+    outcomes.sort_by(|a, b| a.name.cmp(&b.name));
 
     let scope_map = scope_requirements(
         admitted
@@ -574,10 +614,16 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
         .map(|yaml| ignition::file_entry(SIGSTORE_YAML_PATH, yaml));
     let mut rendered = PolicyJsonCache::new();
     let mut pool_plans = Vec::new();
+    let targets: Vec<(bool, String)> = pools
+        .selected
+        .iter()
+        .map(|p| policy_json_target(&p.metadata.name, &inputs.machine_configs))
+        .collect();
     let originals: Vec<Original> = pools
         .selected
         .iter()
-        .map(|p| original_policy(p, &inputs.machine_configs))
+        .zip(&targets)
+        .map(|(p, (_, target))| original_policy(p, &inputs.machine_configs, target))
         .collect();
     let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
     for o in &originals {
@@ -585,7 +631,9 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             *remaining.entry(text.clone()).or_default() += 1;
         }
     }
-    for (pool, original) in pools.selected.iter().zip(originals) {
+    for ((pool, original), (beside_mco, target)) in
+        pools.selected.iter().zip(originals).zip(targets)
+    {
         let last_use = original.text.as_ref().is_ok_and(|t| {
             let left = remaining.get_mut(t).expect("counted above");
             *left -= 1;
@@ -598,10 +646,15 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             sigstore_file: &sigstore_file,
             scopes: &written_scopes,
         };
+        let target = Target {
+            beside_mco,
+            name: target,
+        };
         let (plan, pool_notes) = plan_pool(
             pool,
             &inputs.machine_configs,
             original,
+            target,
             last_use,
             shared,
             &mut rendered,
@@ -754,6 +807,15 @@ fn find_mc<'a>(mcs: &'a [MachineConfig], name: &str) -> Option<&'a MachineConfig
     mcs.iter().find(|mc| mc.metadata.name == name)
 }
 
+/// Where our policy.json goes for a pool: (beside the MCO, MachineConfig name).
+fn policy_json_target(pool: &str, mcs: &[MachineConfig]) -> (bool, String) {
+    let registries = registries_mc_name(pool);
+    match find_mc(mcs, &registries) {
+        Some(mc) if mco::owned_by_mco(mc) => (true, registries_imagepolicies_mc_name(pool)),
+        _ => (false, registries),
+    }
+}
+
 /// What every pool's rendering shares.
 #[derive(Clone, Copy)]
 struct Shared<'a> {
@@ -776,9 +838,15 @@ struct Original {
     notes: Vec<String>,
 }
 
-fn original_policy(pool: &MachineConfigPool, mcs: &[MachineConfig]) -> Original {
+/// Left out: the MachineConfigs we write (or write into), the MCO's generated one (the
+/// MCO itself starts from its template) and its rendered merges (they contain our output).
+fn original_policy(pool: &MachineConfigPool, mcs: &[MachineConfig], target: &str) -> Original {
     let name = &pool.metadata.name;
-    let (reg_name, ip_name) = (registries_mc_name(name), imagepolicies_mc_name(name));
+    let ours = [
+        registries_mc_name(name),
+        imagepolicies_mc_name(name),
+        registries_imagepolicies_mc_name(name),
+    ];
     let selector = pool
         .spec
         .machine_config_selector
@@ -788,8 +856,8 @@ fn original_policy(pool: &MachineConfigPool, mcs: &[MachineConfig]) -> Original 
         .iter()
         .filter(|mc| {
             selector.matches(&mc.metadata.labels)
-                && mc.metadata.name != reg_name
-                && mc.metadata.name != ip_name
+                && !ours.contains(&mc.metadata.name)
+                && !mco::rendered_by_mco(mc)
         })
         .collect();
     members.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -807,14 +875,20 @@ fn original_policy(pool: &MachineConfigPool, mcs: &[MachineConfig]) -> Original 
         if original.text.is_err() {
             break;
         }
-        if mc.metadata.name > reg_name {
+        if mc.metadata.name.as_str() > target {
             original.notes.push(format!(
-                "pool {name}: MachineConfig {} sorts after {reg_name} and also writes {POLICY_JSON_PATH}: it overrides ours on the nodes",
+                "pool {name}: MachineConfig {} sorts after {target} and also writes {POLICY_JSON_PATH}: it overrides ours on the nodes",
                 mc.metadata.name
             ));
         }
     }
     original
+}
+
+/// Where a pool's policy.json goes ([`policy_json_target`]).
+struct Target {
+    beside_mco: bool,
+    name: String,
 }
 
 /// `last_use`: no later pool shares this original, so its rendered entry can be moved
@@ -823,6 +897,7 @@ fn plan_pool(
     pool: &MachineConfigPool,
     mcs: &[MachineConfig],
     original: Original,
+    target: Target,
     last_use: bool,
     shared: Shared,
     rendered: &mut PolicyJsonCache,
@@ -836,13 +911,16 @@ fn plan_pool(
     } = shared;
     let name = pool.metadata.name.clone();
     let reg_name = registries_mc_name(&name);
+    let reg_ip_name = registries_imagepolicies_mc_name(&name);
     let ip_name = imagepolicies_mc_name(&name);
-    let notes = original.notes;
+    let mut notes = original.notes;
     let mut plan = PoolPlan {
         pool: name.clone(),
         scopes: Arc::clone(scopes),
         policy_json: None,
         sigstore_yaml: None,
+        policy_json_machine_config: target.name.clone(),
+        beside_mco: target.beside_mco,
         original_from: original.from,
         original_policy_json: String::new(),
         changes: Vec::new(),
@@ -884,43 +962,86 @@ fn plan_pool(
     };
     plan.sigstore_yaml.clone_from(sigstore_yaml);
 
-    plan.policy_json = policy_file.as_ref().map(|(json, _)| Arc::clone(json));
-    let existing_reg = find_mc(mcs, &reg_name);
-    let desired_reg = match (policy_file, existing_reg) {
-        (Some((_, entry)), Some(existing)) => {
-            let mut mc = existing.clone();
-            ignition::set_file(&mut mc.spec.config, entry);
-            Some(mc)
+    if target.beside_mco {
+        // The MCO's MachineConfig already carries what the registry lists alone give, so
+        // ours exists only while a policy has a scope to write; revert = delete ours.
+        let entry = policy_file
+            .filter(|_| !scope_map.is_empty())
+            .map(|(json, entry)| {
+                plan.policy_json = Some(json);
+                entry
+            });
+        let existing = find_mc(mcs, &reg_ip_name);
+        let desired = entry.map(|file| own_machine_config(existing, &reg_ip_name, &name, file));
+        plan.changes.extend(change(&reg_ip_name, existing, desired));
+    } else {
+        plan.policy_json = policy_file.as_ref().map(|(json, _)| Arc::clone(json));
+        let existing_reg = find_mc(mcs, &reg_name);
+        let desired_reg = match (policy_file, existing_reg) {
+            (Some((_, entry)), Some(existing)) => {
+                let mut mc = existing.clone();
+                ignition::set_file(&mut mc.spec.config, entry);
+                Some(mc)
+            }
+            (Some((_, entry)), None) => Some(new_machine_config(&reg_name, &name, entry)),
+            (None, Some(existing)) => {
+                let mut mc = existing.clone();
+                ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
+                (!(is_ours(&mc) && mc.files().is_empty())).then_some(mc)
+            }
+            (None, None) => None,
+        };
+        plan.changes
+            .extend(change(&reg_name, existing_reg, desired_reg));
+        // Left from a time the MCO owned the registries MachineConfig.
+        if let Some(stale) = find_mc(mcs, &reg_ip_name).filter(|mc| is_ours(mc)) {
+            plan.changes.extend(change(&reg_ip_name, Some(stale), None));
         }
-        (Some((_, entry)), None) => Some(new_machine_config(&reg_name, &name, entry)),
-        (None, Some(existing)) => {
-            let mut mc = existing.clone();
-            ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
-            let ours =
-                mc.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
-            (!(ours && mc.files().is_empty())).then_some(mc)
-        }
-        (None, None) => None,
-    };
-    plan.changes
-        .extend(change(&reg_name, existing_reg, desired_reg));
+    }
 
     let existing_ip = find_mc(mcs, &ip_name);
-    let desired_ip = sigstore_file.as_ref().map(|file| {
-        let file = file.clone();
-        match existing_ip {
-            Some(existing) => {
-                let mut mc = existing.clone();
-                let storage = mc.spec.config.storage.get_or_insert_with(Default::default);
-                storage.files = Some(vec![file]);
-                mc
-            }
-            None => new_machine_config(&ip_name, &name, file),
-        }
-    });
+    let desired_ip = sigstore_file
+        .as_ref()
+        .map(|file| own_machine_config(existing_ip, &ip_name, &name, file.clone()));
     plan.changes
         .extend(change(&ip_name, existing_ip, desired_ip));
+
+    // Whatever the layout, a MachineConfig the MCO owns is only ever read.
+    plan.changes.retain(|c| {
+        let theirs = find_mc(mcs, &c.name).is_some_and(mco::owned_by_mco);
+        if theirs && c.action != Action::Unchanged {
+            notes.push(format!(
+                "pool {name}: MachineConfig {} belongs to the machine-config-operator; left alone",
+                c.name
+            ));
+        }
+        !theirs
+    });
     (plan, notes)
+}
+
+/// Carries our label.
+pub fn is_ours(mc: &MachineConfig) -> bool {
+    mc.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+}
+
+/// A MachineConfig of ours holding exactly one file: the existing one with that file in
+/// place (so fields set by others survive), or a new one.
+fn own_machine_config(
+    existing: Option<&MachineConfig>,
+    name: &str,
+    pool: &str,
+    file: IgnitionFile,
+) -> MachineConfig {
+    match existing {
+        Some(existing) => {
+            let mut mc = existing.clone();
+            let storage = mc.spec.config.storage.get_or_insert_with(Default::default);
+            storage.files = Some(vec![file]);
+            mc
+        }
+        None => new_machine_config(name, pool, file),
+    }
 }
 
 fn change(

@@ -183,12 +183,12 @@ fn tv9_conflicting_scopes_are_skipped_and_reported() {
 }
 
 /// `render` over examples/: the MachineConfig files and the summary, byte for byte.
-#[test]
-fn examples_render_golden() {
+/// `render` over a directory: the summary and every MachineConfig match the goldens.
+fn render_golden(input: &str, golden: &str, expected: &[&str]) {
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(common::bin())
         .current_dir(common::root())
-        .args(["render", "--input", "examples", "--output"])
+        .args(["render", "--input", input, "--output"])
         .arg(out.path())
         .output()
         .unwrap();
@@ -200,25 +200,49 @@ fn examples_render_golden() {
     let summary = String::from_utf8(run.stdout)
         .unwrap()
         .replace(&out.path().display().to_string(), "OUT");
-    common::assert_golden("tests/golden/examples/summary.txt", &summary);
+    common::assert_golden(&format!("{golden}/summary.txt"), &summary);
     let mut names: Vec<String> = std::fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
+    assert_eq!(names, expected);
+    for n in names {
+        let text = std::fs::read_to_string(out.path().join(&n)).unwrap();
+        common::assert_golden(&format!("{golden}/{n}"), &text);
+    }
+}
+
+/// The seed's layout: no controller owns `99-<pool>-generated-registries`, so our
+/// policy.json goes into it.
+#[test]
+fn examples_render_golden() {
+    render_golden(
+        "examples",
+        "tests/golden/examples",
+        &[
             "99-master-generated-imagepolicies.yaml",
             "99-master-generated-registries.yaml",
             "99-worker-generated-imagepolicies.yaml",
-            "99-worker-generated-registries.yaml"
-        ]
+            "99-worker-generated-registries.yaml",
+        ],
     );
-    for n in names {
-        let text = std::fs::read_to_string(out.path().join(&n)).unwrap();
-        common::assert_golden(&format!("tests/golden/examples/{n}"), &text);
-    }
+}
+
+/// Beside the MCO: its `99-<pool>-generated-registries` is never written; policy.json
+/// goes into ours, which sorts after it. The MCO's rendered merge is not an input.
+#[test]
+fn openshift_cluster_render_golden() {
+    render_golden(
+        "tests/fixtures/openshift-cluster",
+        "tests/golden/openshift-cluster",
+        &[
+            "99-master-generated-imagepolicies.yaml",
+            "99-master-generated-registries-imagepolicies.yaml",
+            "99-worker-generated-imagepolicies.yaml",
+            "99-worker-generated-registries-imagepolicies.yaml",
+        ],
+    );
 }
 
 /// `check` prints exactly the webhook's messages for the rejected examples.

@@ -138,6 +138,8 @@ async fn webhook_wiring_matches_serve() {
         let container = &pod["containers"][0];
         let args = container["args"].as_array().unwrap();
         assert_eq!(args[0], "serve");
+        // Stands down by itself where the MCO renders policies (SPEC §8.2).
+        assert_eq!(arg(args, "--mode"), "auto", "{overlay}");
         let listen: std::net::SocketAddr = arg(args, "--listen").parse().unwrap();
         let port = &service["spec"]["ports"][0];
         assert_eq!(port["port"], 443);
@@ -253,7 +255,14 @@ async fn rbac_is_exactly_what_the_binary_uses() {
 
     // Everything the binary does: admission state, a policy written, one held back
     // (status and an Event), the policy deleted (MachineConfigs reverted), the Lease.
-    let mut c = Cluster::start(&[CIP_V1_CRD, IMAGES_CRD, CLUSTERVERSIONS_CRD, MCO_CRDS]).await;
+    let mut c = Cluster::start(&[
+        CIP_V1_CRD,
+        IMAGES_CRD,
+        CLUSTERVERSIONS_CRD,
+        FEATUREGATES_CRD,
+        MCO_CRDS,
+    ])
+    .await;
     c.seed_files(&[
         "examples/image.yaml",
         "examples/clusterversion.yaml",

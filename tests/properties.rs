@@ -77,8 +77,16 @@ fn image(blocked: bool) -> Option<Image> {
     })
 }
 
-/// The examples' cluster: pools, container-runtime and registries MachineConfigs.
-fn cluster() -> Inputs {
+/// The examples' cluster (pools, container-runtime and registries MachineConfigs no
+/// controller owns), or an OpenShift one where the MCO owns the registries MachineConfigs
+/// and keeps its rendered merges.
+fn cluster(beside_mco: bool) -> Inputs {
+    if beside_mco {
+        let dir = "tests/fixtures/openshift-cluster";
+        let mut files = vec![format!("{dir}/cluster.yaml")];
+        files.extend(common::yaml_files(&format!("{dir}/machineconfigs")));
+        return common::load(&files.iter().map(String::as_str).collect::<Vec<_>>());
+    }
     common::load(&[
         "examples/pools.yaml",
         "examples/clusterversion.yaml",
@@ -87,6 +95,22 @@ fn cluster() -> Inputs {
         "examples/machineconfigs/99-master-generated-registries.yaml",
         "examples/machineconfigs/99-worker-generated-registries.yaml",
     ])
+}
+
+/// No change, whatever the inputs, touches a MachineConfig the MCO owns.
+fn mco_untouched(inputs: &Inputs, plan: &Plan) -> Result<(), TestCaseError> {
+    for change in plan.pools.iter().flat_map(|p| &p.changes) {
+        let existing = inputs
+            .machine_configs
+            .iter()
+            .find(|m| m.metadata.name == change.name);
+        prop_assert!(
+            !existing.is_some_and(cip_webhook::mco::owned_by_mco),
+            "{} is the MCO's",
+            change.name
+        );
+    }
+    Ok(())
 }
 
 /// The desired MachineConfigs as bytes.
@@ -121,8 +145,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn input_order_does_not_change_a_byte(cips in policies(), blocked in any::<bool>(), seed in any::<u64>()) {
-        let mut inputs = cluster();
+    fn input_order_does_not_change_a_byte(cips in policies(), blocked in any::<bool>(), beside_mco in any::<bool>(), seed in any::<u64>()) {
+        let mut inputs = cluster(beside_mco);
         inputs.policies = cips;
         inputs.image = image(blocked);
         let expected = bytes(&render::plan(&inputs, &RenderOptions::default()).unwrap());
@@ -136,11 +160,12 @@ proptest! {
     }
 
     #[test]
-    fn rendering_is_idempotent(cips in policies(), blocked in any::<bool>()) {
-        let mut inputs = cluster();
+    fn rendering_is_idempotent(cips in policies(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
+        let mut inputs = cluster(beside_mco);
         inputs.policies = cips;
         inputs.image = image(blocked);
         let first = render::plan(&inputs, &RenderOptions::default()).unwrap();
+        mco_untouched(&inputs, &first)?;
         let applied = apply(&inputs, &first);
         let second = render::plan(&applied, &RenderOptions::default()).unwrap();
         for change in second.pools.iter().flat_map(|p| &p.changes) {
@@ -151,17 +176,21 @@ proptest! {
     }
 
     #[test]
-    fn deleting_every_policy_restores_the_original(cips in policies(), blocked in any::<bool>()) {
-        let mut original = cluster();
+    fn deleting_every_policy_restores_the_original(cips in policies(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
+        let mut original = cluster(beside_mco);
         original.image = image(blocked);
         let before = render::plan(&original, &RenderOptions::default()).unwrap();
         let original = apply(&original, &before);
         let mut with = original.clone();
         with.policies = cips;
-        let added = apply(&with, &render::plan(&with, &RenderOptions::default()).unwrap());
+        let plan = render::plan(&with, &RenderOptions::default()).unwrap();
+        mco_untouched(&with, &plan)?;
+        let added = apply(&with, &plan);
         let mut without = added.clone();
         without.policies.clear();
-        let reverted = apply(&without, &render::plan(&without, &RenderOptions::default()).unwrap());
+        let plan = render::plan(&without, &RenderOptions::default()).unwrap();
+        mco_untouched(&without, &plan)?;
+        let reverted = apply(&without, &plan);
         let yaml = |i: &Inputs| {
             let mut mcs: Vec<String> = i.machine_configs.iter().map(|m| serde_yaml::to_string(m).unwrap()).collect();
             mcs.sort();
@@ -171,8 +200,8 @@ proptest! {
     }
 
     #[test]
-    fn every_policy_json_parses_back(cips in policies(), blocked in any::<bool>()) {
-        let mut inputs = cluster();
+    fn every_policy_json_parses_back(cips in policies(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
+        let mut inputs = cluster(beside_mco);
         inputs.policies = cips;
         inputs.image = image(blocked);
         let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
@@ -189,7 +218,7 @@ proptest! {
 
 #[test]
 fn without_registry_lists_revert_removes_our_entry() {
-    let original = cluster();
+    let original = cluster(false);
     let mut with = original.clone();
     with.policies = vec![policy(0, vec!["example.com"], false, false)];
     let added = apply(

@@ -24,6 +24,8 @@ pub const CLUSTERVERSIONS_CRD: &str = "../shared/reference/crds/master/config-v1
 pub const CIP_V1_CRD: &str = "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_clusterimagepolicies.crd.yaml";
 pub const CIP_V1ALPHA1_CRD: &str = "../shared/reference/crds/release-4.19/config-v1alpha1/0000_10_config-operator_01_clusterimagepolicies-TechPreviewNoUpgrade.crd.yaml";
 pub const MCO_CRDS: &str = "../shared/reference/crds/master/machineconfiguration-v1";
+pub const FEATUREGATES_CRD: &str =
+    "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_featuregates.crd.yaml";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -284,6 +286,49 @@ impl Cluster {
     /// The HTTP status of /readyz, through curl trusting only the webhook's CA.
     pub async fn readyz(&self) -> Option<String> {
         Some(self.readyz_at(self.webhook_addr?).await)
+    }
+
+    /// The body of /readyz (what it is ready with, or waits for).
+    pub async fn readyz_body(&self, addr: SocketAddr) -> String {
+        self.get_at(addr, "/readyz").await
+    }
+
+    /// The main replica's /metrics.
+    pub async fn metrics(&self) -> String {
+        self.get_at(self.webhook_addr.expect("a webhook runs"), "/metrics")
+            .await
+    }
+
+    /// A GET through curl trusting only the webhook's CA.
+    pub async fn get_at(&self, addr: SocketAddr, path: &str) -> String {
+        let host = format!("{SERVICE}.{NAMESPACE}.svc");
+        let out = Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(self.path("certs").join("ca.crt"))
+            .args(["--resolve", &format!("{host}:{}:127.0.0.1", addr.port())])
+            .arg(format!("https://{host}:{}{path}", addr.port()))
+            .output()
+            .await
+            .expect("curl is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Retries until /readyz of the main replica says `text` (its state comes from watches).
+    pub async fn readyz_says(&self, text: &str) -> String {
+        let addr = self.webhook_addr.expect("a webhook runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = self.readyz_body(addr).await;
+            if body.contains(text) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never said {text:?}: {body}\n{}",
+                self.webhook_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn readyz_at(&self, addr: SocketAddr) -> String {

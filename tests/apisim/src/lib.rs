@@ -22,7 +22,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use crate::store::{Event, Inner};
+pub use crate::store::Event;
+use crate::store::Inner;
 
 /// An authenticated user, as the AdmissionReview's userInfo carries it.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,7 +267,7 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (ca_pem, server_config) = tls::server()?;
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(1 << 16);
         let sim = Arc::new(Sim {
             inner: Mutex::new(inner),
             events,
@@ -366,14 +367,18 @@ impl Simulator {
 
     /// The stored object, as the storage version.
     pub fn get(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
-        let inner = self.sim.lock();
-        let t = inner.registry.get(group, plural)?;
-        inner.get(&t, namespace, name).map(|s| s.object.clone())
+        self.handle().get(group, plural, namespace, name)
     }
 
     /// Every stored object of a type, in key order.
     pub fn list(&self, group: &str, plural: &str) -> Vec<Value> {
         self.sim.objects_of(group, plural)
+    }
+
+    /// A read-only view of the store that outlives this borrow, for tasks (stand-in
+    /// controllers) running beside the test.
+    pub fn handle(&self) -> Handle {
+        Handle(Arc::clone(&self.sim))
     }
 
     /// Requests answered so far, oldest first.
@@ -433,9 +438,31 @@ impl Simulator {
         self.sim.lock().compact();
     }
 
+    /// Every stored change from now on, in order (`resource` is `group/plural`): what a
+    /// stand-in controller or an observer of the cluster reacts to.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.sim.events.subscribe()
+    }
+
     /// The current resource version.
     pub fn resource_version(&self) -> u64 {
         self.sim.lock().rv
+    }
+}
+
+/// Reads the simulator's store; cheap to clone.
+#[derive(Clone)]
+pub struct Handle(Arc<Sim>);
+
+impl Handle {
+    pub fn get(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let inner = self.0.lock();
+        let t = inner.registry.get(group, plural)?;
+        inner.get(&t, namespace, name).map(|s| s.object.clone())
+    }
+
+    pub fn list(&self, group: &str, plural: &str) -> Vec<Value> {
+        self.0.objects_of(group, plural)
     }
 }
 
