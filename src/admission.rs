@@ -5,14 +5,16 @@
 //! The wire types are written here rather than taken from kube-core because its
 //! response writes `patch` as an array of numbers, not the documented base64 string.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::cluster::{ClusterFacts, ImageConfigError};
-use crate::model::{ClusterImagePolicy, ClusterVersion, Image, CONFIG_GROUP};
-use crate::render::{self, Inputs, RenderOptions};
+use crate::model::{Image, CONFIG_GROUP};
+use crate::render::{self, Inputs, Plan, RenderOptions};
 use crate::validate::{self, Context, Report, SizeCheck};
 
 pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
@@ -26,22 +28,33 @@ pub struct Snapshot {
     pub facts: Result<ClusterFacts, ImageConfigError>,
     /// Payload repositories alone, for when the Image CR's lists are unusable.
     pub payload_facts: ClusterFacts,
-    pub policies: Vec<ClusterImagePolicy>,
-    pub cluster_version: Option<ClusterVersion>,
+    /// The cluster as rendered (the Image guard reads the policies).
+    pub inputs: Arc<Inputs>,
     pub size: SizeCheck,
     pub options: RenderOptions,
 }
 
 impl Snapshot {
+    /// Renders `inputs` for the size budget; where a plan exists already, [`Snapshot::from_plan`].
     pub fn build(inputs: &Inputs, options: &RenderOptions) -> Snapshot {
+        let plan = render::plan(inputs, options).ok();
+        Snapshot::from_plan(Arc::new(inputs.clone()), plan.as_ref(), options)
+    }
+
+    /// From a finished plan (`None`: the inputs cannot be rendered, no size to check).
+    pub fn from_plan(
+        inputs: Arc<Inputs>,
+        plan: Option<&Plan>,
+        options: &RenderOptions,
+    ) -> Snapshot {
         let repos = &options.extra_payload_repos;
         let cv = inputs.cluster_version.as_ref();
         let payload_facts =
             ClusterFacts::new(None, cv, repos).expect("no Image, no list to reject");
         let facts = ClusterFacts::new(inputs.image.as_ref(), cv, repos);
-        let size = match render::plan(inputs, options) {
-            Ok(plan) => plan.size_check(options.size_budget),
-            Err(_) => SizeCheck {
+        let size = match plan {
+            Some(plan) => plan.size_check(options.size_budget),
+            None => SizeCheck {
                 machine_config: render::registries_mc_name("worker"),
                 current_bytes: 0,
                 budget_bytes: options.size_budget,
@@ -50,8 +63,7 @@ impl Snapshot {
         Snapshot {
             facts,
             payload_facts,
-            policies: inputs.policies.clone(),
-            cluster_version: inputs.cluster_version.clone(),
+            inputs,
             size,
             options: options.clone(),
         }
@@ -305,10 +317,10 @@ fn decide(
         };
         let facts = ClusterFacts::new(
             Some(&image),
-            snapshot.cluster_version.as_ref(),
+            snapshot.inputs.cluster_version.as_ref(),
             &snapshot.options.extra_payload_repos,
         );
-        let report = validate::validate_image_update(facts, &snapshot.policies);
+        let report = validate::validate_image_update(facts, &snapshot.inputs.policies);
         return match config.image_guard {
             ImageGuard::Deny => answer(response, &report, 403, "Forbidden"),
             ImageGuard::Warn => {

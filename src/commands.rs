@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
 use cip_webhook::cluster::ClusterFacts;
+use cip_webhook::desired::{Published, Settle};
 use cip_webhook::documents::{self, Document, Loaded};
 use cip_webhook::explain;
 use cip_webhook::files;
@@ -432,6 +433,8 @@ pub struct ServeOptions {
     pub log_json: bool,
     /// None: admission only.
     pub reconcile: Option<ReconcileOptions>,
+    /// How long changes settle before the cluster is rendered again.
+    pub settle: Settle,
     pub limits: cip_webhook::server::Limits,
 }
 
@@ -465,6 +468,7 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
                 kubeconfig.clone(),
                 render.clone(),
                 opts.reconcile.clone(),
+                opts.settle,
                 stop_rx,
                 std::sync::Arc::clone(&lease_task),
             )),
@@ -535,6 +539,7 @@ async fn watch_cluster(
     kubeconfig: Option<PathBuf>,
     render: RenderOptions,
     reconcile: Option<ReconcileOptions>,
+    settle: Settle,
     stop: tokio::sync::watch::Receiver<bool>,
     lease_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 ) {
@@ -556,18 +561,29 @@ async fn watch_cluster(
         }
     };
     let state = ClusterState::spawn(client.clone());
+    let (desired_tx, mut desired) = tokio::sync::watch::channel(Published::Waiting(
+        "waiting for the first list of the cluster state".into(),
+    ));
+    tokio::spawn(cip_webhook::desired::run(
+        std::sync::Arc::clone(&state),
+        render,
+        settle,
+        desired_tx,
+    ));
     if let Some(options) = reconcile {
-        let metrics_app = std::sync::Arc::clone(&app);
+        let metrics = std::sync::Arc::clone(&app.metrics);
         let (leadership, task) =
             cip_webhook::lease::spawn(client.clone(), options.lease.clone(), stop, move |leader| {
-                metrics_app.metrics.set_leader(leader)
+                metrics.set_leader(leader)
             });
         *lease_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        let report_app = std::sync::Arc::clone(&app);
         let reconciler = cip_webhook::reconcile::Reconciler::new(
             client,
             std::sync::Arc::clone(&state),
-            render.clone(),
-            std::sync::Arc::clone(&app),
+            desired.clone(),
+            std::sync::Arc::clone(&app.metrics),
+            std::sync::Arc::new(move |status| report_app.set_reconcile_status(status)),
             leadership,
             options.lease.namespace.clone(),
             options.lease.identity.clone(),
@@ -575,25 +591,18 @@ async fn watch_cluster(
         );
         tokio::spawn(cip_webhook::reconcile::run(reconciler, options.resync));
     }
-    let mut changes = state.subscribe();
+    // Admission answers from the latest desired state.
     loop {
-        match state.inputs() {
-            None => app.set_status(format!(
-                "waiting for the first list of: {}",
-                state.waiting_for().join(", ")
-            )),
-            Some((inputs, undecodable)) => {
-                for problem in &undecodable {
-                    tracing::warn!(problem = %problem, "object left out of the admission state");
-                }
-                let snapshot = cip_webhook::admission::Snapshot::build(&inputs, &render);
+        let published = desired.borrow_and_update().clone();
+        match published {
+            Published::Waiting(why) => app.set_status(why),
+            Published::Ready(d) => {
                 let mut status = format!(
                     "cluster state: {} ClusterImagePolicies",
-                    inputs.policies.len()
+                    d.inputs.policies.len()
                 );
-                let absent = state.absent();
-                if !absent.is_empty() {
-                    let names: Vec<&str> = absent.iter().map(|s| s.as_str()).collect();
+                if !d.absent.is_empty() {
+                    let names: Vec<&str> = d.absent.iter().map(|s| s.as_str()).collect();
                     status.push_str(&format!(
                         "; not served by this cluster (treated as empty): {}",
                         names.join(", ")
@@ -603,15 +612,12 @@ async fn watch_cluster(
                 if !errors.is_empty() {
                     status.push_str(&format!("; retrying: {}", errors.join("; ")));
                 }
-                app.set_snapshot(snapshot, status);
+                app.set_snapshot(std::sync::Arc::clone(&d.snapshot), status);
             }
         }
-        if changes.changed().await.is_err() {
+        if desired.changed().await.is_err() {
             return;
         }
-        // Bursts (a list, a kubectl apply of many objects) become one rebuild.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        changes.borrow_and_update();
     }
 }
 
@@ -628,8 +634,9 @@ async fn watch_state_dir(
             Ok(stamp) if last.as_ref() != Some(&stamp) => {
                 match files::load_dir(&dir, None) {
                     Ok(loaded) => {
-                        let snapshot =
-                            cip_webhook::admission::Snapshot::build(&loaded.inputs, &render);
+                        let snapshot = std::sync::Arc::new(
+                            cip_webhook::admission::Snapshot::build(&loaded.inputs, &render),
+                        );
                         let status = format!(
                             "state from {}: {} ClusterImagePolicies",
                             dir.display(),

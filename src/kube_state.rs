@@ -1,28 +1,36 @@
-//! Cluster state from the API server: one watcher per type the core reads, kept in memory
-//! as render inputs, so that no API call happens on the admission path. Readers wait for
-//! `changed` and take `inputs()` once every watcher has listed.
+//! Cluster state from the API server: one watcher per type the core reads. Each object
+//! is decoded into its model type once, when its event arrives, and kept; readers take
+//! a snapshot of the render inputs (`inputs()`) once every watcher has listed, and wait
+//! on `subscribe()` for the next change that matters. No API call happens on the
+//! admission path.
 //!
-//! An API the cluster does not serve (404 on list: no MachineConfig API on a hosted
-//! control plane or plain Kubernetes, no FeatureGate outside OpenShift) counts as listed
-//! and empty, never as "not ready": with `failurePolicy: Fail` that would refuse every
-//! policy edit. Its watcher keeps retrying, so a CRD installed later is picked up.
+//! An API the cluster does not serve (404: no MachineConfig API on a hosted control plane
+//! or plain Kubernetes, no FeatureGate outside OpenShift, no ClusterImagePolicy CRD yet)
+//! counts as listed and empty, never as "not ready": with `failurePolicy: Fail` that would
+//! refuse every policy edit. It is asked for again with a growing interval, so a CRD
+//! installed later is picked up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::model::CONFIG_GROUP;
+use crate::model::{
+    ClusterImagePolicy, ClusterVersion, FeatureGate, Image, MachineConfig, MachineConfigPool,
+    ObjectMeta, CONFIG_GROUP,
+};
 use crate::render::{
     imagepolicies_mc_name, registries_imagepolicies_mc_name, registries_mc_name, Inputs,
 };
 
-/// The types watched, in the order `inputs()` reports what it waits for.
+/// The types watched, in the order readers report them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
     Policies,
@@ -53,22 +61,267 @@ impl Source {
             Source::MachineConfigs => "machineconfigs",
         }
     }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Source::Policies => "ClusterImagePolicy",
+            Source::Image => "Image",
+            Source::ClusterVersion => "ClusterVersion",
+            Source::FeatureGate => "FeatureGate",
+            Source::Pools => "MachineConfigPool",
+            Source::MachineConfigs => "MachineConfig",
+        }
+    }
 }
 
-#[derive(Debug, Default)]
-struct Slot {
-    objects: BTreeMap<String, Value>,
-    listing: Option<BTreeMap<String, Value>>,
+/// A watched type as the store keeps it.
+trait Watched: DeserializeOwned + Clone + PartialEq {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta;
+
+    /// Whether a change between two versions matters to a reader. Fields that change on
+    /// every write (resourceVersion, managedFields) never do; status only where read.
+    fn significant_change(before: &Self, after: &Self) -> bool {
+        let quiet = |o: &Self| {
+            let mut o = o.clone();
+            let meta = o.metadata_mut();
+            meta.resource_version = None;
+            meta.other.remove("managedFields");
+            o.without_unread_status()
+        };
+        quiet(before) != quiet(after)
+    }
+
+    /// The object without a status nobody reads (ours, the pools' machine counts).
+    fn without_unread_status(self) -> Self {
+        self
+    }
+}
+
+impl Watched for ClusterImagePolicy {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+    fn without_unread_status(mut self) -> Self {
+        self.status = None;
+        self
+    }
+}
+
+impl Watched for Image {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Its status names the release payload and the version the cluster runs.
+impl Watched for ClusterVersion {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Its status says which gates are on.
+impl Watched for FeatureGate {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Watched for MachineConfigPool {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Every change of a MachineConfig counts, its resourceVersion too: the reconciler writes
+/// with the version it read, and must see each new one.
+impl Watched for MachineConfig {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+    fn significant_change(before: &Self, after: &Self) -> bool {
+        before != after
+    }
+}
+
+/// One watched type: its objects by name, and how its watcher fares.
+#[derive(Debug)]
+struct Slot<T> {
+    objects: BTreeMap<String, T>,
+    /// Objects that do not decode, with the error: kept out of the inputs, reported.
+    undecodable: BTreeMap<String, String>,
+    /// A relist in progress: replaces `objects` when complete.
+    listing: Option<(BTreeMap<String, T>, BTreeMap<String, String>)>,
     synced: bool,
     /// The cluster does not serve this API (404): listed, empty.
     absent: bool,
     last_error: Option<String>,
 }
 
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            objects: BTreeMap::new(),
+            undecodable: BTreeMap::new(),
+            listing: None,
+            synced: false,
+            absent: false,
+            last_error: None,
+        }
+    }
+}
+
+/// What any slot tells about its watcher.
+struct Health<'a> {
+    synced: bool,
+    absent: bool,
+    last_error: Option<&'a str>,
+}
+
+impl<T: Watched> Slot<T> {
+    fn health(&self) -> Health<'_> {
+        Health {
+            synced: self.synced,
+            absent: self.absent,
+            last_error: self.last_error.as_deref(),
+        }
+    }
+
+    /// Applies one watch event; whether a reader must be woken. `keep` says which
+    /// objects are worth keeping (MachineConfigs can be large).
+    fn apply(
+        &mut self,
+        source: Source,
+        event: Result<Event<DynamicObject>, watcher::Error>,
+        keep: impl Fn(&str, &T) -> bool,
+    ) -> bool {
+        let decode = |o: &DynamicObject| -> (String, Result<T, String>) {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            let decoded = serde_json::to_value(o)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    serde_path_to_error::deserialize(v)
+                        .map_err(|e| format!("{}: {}", e.path(), e.inner()))
+                });
+            (name, decoded)
+        };
+        match event {
+            Err(e) if not_found(&e) => {
+                if !self.absent {
+                    tracing::info!(
+                        resource = source.as_str(),
+                        "the cluster does not serve this API: treated as empty, asked again later"
+                    );
+                }
+                let changed = !(self.synced && self.absent && self.objects.is_empty());
+                *self = Slot {
+                    synced: true,
+                    absent: true,
+                    ..Slot::default()
+                };
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(resource = source.as_str(), error = %e, "watch failed; retrying");
+                self.last_error = Some(e.to_string());
+                true
+            }
+            Ok(Event::Init) => {
+                self.listing = Some(Default::default());
+                false
+            }
+            Ok(Event::InitApply(o)) => {
+                let (name, decoded) = decode(&o);
+                if let Some((objects, undecodable)) = self.listing.as_mut() {
+                    match decoded {
+                        Ok(t) if keep(&name, &t) => {
+                            objects.insert(name, t);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            undecodable.insert(name, e);
+                        }
+                    }
+                }
+                false
+            }
+            Ok(Event::InitDone) => {
+                let (objects, undecodable) = self.listing.take().unwrap_or_default();
+                let changed = !self.synced
+                    || self.absent
+                    || undecodable != self.undecodable
+                    || objects.len() != self.objects.len()
+                    || objects.iter().any(|(name, t)| {
+                        self.objects
+                            .get(name)
+                            .is_none_or(|before| T::significant_change(before, t))
+                    });
+                self.objects = objects;
+                self.undecodable = undecodable;
+                self.synced = true;
+                self.absent = false;
+                self.last_error = None;
+                changed
+            }
+            Ok(Event::Apply(o)) => {
+                let (name, decoded) = decode(&o);
+                self.last_error = None;
+                match decoded {
+                    Ok(t) if keep(&name, &t) => {
+                        let undecodable = self.undecodable.remove(&name).is_some();
+                        let changed = self
+                            .objects
+                            .get(&name)
+                            .is_none_or(|before| T::significant_change(before, &t));
+                        self.objects.insert(name, t);
+                        changed || undecodable
+                    }
+                    // A MachineConfig that stopped writing policy.json no longer counts.
+                    Ok(_) => self.objects.remove(&name).is_some(),
+                    Err(e) => {
+                        tracing::warn!(resource = source.as_str(), name = %name, error = %e, "object does not decode; left out");
+                        self.objects.remove(&name);
+                        self.undecodable.insert(name, e);
+                        true
+                    }
+                }
+            }
+            Ok(Event::Delete(o)) => {
+                let name = o.metadata.name.unwrap_or_default();
+                self.objects.remove(&name).is_some() | self.undecodable.remove(&name).is_some()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    policies: Slot<ClusterImagePolicy>,
+    image: Slot<Image>,
+    cluster_version: Slot<ClusterVersion>,
+    feature_gate: Slot<FeatureGate>,
+    pools: Slot<MachineConfigPool>,
+    machine_configs: Slot<MachineConfig>,
+}
+
+impl Slots {
+    fn health(&self) -> [(Source, Health<'_>); 6] {
+        [
+            (Source::Policies, self.policies.health()),
+            (Source::Image, self.image.health()),
+            (Source::ClusterVersion, self.cluster_version.health()),
+            (Source::FeatureGate, self.feature_gate.health()),
+            (Source::Pools, self.pools.health()),
+            (Source::MachineConfigs, self.machine_configs.health()),
+        ]
+    }
+}
+
 /// What the watchers have seen.
 #[derive(Debug)]
 pub struct ClusterState {
-    slots: Mutex<BTreeMap<Source, Slot>>,
+    slots: Mutex<Slots>,
+    /// Bumped on every change a reader must see.
     changed: tokio::sync::watch::Sender<u64>,
 }
 
@@ -140,15 +393,11 @@ pub const MACHINE_CONFIG_SELECTOR: &str = crate::model::ROLE_LABEL;
 /// Of those, only the ones the renderer reads are kept (others can be large): the ones
 /// that put a policy.json on the nodes (where the original comes from), and the
 /// generated ones, ours or the MCO's.
-fn relevant_mc(name: &str, object: &Value) -> bool {
-    let writes_policy = object["spec"]["config"]["storage"]["files"]
-        .as_array()
-        .is_some_and(|files| {
-            files
-                .iter()
-                .any(|f| f["path"] == crate::ignition::POLICY_JSON_PATH)
-        });
-    writes_policy || generated_mc(name)
+fn relevant_mc(name: &str, mc: &MachineConfig) -> bool {
+    mc.files()
+        .iter()
+        .any(|f| f.path == crate::ignition::POLICY_JSON_PATH)
+        || generated_mc(name)
 }
 
 fn generated_mc(name: &str) -> bool {
@@ -165,28 +414,20 @@ fn generated_mc(name: &str) -> bool {
     })
 }
 
-/// What rendering and admission read of an object. A change elsewhere (our own status
-/// writes, resourceVersion, managedFields) is stored but wakes nobody.
-fn significant(source: Source, v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-        meta.remove("managedFields");
-    }
-    // ClusterVersion's status names the release payload; other statuses are not read.
-    if source != Source::ClusterVersion {
-        if let Some(map) = v.as_object_mut() {
-            map.remove("status");
-        }
-    }
-    v
+fn keep_all<T>(_: &str, _: &T) -> bool {
+    true
+}
+
+/// One object per name (`Image cluster`, `ClusterVersion version`, `FeatureGate cluster`).
+fn single<T: Clone>(slot: &Slot<T>) -> Option<T> {
+    slot.objects.values().next().cloned()
 }
 
 impl ClusterState {
     /// Starts the watchers; they run until the process ends, retrying with backoff.
     pub fn spawn(client: Client) -> Arc<ClusterState> {
         let state = Arc::new(ClusterState {
-            slots: Mutex::new(Source::ALL.iter().map(|s| (*s, Slot::default())).collect()),
+            slots: Mutex::new(Slots::default()),
             changed: tokio::sync::watch::channel(0).0,
         });
         let named =
@@ -224,37 +465,56 @@ impl ClusterState {
             ),
         ];
         for (source, resource, config) in watches {
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            tokio::spawn(follow(Arc::clone(&state), source, api, config));
+            let client = client.clone();
+            tokio::spawn(follow(Arc::clone(&state), source, move || {
+                let api = Api::all_with(client.clone(), &resource);
+                let config = config.clone();
+                async move { Ok((api, config)) }
+            }));
         }
-        tokio::spawn(follow_policies(Arc::clone(&state), client));
+        // The policies' version is asked again each time the API goes away: an upgrade
+        // from 4.19 to 4.20 replaces v1alpha1 with v1, and a CRD installed by hand may come
+        // after us.
+        tokio::spawn(follow(Arc::clone(&state), Source::Policies, move || {
+            let client = client.clone();
+            async move {
+                let version = policy_version(&client)
+                    .await?
+                    .unwrap_or_else(|| "v1".to_string());
+                tracing::info!(version = %version, "watching ClusterImagePolicy {version}");
+                let api = Api::all_with(client, &policy_resource(&version));
+                Ok((api, watcher::Config::default()))
+            }
+        }));
         state
     }
 
-    /// A receiver that wakes on every change.
+    /// A receiver that wakes on every change a reader must see; the value counts them.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Source, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// APIs the cluster does not serve, in `Source` order.
     pub fn absent(&self) -> Vec<Source> {
         self.lock()
-            .iter()
-            .filter(|(_, s)| s.absent)
-            .map(|(source, _)| *source)
+            .health()
+            .into_iter()
+            .filter(|(_, h)| h.absent)
+            .map(|(source, _)| source)
             .collect()
     }
 
     /// Types not listed yet, with the last error each watcher met.
     pub fn waiting_for(&self) -> Vec<String> {
         self.lock()
-            .iter()
-            .filter(|(_, s)| !s.synced)
-            .map(|(source, s)| match &s.last_error {
+            .health()
+            .into_iter()
+            .filter(|(_, h)| !h.synced)
+            .map(|(source, h)| match h.last_error {
                 Some(e) => format!("{} ({e})", source.as_str()),
                 None => source.as_str().to_string(),
             })
@@ -264,120 +524,65 @@ impl ClusterState {
     /// Errors the watchers are currently retrying, by type.
     pub fn errors(&self) -> Vec<String> {
         self.lock()
-            .iter()
-            .filter_map(|(source, s)| {
-                s.last_error
-                    .as_ref()
-                    .map(|e| format!("{}: {e}", source.as_str()))
-            })
+            .health()
+            .into_iter()
+            .filter_map(|(source, h)| h.last_error.map(|e| format!("{}: {e}", source.as_str())))
             .collect()
     }
 
-    /// The render inputs, once every watcher has listed. Objects that do not decode are
-    /// returned by name in the second list.
+    /// The render inputs, once every watcher has listed, and the objects left out because
+    /// they do not decode (`Kind name: error`).
     pub fn inputs(&self) -> Option<(Inputs, Vec<String>)> {
         let slots = self.lock();
-        if slots.values().any(|s| !s.synced) {
+        if slots.health().iter().any(|(_, h)| !h.synced) {
             return None;
         }
         let mut bad = Vec::new();
-        fn decode<T: serde::de::DeserializeOwned>(
-            slot: &Slot,
-            what: &str,
-            bad: &mut Vec<String>,
-        ) -> Vec<T> {
-            slot.objects
-                .iter()
-                .filter_map(|(name, v)| match serde_json::from_value(v.clone()) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        bad.push(format!("{what} {name}: {e}"));
-                        None
-                    }
-                })
-                .collect()
+        for (source, undecodable) in [
+            (Source::Policies, &slots.policies.undecodable),
+            (Source::Image, &slots.image.undecodable),
+            (Source::ClusterVersion, &slots.cluster_version.undecodable),
+            (Source::FeatureGate, &slots.feature_gate.undecodable),
+            (Source::Pools, &slots.pools.undecodable),
+            (Source::MachineConfigs, &slots.machine_configs.undecodable),
+        ] {
+            bad.extend(
+                undecodable
+                    .iter()
+                    .map(|(name, e)| format!("{} {name}: {e}", source.kind())),
+            );
         }
         let inputs = Inputs {
-            policies: decode(&slots[&Source::Policies], "ClusterImagePolicy", &mut bad),
-            image: decode(&slots[&Source::Image], "Image", &mut bad).pop(),
-            cluster_version: decode(&slots[&Source::ClusterVersion], "ClusterVersion", &mut bad)
-                .pop(),
-            feature_gate: decode(&slots[&Source::FeatureGate], "FeatureGate", &mut bad).pop(),
-            pools: decode(&slots[&Source::Pools], "MachineConfigPool", &mut bad),
-            machine_configs: decode(&slots[&Source::MachineConfigs], "MachineConfig", &mut bad),
+            policies: slots.policies.objects.values().cloned().collect(),
+            image: single(&slots.image),
+            cluster_version: single(&slots.cluster_version),
+            feature_gate: single(&slots.feature_gate),
+            pools: slots.pools.objects.values().cloned().collect(),
+            machine_configs: slots.machine_configs.objects.values().cloned().collect(),
         };
         Some((inputs, bad))
     }
 
+    /// Each policy's status as last seen, by name. Status writes wake nobody, so a writer
+    /// reads them here rather than from an older snapshot of the inputs.
+    pub fn policy_statuses(&self) -> HashMap<String, Option<Value>> {
+        self.lock()
+            .policies
+            .objects
+            .iter()
+            .map(|(name, p)| (name.clone(), p.status.clone()))
+            .collect()
+    }
+
     fn apply(&self, source: Source, event: Result<Event<DynamicObject>, watcher::Error>) {
-        // Each object is serialized once; MachineConfigs are kept only when relevant.
-        let decode = |o: &DynamicObject| {
-            let name = o.metadata.name.clone().unwrap_or_default();
-            let value = serde_json::to_value(o).unwrap_or(Value::Null);
-            let wanted = source != Source::MachineConfigs || relevant_mc(&name, &value);
-            (name, value, wanted)
-        };
         let mut slots = self.lock();
-        let slot = slots.get_mut(&source).expect("every source has a slot");
-        let changed = match event {
-            Err(e) if not_found(&e) => {
-                if !slot.absent {
-                    tracing::info!(
-                        resource = source.as_str(),
-                        "the cluster does not serve this API: treated as empty, checked again later"
-                    );
-                }
-                let changed = !(slot.synced && slot.absent && slot.objects.is_empty());
-                slot.objects.clear();
-                slot.listing = None;
-                slot.synced = true;
-                slot.absent = true;
-                slot.last_error = None;
-                changed
-            }
-            Err(e) => {
-                tracing::warn!(resource = source.as_str(), error = %e, "watch failed; retrying");
-                slot.last_error = Some(e.to_string());
-                true
-            }
-            Ok(Event::Init) => {
-                slot.listing = Some(BTreeMap::new());
-                false
-            }
-            Ok(Event::InitApply(o)) => {
-                let (name, value, wanted) = decode(&o);
-                if let (Some(listing), true) = (slot.listing.as_mut(), wanted) {
-                    listing.insert(name, value);
-                }
-                false
-            }
-            Ok(Event::InitDone) => {
-                let listing = slot.listing.take().unwrap_or_default();
-                let changed = !slot.synced || slot.absent || listing != slot.objects;
-                slot.objects = listing;
-                slot.synced = true;
-                slot.absent = false;
-                slot.last_error = None;
-                changed
-            }
-            Ok(Event::Apply(o)) => {
-                let (name, value, wanted) = decode(&o);
-                slot.last_error = None;
-                if wanted {
-                    let changed = slot.objects.get(&name).is_none_or(|before| {
-                        significant(source, before) != significant(source, &value)
-                    });
-                    slot.objects.insert(name, value);
-                    changed
-                } else {
-                    // A MachineConfig that stopped writing policy.json no longer counts.
-                    slot.objects.remove(&name).is_some()
-                }
-            }
-            Ok(Event::Delete(o)) => {
-                let name = o.metadata.name.unwrap_or_default();
-                slot.objects.remove(&name).is_some()
-            }
+        let changed = match source {
+            Source::Policies => slots.policies.apply(source, event, keep_all),
+            Source::Image => slots.image.apply(source, event, keep_all),
+            Source::ClusterVersion => slots.cluster_version.apply(source, event, keep_all),
+            Source::FeatureGate => slots.feature_gate.apply(source, event, keep_all),
+            Source::Pools => slots.pools.apply(source, event, keep_all),
+            Source::MachineConfigs => slots.machine_configs.apply(source, event, relevant_mc),
         };
         drop(slots);
         if changed {
@@ -386,48 +591,40 @@ impl ClusterState {
     }
 }
 
-async fn follow(
-    state: Arc<ClusterState>,
-    source: Source,
-    api: Api<DynamicObject>,
-    config: watcher::Config,
-) {
-    let mut events = watcher(api, config).default_backoff().boxed();
-    while let Some(event) = events.next().await {
-        state.apply(source, event);
-    }
-}
+/// Longest wait before an absent API is asked for again.
+const ABSENT_RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// How long a missing ClusterImagePolicy API waits before the version is asked again.
-const REDISCOVER: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The policies' watcher asks which version the cluster serves whenever the API goes
-/// away: an upgrade from 4.19 to 4.20 replaces v1alpha1 with v1, and a CRD installed by
-/// hand may come after us.
-async fn follow_policies(state: Arc<ClusterState>, client: Client) {
+/// Runs one type's watcher for ever. `connect` gives the API to watch (asked again after
+/// the API went away). kube's backoff restarts from zero on every event, and a failing
+/// list still yields one, so an absent API is retried here with its own backoff.
+async fn follow<F, Fut>(state: Arc<ClusterState>, source: Source, connect: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(Api<DynamicObject>, watcher::Config), kube::Error>>,
+{
+    let mut absent_retry = Duration::from_secs(1);
     loop {
-        let version = match policy_version(&client).await {
-            Ok(Some(v)) => v,
-            Ok(None) => "v1".to_string(),
+        let (api, config) = match connect().await {
+            Ok(c) => c,
             Err(e) => {
-                state.apply(Source::Policies, Err(watcher::Error::InitialListFailed(e)));
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                state.apply(source, Err(watcher::Error::InitialListFailed(e)));
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
         };
-        tracing::info!(version = %version, "watching ClusterImagePolicy {version}");
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &policy_resource(&version));
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut events = watcher(api, config).default_backoff().boxed();
         while let Some(event) = events.next().await {
             let gone = matches!(&event, Err(e) if not_found(e));
-            state.apply(Source::Policies, event);
+            if matches!(event, Ok(Event::InitDone)) {
+                absent_retry = Duration::from_secs(1);
+            }
+            state.apply(source, event);
             if gone {
                 break;
             }
         }
-        tokio::time::sleep(REDISCOVER).await;
+        tokio::time::sleep(absent_retry).await;
+        absent_retry = (absent_retry * 2).min(ABSENT_RETRY_MAX);
     }
 }
 
@@ -436,15 +633,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_rendered_machine_configs_are_kept() {
+    fn only_generated_machine_configs_are_kept_by_name() {
         assert!(generated_mc("99-worker-generated-registries"));
         assert!(generated_mc("99-infra-generated-imagepolicies"));
         assert!(generated_mc("99-worker-generated-registries-imagepolicies"));
         assert!(!generated_mc("01-worker-container-runtime"));
         assert!(!generated_mc("99-worker-ssh"));
-        let runtime = serde_json::json!({"spec": {"config": {"storage": {"files": [
-            {"path": "/etc/containers/policy.json"}]}}}});
+        let runtime: MachineConfig = serde_json::from_value(
+            serde_json::json!({"spec": {"config": {"storage": {"files": [
+            {"path": "/etc/containers/policy.json"}]}}}}),
+        )
+        .unwrap();
         assert!(relevant_mc("01-worker-container-runtime", &runtime));
-        assert!(!relevant_mc("00-worker", &serde_json::json!({"spec": {}})));
+        assert!(!relevant_mc("00-worker", &MachineConfig::default()));
+    }
+
+    #[test]
+    fn status_and_versions_wake_nobody_except_where_read() {
+        let mut before = ClusterImagePolicy::default();
+        before.metadata.resource_version = Some("1".into());
+        let mut after = before.clone();
+        after.metadata.resource_version = Some("2".into());
+        after.status = Some(serde_json::json!({"conditions": []}));
+        assert!(!ClusterImagePolicy::significant_change(&before, &after));
+        after.metadata.labels.insert("a".into(), "b".into());
+        assert!(ClusterImagePolicy::significant_change(&before, &after));
+        let mut gate = FeatureGate::default();
+        let flipped = {
+            let mut g = gate.clone();
+            g.status.feature_gates.push(Default::default());
+            g
+        };
+        assert!(FeatureGate::significant_change(&gate, &flipped));
+        gate.metadata.resource_version = Some("7".into());
+        let mut mc = MachineConfig::default();
+        mc.metadata.resource_version = Some("1".into());
+        let mut next = mc.clone();
+        next.metadata.resource_version = Some("2".into());
+        assert!(MachineConfig::significant_change(&mc, &next));
     }
 }

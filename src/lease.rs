@@ -43,15 +43,13 @@ impl Leadership {
         matches!(*self.until.borrow(), Some(t) if Instant::now() < t)
     }
 
-    /// Resolves when leadership is won or lost.
-    pub async fn changed(&mut self) -> bool {
-        let before = self.until.borrow().is_some();
-        while self.until.changed().await.is_ok() {
-            if self.until.borrow_and_update().is_some() != before {
-                return true;
-            }
-        }
-        std::future::pending().await
+    /// Resolves on every renewal, won or lost lease; false once the elector is gone.
+    /// Leadership can lapse without one (a late renewal), so a caller compares
+    /// [`Leadership::is_leader`] before and after rather than trusting a flip to be sent.
+    pub async fn updated(&mut self) -> bool {
+        let alive = self.until.changed().await.is_ok();
+        self.until.borrow_and_update();
+        alive
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod cluster;
+pub mod desired;
 pub mod documents;
 pub mod explain;
 pub mod files;

@@ -168,6 +168,13 @@ struct ServeArgs {
     /// Seconds between full reconcile passes when nothing changes.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     resync: u64,
+    /// Milliseconds without a change that end a burst of changes (a GitOps sync) before
+    /// the cluster is rendered and written again.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    settle_quiet: u64,
+    /// Milliseconds a burst may delay rendering at most.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    settle_max: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +272,11 @@ impl ServeArgs {
                 image_guard: self.image_guard,
             },
             log_json: self.log_format == LogFormat::Json,
+            settle: cip_webhook::desired::Settle {
+                quiet: std::time::Duration::from_millis(self.settle_quiet),
+                max: std::time::Duration::from_millis(self.settle_max),
+                ..Default::default()
+            },
             reconcile: (self.mode != Mode::AdmissionOnly).then(|| commands::ReconcileOptions {
                 auto: self.mode == Mode::Auto,
                 lease: cip_webhook::lease::LeaseConfig {

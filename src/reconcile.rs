@@ -1,33 +1,45 @@
-//! The reconciler: on every change of the watched state, the leader renders the whole
-//! desired state with the core and writes only what differs: MachineConfigs (with the
-//! resourceVersion read, so a concurrent writer gets a 409 instead of being overwritten),
-//! then ClusterImagePolicy status, then Events for newly skipped scopes.
+//! The reconciler: a lease-gated writer of the published desired state (`desired`). For
+//! each new plan the leader writes what differs: MachineConfigs (with the resourceVersion
+//! read, so a concurrent writer gets a 409 instead of being overwritten), then every
+//! policy status that differs, several at a time, then Events for newly skipped scopes.
+//!
+//! Nothing is lost when a pass stops half way (a conflict, an API error, the lease
+//! lapsing): each pass starts from the latest plan and the statuses as last seen, and
+//! writes whatever still differs. MachineConfigs are written only from a plan whose
+//! inputs already show our previous writes; statuses are compared with the store's
+//! current ones, since status writes wake no render.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::Client;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
+use crate::desired::{Desired, Published};
 use crate::kube_state::{self, ClusterState};
 use crate::lease::Leadership;
 use crate::mco::{self, Duty};
-use crate::model::MachineConfig;
-use crate::render::{self, Action, Condition, Inputs, PolicyOutcome, RenderOptions};
-use crate::server::App;
+use crate::metrics::Metrics;
+use crate::model::{ClusterImagePolicy, MachineConfig};
+use crate::render::{self, Action, Condition, Inputs, PolicyOutcome};
 
 pub const FIELD_MANAGER: &str = "cip-webhook";
 const MAX_MESSAGE: usize = 32768;
+/// Status writes in flight at once: a GitOps sync of hundreds of policies gets its
+/// conditions in seconds without flooding the API server.
+pub const STATUS_CONCURRENCY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("the cluster's image configuration cannot be rendered: {0}")]
     Render(#[from] render::RenderError),
-    #[error("{0} was changed by someone else; retrying with the new version")]
+    #[error("{0} was changed by someone else; writing again from its new version")]
     Conflict(String),
     #[error("{what}: {source}")]
     Api {
@@ -122,16 +134,20 @@ pub struct Pass {
     pub machine_config_writes: usize,
     pub status_writes: usize,
     pub events: usize,
-    /// The watch has not yet shown our own last writes; nothing was done.
+    /// The plan does not show our own last writes yet; nothing was done.
     pub waiting: bool,
     /// What the pass found, for /readyz: the duty and anything it waits for.
     pub detail: String,
 }
 
+/// How the reconciler reports what it does (to /readyz).
+pub type Report = Arc<dyn Fn(String) + Send + Sync>;
+
 pub struct Reconciler {
     pub state: Arc<ClusterState>,
-    pub options: RenderOptions,
-    pub app: Arc<App>,
+    pub desired: watch::Receiver<Published>,
+    pub metrics: Arc<Metrics>,
+    pub report: Report,
     pub leadership: Leadership,
     pub namespace: String,
     pub identity: String,
@@ -140,7 +156,7 @@ pub struct Reconciler {
     client: Client,
     machine_configs: Api<DynamicObject>,
     events: Api<DynamicObject>,
-    /// Our writes the watch has not shown yet: name → the resourceVersion we wrote over
+    /// Our writes the plan does not show yet: name → the resourceVersion we wrote over
     /// (None: we created it).
     expected: BTreeMap<String, (Option<String>, Instant)>,
     /// The last duty, to log when it changes.
@@ -159,13 +175,23 @@ fn to_dynamic(mc: &MachineConfig) -> DynamicObject {
         .expect("a MachineConfig is an object")
 }
 
+/// One status write a pass decided on.
+struct StatusWrite<'a> {
+    cip: &'a ClusterImagePolicy,
+    outcome: &'a PolicyOutcome,
+    conditions: Vec<Value>,
+    /// The Pending message an Event was last about (the one in the current status).
+    was_pending: Option<String>,
+}
+
 impl Reconciler {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         state: Arc<ClusterState>,
-        options: RenderOptions,
-        app: Arc<App>,
+        desired: watch::Receiver<Published>,
+        metrics: Arc<Metrics>,
+        report: Report,
         leadership: Leadership,
         namespace: String,
         identity: String,
@@ -177,8 +203,9 @@ impl Reconciler {
             events: Api::namespaced_with(client.clone(), &namespace, &events),
             client,
             state,
-            options,
-            app,
+            desired,
+            metrics,
+            report,
             leadership,
             namespace,
             identity,
@@ -194,9 +221,9 @@ impl Reconciler {
         Api::all_with(self.client.clone(), &kube_state::policy_resource(version))
     }
 
-    /// Whether the cache still shows an object as it was before one of our writes. Any
-    /// other version means the watch has passed our write (someone else may have written
-    /// since: the next plan must see that at once). Bounded, should an event be lost.
+    /// Whether the plan's inputs still show an object as it was before one of our writes.
+    /// Any other version means the watch has passed our write (someone else may have
+    /// written since: the plan must reflect that). Bounded, should an event be lost.
     fn behind(&mut self, inputs: &Inputs) -> bool {
         self.expected.retain(|name, (before, at)| {
             let cached = inputs
@@ -222,34 +249,31 @@ impl Reconciler {
         }
     }
 
-    /// One pass over the whole desired state.
-    pub async fn pass(&mut self) -> Result<Pass, ReconcileError> {
+    /// One pass over a desired state.
+    pub async fn pass(&mut self, desired: &Desired) -> Result<Pass, ReconcileError> {
         let mut done = Pass::default();
-        let Some((inputs, _)) = self.state.inputs() else {
-            done.waiting = true;
-            return Ok(done);
-        };
-        if self.behind(&inputs) {
+        let inputs = &desired.inputs;
+        if self.behind(inputs) {
             done.waiting = true;
             return Ok(done);
         }
-        let absent: Vec<&str> = self.state.absent().iter().map(|s| s.as_str()).collect();
-        let duty = mco::duty(self.auto, &inputs, &absent);
+        let absent: Vec<&str> = desired.absent.iter().map(|s| s.as_str()).collect();
+        let duty = mco::duty(self.auto, inputs, &absent);
         if self.duty.as_ref() != Some(&duty) {
             tracing::info!(duty = duty.label(), detail = %duty.describe(), "reconcile duty");
-            self.app.metrics.set_duty(duty.label());
+            self.metrics.set_duty(duty.label());
             self.duty = Some(duty.clone());
         }
         done.detail = duty.describe();
         match duty {
             Duty::CannotRender(_) => return Ok(done),
             Duty::StandDown(_) => {
-                self.hand_over(&inputs, &mut done).await?;
+                self.hand_over(inputs, &mut done).await?;
                 return Ok(done);
             }
             Duty::Reconcile(_) => {}
         }
-        let plan = render::plan(&inputs, &self.options)?;
+        let plan = desired.plan.as_ref().map_err(|e| e.clone())?;
         for pool in &plan.pools {
             if let Some(error) = &pool.error {
                 tracing::warn!(pool = %pool.pool, error = %error, "pool not rendered; its MachineConfigs are left alone");
@@ -276,69 +300,124 @@ impl Reconciler {
                     .insert(change.name.clone(), (before, Instant::now()));
                 let action = change.action.as_str();
                 tracing::info!(machine_config = %change.name, pool = %pool.pool, action, "MachineConfig written");
-                self.app.metrics.machine_config_written(&pool.pool, action);
+                self.metrics.machine_config_written(&pool.pool, action);
                 done.machine_config_writes += 1;
             }
         }
-        for outcome in &plan.policies {
-            let Some(cip) = inputs
-                .policies
-                .iter()
-                .find(|p| p.metadata.name == outcome.name)
-            else {
-                continue;
-            };
-            let current = cip.status.as_ref();
-            let wanted = conditions(outcome, current, &now_seconds());
-            let have = current.and_then(|s| s["conditions"].as_array());
-            if have == Some(&wanted) {
-                continue;
-            }
-            self.check_leader(&outcome.name)?;
-            let patch = json!({"status": {"conditions": wanted}});
-            self.policies(&cip.api_version)
-                .patch_status(
-                    &outcome.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .map_err(api_error(
-                    format!("writing the status of ClusterImagePolicy {}", outcome.name),
-                    &outcome.name,
-                ))?;
-            self.app.metrics.status_written();
-            done.status_writes += 1;
-            if let Condition::Pending {
-                reason, message, ..
-            } = &outcome.condition
-            {
-                let was = have
-                    .into_iter()
-                    .flatten()
-                    .find(|c| c["type"] == "Pending" && c["status"] == "True")
-                    .and_then(|c| c["message"].as_str());
-                if was != Some(message.as_str()) {
-                    let regarding = json!({
-                        "apiVersion": cip.api_version,
-                        "kind": "ClusterImagePolicy",
-                        "name": outcome.name,
-                        "uid": cip.metadata.uid.as_deref().unwrap_or_default(),
-                    });
-                    self.event(
-                        regarding,
-                        &format!("{}.", outcome.name),
-                        reason.as_str(),
-                        message,
-                    )
-                    .await;
-                    done.events += 1;
-                }
-            }
-        }
+        self.write_statuses(inputs, &plan.policies, &mut done)
+            .await?;
         Ok(done)
     }
 
+    /// Every status that differs from the store's current one, `STATUS_CONCURRENCY` at a
+    /// time; then an Event for each policy whose Pending message is new. Failures do not
+    /// stop the others; the first is returned, and the next pass writes what is left.
+    async fn write_statuses(
+        &self,
+        inputs: &Inputs,
+        outcomes: &[PolicyOutcome],
+        done: &mut Pass,
+    ) -> Result<(), ReconcileError> {
+        let statuses = self.state.policy_statuses();
+        let now = now_seconds();
+        let by_name: BTreeMap<&str, &ClusterImagePolicy> = inputs
+            .policies
+            .iter()
+            .map(|p| (p.metadata.name.as_str(), p))
+            .collect();
+        let writes: Vec<StatusWrite> = outcomes
+            .iter()
+            .filter_map(|outcome| {
+                let cip = *by_name.get(outcome.name.as_str())?;
+                // A policy deleted since the plan was made has no status to write.
+                let current = statuses.get(&outcome.name)?.as_ref();
+                let conditions = conditions(outcome, current, &now);
+                let have = current.and_then(|s| s["conditions"].as_array());
+                if have == Some(&conditions) {
+                    return None;
+                }
+                let was_pending = have
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "Pending" && c["status"] == "True")
+                    .and_then(|c| c["message"].as_str())
+                    .map(str::to_string);
+                Some(StatusWrite {
+                    cip,
+                    outcome,
+                    conditions,
+                    was_pending,
+                })
+            })
+            .collect();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.check_leader("policy status")?;
+        let pending: Vec<_> = writes
+            .iter()
+            .map(|w| async move { (self.write_status(w).await, w) })
+            .collect();
+        let results: Vec<(Result<(), ReconcileError>, &StatusWrite)> =
+            futures_util::stream::iter(pending)
+                .buffer_unordered(STATUS_CONCURRENCY)
+                .collect()
+                .await;
+        let mut first_error = None;
+        for (result, w) in results {
+            match result {
+                Ok(()) => {
+                    self.metrics.status_written();
+                    done.status_writes += 1;
+                    if let Condition::Pending {
+                        reason, message, ..
+                    } = &w.outcome.condition
+                    {
+                        if w.was_pending.as_deref() != Some(message.as_str()) {
+                            let regarding = json!({
+                                "apiVersion": w.cip.api_version,
+                                "kind": "ClusterImagePolicy",
+                                "name": w.outcome.name,
+                                "uid": w.cip.metadata.uid.as_deref().unwrap_or_default(),
+                            });
+                            let prefix = format!("{}.", w.outcome.name);
+                            self.event(regarding, &prefix, reason.as_str(), message)
+                                .await;
+                            done.events += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn write_status(&self, w: &StatusWrite<'_>) -> Result<(), ReconcileError> {
+        self.check_leader(&w.outcome.name)?;
+        let patch = json!({"status": {"conditions": w.conditions}});
+        self.policies(&w.cip.api_version)
+            .patch_status(
+                &w.outcome.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+            .or_else(|e| match e {
+                // Deleted meanwhile: nothing left to report on.
+                kube::Error::Api(s) if s.code == 404 => Ok(()),
+                e => Err(api_error(
+                    format!(
+                        "writing the status of ClusterImagePolicy {}",
+                        w.outcome.name
+                    ),
+                    &w.outcome.name,
+                )(e)),
+            })
+    }
     async fn write(
         &self,
         action: Action,
@@ -409,9 +488,7 @@ impl Reconciler {
                 self.write(Action::Delete, name, None, existing).await?;
                 let before = existing.and_then(|m| m.metadata.resource_version.clone());
                 self.expected.insert(name.clone(), (before, Instant::now()));
-                self.app
-                    .metrics
-                    .machine_config_written(&step.pool, "delete");
+                self.metrics.machine_config_written(&step.pool, "delete");
                 done.machine_config_writes += 1;
             }
             let message = format!(
@@ -461,62 +538,78 @@ impl Reconciler {
     }
 }
 
-/// Runs passes while this replica leads: after every change (debounced), after a failure
-/// with backoff, and every `resync` regardless.
+/// Runs passes while this replica leads: for every new desired state, when leadership
+/// is won, after a failure (with backoff; a conflict waits for the next desired state,
+/// which the other writer's change brings), and every `resync` regardless.
 pub async fn run(mut reconciler: Reconciler, resync: Duration) {
-    let mut changes = reconciler.state.subscribe();
-    let mut leadership = reconciler.leadership.clone();
+    let mut desired = reconciler.desired.clone();
+    let mut lease = reconciler.leadership.clone();
     let mut backoff = Duration::from_millis(100);
     let mut retry: Option<Duration> = None;
+    let mut leading = false;
     loop {
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
-            _ = leadership.changed() => {}
-            _ = tokio::time::sleep(retry.unwrap_or(resync)) => {}
-        }
-        // A burst of events (a list, an apply of many objects) makes one pass.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        changes.borrow_and_update();
-        if !reconciler.leadership.is_leader() {
-            reconciler.app.set_reconcile_status(format!(
+        let lease_only = tokio::select! {
+            r = desired.changed() => { if r.is_err() { return } false }
+            r = lease.updated() => { if !r { return } true }
+            _ = tokio::time::sleep(retry.unwrap_or(resync)) => false,
+        };
+        let now_leading = reconciler.leadership.is_leader();
+        let flipped = now_leading != leading;
+        leading = now_leading;
+        if !leading {
+            (reconciler.report)(format!(
                 "standby; {} does not hold the lease",
                 reconciler.identity
             ));
-            retry = None;
             continue;
         }
+        // A renewal that keeps us leading brings nothing new.
+        if lease_only && !flipped && retry.is_none() {
+            continue;
+        }
+        let Some(current) = desired.borrow_and_update().ready().cloned() else {
+            continue;
+        };
         let started = Instant::now();
-        let result = reconciler.pass().await;
+        let result = reconciler.pass(&current).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(pass) if pass.waiting => {
-                reconciler.app.metrics.reconciled("waiting", seconds);
-                retry = Some(Duration::from_millis(200));
+                reconciler.metrics.reconciled("waiting", seconds);
+                // The next desired state shows our writes; this is only a fallback.
+                retry = Some(Duration::from_secs(1));
             }
             Ok(pass) => {
-                reconciler.app.metrics.reconciled("ok", seconds);
+                reconciler.metrics.reconciled("ok", seconds);
                 if pass.machine_config_writes + pass.status_writes > 0 {
                     tracing::info!(
                         machine_configs = pass.machine_config_writes,
                         statuses = pass.status_writes,
+                        events = pass.events,
+                        seconds,
                         "reconciled"
                     );
                 }
-                reconciler
-                    .app
-                    .set_reconcile_status(format!("leader; {}; in sync", pass.detail));
+                (reconciler.report)(format!("leader; {}; in sync", pass.detail));
                 backoff = Duration::from_millis(100);
                 retry = None;
             }
             Err(e) => {
-                reconciler.app.metrics.reconciled("error", seconds);
-                reconciler.app.metrics.reconcile_error(e.metric_label());
-                tracing::warn!(error = %e, retry_in = ?backoff, "reconcile failed");
-                reconciler
-                    .app
-                    .set_reconcile_status(format!("leader; retrying in {backoff:?}: {e}"));
-                retry = Some(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                reconciler.metrics.reconciled("error", seconds);
+                reconciler.metrics.reconcile_error(e.metric_label());
+                let wait = match &e {
+                    ReconcileError::Conflict(_) => Duration::from_secs(1),
+                    _ => backoff,
+                };
+                if let ReconcileError::NotLeader(_) = e {
+                    leading = false;
+                }
+                tracing::warn!(error = %e, retry_in = ?wait, "reconcile failed");
+                (reconciler.report)(format!("leader; retrying in {wait:?}: {e}"));
+                retry = Some(wait);
+                if !matches!(e, ReconcileError::Conflict(_)) {
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
             }
         }
     }

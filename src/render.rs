@@ -73,7 +73,7 @@ pub struct Inputs {
     pub feature_gate: Option<FeatureGate>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum RenderError {
     #[error("Image cluster: {0}")]
     ImageConfig(#[from] ImageConfigError),

@@ -62,7 +62,7 @@ pub struct App {
     /// What the reconciler last did; shown by /readyz, never making it fail.
     reconcile: RwLock<String>,
     pub admission: admission::Config,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub cert: Arc<ReloadingCert>,
 }
 
@@ -73,13 +73,13 @@ impl App {
             status: RwLock::new("cluster state not loaded yet".into()),
             reconcile: RwLock::new(String::new()),
             admission,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             cert,
         }
     }
 
-    pub fn set_snapshot(&self, snapshot: Snapshot, status: String) {
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(snapshot));
+    pub fn set_snapshot(&self, snapshot: Arc<Snapshot>, status: String) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
         self.set_status(status);
     }
 

@@ -52,7 +52,7 @@ async fn start_with(config: admission::Config, limits: Limits, state: Option<&[&
     if let Some(files) = state {
         let inputs = common::load(files);
         app.set_snapshot(
-            Snapshot::build(&inputs, &RenderOptions::default()),
+            Arc::new(Snapshot::build(&inputs, &RenderOptions::default())),
             "test state".into(),
         );
     }
@@ -523,7 +523,10 @@ async fn readiness_health_and_metrics() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     s.app.set_snapshot(
-        Snapshot::build(&common::load(&STATE), &RenderOptions::default()),
+        Arc::new(Snapshot::build(
+            &common::load(&STATE),
+            &RenderOptions::default(),
+        )),
         "loaded".into(),
     );
     assert_eq!(

@@ -36,6 +36,9 @@ pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, sim
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        // As Go's net package does for every TCP connection: a response written in
+        // pieces must not wait for the client's delayed ACK.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {

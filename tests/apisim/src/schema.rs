@@ -2,7 +2,8 @@
 //! apply defaults, check the structural schema and run the `x-kubernetes-validations` CEL
 //! rules, with errors worded as apimachinery's field errors.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{LazyLock, Mutex};
 
 use kube::core::cel::{validate_compiled, ErrorKind};
 use regex::Regex;
@@ -198,7 +199,7 @@ pub fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldEr
                 ));
             }
             if let Some(pattern) = schema["pattern"].as_str() {
-                match Regex::new(pattern) {
+                match compiled(pattern) {
                     Ok(re) if !re.is_match(s) => errors.push(invalid(
                         path,
                         value,
@@ -286,6 +287,43 @@ fn type_at(schema: &Value, path: &str) -> String {
 
 const NAME_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
+/// Schema patterns compiled once, as the API server compiles a CRD's schema once.
+fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
+    static CACHE: LazyLock<Mutex<HashMap<String, Regex>>> = LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(re) = cache.get(pattern) {
+        return Ok(re.clone());
+    }
+    let re = Regex::new(pattern)?;
+    cache.insert(pattern.to_string(), re.clone());
+    Ok(re)
+}
+
+/// The value at an apimachinery field path (`spec.scopes[0]`), if any.
+fn value_at<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut cur = v;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indexes) = part.split_once('[').unwrap_or((part, ""));
+        if !key.is_empty() {
+            cur = cur.get(key)?;
+        }
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            cur = cur.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(cur)
+}
+
+/// Everything but metadata and status: what a status write leaves as it was.
+fn without_meta_and_status(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
 /// The object's name, as every custom resource's is checked.
 pub fn check_name(object: &Value) -> Vec<FieldError> {
     let name = &object["metadata"]["name"];
@@ -296,17 +334,35 @@ pub fn check_name(object: &Value) -> Vec<FieldError> {
             body: "Required value: name or generateName is required".into(),
         }];
     };
-    let re = Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-        .expect("constant regex");
-    if text.len() > 253 || !re.is_match(text) {
+    static NAME: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+            .expect("constant regex")
+    });
+    if text.len() > 253 || !NAME.is_match(text) {
         return vec![invalid("metadata.name", name, NAME_RULE)];
     }
     Vec::new()
 }
 
 /// Everything the API server checks on a custom resource, in its order: metadata, the
-/// structural schema, then the CEL rules unless a type error blocks them.
+/// structural schema, then the CEL rules unless a type error blocks them. On an update,
+/// errors on fields the update leaves unchanged are dropped, as the API server's
+/// validation ratcheting (CRDValidationRatcheting, GA in 1.33) does; a write that changes
+/// nothing outside metadata and status (a status write) skips the rules of an unchanged
+/// spec altogether.
 pub fn validate(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errors = validate_all(schema, object, old);
+    if let Some(old) = old {
+        errors.retain(|e| {
+            e.field.starts_with("metadata")
+                || e.field == "<nil>"
+                || value_at(object, &e.field) != value_at(old, &e.field)
+        });
+    }
+    errors
+}
+
+fn validate_all(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errors = check_name(object);
     check(&schema.openapi, object, "", &mut errors);
     let blocked = errors
@@ -318,6 +374,14 @@ pub fn validate(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<Fie
             reason: "FieldValueInvalid",
             body: "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
         });
+        return errors;
+    }
+    let status_rules = schema.openapi["properties"]["status"]
+        .to_string()
+        .contains("x-kubernetes-validations");
+    let spec_unchanged =
+        old.is_some_and(|old| without_meta_and_status(old) == without_meta_and_status(object));
+    if spec_unchanged && !status_rules {
         return errors;
     }
     if let Err(failures) = validate_compiled(&schema.cel, object, old) {
