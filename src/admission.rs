@@ -13,9 +13,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::cluster::{ClusterFacts, ImageConfigError};
+use crate::model::ClusterImagePolicy;
 use crate::model::{Image, CONFIG_GROUP};
 use crate::render::{self, Inputs, Plan, RenderOptions};
-use crate::validate::{self, Context, Report, SizeCheck};
+use crate::validate::{self, Context, Problem, Report, Rule, SizeCheck};
 
 pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 /// The cluster-version operator ships the platform's own `openshift` policy.
@@ -30,6 +31,9 @@ pub struct Snapshot {
     pub payload_facts: ClusterFacts,
     /// The cluster as rendered (the Image guard reads the policies).
     pub inputs: Arc<Inputs>,
+    /// Policies whose scopes are written: an update of one frees what it takes of the
+    /// size budget.
+    pub in_force: std::collections::BTreeSet<String>,
     pub size: SizeCheck,
     pub options: RenderOptions,
 }
@@ -60,10 +64,23 @@ impl Snapshot {
                 budget_bytes: options.size_budget,
             },
         };
+        let in_force = plan
+            .map(|p| {
+                p.policies
+                    .iter()
+                    .filter(|o| match &o.condition {
+                        render::Condition::Applied { .. } => true,
+                        render::Condition::Pending { written, .. } => !written.is_empty(),
+                    })
+                    .map(|o| o.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         Snapshot {
             facts,
             payload_facts,
             inputs,
+            in_force,
             size,
             options: options.clone(),
         }
@@ -125,6 +142,9 @@ pub struct Request {
     /// Kept as text: validation decodes it straight into the model.
     #[serde(default)]
     pub object: Option<Box<RawValue>>,
+    /// The stored version an UPDATE replaces (DELETE: the object deleted).
+    #[serde(default)]
+    pub old_object: Option<Box<RawValue>>,
     #[serde(default)]
     pub dry_run: Option<bool>,
 }
@@ -238,15 +258,8 @@ pub fn review(
     if request.uid.is_empty() {
         return Err(BadReview::MissingUid);
     }
-    let mut response = Response {
-        uid: request.uid.clone(),
-        allowed: true,
-        status: None,
-        patch_type: None,
-        patch: None,
-        warnings: Vec::new(),
-    };
-    let reason = decide(&request, endpoint, snapshot, config, &mut response);
+    let answer = decide(&request, endpoint, snapshot, config);
+    let response = answer.response(request.uid.clone());
     let decision = Decision {
         uid: request.uid.clone(),
         kind: request.kind.kind.clone(),
@@ -259,7 +272,7 @@ pub fn review(
         } else {
             Verdict::Denied
         },
-        reason,
+        reason: answer.reason,
         message: response.status.as_ref().map(|s| s.message.clone()),
     };
     let out = ReviewOut {
@@ -270,13 +283,97 @@ pub fn review(
     Ok((out, decision))
 }
 
-fn decide(
+/// What admission decided about one request, before it is put on the wire (the webhook)
+/// or printed (`check`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Errors deny; warnings go back either way.
+    pub report: Report,
+    /// The HTTP code and reason of a denial: 403 Forbidden for what the policy says,
+    /// 400 BadRequest for a request we cannot judge.
+    pub code: u16,
+    pub status_reason: &'static str,
+    /// A JSON Patch to apply (the mutating endpoint).
+    pub patch: Option<Value>,
+    /// Why, for the metrics and the log: the first error's reason when denied,
+    /// `Warned`/`Patched`/`None` otherwise.
+    pub reason: &'static str,
+}
+
+impl Answer {
+    fn judged(report: Report) -> Answer {
+        let reason = match report.reason() {
+            Some(r) => r.as_str(),
+            None if report.warnings.is_empty() => "None",
+            None => "Warned",
+        };
+        Answer {
+            report,
+            code: 403,
+            status_reason: "Forbidden",
+            patch: None,
+            reason,
+        }
+    }
+
+    fn bad_request(message: String, reason: &'static str) -> Answer {
+        let mut report = Report::default();
+        report.errors.push(Problem {
+            path: String::new(),
+            message,
+            rule: Rule::Type,
+            reason: validate::Reason::Invalid,
+            subject: None,
+            standalone: true,
+        });
+        Answer {
+            report,
+            code: 400,
+            status_reason: "BadRequest",
+            patch: None,
+            reason,
+        }
+    }
+
+    fn allowed() -> Answer {
+        Answer::judged(Report::default())
+    }
+
+    pub fn allowed_or_denied(&self) -> Verdict {
+        if self.report.allowed() {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied
+        }
+    }
+
+    /// The AdmissionReview response carrying this answer.
+    pub fn response(&self, uid: String) -> Response {
+        Response {
+            uid,
+            allowed: self.report.allowed(),
+            status: self.report.denial_message().map(|message| Status {
+                code: self.code,
+                reason: self.status_reason.to_string(),
+                message,
+            }),
+            patch_type: self.patch.as_ref().map(|_| "JSONPatch"),
+            patch: self
+                .patch
+                .as_ref()
+                .map(|p| base64::engine::general_purpose::STANDARD.encode(p.to_string())),
+            warnings: self.report.warning_messages(),
+        }
+    }
+}
+
+/// The decision for one request: the webhook's and `check`'s alike.
+pub fn decide(
     request: &Request,
     endpoint: Endpoint,
     snapshot: &Snapshot,
     config: &Config,
-    response: &mut Response,
-) -> &'static str {
+) -> Answer {
     let kind = &request.kind;
     let is_policy = kind.group == CONFIG_GROUP && kind.kind == "ClusterImagePolicy";
     let is_image = kind.group == CONFIG_GROUP && kind.kind == "Image";
@@ -285,98 +382,122 @@ fn decide(
             "cip-webhook does not handle {}/{} {}; check the webhook configuration's rules",
             kind.group, kind.version, kind.kind
         );
-        deny(response, 400, "BadRequest", message);
-        return "UnhandledKind";
+        return Answer::bad_request(message, "UnhandledKind");
     }
-    // Deleting is always allowed; only the `cluster` Image is guarded, and never mutated.
-    let writes = matches!(request.operation.as_str(), "CREATE" | "UPDATE");
+    let exempt = config.exempt_users.contains(&request.user_info.username);
+    let operation = request.operation.as_str();
+    if is_policy && endpoint == Endpoint::Validate && !exempt {
+        // Whoever is not the platform may not create, change or delete its policies.
+        if let Some(problem) = validate::reserved_name(&request.name) {
+            if matches!(operation, "CREATE" | "UPDATE" | "DELETE") {
+                let mut report = Report::default();
+                report.errors.push(problem);
+                return Answer::judged(report);
+            }
+        }
+    }
+    // Only the `cluster` Image is guarded, and never mutated.
+    let writes = matches!(operation, "CREATE" | "UPDATE");
     if !writes || (is_image && (endpoint == Endpoint::Mutate || request.name != "cluster")) {
-        return "None";
+        return Answer::allowed();
     }
     let Some(object) = request.object.as_ref() else {
-        deny(
-            response,
-            400,
-            "BadRequest",
-            format!("{} {} request has no object", request.operation, kind.kind),
-        );
-        return "BadRequest";
+        let message = format!("{} {} request has no object", request.operation, kind.kind);
+        return Answer::bad_request(message, "BadRequest");
     };
+    let old = request
+        .old_object
+        .as_deref()
+        .filter(|_| operation == "UPDATE");
     if is_image {
-        let image: Image = match serde_json::from_str(object.get()) {
-            Ok(i) => i,
-            Err(e) => {
-                deny(
-                    response,
-                    400,
-                    "BadRequest",
-                    format!("Image does not decode: {}", validate::without_position(&e)),
-                );
-                return "BadRequest";
+        return image_update(object, old, snapshot, config, exempt);
+    }
+    match endpoint {
+        Endpoint::Mutate => {
+            let patch = serde_json::from_str(object.get())
+                .ok()
+                .and_then(|object| default_signed_identity(&object));
+            let mut answer = Answer::allowed();
+            if patch.is_some() {
+                answer.reason = "Patched";
             }
-        };
+            answer.patch = patch;
+            answer
+        }
+        Endpoint::Validate => {
+            let facts = snapshot.facts.as_ref().unwrap_or(&snapshot.payload_facts);
+            let old_policy: Option<ClusterImagePolicy> =
+                old.and_then(|o| serde_json::from_str(o.get()).ok());
+            // An update replaces the old version: what it takes of the budget is free.
+            let size = match old_policy.as_ref() {
+                Some(p) if snapshot.in_force.contains(&p.metadata.name) => SizeCheck {
+                    current_bytes: snapshot
+                        .size
+                        .current_bytes
+                        .saturating_sub(render::estimated_growth(p)),
+                    ..snapshot.size.clone()
+                },
+                _ => snapshot.size.clone(),
+            };
+            let ctx = Context {
+                facts,
+                size: Some(&size),
+                exempt: false,
+            };
+            let (_, mut report) = validate::validate_json(object.get(), &ctx);
+            if let Some(old) = old {
+                let (_, before) = validate::validate_json(old.get(), &ctx);
+                report = report.ratcheted(&before);
+            }
+            if exempt {
+                report = report.exempted();
+            }
+            Answer::judged(report)
+        }
+    }
+}
+
+/// The Image `cluster` guard. An update that leaves the registry lists alone is never
+/// denied (an admin adding `additionalTrustedCA` is not answerable for someone's policy);
+/// one that changes them is denied only for the conflicts it creates.
+fn image_update(
+    object: &RawValue,
+    old: Option<&RawValue>,
+    snapshot: &Snapshot,
+    config: &Config,
+    exempt: bool,
+) -> Answer {
+    let decode = |text: &str| -> Result<Image, String> {
+        serde_json::from_str(text).map_err(|e| validate::without_position(&e))
+    };
+    let image = match decode(object.get()) {
+        Ok(i) => i,
+        Err(e) => return Answer::bad_request(format!("Image does not decode: {e}"), "BadRequest"),
+    };
+    let before = old.and_then(|o| decode(o.get()).ok());
+    let lists = |i: &Image| {
+        let r = &i.spec.registry_sources;
+        (r.allowed_registries.clone(), r.blocked_registries.clone())
+    };
+    if before.as_ref().is_some_and(|b| lists(b) == lists(&image)) {
+        return Answer::allowed();
+    }
+    let guard = |image: &Image| {
         let facts = ClusterFacts::new(
-            Some(&image),
+            Some(image),
             snapshot.inputs.cluster_version.as_ref(),
             &snapshot.options.extra_payload_repos,
         );
-        let report = validate::validate_image_update(facts, &snapshot.inputs.policies);
-        return match config.image_guard {
-            ImageGuard::Deny => answer(response, &report, 403, "Forbidden"),
-            ImageGuard::Warn => {
-                response.warnings = report.errors.iter().map(ToString::to_string).collect();
-                if response.warnings.is_empty() {
-                    "None"
-                } else {
-                    "Warned"
-                }
-            }
-        };
+        validate::validate_image_update(facts, &snapshot.inputs.policies)
+    };
+    let mut report = guard(&image);
+    if let Some(before) = &before {
+        report = report.ratcheted(&guard(before));
     }
-    match endpoint {
-        Endpoint::Mutate => match serde_json::from_str(object.get())
-            .ok()
-            .and_then(|object| default_signed_identity(&object))
-        {
-            Some(patch) => {
-                response.patch_type = Some("JSONPatch");
-                response.patch =
-                    Some(base64::engine::general_purpose::STANDARD.encode(patch.to_string()));
-                "Patched"
-            }
-            None => "None",
-        },
-        Endpoint::Validate => {
-            let ctx = Context {
-                facts: snapshot.facts.as_ref().unwrap_or(&snapshot.payload_facts),
-                size: Some(&snapshot.size),
-                exempt: config.exempt_users.contains(&request.user_info.username),
-            };
-            let (_, report) = validate::validate_json(object.get(), &ctx);
-            answer(response, &report, 403, "Forbidden")
-        }
+    if exempt || config.image_guard == ImageGuard::Warn {
+        report = report.exempted();
     }
-}
-
-fn deny(response: &mut Response, code: u16, reason: &str, message: String) {
-    response.allowed = false;
-    response.status = Some(Status {
-        code,
-        reason: reason.to_string(),
-        message,
-    });
-}
-
-fn answer(response: &mut Response, report: &Report, code: u16, reason: &str) -> &'static str {
-    response.warnings = report.warning_messages();
-    match report.denial_message() {
-        Some(message) => {
-            deny(response, code, reason, message);
-            report.reason().map_or("Invalid", validate::Reason::as_str)
-        }
-        None if response.warnings.is_empty() => "None",
-        None => "Warned",
-    }
+    Answer::judged(report)
 }
 
 /// The JSON Patch that sets `spec.policy.signedIdentity.matchPolicy` to its documented

@@ -13,6 +13,7 @@ pub const DEFAULT_EXTRA_PAYLOAD_REPOS: [&str; 2] = [
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterFacts {
     /// The repository of `status.desired.image`, if ClusterVersion is known.
     pub release_repo: Option<String>,

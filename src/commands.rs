@@ -9,15 +9,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
-use cip_webhook::cluster::ClusterFacts;
+use cip_webhook::admission::{self, Endpoint};
 use cip_webhook::desired::{Published, Settle};
 use cip_webhook::documents::{self, Document, Loaded};
 use cip_webhook::explain;
 use cip_webhook::files;
-use cip_webhook::model::Image;
+use cip_webhook::ignition::POLICY_JSON_PATH;
 use cip_webhook::policy::Policy;
 use cip_webhook::render::{self, Condition, Plan, RenderOptions};
-use cip_webhook::validate::{self, Context, Report};
 
 /// Lets `check` and `explain` take `--output json` (kubectl's spelling), while
 /// `render --output` stays the output directory.
@@ -38,7 +37,7 @@ fn read_file_documents(path: &Path) -> Result<Vec<Document>> {
     Ok(files::read_file_documents(path)?)
 }
 
-fn load_dir(dir: &Path, skip: Option<&Path>) -> Result<Loaded> {
+fn load_dir(dir: &Path, skip: &[PathBuf]) -> Result<Loaded> {
     Ok(files::load_dir(dir, skip)?)
 }
 
@@ -48,7 +47,7 @@ pub fn render(
     options: &RenderOptions,
     json: bool,
 ) -> Result<ExitCode> {
-    let loaded = load_dir(input, Some(output))?;
+    let loaded = load_dir(input, &[output.to_path_buf()])?;
     let mut plan = render::plan(&loaded.inputs, options)?;
     if let Some(p) = plan.pools.iter().find(|p| p.error.is_some()) {
         bail!(
@@ -211,7 +210,14 @@ fn render_text(
         .ignored
         .iter()
         .map(|i| format!("ignored {i}: not an input of render"));
-    let notes: Vec<String> = plan.notes.iter().cloned().chain(ignored).collect();
+    let skipped = loaded.skipped.iter().map(|s| format!("skipped {s}"));
+    let notes: Vec<String> = plan
+        .notes
+        .iter()
+        .cloned()
+        .chain(ignored)
+        .chain(skipped)
+        .collect();
     if !notes.is_empty() {
         let _ = writeln!(s, "\nnotes");
         for n in &notes {
@@ -234,108 +240,233 @@ fn render_json(plan: &Plan, loaded: &Loaded, output: &Path, files: &[String]) ->
         "payloadRepositories": plan.facts.payload_repos,
         "notes": plan.notes,
         "ignored": loaded.ignored,
+        "skipped": loaded.skipped,
         "output": output.display().to_string(),
         "files": files,
     })
 }
 
+/// What `check` is asked.
+pub struct CheckOptions<'a> {
+    /// The cluster the objects are checked against.
+    pub state: Option<&'a Path>,
+    /// Earlier versions of the objects under check: they are judged as updates of these.
+    pub old: &'a [PathBuf],
+    /// As the cluster-version operator: every denial is a warning.
+    pub exempt: bool,
+    /// Warnings fail the check too.
+    pub strict: bool,
+    /// A file with nothing to check is not an error.
+    pub allow_empty: bool,
+}
+
+/// One object checked, and the webhook's answer to it.
+struct Checked {
+    source: String,
+    kind: String,
+    name: String,
+    operation: &'static str,
+    answer: admission::Answer,
+    /// The mutating webhook's patch, applied before validating.
+    patch: Option<serde_json::Value>,
+}
+
+/// Asks the webhook's own decision (`admission::decide`) about each object, as an API
+/// server would: the mutating webhook first, then the validating one; an update when an
+/// earlier version is known (`--old`, or the object of that name in `--state`).
 pub fn check(
-    state: Option<&Path>,
+    opts: &CheckOptions,
     files: &[PathBuf],
-    exempt: bool,
     options: &RenderOptions,
     json: bool,
 ) -> Result<ExitCode> {
-    let state = match state {
-        Some(dir) => load_dir(dir, None)?,
+    // The files under check are candidates, not part of the cluster, even when they lie
+    // inside the state directory.
+    let state = match opts.state {
+        Some(dir) => load_dir(dir, files)?,
         None => Loaded::default(),
     };
     let mut docs = Vec::new();
+    let mut empty = Vec::new();
     for f in files {
-        docs.extend(read_file_documents(f)?);
+        let found = read_file_documents(f)?;
+        if found.is_empty() {
+            empty.push(f.display().to_string());
+        }
+        docs.extend(found);
     }
-    // The policies under review replace any state policy of the same name.
-    let mut context_inputs = state.inputs.clone();
+    let mut old_docs = Vec::new();
+    for f in opts.old {
+        old_docs.extend(read_file_documents(f)?);
+    }
+    let old_of = |kind: &str, name: &str| -> Option<serde_json::Value> {
+        let given = old_docs.iter().find(|d| {
+            documents::kind_of(&d.value).1 == kind && documents::name_of(&d.value) == name
+        });
+        if let Some(d) = given {
+            return Some(d.value.clone());
+        }
+        match kind {
+            "ClusterImagePolicy" => state
+                .inputs
+                .policies
+                .iter()
+                .find(|p| p.metadata.name == name)
+                .and_then(|p| serde_json::to_value(p).ok()),
+            // The Image `cluster` always exists; without one in the state, an empty one.
+            "Image" => Some(
+                state
+                    .inputs
+                    .image
+                    .as_ref()
+                    .and_then(|i| serde_json::to_value(i).ok())
+                    .unwrap_or_else(|| json!({"metadata": {"name": "cluster"}, "spec": {}})),
+            ),
+            _ => None,
+        }
+    };
+
+    // The cluster as the webhook would see it: the policies under check are the ones
+    // being written, so they are left out of it.
+    let mut context = state.inputs.clone();
     let checked: Vec<&str> = docs
         .iter()
         .filter(|d| documents::is_cluster_image_policy(&d.value))
         .map(|d| documents::name_of(&d.value))
         .collect();
-    context_inputs
+    context
         .policies
         .retain(|p| !checked.contains(&p.metadata.name.as_str()));
-    let plan = render::plan(&context_inputs, options)?;
-    let size = plan.size_check(options.size_budget);
-    let ctx = Context {
-        facts: &plan.facts,
-        size: Some(&size),
-        exempt,
+    let plan = render::plan(&context, options).ok();
+    let snapshot =
+        admission::Snapshot::from_plan(std::sync::Arc::new(context), plan.as_ref(), options);
+    let config = admission::Config::default();
+    let user = if opts.exempt {
+        admission::DEFAULT_EXEMPT_USER
+    } else {
+        "cip-webhook-check"
     };
 
     let mut results = Vec::new();
+    let mut skipped = Vec::new();
     for doc in &docs {
         let (api, kind) = documents::kind_of(&doc.value);
         let name = documents::name_of(&doc.value).to_string();
-        let report = if documents::is_cluster_image_policy(&doc.value) {
-            validate::validate_value(&doc.value, &ctx).1
-        } else if kind == "Image" && name == "cluster" {
-            let image: Image = serde_json::from_value(doc.value.clone())
-                .with_context(|| format!("{}: Image cluster does not decode", doc.source))?;
-            let facts = ClusterFacts::new(
-                Some(&image),
-                state.inputs.cluster_version.as_ref(),
-                &options.extra_payload_repos,
-            );
-            validate::validate_image_update(facts, &state.inputs.policies)
-        } else {
-            eprintln!(
-                "{}: skipping {api} {kind} {name:?}: not a ClusterImagePolicy or the Image cluster",
+        let is_image = kind == "Image"
+            && name == "cluster"
+            && api.split('/').next() == Some(cip_webhook::model::CONFIG_GROUP);
+        if !documents::is_cluster_image_policy(&doc.value) && !is_image {
+            skipped.push(format!(
+                "{}: {api} {kind} {name:?}: not a ClusterImagePolicy or the Image cluster",
                 doc.source
-            );
+            ));
             continue;
+        }
+        let old = old_of(kind, &name);
+        let operation = if old.is_some() { "UPDATE" } else { "CREATE" };
+        let request = |object: &serde_json::Value| -> Result<admission::Request> {
+            let (group, version) = api.split_once('/').unwrap_or(("", api));
+            Ok(admission::Request {
+                uid: "check".into(),
+                kind: admission::GroupVersionKind {
+                    group: group.into(),
+                    version: version.into(),
+                    kind: kind.into(),
+                },
+                name: name.clone(),
+                operation: operation.into(),
+                user_info: admission::UserInfo {
+                    username: user.into(),
+                },
+                object: Some(serde_json::value::to_raw_value(object)?),
+                old_object: old
+                    .as_ref()
+                    .map(serde_json::value::to_raw_value)
+                    .transpose()?,
+                dry_run: Some(true),
+            })
         };
-        results.push((doc.source.clone(), kind.to_string(), name, report));
+        let mut object = doc.value.clone();
+        let mutated = admission::decide(&request(&object)?, Endpoint::Mutate, &snapshot, &config);
+        if let Some(patch) = &mutated.patch {
+            let patch: json_patch::Patch = serde_json::from_value(patch.clone())?;
+            json_patch::patch(&mut object, &patch)?;
+        }
+        let answer = admission::decide(&request(&object)?, Endpoint::Validate, &snapshot, &config);
+        results.push(Checked {
+            source: doc.source.clone(),
+            kind: kind.to_string(),
+            name,
+            operation,
+            answer,
+            patch: mutated.patch,
+        });
     }
-    let denied = results.iter().any(|(_, _, _, r)| !r.allowed());
     let text = if json {
-        let items: Vec<_> = results
-            .iter()
-            .map(|(source, kind, name, r)| check_json(source, kind, name, r))
-            .collect();
+        let items: Vec<_> = results.iter().map(check_json).collect();
         serde_json::to_string_pretty(&items)? + "\n"
     } else {
-        let mut s = String::new();
-        for (source, kind, name, r) in &results {
-            match r.denial_message() {
-                None => {
-                    let _ = writeln!(s, "{kind} {name} ({source}): allowed");
-                }
-                Some(m) => {
-                    let _ = writeln!(s, "{kind} {name} ({source}): denied: {m}");
-                }
-            }
-            for w in r.warning_messages() {
-                let _ = writeln!(s, "  Warning: {w}");
-            }
-        }
-        s
+        results.iter().map(check_text).collect()
     };
     print(&text)?;
-    Ok(if denied {
+    let nothing = results.is_empty() || !skipped.is_empty() || !empty.is_empty();
+    if nothing && !opts.allow_empty {
+        let mut why: Vec<String> = skipped;
+        why.extend(empty.iter().map(|f| format!("{f}: no object in it")));
+        if results.is_empty() && why.is_empty() {
+            why.push("no ClusterImagePolicy or Image cluster in the files".into());
+        }
+        bail!(
+            "nothing to check in: {} (--allow-empty accepts this)",
+            why.join("; ")
+        );
+    }
+    let denied = results.iter().any(|c| !c.answer.report.allowed());
+    let warned = results.iter().any(|c| !c.answer.report.warnings.is_empty());
+    Ok(if denied || (opts.strict && warned) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-fn check_json(source: &str, kind: &str, name: &str, r: &Report) -> serde_json::Value {
+/// One problem per line where there are several; the webhook's own message (the API
+/// server's `[e1, e2]`) is in the JSON output.
+fn check_text(c: &Checked) -> String {
+    let mut s = String::new();
+    let head = format!("{} {} ({})", c.kind, c.name, c.source);
+    let errors = c.answer.report.error_messages();
+    match errors.as_slice() {
+        [] => {
+            let _ = writeln!(s, "{head}: allowed");
+        }
+        [one] => {
+            let _ = writeln!(s, "{head}: denied: {one}");
+        }
+        many => {
+            let _ = writeln!(s, "{head}: denied");
+            for e in many {
+                let _ = writeln!(s, "  {e}");
+            }
+        }
+    }
+    for w in c.answer.report.warning_messages() {
+        let _ = writeln!(s, "  Warning: {w}");
+    }
+    s
+}
+
+fn check_json(c: &Checked) -> serde_json::Value {
+    let r = &c.answer.report;
     json!({
-        "source": source,
-        "kind": kind,
-        "name": name,
+        "source": c.source,
+        "kind": c.kind,
+        "name": c.name,
+        "operation": c.operation,
         "allowed": r.allowed(),
         "message": r.denial_message(),
         "warnings": r.warning_messages(),
+        "patch": c.patch,
         "problems": r,
     })
 }
@@ -347,22 +478,39 @@ pub fn explain(
     options: &RenderOptions,
     json: bool,
 ) -> Result<ExitCode> {
-    let loaded = load_dir(input, None)?;
+    let loaded = load_dir(input, &[])?;
     let plan = render::plan(&loaded.inputs, options)?;
-    let Some(pool_plan) = plan.pools.iter().find(|p| p.pool == pool) else {
-        let names: Vec<&str> = plan.pools.iter().map(|p| p.pool.as_str()).collect();
+    if let Some(p) = plan
+        .pools
+        .iter()
+        .find(|p| p.pool == pool && p.error.is_some())
+    {
+        bail!("pool {pool}: {}", p.error.as_deref().unwrap_or_default());
+    }
+    // What the nodes of the pool get: every MachineConfig once the plan is written,
+    // merged as the MCO merges them (custom pools take the worker role's first).
+    let Some(pool_object) = render::find_pool(&loaded.inputs.pools, pool) else {
+        let mut names: Vec<String> = plan.pools.iter().map(|p| p.pool.clone()).collect();
+        names.extend(loaded.inputs.pools.iter().map(|p| p.metadata.name.clone()));
+        names.sort();
+        names.dedup();
         bail!(
             "no pool {pool:?} in {}: pools are {}",
             input.display(),
             names.join(", ")
         );
     };
-    if let Some(e) = &pool_plan.error {
-        bail!("pool {pool}: {e}");
-    }
-    let policy = Policy::parse(pool_plan.effective_policy_json()).map_err(anyhow::Error::msg)?;
+    let after = render::machine_configs_after(&loaded.inputs, &plan);
+    let (source, text) = match render::node_file(&pool_object, &after, POLICY_JSON_PATH) {
+        Some((mc, text)) => (mc, text.map_err(anyhow::Error::msg)?),
+        None => (
+            "the MCO template".to_string(),
+            cip_webhook::policy::MCO_TEMPLATE.to_string(),
+        ),
+    };
+    let policy = Policy::parse(&text).map_err(anyhow::Error::msg)?;
     let e = explain::explain(&policy, image).map_err(anyhow::Error::msg)?;
-    let from: Vec<String> = match &e.matched {
+    let mut from: Vec<String> = match &e.matched {
         Some(scope) if !scope.is_empty() => plan
             .policies
             .iter()
@@ -378,16 +526,23 @@ pub fn explain(
                         .iter()
                         .any(|p| p.metadata.name == o.name && p.scopes().contains(scope))
             })
-            .map(|o| o.name.clone())
+            .map(|o| format!("ClusterImagePolicy {}", o.name))
             .collect(),
         _ => Vec::new(),
     };
+    from.extend(explain::registry_list_origin(
+        &plan.facts,
+        e.matched.as_deref(),
+        &e.requirements,
+    ));
     let text = if json {
-        serde_json::to_string_pretty(&json!({"pool": pool, "explanation": e, "policies": from}))?
-            + "\n"
+        serde_json::to_string_pretty(
+            &json!({"pool": pool, "policyJsonFrom": source, "explanation": e, "from": from}),
+        )? + "\n"
     } else {
         let mut s = String::new();
         let _ = writeln!(s, "image:        {} (pool {pool})", e.identity);
+        let _ = writeln!(s, "policy.json:  from {source}");
         let _ = writeln!(s, "looked up:    {}", e.candidates.join(", "));
         let matched = match &e.matched {
             Some(m) if m.is_empty() => "the docker transport's default entry \"\"".to_string(),
@@ -395,8 +550,8 @@ pub fn explain(
             None => "no scope: the global default applies".to_string(),
         };
         let _ = writeln!(s, "matched:      {matched}");
-        if !from.is_empty() {
-            let _ = writeln!(s, "from:         ClusterImagePolicy {}", from.join(", "));
+        for f in &from {
+            let _ = writeln!(s, "from:         {f}");
         }
         let _ = writeln!(s, "requirements (all must pass):");
         for line in cip_webhook::gojson::marshal_indent(&e.requirements).lines() {
@@ -632,7 +787,7 @@ async fn watch_state_dir(
     loop {
         match files::dir_stamp(&dir) {
             Ok(stamp) if last.as_ref() != Some(&stamp) => {
-                match files::load_dir(&dir, None) {
+                match files::load_dir(&dir, &[]) {
                     Ok(loaded) => {
                         let snapshot = std::sync::Arc::new(
                             cip_webhook::admission::Snapshot::build(&loaded.inputs, &render),

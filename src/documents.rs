@@ -99,6 +99,8 @@ pub struct Loaded {
     pub undecodable: Vec<(String, String, String)>,
     /// Objects of other kinds, or singletons with another name, left out.
     pub ignored: Vec<String>,
+    /// Files passed over, and why (not a regular file, a symlink loop, too deep).
+    pub skipped: Vec<String>,
 }
 
 /// Sorts documents into render inputs. A ClusterImagePolicy that does not decode is

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::policy::{Policy, Requirement};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Explanation {
     /// The fully expanded reference, as containers/image looks it up.
     pub identity: String,
@@ -16,6 +17,37 @@ pub struct Explanation {
     /// the global default.
     pub matched: Option<String>,
     pub requirements: Vec<Requirement>,
+}
+
+/// Where a matched entry comes from when the Image CR's registry lists made it: a
+/// `reject` for a blocked registry, `insecureAcceptAnything` for an allowed one, or the
+/// default `reject` that `allowedRegistries` puts on everything else.
+pub fn registry_list_origin(
+    facts: &crate::cluster::ClusterFacts,
+    matched: Option<&str>,
+    requirements: &[Requirement],
+) -> Option<String> {
+    let has = |r: &Requirement| requirements.contains(r);
+    match matched {
+        Some(scope) if has(&Requirement::Reject) && facts.blocked.iter().any(|b| b == scope) => {
+            Some(format!(
+                "Image cluster spec.registrySources.blockedRegistries entry {scope:?}"
+            ))
+        }
+        Some(scope)
+            if has(&Requirement::InsecureAcceptAnything)
+                && facts.allowed.iter().any(|a| a == scope) =>
+        {
+            Some(format!(
+                "Image cluster spec.registrySources.allowedRegistries entry {scope:?}"
+            ))
+        }
+        None if has(&Requirement::Reject) && !facts.allowed.is_empty() => Some(
+            "Image cluster spec.registrySources.allowedRegistries: what none of them holds is rejected"
+                .to_string(),
+        ),
+        _ => None,
+    }
 }
 
 /// Expands a reference as `reference.ParseNormalizedNamed` + `TagNameOnly` do:

@@ -1,18 +1,36 @@
 //! Manifests on disk: the file edge shared by the CLI and `serve --state-dir`.
+//!
+//! A state directory is often a ConfigMap or Secret mount, or something an attacker on
+//! the node can write to, so reading it is bounded: regular files only (a FIFO would
+//! block the reader for ever), `..*` entries skipped (a ConfigMap mount's `..data` holds a
+//! second copy of every key), each directory visited once (symlink loops), and limits on
+//! depth, file count and file size. What is left out is named, never silently dropped.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::documents::{self, Document, LoadError, Loaded};
 
+/// Directories below the top one followed at most.
+pub const MAX_DEPTH: usize = 16;
+/// Manifest files read at most.
+pub const MAX_FILES: usize = 10_000;
+/// Bytes per file at most (a MachineConfig with a few large files fits).
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: {size} bytes, more than the {MAX_FILE_BYTES} a manifest may have")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{dir}: more than {MAX_FILES} manifest files")]
+    TooManyFiles { dir: PathBuf },
     #[error(transparent)]
     Load(#[from] LoadError),
 }
@@ -24,37 +42,113 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
     }
 }
 
-/// Every `.yaml`/`.yml`/`.json` file under `dir`, recursively, in path order;
-/// `skip` (e.g. an output directory inside the input) is left out.
-pub fn manifest_files(dir: &Path, skip: Option<&Path>) -> Result<Vec<PathBuf>, FilesError> {
-    fn walk(dir: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) -> Result<(), FilesError> {
-        for entry in fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
-            if skip.is_some_and(|s| same_path(s, &path)) {
-                continue;
-            }
-            if path.is_dir() {
-                walk(&path, skip, out)?;
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) {
-                out.push(path);
-            }
-        }
-        Ok(())
+/// The manifest files under a directory, and what was passed over and why.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Listing {
+    pub files: Vec<PathBuf>,
+    pub skipped: Vec<String>,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// Every `.yaml`/`.yml`/`.json` regular file under `dir`, recursively, in path order;
+/// `skip` (an output directory inside the input, the files under check) is left out.
+pub fn manifest_files(dir: &Path, skip: &[PathBuf]) -> Result<Listing, FilesError> {
+    let skip: Vec<PathBuf> = skip.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    let mut listing = Listing::default();
+    let mut visited = BTreeSet::new();
+    walk(dir, 0, &skip, &mut visited, &mut listing)?;
+    listing.files.sort();
+    Ok(listing)
+}
+
+fn walk(
+    dir: &Path,
+    depth: usize,
+    skip: &[PathBuf],
+    visited: &mut BTreeSet<PathBuf>,
+    out: &mut Listing,
+) -> Result<(), FilesError> {
+    let real = dir.canonicalize().map_err(io(dir))?;
+    if !visited.insert(real) {
+        out.skipped.push(format!(
+            "{}: directory already read (a symlink loop?)",
+            dir.display()
+        ));
+        return Ok(());
     }
-    let mut files = Vec::new();
-    walk(dir, skip, &mut files)?;
-    files.sort();
-    Ok(files)
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io(dir))?
+        .map(|e| e.map(|e| e.path()).map_err(io(dir)))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for path in entries {
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".."));
+        let real = path.canonicalize().ok();
+        if hidden || real.as_ref().is_some_and(|r| skip.contains(r)) {
+            continue;
+        }
+        // Follows symlinks: a ConfigMap key is a symlink to a regular file.
+        let Ok(meta) = fs::metadata(&path) else {
+            out.skipped.push(format!(
+                "{}: dangling symlink or unreadable",
+                path.display()
+            ));
+            continue;
+        };
+        if meta.is_dir() {
+            if depth >= MAX_DEPTH {
+                out.skipped.push(format!(
+                    "{}: deeper than {MAX_DEPTH} directories",
+                    path.display()
+                ));
+            } else {
+                walk(&path, depth + 1, skip, visited, out)?;
+            }
+        } else if !is_manifest(&path) {
+            continue;
+        } else if !meta.is_file() {
+            out.skipped
+                .push(format!("{}: not a regular file", path.display()));
+        } else if meta.len() > MAX_FILE_BYTES {
+            return Err(FilesError::TooLarge {
+                path,
+                size: meta.len(),
+            });
+        } else if out.files.len() >= MAX_FILES {
+            return Err(FilesError::TooManyFiles {
+                dir: dir.to_path_buf(),
+            });
+        } else {
+            out.files.push(path);
+        }
+    }
+    Ok(())
 }
 
-fn same_path(a: &Path, b: &Path) -> bool {
-    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
-}
-
+/// One file's documents; bounded like the files of a directory.
 pub fn read_file_documents(path: &Path) -> Result<Vec<Document>, FilesError> {
+    let meta = fs::metadata(path).map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(FilesError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(FilesError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+        });
+    }
     let text = fs::read_to_string(path).map_err(io(path))?;
     Ok(documents::parse_documents(
         &path.display().to_string(),
@@ -62,17 +156,21 @@ pub fn read_file_documents(path: &Path) -> Result<Vec<Document>, FilesError> {
     )?)
 }
 
-pub fn load_dir(dir: &Path, skip: Option<&Path>) -> Result<Loaded, FilesError> {
+pub fn load_dir(dir: &Path, skip: &[PathBuf]) -> Result<Loaded, FilesError> {
+    let listing = manifest_files(dir, skip)?;
     let mut docs = Vec::new();
-    for f in manifest_files(dir, skip)? {
-        docs.extend(read_file_documents(&f)?);
+    for f in &listing.files {
+        docs.extend(read_file_documents(f)?);
     }
-    Ok(documents::load(&docs)?)
+    let mut loaded = documents::load(&docs)?;
+    loaded.skipped = listing.skipped;
+    Ok(loaded)
 }
 
 /// What identifies the directory's content cheaply: each file's path, size, mtime.
 pub fn dir_stamp(dir: &Path) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>, FilesError> {
-    manifest_files(dir, None)?
+    manifest_files(dir, &[])?
+        .files
         .into_iter()
         .map(|p| {
             let meta = fs::metadata(&p).map_err(io(&p))?;

@@ -45,15 +45,27 @@ enum Command {
     /// is checked against the policies in --state, as the webhook guards Image updates.
     /// Exit 1 when anything would be denied, so it can gate a GitOps pipeline.
     Check {
-        /// Directory of manifests describing the cluster (optional).
+        /// Directory of manifests describing the cluster (optional). An object of the same
+        /// name there is the one a file's object replaces: the check is of an update.
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
-        /// Policy files to check.
+        /// Earlier versions of the objects under check (repeatable): each object is judged
+        /// as an update of the one of its kind and name, as the webhook judges updates.
+        #[arg(long = "old", value_name = "FILE")]
+        old: Vec<PathBuf>,
+        /// Policy (and Image cluster) files to check.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
-        /// Check as if requested by an exempt user (payload repositories only warn).
+        /// Check as the cluster-version operator: every denial is a warning.
         #[arg(long)]
         exempt: bool,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
+        /// A file with nothing to check (no ClusterImagePolicy or Image, an unknown kind,
+        /// an empty file) is not an error.
+        #[arg(long)]
+        allow_empty: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -121,8 +133,9 @@ struct ServeArgs {
     /// in-cluster service account (or $KUBECONFIG) is used.
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
-    /// Users whose policies on payload repositories get a warning, not a denial (repeatable;
-    /// giving any replaces the default).
+    /// Users never denied anything, only warned: the platform's own writers (repeatable;
+    /// giving any replaces the default). Keep the webhook configurations' matchConditions
+    /// in step.
     #[arg(long = "exempt-user", value_name = "USER", default_values_t = [cip_webhook::admission::DEFAULT_EXEMPT_USER.to_string()])]
     exempt_users: Vec<String>,
     /// What to do with an Image `cluster` update that conflicts with existing policies.
@@ -227,13 +240,21 @@ fn main() -> ExitCode {
         } => commands::render(&input, &output, &common.options(), common.json()),
         Command::Check {
             state,
+            old,
             files,
             exempt,
+            strict,
+            allow_empty,
             common,
         } => commands::check(
-            state.as_deref(),
+            &commands::CheckOptions {
+                state: state.as_deref(),
+                old: &old,
+                exempt,
+                strict,
+                allow_empty,
+            },
             &files,
-            exempt,
             &common.options(),
             common.json(),
         ),

@@ -82,6 +82,7 @@ pub enum RenderError {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub facts: ClusterFacts,
     pub pools: Vec<PoolPlan>,
@@ -90,6 +91,7 @@ pub struct Plan {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PoolPlan {
     pub pool: String,
     /// Scopes written to this pool's files (the same for every pool).
@@ -136,6 +138,7 @@ impl Action {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Change {
     pub name: String,
     pub action: Action,
@@ -145,6 +148,7 @@ pub struct Change {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SkippedScope {
     pub scope: String,
     pub reason: Reason,
@@ -167,6 +171,7 @@ pub enum Condition {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PolicyOutcome {
     pub name: String,
     pub generation: Option<i64>,
@@ -700,7 +705,7 @@ fn admit(
             written,
         },
     };
-    let report = validate::validate_object(cip, false);
+    let report = validate::validate_object(cip);
     if let Some(message) = report.denial_message() {
         let reason = report.reason().unwrap_or(Reason::Invalid);
         return (pending(reason, message, Vec::new(), Vec::new()), None);
@@ -1091,4 +1096,58 @@ impl PoolPlan {
             .as_deref()
             .unwrap_or(&self.original_policy_json)
     }
+}
+
+/// The MachineConfigs once a plan is written.
+pub fn machine_configs_after(inputs: &Inputs, plan: &Plan) -> Vec<MachineConfig> {
+    let mut mcs = inputs.machine_configs.clone();
+    for change in plan.pools.iter().flat_map(|p| &p.changes) {
+        if change.action == Action::Unchanged {
+            continue;
+        }
+        mcs.retain(|mc| mc.metadata.name != change.name);
+        mcs.extend(change.desired.clone());
+    }
+    mcs
+}
+
+/// The pool of that name, or the built-in defaults `master` and `worker` where the
+/// input names no pool.
+pub fn find_pool(pools: &[MachineConfigPool], name: &str) -> Option<MachineConfigPool> {
+    select_pools(pools)
+        .selected
+        .into_iter()
+        .chain(pools.iter().cloned())
+        .find(|p| p.metadata.name == name)
+}
+
+/// What a pool's nodes get at `path`: the pool's MachineConfigs merged as the MCO's
+/// render controller merges them, the last one naming the path winning. A custom pool
+/// takes the `worker` role's MachineConfigs first, then its own, each group by name
+/// (mco-behavior.md §6). Returns the MachineConfig and the contents; `None` where no
+/// MachineConfig writes the path. The MCO's own rendered merges are left out.
+pub fn node_file(
+    pool: &MachineConfigPool,
+    mcs: &[MachineConfig],
+    path: &str,
+) -> Option<(String, Result<String, String>)> {
+    let selector = pool
+        .spec
+        .machine_config_selector
+        .clone()
+        .unwrap_or_default();
+    let custom = !BUILT_IN_POOLS.contains(&pool.metadata.name.as_str())
+        && !pool.metadata.labels.contains_key(BUILT_IN_LABEL);
+    let mut members: Vec<&MachineConfig> = mcs
+        .iter()
+        .filter(|mc| selector.matches(&mc.metadata.labels) && !mco::rendered_by_mco(mc))
+        .collect();
+    members.sort_by_key(|mc| {
+        let worker = mc.metadata.labels.get(ROLE_LABEL).map(String::as_str) == Some("worker");
+        (custom && !worker, mc.metadata.name.clone())
+    });
+    members
+        .iter()
+        .rev()
+        .find_map(|mc| ignition::read_file(mc, path).map(|text| (mc.metadata.name.clone(), text)))
 }

@@ -36,6 +36,7 @@ pub enum Reason {
     PayloadRepository,
     ConflictScopes,
     TooLarge,
+    ReservedName,
 }
 
 impl Reason {
@@ -46,21 +47,122 @@ impl Reason {
             Reason::PayloadRepository => "PayloadRepository",
             Reason::ConflictScopes => "ConflictScopes",
             Reason::TooLarge => "TooLarge",
+            Reason::ReservedName => "ReservedName",
         }
     }
 }
 
+/// Which check found a problem: the CRD's structural schema, one of its CEL rules (by the
+/// ids of api-facts.md §3.1), or a check beyond the CRD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// A field of the wrong JSON type.
+    Type,
+    Required,
+    /// A value outside an enum.
+    Unsupported,
+    /// An apiVersion or kind this is not about (the API server would route it elsewhere,
+    /// so its schema never sees it).
+    Kind,
+    TooLong,
+    TooShort,
+    TooMany,
+    Duplicate,
+    /// `format: byte` that is not base64.
+    Format,
+    /// An `x-kubernetes-validations` rule (S1, U1, K1, …).
+    Cel(&'static str),
+    /// The API server's note that schema errors kept the CEL rules from running.
+    CelNotChecked,
+    UnknownField,
+    NoScopes,
+    KeyParse,
+    PayloadRepository,
+    ConflictScopes,
+    TooLarge,
+    ReservedName,
+    ImageConfig,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Type => "Type",
+            Rule::Required => "Required",
+            Rule::Unsupported => "Unsupported",
+            Rule::Kind => "Kind",
+            Rule::TooLong => "TooLong",
+            Rule::TooShort => "TooShort",
+            Rule::TooMany => "TooMany",
+            Rule::Duplicate => "Duplicate",
+            Rule::Format => "Format",
+            Rule::Cel(id) => id,
+            Rule::CelNotChecked => "CelNotChecked",
+            Rule::UnknownField => "UnknownField",
+            Rule::NoScopes => "NoScopes",
+            Rule::KeyParse => "KeyParse",
+            Rule::PayloadRepository => "PayloadRepository",
+            Rule::ConflictScopes => "ConflictScopes",
+            Rule::TooLarge => "TooLarge",
+            Rule::ReservedName => "ReservedName",
+            Rule::ImageConfig => "ImageConfig",
+        }
+    }
+
+    /// Schema errors after which the API server does not run the CEL rules
+    /// (apiextensions-apiserver's `hasBlockingErr`).
+    pub fn blocks_cel(self) -> bool {
+        matches!(
+            self,
+            Rule::Type | Rule::Required | Rule::Unsupported | Rule::TooLong | Rule::TooMany
+        )
+    }
+}
+
+impl Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// The most problems a denial message, a warning list or a log line carries; the rest
+/// are counted (`… and N more`). A 100,000-scope review must not make a 200 MB answer.
+pub const MAX_REPORTED: usize = 20;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Problem {
     /// Field path as the API server writes it, e.g. `spec.scopes[0]`.
     pub path: String,
     pub message: String,
-    /// The CRD rule (`S1`, `K2`, …) or check (`Required`, `PayloadRepository`, …).
-    pub rule: &'static str,
+    pub rule: Rule,
     pub reason: Reason,
+    /// The value the problem is about where a path would not identify it across an
+    /// update (a scope moves when another is added before it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// The message names its subject itself (MCO's wording), so the path is not prefixed.
     #[serde(skip)]
     pub standalone: bool,
+}
+
+impl Problem {
+    /// The same problem in an older version of the object: same rule and message, and
+    /// the same subject where there is one, else the same path.
+    fn same_as(&self, other: &Problem) -> bool {
+        self.rule == other.rule
+            && self.message == other.message
+            && match (&self.subject, &other.subject) {
+                (Some(a), Some(b)) => a == b,
+                _ => self.path == other.path,
+            }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -72,6 +174,9 @@ impl fmt::Display for Problem {
         }
     }
 }
+
+/// Problems worth a word but not a denial, as they were made of them.
+pub const ALREADY_SO: &str = " (already so before this update, so not denied)";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -85,33 +190,68 @@ impl Report {
     }
 
     /// The admission denial text: one problem as is, several as the API server
-    /// aggregates them (`[e1, e2]`).
+    /// aggregates them (`[e1, e2]`), at most [`MAX_REPORTED`].
     pub fn denial_message(&self) -> Option<String> {
         match self.errors.as_slice() {
             [] => None,
             [one] => Some(one.to_string()),
-            many => Some(format!(
-                "[{}]",
-                many.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            many => Some(format!("[{}]", capped(many).join(", "))),
         }
     }
 
+    /// At most [`MAX_REPORTED`], the last one counting the rest.
     pub fn warning_messages(&self) -> Vec<String> {
-        self.warnings.iter().map(ToString::to_string).collect()
+        capped(&self.warnings)
+    }
+
+    /// The error messages one by one, at most [`MAX_REPORTED`].
+    pub fn error_messages(&self) -> Vec<String> {
+        capped(&self.errors)
     }
 
     /// The reason of the first error, for a `Pending` condition.
     pub fn reason(&self) -> Option<Reason> {
         self.errors.first().map(|p| p.reason)
     }
+
+    /// Judges an UPDATE: a problem the old object had already is a warning, as the API
+    /// server ratchets fields an update leaves unchanged; only new ones deny.
+    pub fn ratcheted(mut self, old: &Report) -> Report {
+        let (kept, old_ones): (Vec<Problem>, Vec<Problem>) = std::mem::take(&mut self.errors)
+            .into_iter()
+            .partition(|p| !old.errors.iter().any(|o| p.same_as(o)));
+        self.errors = kept;
+        for mut p in old_ones {
+            p.message.push_str(ALREADY_SO);
+            self.warnings.push(p);
+        }
+        self
+    }
+
+    /// For users who may do anything (the cluster-version operator shipping the
+    /// platform's own policy): every denial becomes a warning.
+    pub fn exempted(mut self) -> Report {
+        let errors = std::mem::take(&mut self.errors);
+        self.warnings.splice(0..0, errors);
+        self
+    }
+}
+
+fn capped(problems: &[Problem]) -> Vec<String> {
+    let mut out: Vec<String> = problems
+        .iter()
+        .take(MAX_REPORTED)
+        .map(ToString::to_string)
+        .collect();
+    if problems.len() > MAX_REPORTED {
+        out.push(format!("… and {} more", problems.len() - MAX_REPORTED));
+    }
+    out
 }
 
 /// How much room the generated MachineConfigs have left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SizeCheck {
     /// The largest generated MachineConfig without the policy under review.
     pub machine_config: String,
@@ -156,8 +296,9 @@ fn decoded(
             report.errors.push(Problem {
                 path: if path == "." { String::new() } else { path },
                 message: format!("Invalid value: {}", without_position(e.inner())),
-                rule: "Type",
+                rule: Rule::Type,
                 reason: Reason::Invalid,
+                subject: None,
                 standalone: false,
             });
             (None, report)
@@ -177,8 +318,9 @@ pub fn without_position(e: &serde_json::Error) -> String {
 }
 
 /// Every rule: the object's own (see [`validate_object`]) plus the cluster context.
+/// For an exempt requester every denial is a warning.
 pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
-    let mut w = walk(cip, ctx.exempt);
+    let mut w = walk(cip);
     let rules_pass = std::mem::take(&mut w.scope_rules_pass);
     for (i, (s, pass)) in cip.scopes().iter().zip(rules_pass).enumerate() {
         if !pass {
@@ -193,23 +335,21 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
             let message = format!(
                 "clusterimagePolicy configured for the scope {s} {how} the OpenShift release payload repository {repo}, whose signatures the platform verifies"
             );
-            w.push(
-                !ctx.exempt,
+            w.ours(
                 &path,
-                "PayloadRepository",
+                Rule::PayloadRepository,
                 Reason::PayloadRepository,
                 message,
-                true,
+                Some(s),
             );
         }
         if let Some(message) = ctx.facts.registry_conflict(s) {
-            w.push(
-                true,
+            w.ours(
                 &path,
-                "ConflictScopes",
+                Rule::ConflictScopes,
                 Reason::ConflictScopes,
                 message,
-                true,
+                Some(s),
             );
         }
     }
@@ -223,77 +363,61 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
                 total as f64 / (1024.0 * 1024.0),
                 size.budget_bytes
             );
-            w.push(true, "spec", "TooLarge", Reason::TooLarge, message, false);
+            w.push(
+                Severity::Error,
+                "spec",
+                Rule::TooLarge,
+                Reason::TooLarge,
+                message,
+                false,
+                None,
+            );
         }
     }
-    w.report
+    if ctx.exempt {
+        w.report.exempted()
+    } else {
+        w.report
+    }
 }
 
 /// The rules that need nothing but the object: the CRD schema and CEL rules of its
 /// version, unknown `policyType`, and whether the key material parses.
-pub fn validate_object(cip: &ClusterImagePolicy, exempt: bool) -> Report {
-    walk(cip, exempt).report
+pub fn validate_object(cip: &ClusterImagePolicy) -> Report {
+    walk(cip).report
 }
 
-fn walk(cip: &ClusterImagePolicy, exempt: bool) -> Walker {
+/// The API server's answer to a name reserved for the platform (api-facts.md §2: names
+/// beginning with `openshift` are for system use; the cluster-version operator ships
+/// `openshift`). Whoever may write them is exempt and never asks.
+pub fn reserved_name(name: &str) -> Option<Problem> {
+    name.starts_with("openshift").then(|| Problem {
+        path: "metadata.name".into(),
+        message: format!(
+            "Forbidden: {name:?} is reserved for the platform: names beginning with \"openshift\" belong to policies the cluster-version operator ships"
+        ),
+        rule: Rule::ReservedName,
+        reason: Reason::ReservedName,
+        subject: None,
+        standalone: false,
+    })
+}
+
+const CEL_NOT_CHECKED: &str = "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
+
+fn walk(cip: &ClusterImagePolicy) -> Walker {
     let mut w = Walker {
         version: cip.version().unwrap_or(CipVersion::V1),
         report: Report::default(),
         scope_rules_pass: Vec::new(),
     };
-    if cip.version().is_none() {
-        w.error(
-            "apiVersion",
-            "Unsupported",
-            format!(
-                "Unsupported value: {:?}: supported values: \"config.openshift.io/v1\", \"config.openshift.io/v1alpha1\"",
-                cip.api_version
-            ),
-        );
-    }
-    if cip.kind != "ClusterImagePolicy" {
-        w.error(
-            "kind",
-            "Unsupported",
-            format!(
-                "Unsupported value: {:?}: supported values: \"ClusterImagePolicy\"",
-                cip.kind
-            ),
-        );
-    }
-    if cip.metadata.name.is_empty() {
-        w.error("metadata.name", "Required", "Required value".into());
-    } else if cip.metadata.name.starts_with("openshift") && !exempt {
-        w.warn(
-            "metadata.name",
-            "ReservedName",
-            "names beginning with \"openshift\" are reserved for policies shipped with the platform".into(),
-        );
-    }
-    let Some(spec) = &cip.spec else {
-        w.error("spec", "Required", "Required value".into());
-        return w;
-    };
-    w.unknown("spec", &spec.unknown);
-    match &spec.scopes {
-        None => w.error("spec.scopes", "Required", "Required value".into()),
-        Some(scopes) => w.scopes(scopes),
-    }
-    let Some(policy) = &spec.policy else {
-        w.error("spec.policy", "Required", "Required value".into());
-        return w;
-    };
-    w.unknown("spec.policy", &policy.unknown);
-    match &policy.root_of_trust {
-        None => w.error(
-            "spec.policy.rootOfTrust",
-            "Required",
-            "Required value".into(),
-        ),
-        Some(rot) => w.root_of_trust(rot),
-    }
-    if let Some(si) = &policy.signed_identity {
-        w.signed_identity(si);
+    w.object(cip);
+    // As the API server: after a type, required, enum or size error the CEL rules do not
+    // run, and it says so.
+    if w.report.errors.iter().any(|p| p.rule.blocks_cel()) {
+        w.report.errors.retain(|p| !matches!(p.rule, Rule::Cel(_)));
+        w.error("<nil>", Rule::CelNotChecked, CEL_NOT_CHECKED.into());
+        w.scope_rules_pass.iter_mut().for_each(|p| *p = false);
     }
     w
 }
@@ -314,40 +438,125 @@ enum Material {
 }
 
 impl Walker {
+    fn object(&mut self, cip: &ClusterImagePolicy) {
+        if cip.version().is_none() {
+            self.error(
+                "apiVersion",
+                Rule::Kind,
+                format!(
+                    "Unsupported value: {:?}: supported values: \"config.openshift.io/v1\", \"config.openshift.io/v1alpha1\"",
+                    cip.api_version
+                ),
+            );
+        }
+        if cip.kind != "ClusterImagePolicy" {
+            self.error(
+                "kind",
+                Rule::Kind,
+                format!(
+                    "Unsupported value: {:?}: supported values: \"ClusterImagePolicy\"",
+                    cip.kind
+                ),
+            );
+        }
+        if cip.metadata.name.is_empty() {
+            self.error("metadata.name", Rule::Required, "Required value".into());
+        }
+        let Some(spec) = &cip.spec else {
+            self.error("spec", Rule::Required, "Required value".into());
+            return;
+        };
+        self.unknown("spec", &spec.unknown);
+        match &spec.scopes {
+            None => self.error("spec.scopes", Rule::Required, "Required value".into()),
+            Some(scopes) => self.scopes(scopes),
+        }
+        let Some(policy) = &spec.policy else {
+            self.error("spec.policy", Rule::Required, "Required value".into());
+            return;
+        };
+        self.unknown("spec.policy", &policy.unknown);
+        match &policy.root_of_trust {
+            None => self.error(
+                "spec.policy.rootOfTrust",
+                Rule::Required,
+                "Required value".into(),
+            ),
+            Some(rot) => self.root_of_trust(rot),
+        }
+        if let Some(si) = &policy.signed_identity {
+            self.signed_identity(si);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
-        error: bool,
+        severity: Severity,
         path: &str,
-        rule: &'static str,
+        rule: Rule,
         reason: Reason,
         message: String,
         standalone: bool,
+        subject: Option<&str>,
     ) {
         let problem = Problem {
             path: path.to_string(),
             message,
             rule,
             reason,
+            subject: subject.map(str::to_string),
             standalone,
         };
-        if error {
-            self.report.errors.push(problem);
-        } else {
-            self.report.warnings.push(problem);
+        match severity {
+            Severity::Error => self.report.errors.push(problem),
+            Severity::Warning => self.report.warnings.push(problem),
         }
     }
 
-    fn error(&mut self, path: &str, rule: &'static str, message: String) {
-        self.push(true, path, rule, Reason::Invalid, message, false);
+    fn error(&mut self, path: &str, rule: Rule, message: String) {
+        self.push(
+            Severity::Error,
+            path,
+            rule,
+            Reason::Invalid,
+            message,
+            false,
+            None,
+        );
     }
 
-    fn warn(&mut self, path: &str, rule: &'static str, message: String) {
-        self.push(false, path, rule, Reason::Invalid, message, false);
+    fn warn(&mut self, path: &str, rule: Rule, message: String) {
+        self.push(
+            Severity::Warning,
+            path,
+            rule,
+            Reason::Invalid,
+            message,
+            false,
+            None,
+        );
+    }
+
+    /// A check beyond the CRD whose message (MCO's wording) names its subject.
+    fn ours(
+        &mut self,
+        path: &str,
+        rule: Rule,
+        reason: Reason,
+        message: String,
+        subject: Option<&str>,
+    ) {
+        self.push(Severity::Error, path, rule, reason, message, true, subject);
     }
 
     /// A failed CEL rule, worded as the API server words it.
     fn cel(&mut self, path: &str, rule: &'static str, kind: &str, message: &str) {
-        self.error(path, rule, format!("Invalid value: \"{kind}\": {message}"));
+        self.error(
+            path,
+            Rule::Cel(rule),
+            format!("Invalid value: \"{kind}\": {message}"),
+        );
     }
 
     fn v1(&self) -> bool {
@@ -358,7 +567,7 @@ impl Walker {
         for key in fields.keys() {
             self.warn(
                 &format!("{path}.{key}"),
-                "UnknownField",
+                Rule::UnknownField,
                 "unknown field, the API server drops it".into(),
             );
         }
@@ -366,7 +575,7 @@ impl Walker {
 
     fn required<'v, T>(&mut self, path: &str, value: &'v Option<T>) -> Option<&'v T> {
         if value.is_none() {
-            self.error(path, "Required", "Required value".into());
+            self.error(path, Rule::Required, "Required value".into());
         }
         value.as_ref()
     }
@@ -375,7 +584,7 @@ impl Walker {
         if value.len() > max {
             self.error(
                 path,
-                "TooLong",
+                Rule::TooLong,
                 format!("Too long: may not be more than {max} bytes"),
             );
             return false;
@@ -383,11 +592,13 @@ impl Walker {
         true
     }
 
+    /// Items past the CRD's 256 are not checked one by one: the list is refused for its
+    /// length anyway, and a review of 100,000 scopes must cost no more than one of 256.
     fn scopes(&mut self, scopes: &[String]) {
         if scopes.len() > MAX_SCOPES {
             self.error(
                 "spec.scopes",
-                "TooMany",
+                Rule::TooMany,
                 format!(
                     "Too many: {}: must have at most {MAX_SCOPES} items",
                     scopes.len()
@@ -397,14 +608,15 @@ impl Walker {
         if scopes.is_empty() {
             self.warn(
                 "spec.scopes",
-                "NoScopes",
+                Rule::NoScopes,
                 "no scopes: the policy applies to no image".into(),
             );
         }
-        for (i, s) in scopes.iter().enumerate() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in scopes.iter().enumerate().take(MAX_SCOPES) {
             let path = format!("spec.scopes[{i}]");
-            if scopes[..i].contains(s) {
-                self.error(&path, "Duplicate", format!("Duplicate value: {s:?}"));
+            if !seen.insert(s.as_str()) {
+                self.error(&path, Rule::Duplicate, format!("Duplicate value: {s:?}"));
             }
             let failures = scope::scope_rule_failures(s);
             self.scope_rules_pass.push(failures.is_empty());
@@ -412,7 +624,16 @@ impl Walker {
                 continue;
             }
             for rule in failures {
-                self.cel(&path, rule.id(), "string", rule.message());
+                let message = format!("Invalid value: \"string\": {}", rule.message());
+                self.push(
+                    Severity::Error,
+                    &path,
+                    Rule::Cel(rule.id()),
+                    Reason::Invalid,
+                    message,
+                    false,
+                    Some(s),
+                );
             }
         }
     }
@@ -422,10 +643,10 @@ impl Walker {
         self.unknown(P, &rot.unknown);
         let policy_type = rot.policy_type.as_deref();
         match policy_type {
-            None => self.error(&format!("{P}.policyType"), "Required", "Required value".into()),
+            None => self.error(&format!("{P}.policyType"), Rule::Required, "Required value".into()),
             Some(t) if !POLICY_TYPES.contains(&t) => self.error(
                 &format!("{P}.policyType"),
-                "Unsupported",
+                Rule::Unsupported,
                 format!("Unsupported value: {t:?}: supported values: \"PublicKey\", \"FulcioCAWithRekor\", \"PKI\""),
             ),
             Some(_) => {}
@@ -605,7 +826,7 @@ impl Walker {
         let Ok(bytes) = decode_b64(b64) else {
             self.error(
                 path,
-                "Format",
+                Rule::Format,
                 format!(
                     "Invalid value: {}: {path} in body must be of type byte: {}",
                     shown(b64),
@@ -626,7 +847,7 @@ impl Walker {
             if let Some(min) = min_v1.filter(|&m| b64.len() < m) {
                 self.error(
                     path,
-                    "TooShort",
+                    Rule::TooShort,
                     format!(
                         "Invalid value: {}: {path} in body should be at least {min} chars long",
                         shown(b64)
@@ -634,12 +855,12 @@ impl Walker {
                 );
                 markers_ok = false;
             }
+        }
+        // v1 checks the PEM markers of every field; the last v1alpha1 CRDs only those of
+        // the PKI bundles (the rules with a marker-count check).
+        if self.v1() || !ids[2].is_empty() {
             let Ok(text) = std::str::from_utf8(&bytes) else {
-                self.error(
-                    path,
-                    ids[0],
-                    "Invalid value: \"string\": decoded data is not valid UTF-8".into(),
-                );
+                self.cel(path, ids[0], "string", "decoded data is not valid UTF-8");
                 return;
             };
             let (starts, ends, balanced) = rules::pem_markers(text, label);
@@ -684,13 +905,19 @@ impl Walker {
                 Material::Certificates => "PEM certificates",
             };
             let message = format!("does not decode to {what}: {cause}");
+            let severity = if self.v1() {
+                Severity::Error
+            } else {
+                Severity::Warning
+            };
             self.push(
-                self.v1(),
+                severity,
                 path,
-                "KeyParse",
+                Rule::KeyParse,
                 Reason::InvalidKey,
                 message,
                 false,
+                None,
             );
         }
     }
@@ -700,12 +927,12 @@ impl Walker {
         self.unknown(P, &si.unknown);
         let policy = si.match_policy.as_deref();
         match policy {
-            None if self.v1() => self.error(&format!("{P}.matchPolicy"), "Required", "Required value".into()),
+            None if self.v1() => self.error(&format!("{P}.matchPolicy"), Rule::Required, "Required value".into()),
             None | Some("") if !self.v1() => {}
             Some(p) if MATCH_POLICIES.contains(&p) => {}
             Some(p) => self.error(
                 &format!("{P}.matchPolicy"),
-                "Unsupported",
+                Rule::Unsupported,
                 format!(
                     "Unsupported value: {p:?}: supported values: \"MatchRepoDigestOrExact\", \"MatchRepository\", \"ExactRepository\", \"RemapIdentity\""
                 ),
@@ -797,7 +1024,8 @@ pub fn validate_image_update(
             report.errors.push(Problem {
                 path: "spec.registrySources".into(),
                 message: e.to_string(),
-                rule: "ImageConfig",
+                rule: Rule::ImageConfig,
+                subject: None,
                 reason: Reason::Invalid,
                 standalone: false,
             });
@@ -812,7 +1040,8 @@ pub fn validate_image_update(
                 report.errors.push(Problem {
                     path: "spec.registrySources".into(),
                     message: format!("{message} (ClusterImagePolicy {})", cip.metadata.name),
-                    rule: "ConflictScopes",
+                    rule: Rule::ConflictScopes,
+                    subject: Some(s.clone()),
                     reason: Reason::ConflictScopes,
                     standalone: true,
                 });

@@ -17,8 +17,10 @@ use cip_webhook::cluster::ClusterFacts;
 use cip_webhook::validate::{self, Context};
 
 const V1_CRD: &str = "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_clusterimagepolicies.crd.yaml";
+/// The last v1alpha1 CRD openshift/api shipped (with PKI and its PEM marker rules, which
+/// release-4.19's TechPreview copy lacks): the v1alpha1 rules the webhook enforces.
 const V1ALPHA1_CRD: &str =
-    "../shared/reference/crds/release-4.19/config-v1alpha1/0000_10_config-operator_01_clusterimagepolicies-TechPreviewNoUpgrade.crd.yaml";
+    "../shared/reference/crds/final-v1alpha1/config-v1alpha1/0000_10_config-operator_01_clusterimagepolicies.crd.yaml";
 
 /// The CRD's rule messages: core problems with one of these texts are CEL rules.
 fn schema(path: &str) -> CompiledSchema {
@@ -189,14 +191,24 @@ fn key_markers_agree_with_cel() {
             "spec.policy.rootOfTrust.publicKey.rekorKeyData",
         )
     });
-    run("caRootsData", pem_strategy("CERTIFICATE"), |pem| {
-        let mut o = base("v1");
-        o["spec"]["policy"]["rootOfTrust"] = json!({
-            "policyType": "PKI",
-            "pki": {"caRootsData": b64(&format!("{pem}{}", " ".repeat(0))), "pkiCertificateSubject": {"email": "a@b"}}
-        });
-        both(&schema, &o, "spec.policy.rootOfTrust.pki.caRootsData")
-    });
+    // PKI bundles carry marker rules in both versions (v1alpha1: the final CRD's).
+    for (crd, version) in [(V1_CRD, "v1"), (V1ALPHA1_CRD, "v1alpha1")] {
+        let compiled = self::schema(crd);
+        for field in ["caRootsData", "caIntermediatesData"] {
+            run(field, pem_strategy("CERTIFICATE"), |pem| {
+                let mut o = base(version);
+                let mut pki = json!({"caRootsData": b64(include_str!("fixtures/keys/ca.crt")),
+                    "pkiCertificateSubject": {"email": "a@b"}});
+                pki[field] = json!(b64(pem));
+                o["spec"]["policy"]["rootOfTrust"] = json!({"policyType": "PKI", "pki": pki});
+                both(
+                    &compiled,
+                    &o,
+                    &format!("spec.policy.rootOfTrust.pki.{field}"),
+                )
+            });
+        }
+    }
 }
 
 #[test]
@@ -245,18 +257,36 @@ fn emails_hostnames_issuers_agree_with_cel() {
         3 => "(\\*\\.)?[a-z0-9]{1,4}(\\.[a-z0-9-]{0,4}[a-z0-9]){0,2}",
         2 => "(\\*\\.)?[a-zA-Z0-9.*-]{0,10}",
     ];
-    run("hostname", hostname, |host| {
-        let mut o = base("v1");
-        o["spec"]["policy"]["rootOfTrust"] = json!({
-            "policyType": "PKI",
-            "pki": {"caRootsData": b64(include_str!("fixtures/keys/ca.crt")), "pkiCertificateSubject": {"hostname": host}}
+    // PKI subjects in both versions: v1alpha1 words its messages differently.
+    for (crd, version) in [(V1_CRD, "v1"), (V1ALPHA1_CRD, "v1alpha1")] {
+        let compiled = self::schema(crd);
+        let pki = |subject: Value| {
+            let mut o = base(version);
+            o["spec"]["policy"]["rootOfTrust"] = json!({
+                "policyType": "PKI",
+                "pki": {"caRootsData": b64(include_str!("fixtures/keys/ca.crt")), "pkiCertificateSubject": subject}
+            });
+            o
+        };
+        run("hostname", hostname.clone(), |host| {
+            both(
+                &compiled,
+                &pki(json!({"hostname": host})),
+                "spec.policy.rootOfTrust.pki.pkiCertificateSubject.hostname",
+            )
         });
-        both(
-            &schema,
-            &o,
-            "spec.policy.rootOfTrust.pki.pkiCertificateSubject.hostname",
-        )
-    });
+        run(
+            "email",
+            "[a-z]{0,3}[ @\t]{0,2}[a-z.]{0,4}(@[a-z]{0,3})?",
+            |email| {
+                both(
+                    &compiled,
+                    &pki(json!({"email": email})),
+                    "spec.policy.rootOfTrust.pki.pkiCertificateSubject.email",
+                )
+            },
+        );
+    }
 }
 
 /// Where kube-cel's WHATWG-based `isURL` and Go's `url.ParseRequestURI` differ, the

@@ -137,7 +137,11 @@ fn json_reports() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["explanation"]["matched"], "quay.io/example-org");
-    assert_eq!(report["policies"], serde_json::json!(["signed-apps"]));
+    assert_eq!(
+        report["from"],
+        serde_json::json!(["ClusterImagePolicy signed-apps"])
+    );
+    assert_eq!(report["policyJsonFrom"], "99-worker-generated-registries");
 }
 
 #[test]
@@ -205,6 +209,260 @@ fn documents_render_does_not_use_are_named_in_the_summary() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains("p0.yaml: ClusterImagePolicy \"p0\": not an input of render"),
+        "{text}"
+    );
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A v1 policy file on these scopes, with extra YAML lines in `spec.policy`.
+fn policy_file(
+    dir: &std::path::Path,
+    file: &str,
+    name: &str,
+    scopes: &[&str],
+    extra: &str,
+) -> String {
+    let key = common::b64(include_str!("fixtures/keys/cosign.pub"));
+    let scopes: String = scopes.iter().map(|s| format!("\n    - {s:?}")).collect();
+    let text = format!(
+        "apiVersion: config.openshift.io/v1\nkind: ClusterImagePolicy\nmetadata:\n  name: {name}\nspec:\n  scopes:{scopes}\n  policy:\n    rootOfTrust:\n      policyType: PublicKey\n      publicKey:\n        keyData: {key}\n{extra}"
+    );
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn check_answers_as_the_webhook_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The mutating default is applied first: a v1 `signedIdentity: {}` is admitted.
+    let empty_identity = policy_file(
+        d,
+        "si.yaml",
+        "si",
+        &["example.org/a"],
+        "    signedIdentity: {}\n",
+    );
+    let o = run(&[
+        "check",
+        "--state",
+        "examples",
+        &empty_identity,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report[0]["operation"], "CREATE");
+    assert_eq!(
+        report[0]["patch"][0]["path"],
+        "/spec/policy/signedIdentity/matchPolicy"
+    );
+
+    // Nothing to check is an error unless allowed.
+    let empty = d.join("empty.yaml");
+    std::fs::write(&empty, "# nothing\n").unwrap();
+    let o = run(&["check", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("empty.yaml: no object in it"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        run(&["check", "--allow-empty", empty.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let cm = d.join("cm.yaml");
+    std::fs::write(
+        &cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+    )
+    .unwrap();
+    let o = run(&["check", cm.to_str().unwrap(), &empty_identity]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("v1 ConfigMap \"c\": not a ClusterImagePolicy or the Image cluster"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Warnings fail only with --strict.
+    assert_eq!(run(&["check", "examples/p0.yaml"]).status.code(), Some(0));
+    assert_eq!(
+        run(&["check", "--strict", "examples/p0.yaml"])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // An update is judged by what it changes: a label-only update of a policy that
+    // already conflicts with the blocked registry is admitted, naming the problem...
+    let old = policy_file(d, "old.yaml", "app", &["blocked.example.com/app"], "");
+    let labelled = policy_file(d, "new.yaml", "app", &["blocked.example.com/app"], "");
+    let text = std::fs::read_to_string(&labelled)
+        .unwrap()
+        .replace("name: app", "name: app\n  labels: {team: a}");
+    std::fs::write(&labelled, text).unwrap();
+    let o = run(&["check", "--state", "examples", "--old", &old, &labelled]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("(already so before this update, so not denied)"),
+        "{}",
+        stdout(&o)
+    );
+    // ...as it is when the old version is the one in --state.
+    let state = tempfile::tempdir().unwrap();
+    for f in ["image.yaml", "clusterversion.yaml"] {
+        std::fs::copy(
+            common::root().join("examples").join(f),
+            state.path().join(f),
+        )
+        .unwrap();
+    }
+    std::fs::copy(&old, state.path().join("app.yaml")).unwrap();
+    let o = run(&[
+        "check",
+        "--state",
+        state.path().to_str().unwrap(),
+        &labelled,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    // A new conflict is denied.
+    let worse = policy_file(
+        d,
+        "worse.yaml",
+        "app",
+        &["blocked.example.com/app", "blocked.example.com/b"],
+        "",
+    );
+    let o = run(&["check", "--state", "examples", "--old", &old, &worse]);
+    assert_eq!(o.status.code(), Some(1));
+
+    // Several problems: one per line.
+    let two = policy_file(d, "two.yaml", "two", &["*.x.io/a", "quay.io/Upper"], "");
+    let o = run(&["check", &two]);
+    assert_eq!(o.status.code(), Some(1));
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(lines[0], format!("ClusterImagePolicy two ({two}): denied"));
+    assert!(
+        lines[1].starts_with(
+            "  spec.scopes[0]: Invalid value: \"string\": invalid image scope with wildcard"
+        ),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with(
+            "  spec.scopes[1]: Invalid value: \"string\": invalid repository namespace"
+        ),
+        "{lines:?}"
+    );
+
+    // Names reserved for the platform: denied, but not to the cluster-version operator.
+    let reserved = policy_file(d, "r.yaml", "openshift-mine", &["example.org/a"], "");
+    let o = run(&["check", &reserved]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(
+            "denied: metadata.name: Forbidden: \"openshift-mine\" is reserved for the platform"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        run(&["check", "--exempt", &reserved]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn check_answers_where_the_webhook_answers() {
+    // An Image with both lists: render refuses it, the webhook still answers (from the
+    // payload repositories alone), and so does check.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("image.yaml"),
+        "apiVersion: config.openshift.io/v1\nkind: Image\nmetadata: {name: cluster}\nspec: {registrySources: {allowedRegistries: [a.io], blockedRegistries: [b.io]}}\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "check",
+        "--state",
+        dir.path().to_str().unwrap(),
+        "examples/signed-apps.yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+
+    // A missing file: said once.
+    let o = run(&["check", "/nonexistent/p.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    assert_eq!(
+        err.trim(),
+        "error: reading /nonexistent/p.yaml: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn explain_knows_custom_pools_and_the_image_cr_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path();
+    for f in common::yaml_files("examples") {
+        let target = input.join(f.replace('/', "_"));
+        std::fs::copy(common::root().join(&f), target).unwrap();
+    }
+    std::fs::write(
+        input.join("infra.yaml"),
+        "apiVersion: machineconfiguration.openshift.io/v1\nkind: MachineConfigPool\nmetadata: {name: infra}\nspec:\n  machineConfigSelector:\n    matchExpressions:\n      - {key: machineconfiguration.openshift.io/role, operator: In, values: [worker, infra]}\n",
+    )
+    .unwrap();
+    let explain = |image: &str| {
+        let o = run(&[
+            "explain",
+            "--input",
+            input.to_str().unwrap(),
+            "--pool",
+            "infra",
+            image,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    // A custom pool inherits the worker pool's MachineConfigs, ours among them.
+    let text = explain("quay.io/example-org/x:1");
+    assert!(
+        text.contains("policy.json:  from 99-worker-generated-registries"),
+        "{text}"
+    );
+    assert!(
+        text.contains("from:         ClusterImagePolicy signed-apps"),
+        "{text}"
+    );
+    let text = explain("blocked.example.com/x:1");
+    assert!(
+        text.contains("from:         Image cluster spec.registrySources.blockedRegistries entry \"blocked.example.com\""),
+        "{text}"
+    );
+    // Its own MachineConfigs come after the worker ones, whatever their names.
+    std::fs::write(
+        input.join("infra-policy.yaml"),
+        "apiVersion: machineconfiguration.openshift.io/v1\nkind: MachineConfig\nmetadata:\n  name: 50-infra-policy\n  labels: {machineconfiguration.openshift.io/role: infra}\nspec:\n  config:\n    ignition: {version: 3.2.0}\n    storage:\n      files:\n        - path: /etc/containers/policy.json\n          contents: {source: 'data:,%7B%22default%22%3A%5B%7B%22type%22%3A%22insecureAcceptAnything%22%7D%5D%7D'}\n",
+    )
+    .unwrap();
+    let text = explain("quay.io/example-org/x:1");
+    assert!(
+        text.contains("policy.json:  from 50-infra-policy"),
+        "{text}"
+    );
+    assert!(
+        text.contains("matched:      no scope: the global default applies"),
         "{text}"
     );
 }

@@ -174,7 +174,8 @@ async fn v1_policies_and_the_payload_repository() {
         "{run:?}"
     );
 
-    // ...and admitted with a warning for the cluster-version operator.
+    // ...and admitted for the cluster-version operator: matchConditions keep the API
+    // server from even calling the webhook for it...
     let cvo = c
         .sim
         .kubeconfig_for(
@@ -184,6 +185,31 @@ async fn v1_policies_and_the_payload_repository() {
         .unwrap();
     let run = c
         .kubectl_as(&cvo, &["apply", "--validate=false", "-f", &release])
+        .await;
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stderr, "", "{run:?}");
+    assert!(
+        !c.webhook_log().contains("openshift-cluster-version"),
+        "the webhook was called for the CVO"
+    );
+    // ...and where the API server predates matchConditions (OpenShift < 4.17), the
+    // webhook itself turns the denial into a warning.
+    for kind in [
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+    ] {
+        let patch = r#"[{"op": "remove", "path": "/webhooks/0/matchConditions"}]"#;
+        let run = c
+            .kubectl(&["patch", kind, "cip-webhook", "--type=json", "-p", patch])
+            .await;
+        assert!(run.ok, "{run:?}");
+    }
+    let mut labelled: Value =
+        serde_json::from_str(&std::fs::read_to_string(&release).unwrap()).unwrap();
+    labelled["metadata"]["labels"] = json!({"changed": "yes"});
+    let changed = c.write("release-2.json", labelled.to_string());
+    let run = c
+        .kubectl_as(&cvo, &["apply", "--validate=false", "-f", &changed])
         .await;
     assert!(run.ok, "{run:?}");
     assert!(run.stderr.starts_with("Warning: "), "{run:?}");
@@ -240,4 +266,94 @@ async fn failure_policy_decides_when_the_webhook_is_down() {
         assert!(run.ok, "{run:?}");
     }
     c.apply_ok("examples/signed-apps.yaml").await;
+}
+
+/// matchConditions, evaluated by the simulator as the API server evaluates them, keep
+/// requests whose answer can only be "allowed" away from the webhook; what reaches it is
+/// judged by what it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_are_judged_by_what_they_change_and_the_platform_is_never_blocked() {
+    let c = cluster(CIP_V1_CRD, &["blocked.example.com"]).await;
+    // Stored before the Image blocked its registry, so in conflict already.
+    c.sim
+        .seed(signed_apps("old-conflict", &["blocked.example.com/app"]))
+        .unwrap();
+    let mut openshift = signed_apps("openshift", &["quay.io/openshift-release-dev/ocp-release"]);
+    openshift["metadata"]["name"] = json!("openshift");
+    c.sim.seed(openshift).unwrap();
+    c.readyz_says("2 ClusterImagePolicies").await;
+
+    // A label-only update of the conflicting policy: admitted, with the problem named.
+    let run = c
+        .kubectl(&["label", "clusterimagepolicy", "old-conflict", "team=a"])
+        .await;
+    assert!(run.ok, "{run:?}\n{}", c.webhook_log());
+    assert_eq!(
+        run.stderr.trim(),
+        "Warning: clusterimagePolicy configured for the scope blocked.example.com/app is nested inside blockedRegistries (already so before this update, so not denied)"
+    );
+
+    // An Image update that leaves the registry lists alone never reaches the webhook.
+    let run = c
+        .kubectl(&[
+            "patch",
+            "image",
+            "cluster",
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"additionalTrustedCA": {"name": "my-ca"}}}"#,
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+    assert!(
+        !c.webhook_log().contains("kind=Image"),
+        "{}",
+        c.webhook_log()
+    );
+    // One that changes them is judged, and denied for the conflict it creates.
+    c.apply_ok("examples/signed-apps.yaml").await;
+    let run = c
+        .kubectl(&[
+            "patch", "image", "cluster", "--type=merge", "-p",
+            r#"{"spec": {"registrySources": {"blockedRegistries": ["blocked.example.com", "quay.io/example-org"]}}}"#,
+        ])
+        .await;
+    assert!(!run.ok, "{run:?}");
+    assert!(
+        run.stderr.contains("admission webhook \"images.validate.cip-webhook.io\" denied the request: clusterimagePolicy configured for the scope quay.io/example-org is nested inside blockedRegistries (ClusterImagePolicy signed-apps)"),
+        "{run:?}"
+    );
+
+    // Names reserved for the platform: an admin may not delete `openshift`; the
+    // cluster-version operator may, without the webhook being asked.
+    let run = c
+        .kubectl(&["delete", "clusterimagepolicy", "openshift"])
+        .await;
+    assert!(!run.ok, "{run:?}");
+    assert!(
+        run.stderr.contains("denied the request: metadata.name: Forbidden: \"openshift\" is reserved for the platform"),
+        "{run:?}"
+    );
+    let cvo = c
+        .sim
+        .kubeconfig_for(
+            "system:serviceaccount:openshift-cluster-version:default",
+            &[],
+        )
+        .unwrap();
+    let run = c
+        .kubectl_as(&cvo, &["delete", "clusterimagepolicy", "openshift"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    // Other deletes are not the webhook's business either.
+    let decisions = c.webhook_log().matches("operation=DELETE").count();
+    let run = c
+        .kubectl(&["delete", "clusterimagepolicy", "old-conflict"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    assert_eq!(
+        c.webhook_log().matches("operation=DELETE").count(),
+        decisions
+    );
+    assert!(!c.webhook_log().contains("openshift-cluster-version"));
 }

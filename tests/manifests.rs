@@ -219,6 +219,17 @@ async fn webhook_wiring_matches_serve() {
                 assert_eq!(hook["sideEffects"], "None");
                 assert_eq!(hook["failurePolicy"], "Fail");
                 assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+                // The API server does not call us for the user the server exempts.
+                let conditions = hook["matchConditions"].as_array().unwrap();
+                let cvo = format!(
+                    "request.userInfo.username != '{}'",
+                    cip_webhook::admission::DEFAULT_EXEMPT_USER
+                );
+                assert!(
+                    conditions.iter().any(|c| c["expression"] == cvo),
+                    "{}: {conditions:?}",
+                    hook["name"]
+                );
             }
         }
     }

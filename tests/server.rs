@@ -721,3 +721,220 @@ async fn a_stalled_body_times_out_with_408() {
     let text = String::from_utf8_lossy(&response[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 }
+
+/// An UPDATE review: `object` replaces `old`.
+fn update(kind: &str, user: &str, object: Value, old: Value) -> Vec<u8> {
+    let mut r: Value = serde_json::from_slice(&review(kind, "UPDATE", user, object)).unwrap();
+    r["request"]["oldObject"] = old;
+    serde_json::to_vec(&r).unwrap()
+}
+
+const ALREADY: &str = " (already so before this update, so not denied)";
+
+#[tokio::test]
+async fn policy_updates_are_denied_only_for_what_they_change() {
+    let s = start().await;
+    let blocked = "clusterimagePolicy configured for the scope blocked.example.com/app is nested inside blockedRegistries";
+    let old = policy("v1", &["blocked.example.com/app", "example.org/ok"]);
+    // A label-only update of a policy that already conflicts: admitted, the problem named.
+    let mut labelled = old.clone();
+    labelled["metadata"]["labels"] = json!({"team": "a"});
+    let r = validate(
+        &s,
+        update("ClusterImagePolicy", "kube:admin", labelled, old.clone()),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(r["warnings"], json!([format!("{blocked}{ALREADY}")]));
+    // A scope moved to another index is still the same problem.
+    let reordered = policy("v1", &["example.org/ok", "blocked.example.com/app"]);
+    let r = validate(
+        &s,
+        update("ClusterImagePolicy", "kube:admin", reordered, old.clone()),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    // An update that adds a conflict is denied for that one alone.
+    let worse = policy(
+        "v1",
+        &[
+            "blocked.example.com/app",
+            "blocked.example.com/new",
+            "example.org/ok",
+        ],
+    );
+    let r = validate(&s, update("ClusterImagePolicy", "kube:admin", worse, old)).await;
+    assert_forbidden(&r, "clusterimagePolicy configured for the scope blocked.example.com/new is nested inside blockedRegistries");
+    assert_eq!(r["warnings"], json!([format!("{blocked}{ALREADY}")]));
+    // CRD-rule problems ratchet too, as the API server ratchets unchanged fields.
+    let mut bad_key = policy("v1", &["example.org/a"]);
+    bad_key["spec"]["policy"]["rootOfTrust"]["publicKey"]["keyData"] = json!("Zm9vIGJhcg==");
+    let mut relabelled = bad_key.clone();
+    relabelled["metadata"]["labels"] = json!({"x": "y"});
+    let r = validate(
+        &s,
+        update("ClusterImagePolicy", "kube:admin", relabelled, bad_key),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(r["warnings"].as_array().unwrap().len(), 3, "{r}");
+    assert!(r["warnings"][0].as_str().unwrap().ends_with(ALREADY));
+}
+
+#[tokio::test]
+async fn image_updates_that_leave_the_lists_alone_are_never_denied() {
+    let s = start().await;
+    // p0 (registry.ci.openshift.org) conflicts already.
+    let old = image(&["registry.ci.openshift.org"]);
+    let mut ca = old.clone();
+    ca["spec"]["additionalTrustedCA"] = json!({"name": "my-ca"});
+    let r = validate(&s, update("Image", "kube:admin", ca, old.clone())).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(r.get("warnings"), None, "{r}");
+    // Changing the lists: denied for the conflict it creates, the old one a warning.
+    let r = validate(
+        &s,
+        update(
+            "Image",
+            "kube:admin",
+            image(&["registry.ci.openshift.org", "registry.example.com:5000"]),
+            old.clone(),
+        ),
+    )
+    .await;
+    assert_forbidden(&r, "clusterimagePolicy configured for the scope registry.example.com:5000/team/app is nested inside blockedRegistries (ClusterImagePolicy signed-apps)");
+    assert_eq!(
+        r["warnings"],
+        json!([format!("clusterimagePolicy configured for the scope registry.ci.openshift.org is nested inside blockedRegistries (ClusterImagePolicy p0){ALREADY}")])
+    );
+    // Unblocking makes nothing worse.
+    let r = validate(&s, update("Image", "kube:admin", image(&[]), old)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+}
+
+#[tokio::test]
+async fn the_cluster_version_operator_is_never_denied() {
+    let s = start_with(
+        admission::Config::default(),
+        Limits::default(),
+        Some(&[
+            "examples/clusterversion.yaml",
+            "tests/fixtures/allowed-registries-image.yaml",
+        ]),
+    )
+    .await;
+    // The platform's own `openshift` policy, on the payload repository, outside the
+    // allowed registries: every problem a warning for the CVO, all denied for an admin.
+    let mut openshift = policy("v1", &["quay.io/openshift-release-dev/ocp-release"]);
+    openshift["metadata"]["name"] = json!("openshift");
+    let r = validate(
+        &s,
+        review(
+            "ClusterImagePolicy",
+            "CREATE",
+            admission::DEFAULT_EXEMPT_USER,
+            openshift.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let warnings: Vec<&str> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings, [
+        "clusterimagePolicy configured for the scope quay.io/openshift-release-dev/ocp-release covers the OpenShift release payload repository quay.io/openshift-release-dev/ocp-release, whose signatures the platform verifies",
+        "clusterimagePolicy configured for the scope quay.io/openshift-release-dev/ocp-release is not nested inside allowedRegistries",
+    ]);
+    let r = validate(
+        &s,
+        review("ClusterImagePolicy", "CREATE", "kube:admin", openshift),
+    )
+    .await;
+    assert_forbidden(&r, "metadata.name: Forbidden: \"openshift\" is reserved for the platform: names beginning with \"openshift\" belong to policies the cluster-version operator ships");
+}
+
+#[tokio::test]
+async fn names_reserved_for_the_platform() {
+    let s = start().await;
+    let reserved = |name: &str| {
+        format!("metadata.name: Forbidden: {name:?} is reserved for the platform: names beginning with \"openshift\" belong to policies the cluster-version operator ships")
+    };
+    let mut mine = policy("v1", &["example.org/apps"]);
+    mine["metadata"]["name"] = json!("openshift-mine");
+    let r = validate(
+        &s,
+        review("ClusterImagePolicy", "CREATE", "kube:admin", mine.clone()),
+    )
+    .await;
+    assert_forbidden(&r, &reserved("openshift-mine"));
+    let r = validate(
+        &s,
+        update(
+            "ClusterImagePolicy",
+            "kube:admin",
+            mine.clone(),
+            mine.clone(),
+        ),
+    )
+    .await;
+    assert_forbidden(&r, &reserved("openshift-mine"));
+    let delete = |user: &str, name: &str| {
+        let mut r: Value =
+            serde_json::from_slice(&review("ClusterImagePolicy", "DELETE", user, Value::Null))
+                .unwrap();
+        r["request"]["name"] = json!(name);
+        r["request"]["oldObject"] = mine.clone();
+        serde_json::to_vec(&r).unwrap()
+    };
+    let r = validate(&s, delete("kube:admin", "openshift")).await;
+    assert_forbidden(&r, &reserved("openshift"));
+    for (user, name) in [
+        (admission::DEFAULT_EXEMPT_USER, "openshift"),
+        ("kube:admin", "team-a"),
+    ] {
+        let r = validate(&s, delete(user, name)).await;
+        assert_eq!(r["allowed"], true, "{user} {name}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn a_huge_review_gets_a_bounded_answer() {
+    let s = start().await;
+    // 256 bad scopes, two rules broken by each: the first 20 problems, then a count.
+    let scopes: Vec<String> = (0..256).map(|i| format!("bad_{i}")).collect();
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    let r = validate_scopes(&s, "CREATE", &scopes).await;
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message
+            .starts_with("[spec.scopes[0]: Invalid value: \"string\": invalid image scope format"),
+        "{}",
+        &message[..200]
+    );
+    assert!(
+        message.ends_with(", … and 492 more]"),
+        "{}",
+        &message[message.len() - 100..]
+    );
+    assert_eq!(message.matches("spec.scopes[").count(), 20);
+    // 20,000 scopes: refused for the count; the scopes past 256 are not judged one by one.
+    let scopes: Vec<String> = (0..20_000).map(|i| format!("Bad_{i}")).collect();
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let r = validate_scopes(&s, "CREATE", &scopes).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("[spec.scopes: Too many: 20000: must have at most 256 items, "),
+        "{}",
+        &message[..200]
+    );
+    assert!(message.len() < 8192, "{}", message.len());
+}

@@ -365,9 +365,18 @@ pub fn validate(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<Fie
 fn validate_all(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errors = check_name(object);
     check(&schema.openapi, object, "", &mut errors);
-    let blocked = errors
-        .iter()
-        .any(|e| matches!(e.reason, "FieldValueNotSupported" | "FieldValueTypeInvalid"));
+    // apiextensions-apiserver's hasBlockingErr: the object lacks the shape the rules
+    // were written for.
+    let blocked = errors.iter().any(|e| {
+        matches!(
+            e.reason,
+            "FieldValueNotSupported"
+                | "FieldValueRequired"
+                | "FieldValueTooLong"
+                | "FieldValueTooMany"
+                | "FieldValueTypeInvalid"
+        )
+    });
     if blocked {
         errors.push(FieldError {
             field: "<nil>".into(),

@@ -74,6 +74,44 @@ fn matches(
             return Ok(false);
         }
     }
+    match_conditions(hook, a, object, old)
+}
+
+/// `matchConditions` (admissionregistration v1, GA in 1.30): CEL expressions over
+/// `object`, `oldObject` and `request`; the webhook is called only when all are true. An
+/// expression that fails to evaluate is an error, which failurePolicy then decides.
+fn match_conditions(
+    hook: &Value,
+    a: &Attributes,
+    object: Option<&Value>,
+    old: Option<&Value>,
+) -> Result<bool, String> {
+    let conditions = hook["matchConditions"].as_array();
+    if conditions.is_none_or(|c| c.is_empty()) {
+        return Ok(true);
+    }
+    let request = review(a, "", object, old)["request"].clone();
+    let variable = |v: &Value| cel::to_value(v).map_err(|e| e.to_string());
+    let mut context = cel::Context::default();
+    context.add_variable_from_value("object", variable(object.unwrap_or(&Value::Null))?);
+    context.add_variable_from_value("oldObject", variable(old.unwrap_or(&Value::Null))?);
+    context.add_variable_from_value("request", variable(&request)?);
+    for condition in conditions.into_iter().flatten() {
+        let name = condition["name"].as_str().unwrap_or_default();
+        let expression = condition["expression"].as_str().unwrap_or_default();
+        let program = cel::Program::compile(expression)
+            .map_err(|e| format!("compilation of match condition {name:?} failed: {e}"))?;
+        match program.execute(&context) {
+            Ok(cel::Value::Bool(true)) => {}
+            Ok(cel::Value::Bool(false)) => return Ok(false),
+            Ok(other) => {
+                return Err(format!(
+                    "match condition {name:?} evaluated to {other:?}, not a bool"
+                ))
+            }
+            Err(e) => return Err(format!("failed to evaluate match condition {name:?}: {e}")),
+        }
+    }
     Ok(true)
 }
 
@@ -342,9 +380,11 @@ pub async fn admit(
     for config in configs {
         for hook in config["webhooks"].as_array().into_iter().flatten() {
             let name = hook["name"].as_str().unwrap_or_default();
+            let fail_open = hook["failurePolicy"] == json!("Ignore");
             match matches(hook, a, object.as_ref(), old) {
                 Ok(true) => {}
                 Ok(false) => continue,
+                Err(_) if fail_open => continue,
                 Err(e) => {
                     return Err(ApiError::internal(format!(
                         "failed calling webhook {name:?}: {e}"
@@ -353,7 +393,6 @@ pub async fn admit(
             }
             let uid = sim.next_uid();
             let body = review(a, &uid, object.as_ref(), old);
-            let fail_open = hook["failurePolicy"] == json!("Ignore");
             match call_one(sim, hook, mutating, &body, &uid).await {
                 Ok(Outcome::Denied(e)) => return Err(e),
                 Ok(Outcome::Allowed { patch, warnings: w }) => {
