@@ -34,3 +34,7 @@ out=$(mktemp -d)
 for f in tests/golden/examples/*.yaml; do cmp "$f" "$out/$(basename "$f")"; done
 rm -rf "$out"
 echo "static release binary: $(du -h "$bin" | cut -f1), render over examples matches the goldens"
+
+# Hostile clients against that binary, briefly (scripts/abuse.sh without --short for the
+# full run): /healthz must keep answering within a second throughout.
+scripts/abuse.sh --short --bin "$bin"

@@ -201,12 +201,18 @@ pub struct Status {
 pub enum BadReview {
     #[error("request body is not JSON: {0}")]
     NotJson(String),
-    #[error("expected apiVersion {REVIEW_API_VERSION} kind AdmissionReview, got {api_version:?} {kind:?}")]
+    #[error(
+        "expected apiVersion {REVIEW_API_VERSION} kind AdmissionReview, got {:?} {:?}",
+        validate::clip(api_version, 64),
+        validate::clip(kind, 64)
+    )]
     WrongType { api_version: String, kind: String },
     #[error("AdmissionReview has no request")]
     MissingRequest,
     #[error("AdmissionReview request has no uid")]
     MissingUid,
+    #[error("AdmissionReview request uid is {0} bytes long; the API server sends a UUID")]
+    UidTooLong(usize),
 }
 
 /// What was decided, for the log line and the metrics.
@@ -246,8 +252,8 @@ pub fn review(
     snapshot: &Snapshot,
     config: &Config,
 ) -> Result<(ReviewOut, Decision), BadReview> {
-    let review: ReviewIn =
-        serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
+    let review: ReviewIn = serde_json::from_slice(body)
+        .map_err(|e| BadReview::NotJson(validate::clip(&e.to_string(), validate::MAX_ECHOED)))?;
     if review.api_version != REVIEW_API_VERSION || review.kind != "AdmissionReview" {
         return Err(BadReview::WrongType {
             api_version: review.api_version,
@@ -257,6 +263,10 @@ pub fn review(
     let request = review.request.ok_or(BadReview::MissingRequest)?;
     if request.uid.is_empty() {
         return Err(BadReview::MissingUid);
+    }
+    // The uid goes back in the answer: a UUID, not megabytes of it.
+    if request.uid.len() > 128 {
+        return Err(BadReview::UidTooLong(request.uid.len()));
     }
     let answer = decide(&request, endpoint, snapshot, config);
     let response = answer.response(request.uid.clone());
@@ -457,6 +467,9 @@ pub fn decide(
     }
 }
 
+/// The most entries an Image registry list may have (the master Image CRD's maxItems).
+pub const MAX_REGISTRIES: usize = 1024;
+
 /// The Image `cluster` guard. An update that leaves the registry lists alone is never
 /// denied (an admin adding `additionalTrustedCA` is not answerable for someone's policy);
 /// one that changes them is denied only for the conflicts it creates.
@@ -481,6 +494,29 @@ fn image_update(
     };
     if before.as_ref().is_some_and(|b| lists(b) == lists(&image)) {
         return Answer::allowed();
+    }
+    // The newest Image CRD's own bound (maxItems 1024); it also bounds this guard's work,
+    // each entry against each policy scope.
+    let sources = &image.spec.registry_sources;
+    for (field, list) in [
+        ("allowedRegistries", &sources.allowed_registries),
+        ("blockedRegistries", &sources.blocked_registries),
+    ] {
+        if list.len() > MAX_REGISTRIES {
+            let mut report = Report::default();
+            report.errors.push(Problem {
+                path: format!("spec.registrySources.{field}"),
+                message: format!(
+                    "Too many: {}: must have at most {MAX_REGISTRIES} items",
+                    list.len()
+                ),
+                rule: Rule::TooMany,
+                reason: validate::Reason::Invalid,
+                subject: None,
+                standalone: false,
+            });
+            return Answer::judged(if exempt { report.exempted() } else { report });
+        }
     }
     let guard = |image: &Image| {
         let facts = ClusterFacts::new(

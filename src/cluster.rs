@@ -71,7 +71,7 @@ impl ClusterFacts {
             {
                 return Err(ImageConfigError::InvalidEntry {
                     list,
-                    entry: bad.clone(),
+                    entry: crate::validate::clip(bad, crate::validate::MAX_ECHOED),
                 });
             }
         }

@@ -75,47 +75,43 @@ pub fn render(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes every desired MachineConfig to a temporary name, then renames them all: an
-/// error leaves the output as it was. Each object is freed once written, since with
-/// thousands of scopes one can be tens of megabytes.
+/// Writes every desired MachineConfig, all or nothing: each is serialized into a staging
+/// directory first (and freed, since with thousands of scopes one can be tens of
+/// megabytes), then swapped in with `files::swap_in`, which puts everything back if any
+/// step fails. A policy.json requiring signatures without its sigstore attachments must
+/// never be what a failed run leaves.
 fn write_machine_configs(plan: &mut Plan, output: &Path) -> Result<()> {
     fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
-    let mut staged = Vec::new();
-    let mut deleted = Vec::new();
+    let stage = output.join(format!(".cip-webhook-render-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&stage);
+    fs::create_dir(&stage).with_context(|| format!("creating {}", stage.display()))?;
     let result = (|| -> Result<()> {
+        let mut writes = Vec::new();
+        let mut deletes = Vec::new();
         for change in plan.pools.iter_mut().flat_map(|p| &mut p.changes) {
+            let name = format!("{}.yaml", change.name);
             let Some(mc) = change.desired.take() else {
-                deleted.push(output.join(format!("{}.yaml", change.name)));
+                deletes.push(name);
                 continue;
             };
-            let name = format!("{}.yaml", mc.metadata.name);
-            let tmp = output.join(format!(".{name}.tmp"));
-            let file =
-                fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-            staged.push((tmp.clone(), output.join(&name)));
+            let staged = stage.join(&name);
+            let file = fs::File::create(&staged)
+                .with_context(|| format!("writing {}", staged.display()))?;
             let mut writer = std::io::BufWriter::new(file);
             serde_yaml::to_writer(&mut writer, &mc)
-                .with_context(|| format!("writing {}", tmp.display()))?;
+                .with_context(|| format!("writing {}", staged.display()))?;
             writer
                 .flush()
-                .with_context(|| format!("writing {}", tmp.display()))?;
+                .with_context(|| format!("writing {}", staged.display()))?;
+            writes.push(name);
         }
+        files::swap_in(output, &stage, &writes, &deletes, |from, to| {
+            fs::rename(from, to)
+        })?;
         Ok(())
     })();
-    if let Err(e) = result {
-        for (tmp, _) in &staged {
-            let _ = fs::remove_file(tmp);
-        }
-        return Err(e);
-    }
-    for (tmp, path) in &staged {
-        fs::rename(tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    }
-    // A MachineConfig to delete must not linger in the output from an earlier run.
-    for stale in deleted.iter().filter(|p| p.exists()) {
-        fs::remove_file(stale).with_context(|| format!("removing {}", stale.display()))?;
-    }
-    Ok(())
+    let _ = fs::remove_dir_all(&stage);
+    result
 }
 
 fn print(text: &str) -> Result<()> {
@@ -603,7 +599,7 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("listening on {}", opts.listen))?;
@@ -639,7 +635,10 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
         anyhow::Ok(())
-    })?;
+    });
+    // A decision still running on a blocking thread does not hold the exit past the grace.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -776,42 +775,90 @@ async fn watch_cluster(
     }
 }
 
-/// Reloads the cluster state whenever a manifest under `dir` changes; a broken state
-/// keeps the last good one serving and shows in /readyz.
+/// Reloads the cluster state whenever a manifest under `dir` changes, reading and
+/// parsing on a blocking thread so that no request waits for it. A state that cannot be
+/// right is refused and the last good one keeps serving, with /readyz and the log saying
+/// why: it fails neither open (a duplicate that turns off the size check, an Image the MCO
+/// would refuse, a directory emptied by an unmounted ConfigMap) nor silently.
 async fn watch_state_dir(
     app: std::sync::Arc<cip_webhook::server::App>,
     dir: PathBuf,
     render: RenderOptions,
 ) {
-    let mut last = None;
+    type Stamp = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+    let mut last: Option<Stamp> = None;
+    let mut good: Option<String> = None;
     loop {
-        match files::dir_stamp(&dir) {
-            Ok(stamp) if last.as_ref() != Some(&stamp) => {
-                match files::load_dir(&dir, &[]) {
-                    Ok(loaded) => {
-                        let snapshot = std::sync::Arc::new(
-                            cip_webhook::admission::Snapshot::build(&loaded.inputs, &render),
-                        );
-                        let status = format!(
-                            "state from {}: {} ClusterImagePolicies",
-                            dir.display(),
-                            loaded.inputs.policies.len()
-                        );
-                        tracing::info!("{status}");
-                        app.set_snapshot(snapshot, status);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cluster state not reloaded");
-                        app.set_status(format!("last reload of {} failed: {e}", dir.display()));
-                    }
-                }
+        let (d, options, previous) = (dir.clone(), render.clone(), last.clone());
+        let had_objects = good.is_some();
+        let attempt = tokio::task::spawn_blocking(move || {
+            let stamp = files::dir_stamp(&d).map_err(|e| format!("{e:#}"))?;
+            if previous.as_ref() == Some(&stamp) {
+                return Ok(None);
+            }
+            let loaded =
+                files::load_dir(&d, &[]).map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+            let checked = loaded.and_then(|loaded| {
+                state_problem(&loaded, &options, had_objects).map_or(Ok(loaded), Err)
+            });
+            Ok(Some((stamp, checked, options)))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the state panicked: {e}")));
+        match attempt {
+            Ok(None) => {}
+            Ok(Some((stamp, Ok(loaded), options))) => {
+                let snapshot = std::sync::Arc::new(cip_webhook::admission::Snapshot::build(
+                    &loaded.inputs,
+                    &options,
+                ));
+                let status = format!(
+                    "state from {}: {} ClusterImagePolicies",
+                    dir.display(),
+                    loaded.inputs.policies.len()
+                );
+                tracing::info!("{status}");
+                app.set_snapshot(snapshot, status.clone());
+                good = Some(status);
                 last = Some(stamp);
             }
-            Ok(_) => {}
-            Err(e) => app.set_status(format!("reading {}: {e}", dir.display())),
+            Ok(Some((stamp, Err(why), _))) => {
+                tracing::warn!(dir = %dir.display(), error = %why, "cluster state refused; the previous one serves");
+                app.set_status(match &good {
+                    Some(previous) => {
+                        format!("{previous}, kept: the last reload was refused: {why}")
+                    }
+                    None => format!("state from {} refused: {why}", dir.display()),
+                });
+                last = Some(stamp);
+            }
+            Err(why) => {
+                app.set_status(format!("reading {}: {why}", dir.display()));
+                last = None;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
+}
+
+/// Why a state directory cannot be the cluster: what `render` and `check` refuse, a
+/// policy left out because it does not decode, or nothing at all where there was a state.
+fn state_problem(loaded: &Loaded, options: &RenderOptions, had_objects: bool) -> Option<String> {
+    if let Some((source, name, e)) = loaded.undecodable.first() {
+        return Some(format!(
+            "{source}: ClusterImagePolicy {name:?} does not decode: {e}"
+        ));
+    }
+    if let Err(e) = render::plan(&loaded.inputs, options) {
+        return Some(e.to_string());
+    }
+    let i = &loaded.inputs;
+    let empty = i.policies.is_empty()
+        && i.image.is_none()
+        && i.cluster_version.is_none()
+        && i.pools.is_empty()
+        && i.machine_configs.is_empty();
+    (empty && had_objects).then(|| "no object left in the directory".to_string())
 }
 
 pub fn certs(out: &Path, dns: &[String], days: i64) -> Result<ExitCode> {

@@ -21,6 +21,13 @@ pub struct Document {
 pub enum LoadError {
     #[error("{origin}: not YAML or JSON: {message}")]
     Syntax { origin: String, message: String },
+    #[error("{origin}: {kind} {name:?} is given more than once (also in {first})")]
+    Duplicate {
+        origin: String,
+        kind: String,
+        name: String,
+        first: String,
+    },
     #[error("{origin}: {kind} {name:?}: {message}")]
     Object {
         origin: String,
@@ -108,9 +115,26 @@ pub struct Loaded {
 /// decode makes the whole input unusable.
 pub fn load(documents: &[Document]) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();
+    // A second copy of a cluster object (a leftover file, a ConfigMap's `..data`) would
+    // silently replace the first: refused. Policies are refused by `render::plan`.
+    let mut seen: std::collections::HashMap<(&str, String), &str> = Default::default();
     for doc in documents {
         let (_, kind) = kind_of(&doc.value);
         let name = name_of(&doc.value).to_string();
+        let cluster_object = matches!(
+            kind,
+            "Image" | "ClusterVersion" | "FeatureGate" | "MachineConfigPool" | "MachineConfig"
+        );
+        if cluster_object {
+            if let Some(first) = seen.insert((kind, name.clone()), &doc.source) {
+                return Err(LoadError::Duplicate {
+                    origin: doc.source.clone(),
+                    kind: kind.to_string(),
+                    name,
+                    first: first.to_string(),
+                });
+            }
+        }
         let fail = |e: serde_json::Error| LoadError::Object {
             origin: doc.source.clone(),
             kind: kind.to_string(),

@@ -167,6 +167,74 @@ pub fn load_dir(dir: &Path, skip: &[PathBuf]) -> Result<Loaded, FilesError> {
     Ok(loaded)
 }
 
+/// Moves the staged files `writes` (in `stage`) to `output`, and the files `deletes` out
+/// of it, all or nothing: every file replaced or deleted is first moved into
+/// `stage/.previous`, and any failure moves each back. A target that is not a regular
+/// file (a directory, a FIFO) is refused before anything moves. `rename` is the file
+/// system's (a parameter so that a failure can be tested).
+pub fn swap_in(
+    output: &Path,
+    stage: &Path,
+    writes: &[String],
+    deletes: &[String],
+    mut rename: impl FnMut(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), FilesError> {
+    for name in writes.iter().chain(deletes) {
+        let target = output.join(name);
+        match fs::symlink_metadata(&target) {
+            Ok(m) if !m.is_file() => {
+                return Err(FilesError::Io {
+                    path: target,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "exists and is not a regular file; nothing was written",
+                    ),
+                })
+            }
+            _ => {}
+        }
+    }
+    let previous = stage.join(".previous");
+    fs::create_dir_all(&previous).map_err(io(&previous))?;
+    // (target, where its previous version went, whether a new one was moved in)
+    let mut moved: Vec<(PathBuf, Option<PathBuf>, bool)> = Vec::new();
+    let mut step = |name: &String, write: bool| -> std::io::Result<()> {
+        let target = output.join(name);
+        let backup = target.exists().then(|| previous.join(name));
+        if let Some(b) = &backup {
+            rename(&target, b)?;
+        }
+        moved.push((target.clone(), backup, false));
+        if write {
+            rename(&stage.join(name), &target)?;
+            moved.last_mut().expect("just pushed").2 = true;
+        }
+        Ok(())
+    };
+    let result = writes
+        .iter()
+        .map(|n| (n, true))
+        .chain(deletes.iter().map(|n| (n, false)))
+        .try_for_each(|(name, write)| step(name, write));
+    if let Err(e) = result {
+        for (target, backup, written) in moved.iter().rev() {
+            if *written {
+                if let Some(name) = target.file_name() {
+                    let _ = fs::rename(target, stage.join(name));
+                }
+            }
+            if let Some(b) = backup {
+                let _ = fs::rename(b, target);
+            }
+        }
+        return Err(FilesError::Io {
+            path: output.to_path_buf(),
+            source: e,
+        });
+    }
+    Ok(())
+}
+
 /// What identifies the directory's content cheaply: each file's path, size, mtime.
 pub fn dir_stamp(dir: &Path) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>, FilesError> {
     manifest_files(dir, &[])?
@@ -177,4 +245,57 @@ pub fn dir_stamp(dir: &Path) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>, 
             Ok((p, meta.len(), meta.modified().ok()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_swap_puts_everything_back() {
+        let dir = std::env::temp_dir().join(format!("cip-webhook-swap-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (output, stage) = (dir.join("out"), dir.join("out/.stage"));
+        fs::create_dir_all(&stage).unwrap();
+        for n in ["a.yaml", "b.yaml", "c.yaml", "gone.yaml"] {
+            fs::write(output.join(n), format!("old {n}")).unwrap();
+        }
+        for n in ["a.yaml", "b.yaml", "c.yaml", "new.yaml"] {
+            fs::write(stage.join(n), format!("new {n}")).unwrap();
+        }
+        let writes: Vec<String> = ["a.yaml", "b.yaml", "c.yaml", "new.yaml"]
+            .map(String::from)
+            .into();
+        let deletes = vec!["gone.yaml".to_string()];
+        // The fifth rename fails: a and b are in, c's old version moved aside.
+        let mut calls = 0;
+        let failing = |from: &Path, to: &Path| {
+            calls += 1;
+            if calls == 5 {
+                Err(std::io::Error::other("disk full"))
+            } else {
+                fs::rename(from, to)
+            }
+        };
+        assert!(swap_in(&output, &stage, &writes, &deletes, failing).is_err());
+        for n in ["a.yaml", "b.yaml", "c.yaml", "gone.yaml"] {
+            assert_eq!(
+                fs::read_to_string(output.join(n)).unwrap(),
+                format!("old {n}")
+            );
+        }
+        assert!(!output.join("new.yaml").exists());
+        // Then all of it goes in.
+        let stage_files: Vec<_> = fs::read_dir(&stage).unwrap().collect();
+        assert!(!stage_files.is_empty());
+        swap_in(&output, &stage, &writes, &deletes, |f, t| fs::rename(f, t)).unwrap();
+        for n in ["a.yaml", "b.yaml", "c.yaml", "new.yaml"] {
+            assert_eq!(
+                fs::read_to_string(output.join(n)).unwrap(),
+                format!("new {n}")
+            );
+        }
+        assert!(!output.join("gone.yaml").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

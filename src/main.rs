@@ -92,8 +92,8 @@ enum Command {
         /// DNS names of the serving certificate, e.g. cip-webhook.cip-webhook.svc (repeatable).
         #[arg(long = "dns", value_name = "NAME", required = true)]
         dns: Vec<String>,
-        /// Days the serving certificate is valid.
-        #[arg(long, default_value_t = 365)]
+        /// Days the serving certificate is valid (1 to 36500).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=36500))]
         days: i64,
     },
     /// Show which scope and requirements apply to an image after rendering.
@@ -145,16 +145,23 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
     /// Largest request body in bytes (larger ones get 413).
-    #[arg(long, value_name = "BYTES", default_value_t = 3 * 1024 * 1024)]
-    max_body: usize,
-    /// Seconds a request may take, body read included.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    #[arg(long, value_name = "BYTES", default_value_t = LIMITS.max_body as u64, value_parser = clap::value_parser!(u64).range(1024..))]
+    max_body: u64,
+    /// Bytes of request bodies held at once, all connections together.
+    #[arg(long, value_name = "BYTES", default_value_t = LIMITS.max_body_in_flight as u64, value_parser = clap::value_parser!(u64).range(1024..))]
+    max_body_in_flight: u64,
+    /// Seconds a request may take, body read included; also the first request's deadline
+    /// on a new connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = LIMITS.request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout: u64,
-    /// Connections served at once.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    max_connections: usize,
-    /// Seconds in-flight requests get to finish after SIGTERM.
-    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, value_name = "SECONDS", default_value_t = LIMITS.idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Connections served at once (when all are taken, idle ones are closed).
+    #[arg(long, value_name = "N", default_value_t = LIMITS.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM; the process exits then.
+    #[arg(long, value_name = "SECONDS", default_value_t = LIMITS.shutdown_grace.as_secs())]
     shutdown_grace: u64,
     /// `auto` writes the MachineConfigs and policy status (one leader at a time) unless
     /// the MCO renders policies itself (FeatureGate SigstoreImageVerification), then hands
@@ -189,6 +196,10 @@ struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     settle_max: u64,
 }
+
+/// The server's defaults, shown by --help.
+static LIMITS: std::sync::LazyLock<cip_webhook::server::Limits> =
+    std::sync::LazyLock::new(Default::default);
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -309,11 +320,13 @@ impl ServeArgs {
                 resync: std::time::Duration::from_secs(self.resync),
             }),
             limits: cip_webhook::server::Limits {
-                max_body: self.max_body,
+                max_body: self.max_body as usize,
+                max_body_in_flight: self.max_body_in_flight as usize,
                 request_timeout: std::time::Duration::from_secs(self.request_timeout),
-                max_connections: self.max_connections,
+                idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
+                max_connections: self.max_connections as usize,
                 shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace),
-                ..Default::default()
+                ..LIMITS.clone()
             },
         }
     }

@@ -1,12 +1,23 @@
 //! The admission HTTPS server: axum routes over rustls, HTTP/1.1 and HTTP/2, with
-//! explicit limits on body size, time and connections, and a graceful stop.
+//! explicit limits on body size, time, memory and connections, and a graceful stop.
+//!
+//! The port must be open to the whole cluster network (the API server's source address
+//! varies) and clients are not authenticated, so nothing a client does may hold the server:
+//! every connection state has a deadline (TLS handshake, first request, headers, body,
+//! idle keep-alive, an HTTP/2 connection with no stream), the protocol comes from ALPN (no
+//! read waits to sniff it), the bodies in flight share one memory budget, and decisions
+//! run on blocking threads, a few at a time, so that a slow one gets its 408 and
+//! `/healthz` still answers. When every connection slot is taken, idle connections are
+//! closed to make room.
 
 use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,10 +25,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, Endpoint, Snapshot};
@@ -28,12 +37,19 @@ use crate::tls::{self, ReloadingCert};
 pub struct Limits {
     /// Largest request body; larger ones get 413 (the API server sends up to ~3 MiB).
     pub max_body: usize,
+    /// Request bodies held in memory at once, all connections together.
+    pub max_body_in_flight: usize,
     /// From the start of a request to its response, body read included.
     pub request_timeout: Duration,
     /// TLS handshake deadline for a new connection.
     pub handshake_timeout: Duration,
-    /// Connections served at once; further ones wait to be accepted.
+    /// A connection with no request in flight is closed after this long (the first
+    /// request must come within `request_timeout`).
+    pub idle_timeout: Duration,
+    /// Connections served at once.
     pub max_connections: usize,
+    /// Admission decisions computed at once; the others wait (within their deadline).
+    pub max_decisions: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
 }
@@ -42,9 +58,12 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body: 3 * 1024 * 1024,
+            max_body_in_flight: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_decisions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             shutdown_grace: Duration::from_secs(25),
         }
     }
@@ -99,42 +118,76 @@ impl App {
     }
 }
 
+/// What the request handlers share: the app and the gates of the limits.
+#[derive(Clone)]
+struct Shared {
+    app: Arc<App>,
+    max_body: usize,
+    /// KiB of request bodies that may be in memory at once.
+    bodies: Arc<Semaphore>,
+    decisions: Arc<Semaphore>,
+}
+
 pub fn router(app: Arc<App>, limits: &Limits) -> Router {
     let timeout = limits.request_timeout;
+    let metrics = Arc::clone(&app.metrics);
+    let shared = Shared {
+        app,
+        max_body: limits.max_body,
+        bodies: Arc::new(Semaphore::new(kib(limits.max_body_in_flight))),
+        decisions: Arc::new(Semaphore::new(limits.max_decisions.max(1))),
+    };
     Router::new()
         .route(VALIDATE_PATH, post(validate))
         .route(MUTATE_PATH, post(mutate))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(limits.max_body))
+        .route("/metrics", get(metrics_page))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            deadline(req, next, timeout)
+            deadline(req, next, timeout, Arc::clone(&metrics))
         }))
-        .with_state(app)
+        .with_state(shared)
 }
 
-async fn deadline(req: Request, next: Next, timeout: Duration) -> Response {
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024).clamp(1, Semaphore::MAX_PERMITS)
+}
+
+async fn deadline(req: Request, next: Next, timeout: Duration, metrics: Arc<Metrics>) -> Response {
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            "request not completed in time\n",
-        )
-            .into_response(),
+        Err(_) => {
+            metrics.bad_request();
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "request not completed in time\n",
+            )
+                .into_response()
+        }
     }
 }
 
-async fn validate(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    answer(&app, Endpoint::Validate, &body)
+async fn validate(State(shared): State<Shared>, req: Request) -> Response {
+    answer(shared, Endpoint::Validate, req).await
 }
 
-async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    answer(&app, Endpoint::Mutate, &body)
+async fn mutate(State(shared): State<Shared>, req: Request) -> Response {
+    answer(shared, Endpoint::Mutate, req).await
 }
 
-fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Response {
+/// A value from the request for a plain log line: control characters escaped, so that a
+/// name with a newline cannot forge another line.
+fn loggable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.escape_default().to_string().into()
+    } else {
+        s.into()
+    }
+}
+
+async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
     let start = Instant::now();
+    let app = &shared.app;
     let Some(snapshot) = app.snapshot() else {
         app.metrics.bad_request();
         return (
@@ -143,34 +196,77 @@ fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Response {
         )
             .into_response();
     };
-    match admission::review(body, endpoint, &snapshot, &app.admission) {
-        Ok((review, decision)) => {
+    // Room for the body in the shared memory budget, before a byte of it is read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > shared.max_body) {
+        return too_large(app, shared.max_body);
+    }
+    let want = kib(declared.unwrap_or(shared.max_body));
+    let Ok(_memory) = shared.bodies.acquire_many(want as u32).await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    let body = match axum::body::to_bytes(req.into_body(), shared.max_body).await {
+        Ok(body) => body,
+        Err(_) => return too_large(app, shared.max_body),
+    };
+    let Ok(_turn) = shared.decisions.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    let config = Arc::clone(app);
+    let decided = tokio::task::spawn_blocking(move || {
+        admission::review(&body, endpoint, &snapshot, &config.admission).map(
+            |(review, decision)| {
+                let body = serde_json::to_vec(&review).expect("plain data serializes");
+                (body, decision)
+            },
+        )
+    })
+    .await;
+    match decided {
+        Ok(Ok((body, decision))) => {
             app.metrics
                 .observe(&decision, start.elapsed().as_secs_f64());
             tracing::info!(
-                uid = %decision.uid,
-                kind = %decision.kind,
-                name = %decision.name,
-                operation = %decision.operation,
-                user = %decision.user,
+                uid = %loggable(&decision.uid),
+                kind = %loggable(&decision.kind),
+                name = %loggable(&decision.name),
+                operation = %loggable(&decision.operation),
+                user = %loggable(&decision.user),
                 dry_run = decision.dry_run,
                 verdict = decision.verdict.as_str(),
                 reason = decision.reason,
-                detail = decision.message.as_deref().unwrap_or(""),
+                detail = %loggable(decision.message.as_deref().unwrap_or("")),
                 "admission decision"
             );
-            let body = serde_json::to_vec(&review).expect("plain data serializes");
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
-        Err(bad) => {
+        Ok(Err(bad)) => {
             app.metrics.bad_request();
-            tracing::warn!(error = %bad, "malformed admission request");
+            tracing::warn!(error = %loggable(&bad.to_string()), "malformed admission request");
             (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "admission decision panicked");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
     }
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+fn too_large(app: &App, max: usize) -> Response {
+    app.metrics.bad_request();
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body larger than {max} bytes\n"),
+    )
+        .into_response()
+}
+
+async fn readyz(State(shared): State<Shared>) -> Response {
+    let app = &shared.app;
     let mut status = app.status.read().unwrap_or_else(|e| e.into_inner()).clone();
     let reconcile = app
         .reconcile
@@ -192,7 +288,8 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics_page(State(shared): State<Shared>) -> Response {
+    let app = &shared.app;
     app.metrics.set_cert_expiry(app.cert.not_after());
     let body = Body::from(app.metrics.encode());
     (
@@ -203,6 +300,58 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// What a connection's watchdog knows of it.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    /// Milliseconds since the connection was accepted, at its last response.
+    last: AtomicU64,
+}
+
+/// Counts a connection's requests in flight, for its watchdog.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    accepted: Instant,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Tracked<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send + 'static>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let activity = Arc::clone(&self.activity);
+        let accepted = self.accepted;
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        activity.requests.fetch_add(1, Ordering::SeqCst);
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let result = future.await;
+            activity
+                .last
+                .store(accepted.elapsed().as_millis() as u64, Ordering::SeqCst);
+            activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+            result
+        })
+    }
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
@@ -220,15 +369,34 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.request_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    tokio::pin!(shutdown);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(64)
+        .keep_alive_interval(limits.idle_timeout / 2)
+        .keep_alive_timeout(limits.request_timeout);
+    let (h1, h2) = (builder.clone().http1_only(), builder.http2_only());
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let open = Arc::new(AtomicUsize::new(0));
+    // Asks idle connections to go when every slot is taken.
+    let shed = Arc::new(Notify::new());
+    let (stopping, stop_rx) = watch::channel(false);
+    let mut shutdown = pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
+        let permit = loop {
+            if let Ok(p) = Arc::clone(&connections).try_acquire_owned() {
+                break Some(p);
+            }
+            // Every slot is taken: idle connections are asked to make room, again and
+            // again while it lasts (one busy between two asks has not heard it).
+            shed.notify_waiters();
+            tokio::select! {
+                p = Arc::clone(&connections).acquire_owned() => break Some(p.expect("the semaphore is never closed")),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = &mut shutdown => break None,
+            }
         };
+        let Some(permit) = permit else { break };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -241,29 +409,108 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = limits.handshake_timeout;
+        let (h1, h2) = (h1.clone(), h2.clone());
+        let router = router.clone();
+        let limits = limits.clone();
+        let shed = Arc::clone(&shed);
+        let mut stop = stop_rx.clone();
+        let open = Arc::clone(&open);
+        open.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let tls =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        return tracing::debug!(%peer, "TLS handshake timed out");
+                    }
+                };
+            let h2_negotiated = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let activity = Arc::new(Activity::default());
+            let service = hyper_util::service::TowerToHyperService::new(Tracked {
+                inner: router,
+                activity: Arc::clone(&activity),
+                accepted: Instant::now(),
+            });
+            let accepted = Instant::now();
+            let builder = if h2_negotiated { &h2 } else { &h1 };
+            let mut connection = pin!(builder.serve_connection(TokioIo::new(tls), service));
+            // Since when, and for how long, a graceful close may take.
+            let mut closing: Option<(Instant, Duration)> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                let never_asked = activity.requests.load(Ordering::SeqCst) == 0;
+                let idle = activity.in_flight.load(Ordering::SeqCst) == 0;
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        if let Some((since, allowed)) = closing {
+                            // A graceful close that does not complete (a client that
+                            // never reads) is cut.
+                            if since.elapsed() > allowed {
+                                break;
+                            }
+                            continue;
+                        }
+                        let quiet = accepted.elapsed()
+                            - Duration::from_millis(activity.last.load(Ordering::SeqCst));
+                        let limit = if never_asked {
+                            limits.request_timeout
+                        } else {
+                            limits.idle_timeout
+                        };
+                        if idle && quiet > limit {
+                            tracing::debug!(%peer, "closing an idle connection");
+                            if never_asked {
+                                break;
+                            }
+                            connection.as_mut().graceful_shutdown();
+                            closing = Some((Instant::now(), Duration::from_secs(1)));
+                        }
+                    }
+                    // Every slot is taken: a connection with nothing in flight makes room.
+                    _ = shed.notified(), if closing.is_none() && idle => {
+                        if never_asked {
+                            break;
+                        }
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some((Instant::now(), Duration::from_secs(1)));
+                    }
+                    _ = stop.wait_for(|s| *s), if closing.is_none() => {
+                        if never_asked {
+                            break;
+                        }
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some((Instant::now(), limits.request_timeout));
+                    }
+                }
             }
+            open.fetch_sub(1, Ordering::SeqCst);
         });
     }
     drop(listener);
     tracing::info!("shutting down: no new connections, finishing requests in flight");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(limits.shutdown_grace) => tracing::warn!("grace period over with connections still open"),
+    let _ = stopping.send(true);
+    let deadline = Instant::now() + limits.shutdown_grace;
+    while open.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!("grace period over with connections still open");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tracing::info!("all connections closed");
     Ok(())
 }

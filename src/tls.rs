@@ -22,15 +22,30 @@ pub enum TlsError {
     Mismatch(String),
     #[error("generating certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("a certificate valid {0} days: it must be valid 1 to {MAX_VALID_DAYS} days")]
+    Days(i64),
 }
 
-/// What identifies a version of the files: modification time and size of both.
-type Stamp = [(Option<SystemTime>, u64); 2];
+/// What identifies a version of a file: modification and change times, size and inode.
+/// The change time moves on every write, whatever a writer does to the modification
+/// time, and a Secret mount's atomic symlink swap gives a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    len: u64,
+    inode: (u64, u64),
+}
+
+type Stamp = [Option<FileStamp>; 2];
 
 struct Current {
     stamp: Stamp,
     key: Arc<CertifiedKey>,
     not_after: i64,
+    /// A version of the files that did not load: not tried (or logged) again until they
+    /// change once more.
+    failed: Option<Stamp>,
 }
 
 /// Resolves the serving certificate for each handshake, reloading it when the files
@@ -50,9 +65,14 @@ impl std::fmt::Debug for ReloadingCert {
 }
 
 fn stamp(paths: [&Path; 2]) -> Stamp {
-    paths.map(|p| match fs::metadata(p) {
-        Ok(m) => (m.modified().ok(), m.len()),
-        Err(_) => (None, 0),
+    use std::os::unix::fs::MetadataExt;
+    paths.map(|p| {
+        fs::metadata(p).ok().map(|m| FileStamp {
+            modified: m.modified().ok(),
+            changed: (m.ctime(), m.ctime_nsec()),
+            len: m.len(),
+            inode: (m.dev(), m.ino()),
+        })
     })
 }
 
@@ -89,6 +109,7 @@ impl ReloadingCert {
                 stamp,
                 key,
                 not_after,
+                failed: None,
             }),
         })
     }
@@ -98,12 +119,12 @@ impl ReloadingCert {
         let now = stamp([&self.cert_path, &self.key_path]);
         {
             let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-            if current.stamp == now {
+            if current.stamp == now || current.failed == Some(now) {
                 return Arc::clone(&current.key);
             }
         }
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.stamp != now {
+        if current.stamp != now && current.failed != Some(now) {
             match load(&self.cert_path, &self.key_path) {
                 Ok((key, not_after)) => {
                     tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate reloaded");
@@ -111,10 +132,14 @@ impl ReloadingCert {
                         stamp: now,
                         key,
                         not_after,
+                        failed: None,
                     };
                 }
-                // Retried on the next handshake; the old pair serves meanwhile.
-                Err(e) => tracing::warn!(error = %e, "serving certificate not reloaded"),
+                // Tried again once the files change; the old pair serves meanwhile.
+                Err(e) => {
+                    tracing::warn!(error = %e, "serving certificate not reloaded; the previous one serves until the files change again");
+                    current.failed = Some(now);
+                }
             }
         }
         Arc::clone(&current.key)
@@ -152,7 +177,13 @@ pub struct Generated {
     pub key: String,
 }
 
+/// The longest validity `generate` gives, in days (a hundred years).
+pub const MAX_VALID_DAYS: i64 = 36_500;
+
 pub fn generate(dns_names: &[String], valid_days: i64) -> Result<Generated, TlsError> {
+    if !(1..=MAX_VALID_DAYS).contains(&valid_days) {
+        return Err(TlsError::Days(valid_days));
+    }
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,

@@ -308,12 +308,33 @@ fn decoded(
 
 /// The error without serde_json's ` at line L column C`: the field path says where,
 /// and a position in the request body means nothing to the person who wrote the YAML.
+/// Clipped: serde quotes the offending value, which can be megabytes long.
 pub fn without_position(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let suffix = format!(" at line {} column {}", e.line(), e.column());
-    match text.strip_suffix(&suffix) {
+    let bare = match text.strip_suffix(&suffix) {
         Some(bare) if e.line() > 0 => bare.to_string(),
         _ => text,
+    };
+    clip(&bare, MAX_ECHOED)
+}
+
+/// The most of a requester's own text a message quotes back.
+pub const MAX_ECHOED: usize = 512;
+
+/// A requester's value quoted in a message, clipped to [`MAX_ECHOED`].
+fn echo(v: &str) -> String {
+    format!("{:?}", clip(v, MAX_ECHOED))
+}
+
+/// `text` cut to `max` characters, saying how long it was.
+pub fn clip(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        text.to_string()
+    } else {
+        let head: String = text.chars().take(max).collect();
+        format!("{head}… ({count} characters)")
     }
 }
 
@@ -394,7 +415,8 @@ pub fn reserved_name(name: &str) -> Option<Problem> {
     name.starts_with("openshift").then(|| Problem {
         path: "metadata.name".into(),
         message: format!(
-            "Forbidden: {name:?} is reserved for the platform: names beginning with \"openshift\" belong to policies the cluster-version operator ships"
+            "Forbidden: {:?} is reserved for the platform: names beginning with \"openshift\" belong to policies the cluster-version operator ships",
+            clip(name, 253)
         ),
         rule: Rule::ReservedName,
         reason: Reason::ReservedName,
@@ -444,8 +466,8 @@ impl Walker {
                 "apiVersion",
                 Rule::Kind,
                 format!(
-                    "Unsupported value: {:?}: supported values: \"config.openshift.io/v1\", \"config.openshift.io/v1alpha1\"",
-                    cip.api_version
+                    "Unsupported value: {}: supported values: \"config.openshift.io/v1\", \"config.openshift.io/v1alpha1\"",
+                    echo(&cip.api_version)
                 ),
             );
         }
@@ -454,8 +476,8 @@ impl Walker {
                 "kind",
                 Rule::Kind,
                 format!(
-                    "Unsupported value: {:?}: supported values: \"ClusterImagePolicy\"",
-                    cip.kind
+                    "Unsupported value: {}: supported values: \"ClusterImagePolicy\"",
+                    echo(&cip.kind)
                 ),
             );
         }
@@ -616,10 +638,15 @@ impl Walker {
         for (i, s) in scopes.iter().enumerate().take(MAX_SCOPES) {
             let path = format!("spec.scopes[{i}]");
             if !seen.insert(s.as_str()) {
-                self.error(&path, Rule::Duplicate, format!("Duplicate value: {s:?}"));
+                self.error(
+                    &path,
+                    Rule::Duplicate,
+                    format!("Duplicate value: {}", echo(s)),
+                );
             }
             let failures = scope::scope_rule_failures(s);
-            self.scope_rules_pass.push(failures.is_empty());
+            self.scope_rules_pass
+                .push(failures.is_empty() && s.len() <= MAX_SCOPE_LEN);
             if !self.max_len(&path, s, MAX_SCOPE_LEN) {
                 continue;
             }
@@ -647,7 +674,7 @@ impl Walker {
             Some(t) if !POLICY_TYPES.contains(&t) => self.error(
                 &format!("{P}.policyType"),
                 Rule::Unsupported,
-                format!("Unsupported value: {t:?}: supported values: \"PublicKey\", \"FulcioCAWithRekor\", \"PKI\""),
+                format!("Unsupported value: {}: supported values: \"PublicKey\", \"FulcioCAWithRekor\", \"PKI\"", echo(t)),
             ),
             Some(_) => {}
         }
@@ -934,7 +961,8 @@ impl Walker {
                 &format!("{P}.matchPolicy"),
                 Rule::Unsupported,
                 format!(
-                    "Unsupported value: {p:?}: supported values: \"MatchRepoDigestOrExact\", \"MatchRepository\", \"ExactRepository\", \"RemapIdentity\""
+                    "Unsupported value: {}: supported values: \"MatchRepoDigestOrExact\", \"MatchRepository\", \"ExactRepository\", \"RemapIdentity\"",
+                    echo(p)
                 ),
             ),
             None => {}

@@ -177,3 +177,177 @@ fn type_errors_carry_no_body_position() {
         )
     );
 }
+
+/// Every path in a JSON value, as JSON pointers.
+fn paths(v: &Value, at: String, out: &mut Vec<String>) {
+    out.push(at.clone());
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .for_each(|(k, c)| paths(c, format!("{at}/{k}"), out)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, c)| paths(c, format!("{at}/{i}"), out)),
+        _ => {}
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Replace(usize, Value),
+    Remove(usize),
+    /// An array or string made `n` times longer.
+    Bloat(usize, usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => (any::<usize>(), any_json()).prop_map(|(i, v)| Mutation::Replace(i, v)),
+        1 => any::<usize>().prop_map(Mutation::Remove),
+        1 => (any::<usize>(), 2..3000usize).prop_map(|(i, n)| Mutation::Bloat(i, n)),
+    ]
+}
+
+fn apply(review: &mut Value, m: &Mutation) {
+    let mut all = Vec::new();
+    paths(review, String::new(), &mut all);
+    let pick = |i: &usize| all[i % all.len()].clone();
+    match m {
+        Mutation::Replace(i, v) => {
+            let p = pick(i);
+            if p.is_empty() {
+                *review = v.clone();
+            } else {
+                set(review, &p, v.clone());
+            }
+        }
+        Mutation::Remove(i) => {
+            let p = pick(i);
+            if let Some((parent, key)) = p.rsplit_once('/') {
+                if let Some(Value::Object(m)) = review.pointer_mut(parent) {
+                    m.remove(key);
+                }
+            }
+        }
+        Mutation::Bloat(i, n) => {
+            if let Some(target) = review.pointer_mut(&pick(i)) {
+                match target {
+                    Value::Array(a) if !a.is_empty() => {
+                        *a = a.iter().cycle().take(a.len() * n).cloned().collect()
+                    }
+                    Value::String(s) => *s = s.repeat(*n),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// What a mutated review may start from: a policy created, updated (with its old
+/// version) and deleted, an Image updated.
+fn starting_point() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(base("ClusterImagePolicy")),
+        Just({
+            let mut r = base("ClusterImagePolicy");
+            r["request"]["oldObject"] = r["request"]["object"].clone();
+            r
+        }),
+        Just({
+            let mut r = base("ClusterImagePolicy");
+            r["request"]["operation"] = json!("DELETE");
+            r["request"]["name"] = json!("openshift");
+            r["request"]["oldObject"] = r["request"]["object"].take();
+            r
+        }),
+        Just({
+            let mut r = base("Image");
+            r["request"]["oldObject"] = r["request"]["object"].clone();
+            r
+        }),
+    ]
+}
+
+/// A seeded fuzzer (no cargo-fuzz needed): reviews mutated one to six times, with a fixed
+/// seed so every run tries the same 2,000. Every one gets an answer or a 400, and the
+/// answer stays small whatever the request's size.
+#[test]
+fn mutated_reviews_get_a_bounded_answer() {
+    use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
+    let s = snapshot();
+    let mut runner = TestRunner::new_with_rng(
+        RunnerConfig {
+            cases: 2000,
+            ..RunnerConfig::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let strategy = (starting_point(), prop::collection::vec(mutation(), 1..6));
+    let largest = std::cell::Cell::new(0usize);
+    runner
+        .run(&strategy, |(mut review, mutations)| {
+            for m in &mutations {
+                apply(&mut review, m);
+            }
+            let bytes = serde_json::to_vec(&review).unwrap();
+            for endpoint in [Endpoint::Validate, Endpoint::Mutate] {
+                match admission::review(&bytes, endpoint, &s, &Config::default()) {
+                    Ok((out, _)) => {
+                        let size = serde_json::to_vec(&out).unwrap().len();
+                        largest.set(largest.get().max(size));
+                        prop_assert!(size < 64 * 1024, "{size} bytes for {} in", bytes.len());
+                        prop_assert!(out.response.warnings.len() <= 21);
+                    }
+                    Err(bad) => prop_assert!(!bad.to_string().is_empty()),
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    eprintln!("largest answer: {} bytes", largest.get());
+}
+
+/// The YAML/JSON loader (render, check, --state-dir) on mangled manifests: an error or
+/// the objects, never a panic.
+#[test]
+fn mangled_manifests_never_panic_the_loader() {
+    use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
+    let texts: Vec<String> = common::yaml_files("examples")
+        .iter()
+        .map(|f| std::fs::read_to_string(common::root().join(f)).unwrap())
+        .collect();
+    let mut runner = TestRunner::new_with_rng(
+        RunnerConfig {
+            cases: 2000,
+            ..RunnerConfig::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let strategy = (
+        prop::sample::select(texts),
+        prop::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        any::<usize>(),
+        0..2000usize,
+    );
+    runner
+        .run(&strategy, |(text, edits, cut, nest)| {
+            let mut bytes = text.into_bytes();
+            for (at, b) in edits {
+                if !bytes.is_empty() {
+                    let i = at % bytes.len();
+                    bytes[i] = b;
+                }
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            // Deep nesting, in YAML's flow style and JSON's.
+            let deep = format!("{}1{}", "{a: ".repeat(nest), "}".repeat(nest));
+            for candidate in [String::from_utf8_lossy(&bytes).into_owned(), deep] {
+                if let Ok(docs) = cip_webhook::documents::parse_documents("fuzz.yaml", &candidate) {
+                    let _ = cip_webhook::documents::load(&docs);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}

@@ -466,3 +466,62 @@ fn explain_knows_custom_pools_and_the_image_cr_entries() {
         "{text}"
     );
 }
+
+#[test]
+fn limits_that_make_no_sense_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    for days in ["0", "3000000"] {
+        let o = run(&["certs", "--out", out, "--dns", "x", "--days", days]);
+        assert_eq!(o.status.code(), Some(2), "{days}: {}", stderr(&o));
+    }
+    for flag in [
+        "--max-connections",
+        "--max-body",
+        "--request-timeout",
+        "--idle-timeout",
+    ] {
+        let o = run(&["serve", "--tls-cert", "c", "--tls-key", "k", flag, "0"]);
+        assert_eq!(o.status.code(), Some(2), "{flag}");
+        assert!(stderr(&o).contains("is not in"), "{flag}: {}", stderr(&o));
+    }
+}
+
+/// A MachineConfig that cannot be written leaves every other one as it was: never a
+/// policy.json requiring signatures without the registries.d file that finds them.
+#[test]
+fn render_is_all_or_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().to_str().unwrap();
+    assert!(render("examples", o).status.success());
+    let before = read_all(out.path());
+    // Render other policies, with a directory where the third file goes.
+    let input = tempfile::tempdir().unwrap();
+    for f in common::yaml_files("examples") {
+        std::fs::copy(
+            common::root().join(&f),
+            input.path().join(f.replace('/', "_")),
+        )
+        .unwrap();
+    }
+    std::fs::remove_file(input.path().join("examples_p0.yaml")).unwrap();
+    let blocker = out.path().join("99-worker-generated-imagepolicies.yaml");
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), "x").unwrap();
+    let r = render(input.path().to_str().unwrap(), o);
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("99-worker-generated-imagepolicies.yaml"),
+        "{}",
+        stderr(&r)
+    );
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let after = read_all(out.path());
+    let unchanged: Vec<_> = before
+        .iter()
+        .filter(|(n, _)| n != "99-worker-generated-imagepolicies.yaml")
+        .cloned()
+        .collect();
+    assert_eq!(after, unchanged, "nothing else moved");
+}

@@ -2,9 +2,9 @@
 //! generated CA, as kube-apiserver does with the caBundle.
 
 mod common;
+#[path = "common/server.rs"]
+mod harness;
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,213 +18,12 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use cip_webhook::admission::{self, ImageGuard, Snapshot};
 use cip_webhook::render::RenderOptions;
-use cip_webhook::server::{self, App, Limits};
-use cip_webhook::tls::{self, ReloadingCert};
-
-struct Server {
-    addr: SocketAddr,
-    ca: String,
-    dir: tempfile::TempDir,
-    app: Arc<App>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn write_pair(dir: &Path) -> String {
-    let g = tls::generate(&["localhost".to_string()], 30).unwrap();
-    std::fs::write(dir.join("tls.crt"), &g.cert).unwrap();
-    std::fs::write(dir.join("tls.key"), &g.key).unwrap();
-    g.ca_cert
-}
-
-async fn start_with(config: admission::Config, limits: Limits, state: Option<&[&str]>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = write_pair(dir.path());
-    let cert = Arc::new(
-        ReloadingCert::new(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap(),
-    );
-    let app = Arc::new(App::new(config, cert));
-    if let Some(files) = state {
-        let inputs = common::load(files);
-        app.set_snapshot(
-            Arc::new(Snapshot::build(&inputs, &RenderOptions::default())),
-            "test state".into(),
-        );
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(
-        listener,
-        Arc::clone(&app),
-        limits,
-        async move {
-            let _ = stopped.await;
-        },
-    ))
-    .map_ok();
-    Server {
-        addr,
-        ca,
-        dir,
-        app,
-        stop: Some(stop),
-        task,
-    }
-}
-
-trait MapOk {
-    fn map_ok(self) -> tokio::task::JoinHandle<()>;
-}
-
-impl MapOk for tokio::task::JoinHandle<Result<(), rustls::Error>> {
-    fn map_ok(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { self.await.unwrap().unwrap() })
-    }
-}
-
-const STATE: [&str; 5] = [
-    "examples/image.yaml",
-    "examples/clusterversion.yaml",
-    "examples/pools.yaml",
-    "examples/p0.yaml",
-    "examples/signed-apps.yaml",
-];
-
-async fn start() -> Server {
-    start_with(
-        admission::Config::default(),
-        Limits::default(),
-        Some(&STATE),
-    )
-    .await
-}
-
-async fn connect(
-    addr: SocketAddr,
-    ca_pem: &str,
-    alpn: &[&[u8]],
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-}
-
-/// One request on a fresh HTTP/1.1 connection.
-async fn send(server: &Server, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let tls = connect(server.addr, &server.ca, &[b"http/1.1"])
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    (
-        status,
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-}
-
-fn review(kind: &str, operation: &str, user: &str, object: Value) -> Vec<u8> {
-    let name = object
-        .pointer("/metadata/name")
-        .cloned()
-        .unwrap_or(json!(""));
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "0d6c1d9a-5f2a-4d4e-9b8e-1b2c3d4e5f60",
-            "kind": {"group": "config.openshift.io", "version": "v1", "kind": kind},
-            "resource": {"group": "config.openshift.io", "version": "v1", "resource": "x"},
-            "name": name,
-            "operation": operation,
-            "userInfo": {"username": user, "groups": ["system:authenticated"]},
-            "object": object,
-            "oldObject": null,
-            "dryRun": false
-        }
-    }))
-    .unwrap()
-}
-
-fn policy(version: &str, scopes: &[&str]) -> Value {
-    json!({
-        "apiVersion": format!("config.openshift.io/{version}"),
-        "kind": "ClusterImagePolicy",
-        "metadata": {"name": "p"},
-        "spec": {
-            "scopes": scopes,
-            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {
-                "keyData": base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"))
-            }}}
-        }
-    })
-}
-
-async fn validate(server: &Server, body: Vec<u8>) -> Value {
-    let (status, bytes) = send(server, "POST", "/validate", body).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&bytes)
-    );
-    let review: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(review["kind"], "AdmissionReview");
-    assert_eq!(
-        review["response"]["uid"],
-        "0d6c1d9a-5f2a-4d4e-9b8e-1b2c3d4e5f60"
-    );
-    review["response"].clone()
-}
-
-/// The AdmissionResponse of /mutate for this object.
-async fn mutate(server: &Server, operation: &str, object: Value) -> Value {
-    let (status, bytes) = send(
-        server,
-        "POST",
-        "/mutate",
-        review("ClusterImagePolicy", operation, "u", object),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone()
-}
+use cip_webhook::server::Limits;
+use harness::*;
 
 /// A v1 PublicKey policy on these scopes, as kube:admin.
 async fn validate_scopes(server: &Server, operation: &str, scopes: &[&str]) -> Value {
@@ -491,8 +290,9 @@ async fn bad_input_is_refused_without_a_crash() {
     assert_eq!(validate(&s, good).await["allowed"], true);
     let (_, metrics) = send(&s, "GET", "/metrics", Vec::new()).await;
     let metrics = String::from_utf8(metrics).unwrap();
+    // The five refused reviews and the 413 alike.
     assert!(
-        metrics.contains("cip_webhook_admission_bad_requests_total 5"),
+        metrics.contains("cip_webhook_admission_bad_requests_total 6"),
         "{metrics}"
     );
 }
@@ -619,7 +419,7 @@ async fn hundred_concurrent_requests() {
                 "example.org/x"
             };
             let r = validate(
-                &s,
+                &*s,
                 review("ClusterImagePolicy", "CREATE", "u", policy("v1", &[scope])),
             )
             .await;
@@ -920,8 +720,9 @@ async fn a_huge_review_gets_a_bounded_answer() {
         &message[message.len() - 100..]
     );
     assert_eq!(message.matches("spec.scopes[").count(), 20);
-    // 20,000 scopes: refused for the count; the scopes past 256 are not judged one by one.
-    let scopes: Vec<String> = (0..20_000).map(|i| format!("Bad_{i}")).collect();
+    // 100,000 scopes (48 s of CPU when duplicates were found pairwise): refused for the
+    // count; the scopes past 256 are not judged one by one.
+    let scopes: Vec<String> = (0..100_000).map(|i| format!("Bad_{i}")).collect();
     let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
     let started = std::time::Instant::now();
     let r = validate_scopes(&s, "CREATE", &scopes).await;
@@ -932,9 +733,56 @@ async fn a_huge_review_gets_a_bounded_answer() {
     );
     let message = r["status"]["message"].as_str().unwrap();
     assert!(
-        message.starts_with("[spec.scopes: Too many: 20000: must have at most 256 items, "),
+        message.starts_with("[spec.scopes: Too many: 100000: must have at most 256 items, "),
         "{}",
         &message[..200]
     );
     assert!(message.len() < 8192, "{}", message.len());
+}
+
+/// An UPDATE replaces the old version: a policy taking more than half the budget can be
+/// changed, while a second copy of it cannot be added.
+#[tokio::test]
+async fn an_update_is_counted_once_against_the_size_budget() {
+    let big: Vec<String> = (0..200).map(|i| format!("quay.io/big/app{i}")).collect();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    let mut policy = policy("v1", &big);
+    policy["metadata"]["name"] = json!("big");
+    let mut inputs = common::load(&STATE);
+    inputs
+        .policies
+        .push(serde_json::from_value(policy.clone()).unwrap());
+    let growth = cip_webhook::render::estimated_growth(&inputs.policies[2]);
+    let options = RenderOptions {
+        size_budget: 20 * 1024 + growth * 3 / 2,
+        ..RenderOptions::default()
+    };
+    let snapshot = Arc::new(Snapshot::from_plan(
+        Arc::new(inputs.clone()),
+        cip_webhook::render::plan(&inputs, &options).ok().as_ref(),
+        &options,
+    ));
+    assert!(snapshot.in_force.contains("big"));
+    let s = start().await;
+    s.app.set_snapshot(snapshot, "test".into());
+    let mut changed = policy.clone();
+    changed["metadata"]["labels"] = json!({"changed": "yes"});
+    let r = validate(
+        &s,
+        update("ClusterImagePolicy", "kube:admin", changed, policy.clone()),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let mut copy = policy;
+    copy["metadata"]["name"] = json!("big-2");
+    let r = validate(
+        &s,
+        review("ClusterImagePolicy", "CREATE", "kube:admin", copy),
+    )
+    .await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(r["status"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("spec: adding this policy would grow MachineConfig"));
 }

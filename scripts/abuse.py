@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Attacks a running `cip-webhook serve` on loopback, as a client on the cluster network
+could, while a prober checks that /healthz keeps answering within a second. Run by
+scripts/abuse.sh, which starts the server; standard library only.
+
+Phases: idle and half-open connections past --max-connections, slow headers, bodies that
+hold memory, huge-scope and huge-denial reviews, seeded mutated reviews, and state
+directory hazards (a FIFO, a symlink loop, deeply nested JSON, a duplicate object).
+Reports the worst /healthz latency per phase, the server's peak RSS, and fails (exit 1)
+if /healthz missed its second, the server answered 5xx, or it died."""
+
+import argparse
+import copy
+import json
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+
+BASE = {
+    "apiVersion": "admission.k8s.io/v1",
+    "kind": "AdmissionReview",
+    "request": {
+        "uid": "0d6c1d9a-5f2a-4d4e-9b8e-1b2c3d4e5f60",
+        "kind": {"group": "config.openshift.io", "version": "v1", "kind": "ClusterImagePolicy"},
+        "name": "p",
+        "operation": "CREATE",
+        "userInfo": {"username": "kube:admin"},
+        "object": {
+            "apiVersion": "config.openshift.io/v1",
+            "kind": "ClusterImagePolicy",
+            "metadata": {"name": "p"},
+            "spec": {
+                "scopes": ["example.org/apps"],
+                "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": "Zm9vIGJhcg=="}}},
+            },
+        },
+    },
+}
+
+
+class Target:
+    def __init__(self, host, port, ca):
+        self.host, self.port = host, port
+        # One TLS context per ALPN offer: a context is shared by the threads.
+        self.contexts = {}
+        for alpn in (("http/1.1",), ("h2",)):
+            context = ssl.create_default_context(cafile=ca)
+            context.set_alpn_protocols(list(alpn))
+            self.contexts[alpn] = context
+
+    def connect(self, alpn=("http/1.1",), timeout=10):
+        raw = socket.create_connection((self.host, self.port), timeout=timeout)
+        return self.contexts[alpn].wrap_socket(raw, server_hostname="localhost")
+
+    def request(self, method, path, body=b"", timeout=10):
+        """One request on a fresh connection: (status, body bytes)."""
+        s = self.connect(timeout=timeout)
+        try:
+            head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            s.sendall(head.encode() + body)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+        return status, data.split(b"\r\n\r\n", 1)[-1]
+
+
+class Watch:
+    """/healthz once every 100 ms and the server's RSS, in the background."""
+
+    def __init__(self, target, pid):
+        self.target, self.pid = target, pid
+        self.worst, self.misses, self.peak_rss = 0.0, 0, 0
+        self.phase_worst = {}
+        self.phase = "start"
+        self.stop = False
+        threading.Thread(target=self.probe, daemon=True).start()
+        threading.Thread(target=self.rss, daemon=True).start()
+
+    def probe(self):
+        while not self.stop:
+            started = time.monotonic()
+            try:
+                status, body = self.target.request("GET", "/healthz", timeout=1.0)
+                ok = status == 200 and body == b"ok\n"
+            except OSError:
+                ok = False
+            took = time.monotonic() - started
+            if not ok or took > 1.0:
+                self.misses += 1
+            self.worst = max(self.worst, took)
+            self.phase_worst[self.phase] = max(self.phase_worst.get(self.phase, 0.0), took)
+            time.sleep(0.1)
+
+    def rss(self):
+        while not self.stop:
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            self.peak_rss = max(self.peak_rss, int(line.split()[1]))
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+
+def hold(sockets, seconds):
+    time.sleep(seconds)
+    for s in sockets:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
+def idle_connections(target, count, seconds):
+    """Connections that never send a byte, half an HTTP/2 preface, or a whole one."""
+    held = []
+    for i in range(count):
+        try:
+            if i % 3 == 0:
+                held.append(target.connect(alpn=("http/1.1",)))
+            elif i % 3 == 1:
+                s = target.connect(alpn=("h2",))
+                s.sendall(b"PRI * HTTP/2.0\r\n")
+                held.append(s)
+            else:
+                s = target.connect(alpn=("h2",))
+                s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                held.append(s)
+        except OSError:
+            pass
+    hold(held, seconds)
+    return len(held)
+
+
+def slow_headers(target, count, seconds):
+    held = []
+    for _ in range(count):
+        try:
+            s = target.connect()
+            s.sendall(b"POST /validate HTTP/1.1\r\n")
+            held.append(s)
+        except OSError:
+            pass
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for s in list(held):
+            try:
+                s.sendall(b"X")
+            except OSError:
+                held.remove(s)
+        time.sleep(0.5)
+    hold(held, 0)
+    return count
+
+
+def body_hogs(target, count, seconds):
+    """Connections announcing 3 MiB bodies and sending them slowly."""
+    held = []
+    for _ in range(count):
+        try:
+            s = target.connect()
+            s.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3145728\r\n\r\n{")
+            held.append(s)
+        except OSError:
+            pass
+    end = time.monotonic() + seconds
+    chunk = b" " * 65536
+    while time.monotonic() < end:
+        for s in list(held):
+            try:
+                s.sendall(chunk)
+            except OSError:
+                held.remove(s)
+        time.sleep(0.2)
+    hold(held, 0)
+    return count
+
+
+def review_with_scopes(scopes):
+    r = copy.deepcopy(BASE)
+    r["request"]["object"]["spec"]["scopes"] = scopes
+    return json.dumps(r).encode()
+
+
+def huge_reviews(target, seconds, threads, results):
+    bodies = [
+        review_with_scopes([f"Bad_{i}" for i in range(100_000)]),  # 100,000 scopes
+        review_with_scopes([f"bad_{i}-" + "x" * 400 for i in range(256)]),  # 512 problems
+        review_with_scopes(["a.io/" + "b" * 3_000_000]),  # one 3 MB scope
+    ]
+    end = time.monotonic() + seconds
+
+    def worker(n):
+        while time.monotonic() < end:
+            body = bodies[n % len(bodies)]
+            n += 1
+            try:
+                status, answer = target.request("POST", "/validate", body, timeout=15)
+                results.append((status, len(answer)))
+            except OSError:
+                results.append((-1, 0))
+
+    run_threads(worker, threads)
+
+
+def mutate(rng, value, depth=0):
+    """One random edit somewhere in a JSON value."""
+    if isinstance(value, dict) and value and rng.random() < 0.7:
+        key = rng.choice(sorted(value))
+        value[key] = mutate(rng, value[key], depth + 1)
+        return value
+    if isinstance(value, list) and value and rng.random() < 0.7:
+        i = rng.randrange(len(value))
+        value[i] = mutate(rng, value[i], depth + 1)
+        return value
+    choice = rng.randrange(9)
+    if choice == 0:
+        return None
+    if choice == 1:
+        return rng.randint(-(2**63), 2**63 - 1)
+    if choice == 2:
+        return "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(40)))
+    if choice == 3:
+        return [value] * rng.randrange(1, 3000)
+    if choice == 4:
+        return {"a" * rng.randrange(1, 50): value}
+    if choice == 5 and isinstance(value, str):
+        return value * rng.randrange(2, 5000)
+    if choice == 6:
+        return rng.choice(["PublicKey", "PKI", "*.x", "openshift", "DELETE", "UPDATE", "Image", ""])
+    if choice == 7:
+        return {}
+    return value
+
+
+def fuzz(target, seconds, threads, seed, results):
+    rng = random.Random(seed)
+    end = time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def worker(_):
+        while time.monotonic() < end:
+            with lock:
+                review = copy.deepcopy(BASE)
+                for _ in range(rng.randrange(1, 6)):
+                    review = mutate(rng, review)
+                raw = json.dumps(review).encode()
+                if rng.random() < 0.1 and raw:
+                    i = rng.randrange(len(raw))
+                    raw = raw[:i] + bytes([rng.randrange(256)]) + raw[i + 1 :]
+            path = "/validate" if rng.random() < 0.7 else "/mutate"
+            try:
+                status, answer = target.request("POST", path, raw, timeout=15)
+                results.append((status, len(answer)))
+            except OSError:
+                results.append((-1, 0))
+
+    run_threads(worker, threads)
+
+
+def run_threads(worker, n):
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def state_hazards(state, seconds):
+    """A FIFO, a symlink loop, 600 KB of nested JSON, a duplicate Image; then mended."""
+    made = []
+    fifo = os.path.join(state, "fifo.yaml")
+    os.mkfifo(fifo)
+    made.append(fifo)
+    loop = os.path.join(state, "loop")
+    os.symlink(state, loop)
+    made.append(loop)
+    nested = os.path.join(state, "nested.json")
+    with open(nested, "w") as f:
+        f.write('{"a":' * 100_000 + "1" + "}" * 100_000)
+    made.append(nested)
+    time.sleep(seconds / 2)
+    duplicate = os.path.join(state, "image-copy.yaml")
+    with open(os.path.join(state, "image.yaml")) as src, open(duplicate, "w") as dst:
+        dst.write(src.read())
+    made.append(duplicate)
+    time.sleep(seconds / 2)
+    for path in made:
+        os.remove(path)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ca", required=True)
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--state", required=True)
+    p.add_argument("--max-connections", type=int, required=True)
+    p.add_argument("--seconds", type=float, default=10.0, help="per phase")
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args()
+    target = Target("127.0.0.1", args.port, args.ca)
+    watch = Watch(target, args.pid)
+    s = args.seconds
+    outcomes = {}
+    answers = []
+
+    def phase(name, run):
+        watch.phase = name
+        started = time.monotonic()
+        detail = run()
+        outcomes[name] = (time.monotonic() - started, detail)
+
+    phase("idle connections", lambda: idle_connections(target, args.max_connections + 64, s))
+    phase("slow headers", lambda: slow_headers(target, args.max_connections // 2, s))
+    phase("body hogs (60 x 3 MiB)", lambda: body_hogs(target, 60, s))
+    phase("huge reviews", lambda: huge_reviews(target, s, 4, answers))
+    fuzzed = []
+    phase("mutated reviews", lambda: fuzz(target, s, 4, args.seed, fuzzed))
+    phase("state directory hazards", lambda: state_hazards(args.state, s))
+    watch.phase = "after"
+    time.sleep(1.5)
+    watch.stop = True
+    alive = os.path.exists(f"/proc/{args.pid}")
+
+    print("abuse harness (loopback)")
+    for name, (took, detail) in outcomes.items():
+        worst = watch.phase_worst.get(name, 0.0)
+        print(f"  {name:<26} {took:6.1f} s   worst /healthz {worst * 1000:7.1f} ms   ({detail})")
+    statuses = {}
+    for status, _ in answers + fuzzed:
+        statuses[status] = statuses.get(status, 0) + 1
+    largest = max((size for _, size in answers + fuzzed), default=0)
+    print(f"  huge reviews answered: {len(answers)}, mutated reviews: {len(fuzzed)}, statuses {dict(sorted(statuses.items()))}")
+    print(f"  largest answer: {largest} bytes")
+    print(f"  /healthz: worst {watch.worst * 1000:.1f} ms, missed its second {watch.misses} times")
+    print(f"  peak RSS: {watch.peak_rss / 1024:.1f} MiB")
+    failed = []
+    if watch.misses:
+        failed.append("/healthz missed its second")
+    if any(500 <= status < 600 for status in statuses):
+        failed.append("5xx answers")
+    if not alive:
+        failed.append("the server died")
+    if largest > 64 * 1024:
+        failed.append("an answer over 64 KiB")
+    if failed:
+        print("FAILED: " + ", ".join(failed))
+        raise SystemExit(1)
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
