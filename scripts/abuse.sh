@@ -49,7 +49,8 @@ for _ in $(seq 100); do
 done
 status=0
 python3 scripts/abuse.py --port "$port" --ca "$work/certs/ca.crt" --pid "$server" \
-  --state "$work/state" --max-connections "$max_connections" --seconds "$seconds" || status=$?
+  --state "$work/state" --max-connections "$max_connections" --seconds "$seconds" \
+  --work "$work" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "server log (last 50 lines):" >&2
   tail -n 50 "$work/serve.log" >&2
