@@ -1,4 +1,6 @@
-//! Core speed: render 1,000 and 10,000 scopes, validate one policy.
+//! Core speed: render 1,000 and 10,000 scopes; render namespaced ImagePolicies with
+//! mirror sets (issue 14: 1,000 over 100 namespaces plus 200 IDMS entries, and halves and
+//! doubles of it for linearity); validate one policy.
 //! `cargo bench --bench core`; figures go in the issue notes.
 
 use base64::Engine;
@@ -69,6 +71,62 @@ fn bench_render(c: &mut Criterion) {
     group.finish();
 }
 
+/// `policies` ImagePolicies over `policies / 10` namespaces, one IDMS with `policies / 5`
+/// entries mirroring the namespaces' registries, and `cluster_policies` ClusterImagePolicies
+/// of 5 scopes (each namespace's file carries them all).
+fn namespaced(policies: usize, cluster_policies: usize) -> Inputs {
+    let mut inputs = cluster();
+    inputs.policies = (0..cluster_policies).map(policy).collect();
+    let namespaces = policies / 10;
+    inputs.image_policies = (0..policies)
+        .map(|i| {
+            let mut p = policy(i);
+            p.kind = "ImagePolicy".into();
+            p.metadata.namespace = Some(format!("team-{:03}", i % namespaces));
+            let registry = i % (policies / 5);
+            p.spec.as_mut().unwrap().scopes = Some(vec![format!(
+                "apps{registry}.example.com/team-{:03}/app{i}",
+                i % namespaces
+            )]);
+            p
+        })
+        .collect();
+    let rules: Vec<serde_json::Value> = (0..policies / 5)
+        .map(|r| json!({"source": format!("apps{r}.example.com"), "mirrors": [format!("mirror.example.net/apps{r}")]}))
+        .collect();
+    inputs.digest_mirror_sets = vec![serde_json::from_value(json!({
+        "metadata": {"name": "mirrors"},
+        "spec": {"imageDigestMirrors": rules}
+    }))
+    .unwrap()];
+    inputs
+}
+
+fn bench_namespaced(c: &mut Criterion) {
+    let mut group = c.benchmark_group("render_namespaced");
+    group.sample_size(20);
+    let options = RenderOptions {
+        size_budget: 64 << 20,
+        ..RenderOptions::default()
+    };
+    for (policies, cluster_policies) in [(500, 0), (1000, 0), (2000, 0), (4000, 0), (1000, 20)] {
+        let inputs = namespaced(policies, cluster_policies);
+        let plan = render::plan(&inputs, &options).unwrap();
+        assert_eq!(plan.pools[0].namespace_policies.len(), policies / 10);
+        assert_eq!(plan.mirror_scopes.len(), policies);
+        group.throughput(Throughput::Elements(policies as u64));
+        group.bench_with_input(
+            BenchmarkId::new(
+                format!("with_{cluster_policies}_cluster_policies"),
+                policies,
+            ),
+            &inputs,
+            |b, inputs| b.iter(|| render::plan(inputs, &options).unwrap()),
+        );
+    }
+    group.finish();
+}
+
 fn bench_validate(c: &mut Criterion) {
     let inputs = cluster();
     let facts = ClusterFacts::new(
@@ -78,11 +136,7 @@ fn bench_validate(c: &mut Criterion) {
     )
     .unwrap();
     let object = serde_json::to_value(policy(1)).unwrap();
-    let ctx = Context {
-        facts: &facts,
-        size: None,
-        exempt: false,
-    };
+    let ctx = Context::new(&facts);
     assert!(validate::validate_value(&object, &ctx).1.allowed());
     c.bench_function("validate/one_policy", |b| {
         b.iter(|| validate::validate_value(&object, &ctx))
@@ -120,5 +174,11 @@ fn bench_review(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_render, bench_validate, bench_review);
+criterion_group!(
+    benches,
+    bench_render,
+    bench_namespaced,
+    bench_validate,
+    bench_review
+);
 criterion_main!(benches);

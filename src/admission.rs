@@ -13,8 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::cluster::{ClusterFacts, ImageConfigError};
-use crate::model::ClusterImagePolicy;
-use crate::model::{Image, CONFIG_GROUP};
+use crate::model::{ClusterImagePolicy, Image, PolicyKind, CONFIG_GROUP};
 use crate::render::{self, Inputs, Plan, RenderOptions};
 use crate::validate::{self, Context, Problem, Report, Rule, SizeCheck};
 
@@ -36,6 +35,9 @@ pub struct Snapshot {
     pub in_force: std::collections::BTreeSet<String>,
     pub size: SizeCheck,
     pub options: RenderOptions,
+    /// The MCO renders policies on this cluster (FeatureGate): what its sync would fail on
+    /// is denied, not just warned about (SPEC §8.6).
+    pub mco_renders: bool,
 }
 
 impl Snapshot {
@@ -55,27 +57,32 @@ impl Snapshot {
         let cv = inputs.cluster_version.as_ref();
         let payload_facts =
             ClusterFacts::new(None, cv, repos).expect("no Image, no list to reject");
-        let facts = ClusterFacts::new(inputs.image.as_ref(), cv, repos);
+        let facts = inputs.facts(options);
         let size = match plan {
             Some(plan) => plan.size_check(options.size_budget),
             None => SizeCheck {
                 machine_config: render::registries_mc_name("worker"),
                 current_bytes: 0,
                 budget_bytes: options.size_budget,
+                namespaces: Default::default(),
+                new_namespace_bytes: 0,
             },
         };
         let in_force = plan
             .map(|p| {
+                let key = |o: &render::PolicyOutcome| match &o.namespace {
+                    Some(ns) => format!("{ns}/{}", o.name),
+                    None => o.name.clone(),
+                };
                 p.policies
                     .iter()
-                    .filter(|o| match &o.condition {
-                        render::Condition::Applied { .. } => true,
-                        render::Condition::Pending { written, .. } => !written.is_empty(),
-                    })
-                    .map(|o| o.name.clone())
+                    .chain(&p.image_policies)
+                    .filter(|o| o.condition.takes_effect())
+                    .map(key)
                     .collect()
             })
             .unwrap_or_default();
+        let mco_renders = crate::mco::sigstore_gate(inputs.feature_gate.as_ref(), cv).mco_renders();
         Snapshot {
             facts,
             payload_facts,
@@ -83,6 +90,7 @@ impl Snapshot {
             in_force,
             size,
             options: options.clone(),
+            mco_renders,
         }
     }
 }
@@ -385,7 +393,10 @@ pub fn decide(
     config: &Config,
 ) -> Answer {
     let kind = &request.kind;
-    let is_policy = kind.group == CONFIG_GROUP && kind.kind == "ClusterImagePolicy";
+    let policy_kind = (kind.group == CONFIG_GROUP)
+        .then(|| PolicyKind::from_kind(&kind.kind))
+        .flatten();
+    let is_policy = policy_kind.is_some();
     let is_image = kind.group == CONFIG_GROUP && kind.kind == "Image";
     if !is_policy && !is_image {
         let message = format!(
@@ -396,7 +407,7 @@ pub fn decide(
     }
     let exempt = config.exempt_users.contains(&request.user_info.username);
     let operation = request.operation.as_str();
-    if is_policy && endpoint == Endpoint::Validate && !exempt {
+    if policy_kind == Some(PolicyKind::Cluster) && endpoint == Endpoint::Validate && !exempt {
         // Whoever is not the platform may not create, change or delete its policies.
         if let Some(problem) = validate::reserved_name(&request.name) {
             if matches!(operation, "CREATE" | "UPDATE" | "DELETE") {
@@ -440,19 +451,21 @@ pub fn decide(
                 old.and_then(|o| serde_json::from_str(o.get()).ok());
             // An update replaces the old version: what it takes of the budget is free.
             let size = match old_policy.as_ref() {
-                Some(p) if snapshot.in_force.contains(&p.metadata.name) => SizeCheck {
+                Some(p) if snapshot.in_force.contains(&p.key()) => SizeCheck {
                     current_bytes: snapshot
                         .size
                         .current_bytes
-                        .saturating_sub(render::estimated_growth(p)),
+                        .saturating_sub(snapshot.size.growth(p)),
                     ..snapshot.size.clone()
                 },
                 _ => snapshot.size.clone(),
             };
             let ctx = Context {
-                facts,
                 size: Some(&size),
-                exempt: false,
+                cluster_policies: &snapshot.inputs.policies,
+                image_policies: &snapshot.inputs.image_policies,
+                mco_renders: snapshot.mco_renders,
+                ..Context::new(facts)
             };
             let (_, mut report) = validate::validate_json(object.get(), &ctx);
             if let Some(old) = old {
@@ -519,12 +532,18 @@ fn image_update(
         }
     }
     let guard = |image: &Image| {
-        let facts = ClusterFacts::new(
+        let facts = ClusterFacts::with_mirrors(
             Some(image),
             snapshot.inputs.cluster_version.as_ref(),
             &snapshot.options.extra_payload_repos,
+            snapshot.inputs.mirrors(),
         );
-        validate::validate_image_update(facts, &snapshot.inputs.policies)
+        let policies = snapshot
+            .inputs
+            .policies
+            .iter()
+            .chain(&snapshot.inputs.image_policies);
+        validate::validate_image_update(facts, policies)
     };
     let mut report = guard(&image);
     if let Some(before) = &before {

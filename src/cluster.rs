@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::model::{ClusterVersion, Image};
+use crate::model::{ClusterVersion, Image, PolicyKind};
+use crate::registries_conf::{self, MirrorObjects};
 use crate::scope::{self, is_nested, PayloadHit};
 
 /// Payload repositories protected even when ClusterVersion names another one.
@@ -17,12 +18,22 @@ pub const DEFAULT_EXTRA_PAYLOAD_REPOS: [&str; 2] = [
 pub struct ClusterFacts {
     /// The repository of `status.desired.image`, if ClusterVersion is known.
     pub release_repo: Option<String>,
+    /// `status.desired.image` itself: the payload's mirrors are looked up by it.
+    pub release_image: Option<String>,
     /// Every protected payload repository, sorted.
     pub payload_repos: Vec<String>,
-    /// `allowedRegistries` (plus the payload repository when MCO adds it).
+    /// The admin's `allowedRegistries`.
     pub allowed: Vec<String>,
+    /// The payload repository, once per blocked entry that covers it while a mirror
+    /// serves it: the MCO then allows it in policy.json (mco-behavior.md §3).
+    pub payload_allowed: Vec<String>,
     /// The blocked entries that go into policy.json as `reject`.
     pub blocked: Vec<String>,
+    /// The blocked entries that go into registries.conf: also those covering the payload
+    /// repository where a mirror serves it.
+    pub registries_blocked: Vec<String>,
+    /// `insecureRegistries`: they make registries.conf entries too.
+    pub insecure: Vec<String>,
     /// Entries MCO would drop, with the reason; not fatal.
     pub notes: Vec<String>,
 }
@@ -37,15 +48,36 @@ pub enum ImageConfigError {
 }
 
 impl ClusterFacts {
+    /// Without mirror sets: a blocked registry covering the payload is always dropped.
     pub fn new(
         image: Option<&Image>,
         cluster_version: Option<&ClusterVersion>,
         extra_payload_repos: &[String],
     ) -> Result<ClusterFacts, ImageConfigError> {
-        let release_repo = cluster_version
+        Self::with_mirrors(
+            image,
+            cluster_version,
+            extra_payload_repos,
+            MirrorObjects::default(),
+        )
+    }
+
+    /// MCO's `getValidBlockedAndAllowedRegistries`: a blocked registry that covers the
+    /// payload repository is kept only where a mirror outside the blocked registries
+    /// serves the payload; the payload repository is then allowed in policy.json.
+    pub fn with_mirrors(
+        image: Option<&Image>,
+        cluster_version: Option<&ClusterVersion>,
+        extra_payload_repos: &[String],
+        mirrors: MirrorObjects,
+    ) -> Result<ClusterFacts, ImageConfigError> {
+        let release_image = cluster_version
             .and_then(|cv| cv.status.desired.as_ref())
             .map(|d| d.image.trim())
             .filter(|i| !i.is_empty())
+            .map(str::to_string);
+        let release_repo = release_image
+            .as_deref()
             .map(|i| scope::repository_of(i).to_string());
         let mut payload_repos: Vec<String> = extra_payload_repos.to_vec();
         payload_repos.extend(release_repo.clone());
@@ -54,6 +86,7 @@ impl ClusterFacts {
 
         let mut facts = ClusterFacts {
             release_repo,
+            release_image,
             payload_repos,
             ..Default::default()
         };
@@ -75,25 +108,76 @@ impl ClusterFacts {
                 });
             }
         }
+        facts.insecure.clone_from(&sources.insecure_registries);
+        let mut unblockable = Vec::new();
         for reg in &sources.blocked_registries {
-            match &facts.release_repo {
-                // Without mirror information the payload cannot be blocked: MCO drops the entry.
-                Some(payload) if is_nested(payload, reg) => facts.notes.push(format!(
-                    "error adding {reg:?} to blocked registries, cannot block the repository being used by the payload"
-                )),
-                _ => facts.blocked.push(reg.clone()),
+            let payload = match (&facts.release_repo, &facts.release_image) {
+                (Some(repo), Some(image)) if is_nested(repo, reg) => (repo.clone(), image),
+                _ => {
+                    facts.registries_blocked.push(reg.clone());
+                    facts.blocked.push(reg.clone());
+                    continue;
+                }
+            };
+            let (repo, image) = payload;
+            match registries_conf::payload_has_unblocked_mirror(
+                image,
+                &sources.insecure_registries,
+                &sources.blocked_registries,
+                mirrors,
+            ) {
+                Ok(true) => {
+                    facts.notes.push(format!(
+                        "{reg:?} matches the payload repository, but will add it to the list of blocked registries as there are mirror rules configured for it"
+                    ));
+                    facts.registries_blocked.push(reg.clone());
+                    if *reg != repo {
+                        facts.blocked.push(reg.clone());
+                    }
+                    facts.payload_allowed.push(repo);
+                }
+                Ok(false) => unblockable.push(reg.clone()),
+                Err(e) => {
+                    facts.notes.push(format!(
+                        "the payload's mirrors cannot be worked out ({e}): the machine-config-operator fails its sync on this"
+                    ));
+                    unblockable.push(reg.clone());
+                }
             }
+        }
+        if !unblockable.is_empty() {
+            // Go's %q of a []string.
+            let quoted: Vec<String> = unblockable.iter().map(|r| format!("{r:?}")).collect();
+            facts.notes.push(format!(
+                "error adding [{}] to blocked registries, cannot block the repository being used by the payload",
+                quoted.join(" ")
+            ));
         }
         facts
             .allowed
             .extend(sources.allowed_registries.iter().cloned());
-        if !facts.allowed.is_empty()
+        let policy_allowed: Vec<&str> = facts.policy_allowed().collect();
+        if !policy_allowed.is_empty()
             && !facts.blocked.is_empty()
-            && facts.allowed != facts.release_repo.as_slice()
+            && policy_allowed
+                != facts
+                    .release_repo
+                    .as_deref()
+                    .into_iter()
+                    .collect::<Vec<_>>()
         {
             return Err(ImageConfigError::BothLists);
         }
         Ok(facts)
+    }
+
+    /// The allowed list policy.json is built from: the payload entries the MCO adds, then
+    /// the admin's.
+    pub fn policy_allowed(&self) -> impl Iterator<Item = &str> {
+        self.payload_allowed
+            .iter()
+            .chain(&self.allowed)
+            .map(String::as_str)
     }
 
     /// The first payload repository this scope touches.
@@ -104,18 +188,33 @@ impl ClusterFacts {
     }
 
     /// MCO's message when the scope conflicts with the Image CR's lists.
-    pub fn registry_conflict(&self, scope: &str) -> Option<String> {
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| is_nested(scope, a)) {
+    pub fn registry_conflict(&self, scope: &str, kind: PolicyKind) -> Option<String> {
+        let who = kind.mco_name();
+        if !self.allowed.is_empty() && !self.policy_allowed().any(|a| is_nested(scope, a)) {
             return Some(format!(
-                "clusterimagePolicy configured for the scope {scope} is not nested inside allowedRegistries"
+                "{who} configured for the scope {scope} is not nested inside allowedRegistries"
             ));
         }
         if self.blocked.iter().any(|b| is_nested(scope, b)) {
             return Some(format!(
-                "clusterimagePolicy configured for the scope {scope} is nested inside blockedRegistries"
+                "{who} configured for the scope {scope} is nested inside blockedRegistries"
             ));
         }
         None
+    }
+
+    /// Where the admin set no allowed list, but the MCO made one from the payload
+    /// repository (a blocked registry covers it and a mirror serves it): the MCO then
+    /// fails its whole sync on every scope outside that repository (SPEC §8.6).
+    pub fn mco_refusal(&self, scope: &str, kind: PolicyKind) -> Option<String> {
+        let payload = self.payload_allowed.first()?;
+        if !self.allowed.is_empty() || is_nested(scope, payload) {
+            return None;
+        }
+        Some(format!(
+            "{} configured for the scope {scope} is not nested inside allowedRegistries: a blocked registry covers the payload repository {payload}, which a mirror serves, so the machine-config-operator allows only {payload} and fails its whole sync on any other scope",
+            kind.mco_name()
+        ))
     }
 }
 
@@ -152,7 +251,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            f.registry_conflict("allowed.io/policysigned").unwrap(),
+            f.registry_conflict("allowed.io/policysigned", PolicyKind::Cluster).unwrap(),
             "clusterimagePolicy configured for the scope allowed.io/policysigned is not nested inside allowedRegistries"
         );
         let f = ClusterFacts::new(
@@ -162,7 +261,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            f.registry_conflict("blocker-reg.com/namespace1/policysigned").unwrap(),
+            f.registry_conflict("blocker-reg.com/namespace1/policysigned", PolicyKind::Cluster).unwrap(),
             "clusterimagePolicy configured for the scope blocker-reg.com/namespace1/policysigned is nested inside blockedRegistries"
         );
         let f = ClusterFacts::new(
@@ -171,12 +270,15 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(f.registry_conflict("blocked.io"), None);
+        assert_eq!(f.registry_conflict("blocked.io", PolicyKind::Cluster), None);
     }
 
     #[test]
     fn payload_repo_comes_from_cluster_version_and_cannot_be_blocked() {
-        let v = cv("quay.io/openshift-release-dev/ocp-release@sha256:abcd");
+        let v = cv(&format!(
+            "quay.io/openshift-release-dev/ocp-release@sha256:{}",
+            "ab".repeat(32)
+        ));
         let f =
             ClusterFacts::new(Some(&image(&[], &["quay.io", "bad.io"])), Some(&v), &[]).unwrap();
         assert_eq!(
@@ -184,13 +286,71 @@ mod tests {
             Some("quay.io/openshift-release-dev/ocp-release")
         );
         assert_eq!(f.blocked, ["bad.io"]);
-        assert_eq!(f.notes.len(), 1);
+        assert_eq!(
+            f.notes,
+            ["error adding [\"quay.io\"] to blocked registries, cannot block the repository being used by the payload"]
+        );
         let extras = vec!["registry.example.com/release".to_string()];
         let f = ClusterFacts::new(None, Some(&v), &extras).unwrap();
         assert_eq!(
             f.payload_hit("registry.example.com").unwrap().0,
             "registry.example.com/release"
         );
+    }
+
+    /// mco-behavior.md §3: with a mirror outside the blocked registries the payload's
+    /// registry may be blocked; the payload repository is then allowed in policy.json, and
+    /// every scope outside it is one the MCO refuses.
+    #[test]
+    fn a_mirrored_payload_can_be_blocked() {
+        let payload = "quay.io/openshift-release-dev/ocp-release";
+        let v = cv(&format!("{payload}@sha256:{}", "ab".repeat(32)));
+        let idms = crate::model::ImageDigestMirrorSet {
+            spec: crate::model::DigestMirrorSpec {
+                image_digest_mirrors: vec![crate::model::MirrorRule {
+                    source: payload.into(),
+                    mirrors: vec!["mirror.local/ocp/release".into()],
+                    mirror_source_policy: None,
+                }],
+            },
+            ..Default::default()
+        };
+        let mirrors = MirrorObjects {
+            digest: std::slice::from_ref(&idms),
+            ..Default::default()
+        };
+        let blocked = image(&[], &["quay.io"]);
+        let f = ClusterFacts::with_mirrors(Some(&blocked), Some(&v), &[], mirrors).unwrap();
+        assert_eq!(f.registries_blocked, ["quay.io"]);
+        assert_eq!(f.blocked, ["quay.io"]);
+        assert_eq!(f.payload_allowed, [payload]);
+        assert_eq!(
+            f.registry_conflict("example.com/app", PolicyKind::Cluster),
+            None
+        );
+        assert!(f
+            .mco_refusal("example.com/app", PolicyKind::Namespaced)
+            .unwrap()
+            .starts_with("imagePolicy configured for the scope example.com/app is not nested inside allowedRegistries"));
+        assert_eq!(
+            f.mco_refusal(&format!("{payload}/sub"), PolicyKind::Cluster),
+            None
+        );
+        // Blocking the payload repository itself rejects nothing in policy.json.
+        let exact = image(&[], &[payload]);
+        let f = ClusterFacts::with_mirrors(Some(&exact), Some(&v), &[], mirrors).unwrap();
+        assert_eq!(f.registries_blocked, [payload]);
+        assert!(f.blocked.is_empty());
+        // Two blocked entries over the payload allow it twice: the MCO's "only one of"
+        // check then fails, and so do we.
+        let twice = image(&[], &["quay.io", payload]);
+        assert_eq!(
+            ClusterFacts::with_mirrors(Some(&twice), Some(&v), &[], mirrors),
+            Err(ImageConfigError::BothLists)
+        );
+        // Without the mirror the entry is dropped, as before.
+        let f = ClusterFacts::new(Some(&blocked), Some(&v), &[]).unwrap();
+        assert!(f.blocked.is_empty() && f.payload_allowed.is_empty());
     }
 
     #[test]

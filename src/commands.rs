@@ -15,6 +15,7 @@ use cip_webhook::documents::{self, Document, Loaded};
 use cip_webhook::explain;
 use cip_webhook::files;
 use cip_webhook::ignition::POLICY_JSON_PATH;
+use cip_webhook::model::PolicyKind;
 use cip_webhook::policy::Policy;
 use cip_webhook::render::{self, Condition, Plan, RenderOptions};
 
@@ -140,6 +141,13 @@ fn condition_line(c: &Condition) -> String {
         Condition::Pending {
             reason, message, ..
         } => format!("Pending    {}: not applied: {message}", reason.as_str()),
+        Condition::Overridden {
+            overridden, pools, ..
+        } => format!(
+            "Applied    pools {}; {} scope(s) governed by a ClusterImagePolicy",
+            pools.join(", "),
+            overridden.len()
+        ),
     }
 }
 
@@ -152,7 +160,7 @@ fn render_text(
 ) -> String {
     let mut s = String::new();
     let i = &loaded.inputs;
-    let _ = writeln!(
+    let _ = write!(
         s,
         "Read {}: {} ClusterImagePolicies, Image cluster: {}, ClusterVersion version: {}, {} pools, {} MachineConfigs",
         input.display(),
@@ -162,6 +170,21 @@ fn render_text(
         i.pools.len(),
         i.machine_configs.len()
     );
+    if !i.image_policies.is_empty() {
+        let _ = write!(s, ", {} ImagePolicies", i.image_policies.len());
+    }
+    let mirror_sets =
+        i.digest_mirror_sets.len() + i.tag_mirror_sets.len() + i.content_source_policies.len();
+    if mirror_sets > 0 {
+        let _ = write!(
+            s,
+            ", {mirror_sets} mirror sets (IDMS {}, ITMS {}, ICSP {})",
+            i.digest_mirror_sets.len(),
+            i.tag_mirror_sets.len(),
+            i.content_source_policies.len()
+        );
+    }
+    s.push('\n');
     for p in &plan.pools {
         let _ = writeln!(s, "\npool {}", p.pool);
         for c in &p.changes {
@@ -177,6 +200,19 @@ fn render_text(
         }
         let origin = p.original_from.as_deref().unwrap_or("MCO template");
         let _ = writeln!(s, "  original policy.json from {origin}");
+        if !p.namespace_policies.is_empty() {
+            let names: Vec<&str> = p
+                .namespace_policies
+                .iter()
+                .map(|(ns, _)| ns.as_str())
+                .collect();
+            let _ = writeln!(
+                s,
+                "  namespace policy files in {}: {}",
+                p.policy_json_machine_config,
+                names.join(", ")
+            );
+        }
     }
     let scopes = plan
         .pools
@@ -189,13 +225,39 @@ fn render_text(
         scopes.len(),
         scopes.join(", ")
     );
+    for (ns, scopes) in &plan.namespace_scopes {
+        let _ = writeln!(
+            s,
+            "namespace {ns} scopes written ({}): {}",
+            scopes.len(),
+            scopes.join(", ")
+        );
+    }
+    if !plan.mirror_scopes.is_empty() {
+        let _ = writeln!(
+            s,
+            "sigstore attachments also for the endpoints they are pulled from ({}): {}",
+            plan.mirror_scopes.len(),
+            plan.mirror_scopes.join(", ")
+        );
+    }
     let _ = writeln!(s, "\npolicies");
-    for o in &plan.policies {
-        let _ = writeln!(s, "  {:<24} {}", o.name, condition_line(&o.condition));
-        if let Condition::Pending { skipped, .. } = &o.condition {
-            for sk in skipped {
-                let _ = writeln!(s, "  {:<24}   skipped {}: {}", "", sk.scope, sk.message);
+    let ips = plan.image_policies.iter().map(|o| {
+        let ns = o.namespace.as_deref().unwrap_or_default();
+        (format!("{ns}/{}", o.name), o)
+    });
+    for (name, o) in plan.policies.iter().map(|o| (o.name.clone(), o)).chain(ips) {
+        let _ = writeln!(s, "  {name:<24} {}", condition_line(&o.condition));
+        match &o.condition {
+            Condition::Pending { skipped, .. } => {
+                for sk in skipped {
+                    let _ = writeln!(s, "  {:<24}   skipped {}: {}", "", sk.scope, sk.message);
+                }
             }
+            Condition::Overridden { message, .. } => {
+                let _ = writeln!(s, "  {:<24}   {message}", "");
+            }
+            Condition::Applied { .. } => {}
         }
     }
     for (source, name, message) in &loaded.undecodable {
@@ -232,6 +294,9 @@ fn render_json(plan: &Plan, loaded: &Loaded, output: &Path, files: &[String]) ->
     json!({
         "pools": plan.pools,
         "policies": plan.policies,
+        "imagePolicies": plan.image_policies,
+        "namespaceScopes": plan.namespace_scopes,
+        "mirrorScopes": plan.mirror_scopes,
         "undecodable": loaded.undecodable.iter().map(|(source, name, message)| json!({"source": source, "name": name, "message": message})).collect::<Vec<_>>(),
         "payloadRepositories": plan.facts.payload_repos,
         "notes": plan.notes,
@@ -295,10 +360,10 @@ pub fn check(
     for f in opts.old {
         old_docs.extend(read_file_documents(f)?);
     }
-    let old_of = |kind: &str, name: &str| -> Option<serde_json::Value> {
-        let given = old_docs.iter().find(|d| {
-            documents::kind_of(&d.value).1 == kind && documents::name_of(&d.value) == name
-        });
+    let old_of = |kind: &str, key: &str| -> Option<serde_json::Value> {
+        let given = old_docs
+            .iter()
+            .find(|d| documents::kind_of(&d.value).1 == kind && documents::key_of(&d.value) == key);
         if let Some(d) = given {
             return Some(d.value.clone());
         }
@@ -307,7 +372,13 @@ pub fn check(
                 .inputs
                 .policies
                 .iter()
-                .find(|p| p.metadata.name == name)
+                .find(|p| p.metadata.name == key)
+                .and_then(|p| serde_json::to_value(p).ok()),
+            "ImagePolicy" => state
+                .inputs
+                .image_policies
+                .iter()
+                .find(|p| p.key() == key)
                 .and_then(|p| serde_json::to_value(p).ok()),
             // The Image `cluster` always exists; without one in the state, an empty one.
             "Image" => Some(
@@ -325,14 +396,21 @@ pub fn check(
     // The cluster as the webhook would see it: the policies under check are the ones
     // being written, so they are left out of it.
     let mut context = state.inputs.clone();
-    let checked: Vec<&str> = docs
+    let checked: Vec<(PolicyKind, String)> = docs
         .iter()
-        .filter(|d| documents::is_cluster_image_policy(&d.value))
-        .map(|d| documents::name_of(&d.value))
+        .filter_map(|d| {
+            Some((
+                documents::policy_kind_of(&d.value)?,
+                documents::key_of(&d.value),
+            ))
+        })
         .collect();
     context
         .policies
-        .retain(|p| !checked.contains(&p.metadata.name.as_str()));
+        .retain(|p| !checked.contains(&(PolicyKind::Cluster, p.key())));
+    context
+        .image_policies
+        .retain(|p| !checked.contains(&(PolicyKind::Namespaced, p.key())));
     let plan = render::plan(&context, options).ok();
     let snapshot =
         admission::Snapshot::from_plan(std::sync::Arc::new(context), plan.as_ref(), options);
@@ -351,14 +429,14 @@ pub fn check(
         let is_image = kind == "Image"
             && name == "cluster"
             && api.split('/').next() == Some(cip_webhook::model::CONFIG_GROUP);
-        if !documents::is_cluster_image_policy(&doc.value) && !is_image {
+        if documents::policy_kind_of(&doc.value).is_none() && !is_image {
             skipped.push(format!(
-                "{}: {api} {kind} {name:?}: not a ClusterImagePolicy or the Image cluster",
+                "{}: {api} {kind} {name:?}: not a ClusterImagePolicy, an ImagePolicy or the Image cluster",
                 doc.source
             ));
             continue;
         }
-        let old = old_of(kind, &name);
+        let old = old_of(kind, &documents::key_of(&doc.value));
         let operation = if old.is_some() { "UPDATE" } else { "CREATE" };
         let request = |object: &serde_json::Value| -> Result<admission::Request> {
             let (group, version) = api.split_once('/').unwrap_or(("", api));
@@ -410,7 +488,7 @@ pub fn check(
         let mut why: Vec<String> = skipped;
         why.extend(empty.iter().map(|f| format!("{f}: no object in it")));
         if results.is_empty() && why.is_empty() {
-            why.push("no ClusterImagePolicy or Image cluster in the files".into());
+            why.push("no ClusterImagePolicy, ImagePolicy or Image cluster in the files".into());
         }
         bail!(
             "nothing to check in: {} (--allow-empty accepts this)",
@@ -467,9 +545,13 @@ fn check_json(c: &Checked) -> serde_json::Value {
     })
 }
 
+/// Which file and entry CRI-O uses for `image` on a node of `pool`; with a namespace, its
+/// `/etc/crio/policies/<namespace>.json` where the namespace has one (CRI-O's
+/// `signature_policy_dir`), else policy.json.
 pub fn explain(
     input: &Path,
     pool: &str,
+    namespace: Option<&str>,
     image: &str,
     options: &RenderOptions,
     json: bool,
@@ -497,33 +579,66 @@ pub fn explain(
         );
     };
     let after = render::machine_configs_after(&loaded.inputs, &plan);
-    let (source, text) = match render::node_file(&pool_object, &after, POLICY_JSON_PATH) {
-        Some((mc, text)) => (mc, text.map_err(anyhow::Error::msg)?),
-        None => (
-            "the MCO template".to_string(),
-            cip_webhook::policy::MCO_TEMPLATE.to_string(),
-        ),
+    let namespace_file = namespace.and_then(|ns| {
+        let path = cip_webhook::ignition::namespace_policy_path(ns);
+        render::node_file(&pool_object, &after, &path).map(|found| (path, found))
+    });
+    let (path, source, text) = match namespace_file {
+        Some((path, (mc, text))) => (path, mc, text.map_err(anyhow::Error::msg)?),
+        None => match render::node_file(&pool_object, &after, POLICY_JSON_PATH) {
+            Some((mc, text)) => (
+                POLICY_JSON_PATH.to_string(),
+                mc,
+                text.map_err(anyhow::Error::msg)?,
+            ),
+            None => (
+                POLICY_JSON_PATH.to_string(),
+                "the MCO template".to_string(),
+                cip_webhook::policy::MCO_TEMPLATE.to_string(),
+            ),
+        },
     };
+    let in_namespace_file = path != POLICY_JSON_PATH;
     let policy = Policy::parse(&text).map_err(anyhow::Error::msg)?;
     let e = explain::explain(&policy, image).map_err(anyhow::Error::msg)?;
+    // The policies whose requirements the matched entry carries.
+    let writes = |o: &render::PolicyOutcome, scope: &String| match &o.condition {
+        Condition::Applied { .. } => true,
+        Condition::Pending { written, .. } | Condition::Overridden { written, .. } => {
+            written.contains(scope)
+        }
+    };
     let mut from: Vec<String> = match &e.matched {
-        Some(scope) if !scope.is_empty() => plan
-            .policies
-            .iter()
-            .filter(|o| {
-                let written = match &o.condition {
-                    Condition::Applied { .. } => true,
-                    Condition::Pending { written, .. } => written.contains(scope),
-                };
-                written
+        Some(scope) if !scope.is_empty() => {
+            let cluster = plan.policies.iter().filter(|o| {
+                writes(o, scope)
                     && loaded
                         .inputs
                         .policies
                         .iter()
                         .any(|p| p.metadata.name == o.name && p.scopes().contains(scope))
-            })
-            .map(|o| format!("ClusterImagePolicy {}", o.name))
-            .collect(),
+            });
+            let namespaced = plan.image_policies.iter().filter(|o| {
+                in_namespace_file
+                    && o.namespace.as_deref() == namespace
+                    && writes(o, scope)
+                    && loaded.inputs.image_policies.iter().any(|p| {
+                        p.metadata.namespace == o.namespace
+                            && p.metadata.name == o.name
+                            && p.scopes().contains(scope)
+                    })
+            });
+            cluster
+                .map(|o| format!("ClusterImagePolicy {}", o.name))
+                .chain(namespaced.map(|o| {
+                    format!(
+                        "ImagePolicy {}/{}",
+                        o.namespace.as_deref().unwrap_or_default(),
+                        o.name
+                    )
+                }))
+                .collect()
+        }
         _ => Vec::new(),
     };
     from.extend(explain::registry_list_origin(
@@ -533,12 +648,31 @@ pub fn explain(
     ));
     let text = if json {
         serde_json::to_string_pretty(
-            &json!({"pool": pool, "policyJsonFrom": source, "explanation": e, "from": from}),
+            &json!({"pool": pool, "namespace": namespace, "policyFile": path, "policyFileFrom": source, "policyJsonFrom": source, "explanation": e, "from": from}),
         )? + "\n"
     } else {
         let mut s = String::new();
-        let _ = writeln!(s, "image:        {} (pool {pool})", e.identity);
-        let _ = writeln!(s, "policy.json:  from {source}");
+        match namespace {
+            Some(ns) => {
+                let _ = writeln!(
+                    s,
+                    "image:        {} (pool {pool}, namespace {ns})",
+                    e.identity
+                );
+                if in_namespace_file {
+                    let _ = writeln!(s, "policy file:  {path} from {source}");
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "policy file:  {path} from {source} (namespace {ns} has no policy file of its own)"
+                    );
+                }
+            }
+            None => {
+                let _ = writeln!(s, "image:        {} (pool {pool})", e.identity);
+                let _ = writeln!(s, "policy.json:  from {source}");
+            }
+        }
         let _ = writeln!(s, "looked up:    {}", e.candidates.join(", "));
         let matched = match &e.matched {
             Some(m) if m.is_empty() => "the docker transport's default entry \"\"".to_string(),
@@ -845,15 +979,17 @@ async fn watch_state_dir(
 /// policy left out because it does not decode, or nothing at all where there was a state.
 fn state_problem(loaded: &Loaded, options: &RenderOptions, had_objects: bool) -> Option<String> {
     if let Some((source, name, e)) = loaded.undecodable.first() {
-        return Some(format!(
-            "{source}: ClusterImagePolicy {name:?} does not decode: {e}"
-        ));
+        return Some(format!("{source}: policy {name:?} does not decode: {e}"));
     }
     if let Err(e) = render::plan(&loaded.inputs, options) {
         return Some(e.to_string());
     }
     let i = &loaded.inputs;
     let empty = i.policies.is_empty()
+        && i.image_policies.is_empty()
+        && i.digest_mirror_sets.is_empty()
+        && i.tag_mirror_sets.is_empty()
+        && i.content_source_policies.is_empty()
         && i.image.is_none()
         && i.cluster_version.is_none()
         && i.pools.is_empty()

@@ -5,7 +5,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::{
-    ClusterImagePolicy, ClusterVersion, FeatureGate, Image, MachineConfig, MachineConfigPool,
+    ClusterImagePolicy, ClusterVersion, FeatureGate, Image, ImageContentSourcePolicy,
+    ImageDigestMirrorSet, ImageTagMirrorSet, MachineConfig, MachineConfigPool, PolicyKind,
     CONFIG_GROUP,
 };
 use crate::render::Inputs;
@@ -93,16 +94,36 @@ pub fn name_of(value: &Value) -> &str {
         .unwrap_or("")
 }
 
+pub fn namespace_of(value: &Value) -> Option<&str> {
+    value.pointer("/metadata/namespace").and_then(Value::as_str)
+}
+
 pub fn is_cluster_image_policy(value: &Value) -> bool {
+    policy_kind_of(value) == Some(PolicyKind::Cluster)
+}
+
+/// A ClusterImagePolicy or an ImagePolicy of `config.openshift.io`.
+pub fn policy_kind_of(value: &Value) -> Option<PolicyKind> {
     let (api, kind) = kind_of(value);
-    kind == "ClusterImagePolicy" && api.split('/').next() == Some(CONFIG_GROUP)
+    (api.split('/').next() == Some(CONFIG_GROUP))
+        .then(|| PolicyKind::from_kind(kind))
+        .flatten()
+}
+
+/// An object's key among its kind: `namespace/name` where it has a namespace.
+pub fn key_of(value: &Value) -> String {
+    match namespace_of(value) {
+        Some(ns) => format!("{ns}/{}", name_of(value)),
+        None => name_of(value).to_string(),
+    }
 }
 
 /// What the loader found besides the inputs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Loaded {
     pub inputs: Inputs,
-    /// ClusterImagePolicy documents that do not decode at all: (source, name, message).
+    /// Policy documents that do not decode at all (or an ImagePolicy without its
+    /// namespace): (source, name, message).
     pub undecodable: Vec<(String, String, String)>,
     /// Objects of other kinds, or singletons with another name, left out.
     pub ignored: Vec<String>,
@@ -123,7 +144,14 @@ pub fn load(documents: &[Document]) -> Result<Loaded, LoadError> {
         let name = name_of(&doc.value).to_string();
         let cluster_object = matches!(
             kind,
-            "Image" | "ClusterVersion" | "FeatureGate" | "MachineConfigPool" | "MachineConfig"
+            "Image"
+                | "ClusterVersion"
+                | "FeatureGate"
+                | "MachineConfigPool"
+                | "MachineConfig"
+                | "ImageDigestMirrorSet"
+                | "ImageTagMirrorSet"
+                | "ImageContentSourcePolicy"
         );
         if cluster_object {
             if let Some(first) = seen.insert((kind, name.clone()), &doc.source) {
@@ -142,9 +170,16 @@ pub fn load(documents: &[Document]) -> Result<Loaded, LoadError> {
             message: e.to_string(),
         };
         match kind {
-            "ClusterImagePolicy" if is_cluster_image_policy(&doc.value) => {
+            "ClusterImagePolicy" | "ImagePolicy" if policy_kind_of(&doc.value).is_some() => {
                 match serde_path_to_error::deserialize::<_, ClusterImagePolicy>(&doc.value) {
-                    Ok(cip) => loaded.inputs.policies.push(cip),
+                    Ok(p) if kind == "ClusterImagePolicy" => loaded.inputs.policies.push(p),
+                    // Its namespace names its file: without one there is nothing to write.
+                    Ok(p) if p.namespace().is_empty() => loaded.undecodable.push((
+                        doc.source.clone(),
+                        name,
+                        "metadata.namespace: an ImagePolicy needs its namespace".into(),
+                    )),
+                    Ok(p) => loaded.inputs.image_policies.push(p),
                     Err(e) => loaded.undecodable.push((
                         doc.source.clone(),
                         name,
@@ -152,6 +187,18 @@ pub fn load(documents: &[Document]) -> Result<Loaded, LoadError> {
                     )),
                 }
             }
+            "ImageDigestMirrorSet" => loaded
+                .inputs
+                .digest_mirror_sets
+                .push(ImageDigestMirrorSet::deserialize(&doc.value).map_err(fail)?),
+            "ImageTagMirrorSet" => loaded
+                .inputs
+                .tag_mirror_sets
+                .push(ImageTagMirrorSet::deserialize(&doc.value).map_err(fail)?),
+            "ImageContentSourcePolicy" => loaded
+                .inputs
+                .content_source_policies
+                .push(ImageContentSourcePolicy::deserialize(&doc.value).map_err(fail)?),
             "Image" if name == "cluster" => {
                 loaded.inputs.image = Some(Image::deserialize(&doc.value).map_err(fail)?);
             }

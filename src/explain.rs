@@ -42,7 +42,15 @@ pub fn registry_list_origin(
                 "Image cluster spec.registrySources.allowedRegistries entry {scope:?}"
             ))
         }
-        None if has(&Requirement::Reject) && !facts.allowed.is_empty() => Some(
+        Some(scope)
+            if has(&Requirement::InsecureAcceptAnything)
+                && facts.payload_allowed.iter().any(|a| a == scope) =>
+        {
+            Some(format!(
+                "the payload repository {scope}: a blocked registry covers it and a mirror serves it, so it is allowed (as the machine-config-operator does)"
+            ))
+        }
+        None if has(&Requirement::Reject) && facts.policy_allowed().next().is_some() => Some(
             "Image cluster spec.registrySources.allowedRegistries: what none of them holds is rejected"
                 .to_string(),
         ),

@@ -9,6 +9,13 @@ use crate::model::{
 
 pub const POLICY_JSON_PATH: &str = "/etc/containers/policy.json";
 pub const SIGSTORE_YAML_PATH: &str = "/etc/containers/registries.d/sigstore-registries.yaml";
+/// Where CRI-O looks for a namespace's signature policy (`signature_policy_dir`).
+pub const NAMESPACE_POLICY_DIR: &str = "/etc/crio/policies/";
+
+pub fn namespace_policy_path(namespace: &str) -> String {
+    format!("{NAMESPACE_POLICY_DIR}{namespace}.json")
+}
+
 /// The Ignition spec of MachineConfigs we create (accepted by every OpenShift release
 /// that has ClusterImagePolicy, and by the `ignition-validate` available for tests).
 pub const CREATED_IGNITION_VERSION: &str = "3.2.0";
@@ -90,6 +97,32 @@ pub fn remove_file(config: &mut IgnitionConfig, path: &str) {
             files.retain(|f| f.path != path);
         }
     }
+}
+
+/// Puts the namespaces' policy files in place of every such file there was: right after
+/// policy.json where there is one (where the MCO writes them), else at the end. The same
+/// input gives the same order, whatever the order before.
+pub fn set_namespace_files(config: &mut IgnitionConfig, entries: Vec<IgnitionFile>) {
+    let files = config
+        .storage
+        .get_or_insert_with(Storage::default)
+        .files
+        .get_or_insert_with(Vec::new);
+    files.retain(|f| !is_namespace_policy(&f.path));
+    let at = files
+        .iter()
+        .position(|f| f.path == POLICY_JSON_PATH)
+        .map_or(files.len(), |i| i + 1);
+    files.splice(at..at, entries);
+    if files.is_empty() && config.storage.as_ref().is_some_and(|s| s.other.is_empty()) {
+        config.storage = None;
+    }
+}
+
+/// A namespace's policy file: `/etc/crio/policies/<namespace>.json`.
+pub fn is_namespace_policy(path: &str) -> bool {
+    path.strip_prefix(NAMESPACE_POLICY_DIR)
+        .is_some_and(|name| name.ends_with(".json") && !name.contains('/'))
 }
 
 /// A new Ignition config holding exactly these files.

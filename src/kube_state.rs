@@ -23,8 +23,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    ClusterImagePolicy, ClusterVersion, FeatureGate, Image, MachineConfig, MachineConfigPool,
-    ObjectMeta, CONFIG_GROUP,
+    ClusterImagePolicy, ClusterVersion, FeatureGate, Image, ImageContentSourcePolicy,
+    ImageDigestMirrorSet, ImageTagMirrorSet, MachineConfig, MachineConfigPool, ObjectMeta,
+    PolicyKind, CONFIG_GROUP,
 };
 use crate::render::{
     imagepolicies_mc_name, registries_imagepolicies_mc_name, registries_mc_name, Inputs,
@@ -34,19 +35,27 @@ use crate::render::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
     Policies,
+    ImagePolicies,
     Image,
     ClusterVersion,
     FeatureGate,
+    DigestMirrorSets,
+    TagMirrorSets,
+    ContentSourcePolicies,
     Pools,
     MachineConfigs,
 }
 
 impl Source {
-    pub const ALL: [Source; 6] = [
+    pub const ALL: [Source; 10] = [
         Source::Policies,
+        Source::ImagePolicies,
         Source::Image,
         Source::ClusterVersion,
         Source::FeatureGate,
+        Source::DigestMirrorSets,
+        Source::TagMirrorSets,
+        Source::ContentSourcePolicies,
         Source::Pools,
         Source::MachineConfigs,
     ];
@@ -54,9 +63,13 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Policies => "clusterimagepolicies",
+            Source::ImagePolicies => "imagepolicies",
             Source::Image => "images",
             Source::ClusterVersion => "clusterversions",
             Source::FeatureGate => "featuregates",
+            Source::DigestMirrorSets => "imagedigestmirrorsets",
+            Source::TagMirrorSets => "imagetagmirrorsets",
+            Source::ContentSourcePolicies => "imagecontentsourcepolicies",
             Source::Pools => "machineconfigpools",
             Source::MachineConfigs => "machineconfigs",
         }
@@ -65,9 +78,13 @@ impl Source {
     fn kind(self) -> &'static str {
         match self {
             Source::Policies => "ClusterImagePolicy",
+            Source::ImagePolicies => "ImagePolicy",
             Source::Image => "Image",
             Source::ClusterVersion => "ClusterVersion",
             Source::FeatureGate => "FeatureGate",
+            Source::DigestMirrorSets => "ImageDigestMirrorSet",
+            Source::TagMirrorSets => "ImageTagMirrorSet",
+            Source::ContentSourcePolicies => "ImageContentSourcePolicy",
             Source::Pools => "MachineConfigPool",
             Source::MachineConfigs => "MachineConfig",
         }
@@ -127,6 +144,24 @@ impl Watched for FeatureGate {
     }
 }
 
+impl Watched for ImageDigestMirrorSet {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Watched for ImageTagMirrorSet {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Watched for ImageContentSourcePolicy {
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 impl Watched for MachineConfigPool {
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
@@ -144,7 +179,16 @@ impl Watched for MachineConfig {
     }
 }
 
-/// One watched type: its objects by name, and how its watcher fares.
+/// An object's key in its slot: `namespace/name` for namespaced objects.
+fn key_of(o: &DynamicObject) -> String {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    match &o.metadata.namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name,
+    }
+}
+
+/// One watched type: its objects by key, and how its watcher fares.
 #[derive(Debug)]
 struct Slot<T> {
     objects: BTreeMap<String, T>,
@@ -196,7 +240,7 @@ impl<T: Watched> Slot<T> {
         keep: impl Fn(&str, &T) -> bool,
     ) -> bool {
         let decode = |o: &DynamicObject| -> (String, Result<T, String>) {
-            let name = o.metadata.name.clone().unwrap_or_default();
+            let name = key_of(o);
             let decoded = serde_json::to_value(o)
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
@@ -287,7 +331,7 @@ impl<T: Watched> Slot<T> {
                 }
             }
             Ok(Event::Delete(o)) => {
-                let name = o.metadata.name.unwrap_or_default();
+                let name = key_of(&o);
                 self.objects.remove(&name).is_some() | self.undecodable.remove(&name).is_some()
             }
         }
@@ -297,22 +341,54 @@ impl<T: Watched> Slot<T> {
 #[derive(Debug, Default)]
 struct Slots {
     policies: Slot<ClusterImagePolicy>,
+    image_policies: Slot<ClusterImagePolicy>,
     image: Slot<Image>,
     cluster_version: Slot<ClusterVersion>,
     feature_gate: Slot<FeatureGate>,
+    digest_mirror_sets: Slot<ImageDigestMirrorSet>,
+    tag_mirror_sets: Slot<ImageTagMirrorSet>,
+    content_source_policies: Slot<ImageContentSourcePolicy>,
     pools: Slot<MachineConfigPool>,
     machine_configs: Slot<MachineConfig>,
 }
 
 impl Slots {
-    fn health(&self) -> [(Source, Health<'_>); 6] {
+    fn health(&self) -> [(Source, Health<'_>); 10] {
         [
             (Source::Policies, self.policies.health()),
+            (Source::ImagePolicies, self.image_policies.health()),
             (Source::Image, self.image.health()),
             (Source::ClusterVersion, self.cluster_version.health()),
             (Source::FeatureGate, self.feature_gate.health()),
+            (Source::DigestMirrorSets, self.digest_mirror_sets.health()),
+            (Source::TagMirrorSets, self.tag_mirror_sets.health()),
+            (
+                Source::ContentSourcePolicies,
+                self.content_source_policies.health(),
+            ),
             (Source::Pools, self.pools.health()),
             (Source::MachineConfigs, self.machine_configs.health()),
+        ]
+    }
+
+    fn undecodable(&self) -> [(Source, &BTreeMap<String, String>); 10] {
+        [
+            (Source::Policies, &self.policies.undecodable),
+            (Source::ImagePolicies, &self.image_policies.undecodable),
+            (Source::Image, &self.image.undecodable),
+            (Source::ClusterVersion, &self.cluster_version.undecodable),
+            (Source::FeatureGate, &self.feature_gate.undecodable),
+            (
+                Source::DigestMirrorSets,
+                &self.digest_mirror_sets.undecodable,
+            ),
+            (Source::TagMirrorSets, &self.tag_mirror_sets.undecodable),
+            (
+                Source::ContentSourcePolicies,
+                &self.content_source_policies.undecodable,
+            ),
+            (Source::Pools, &self.pools.undecodable),
+            (Source::MachineConfigs, &self.machine_configs.undecodable),
         ]
     }
 }
@@ -341,14 +417,16 @@ fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiReso
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
-/// ClusterImagePolicy in the version the cluster serves.
-pub fn policy_resource(version: &str) -> ApiResource {
-    api_resource(
-        CONFIG_GROUP,
-        version,
-        "ClusterImagePolicy",
-        "clusterimagepolicies",
-    )
+/// ClusterImagePolicy or ImagePolicy in the version the cluster serves.
+pub fn policy_resource(kind: PolicyKind, version: &str) -> ApiResource {
+    api_resource(CONFIG_GROUP, version, kind.as_str(), plural(kind))
+}
+
+fn plural(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::Cluster => "clusterimagepolicies",
+        PolicyKind::Namespaced => "imagepolicies",
+    }
 }
 
 pub fn machine_config_resource() -> ApiResource {
@@ -362,20 +440,18 @@ pub fn machine_config_resource() -> ApiResource {
 
 const MACHINECONFIGURATION_GROUP: &str = "machineconfiguration.openshift.io";
 
-/// The ClusterImagePolicy version the cluster serves: v1 where it exists, else v1alpha1;
+/// The version the cluster serves a policy kind in: v1 where it exists, else v1alpha1;
 /// `None` where neither does (the watcher then finds v1 absent, and asks again later).
-pub async fn policy_version(client: &Client) -> Result<Option<String>, kube::Error> {
+pub async fn policy_version(
+    client: &Client,
+    kind: PolicyKind,
+) -> Result<Option<String>, kube::Error> {
     for version in ["v1", "v1alpha1"] {
         match client
             .list_api_group_resources(&format!("{CONFIG_GROUP}/{version}"))
             .await
         {
-            Ok(list)
-                if list
-                    .resources
-                    .iter()
-                    .any(|r| r.name == "clusterimagepolicies") =>
-            {
+            Ok(list) if list.resources.iter().any(|r| r.name == plural(kind)) => {
                 return Ok(Some(version.to_string()))
             }
             Ok(_) => {}
@@ -449,6 +525,36 @@ impl ClusterState {
                 named("cluster"),
             ),
             (
+                Source::DigestMirrorSets,
+                api_resource(
+                    CONFIG_GROUP,
+                    "v1",
+                    "ImageDigestMirrorSet",
+                    "imagedigestmirrorsets",
+                ),
+                watcher::Config::default(),
+            ),
+            (
+                Source::TagMirrorSets,
+                api_resource(
+                    CONFIG_GROUP,
+                    "v1",
+                    "ImageTagMirrorSet",
+                    "imagetagmirrorsets",
+                ),
+                watcher::Config::default(),
+            ),
+            (
+                Source::ContentSourcePolicies,
+                api_resource(
+                    "operator.openshift.io",
+                    "v1alpha1",
+                    "ImageContentSourcePolicy",
+                    "imagecontentsourcepolicies",
+                ),
+                watcher::Config::default(),
+            ),
+            (
                 Source::Pools,
                 api_resource(
                     MACHINECONFIGURATION_GROUP,
@@ -475,17 +581,23 @@ impl ClusterState {
         // The policies' version is asked again each time the API goes away: an upgrade
         // from 4.19 to 4.20 replaces v1alpha1 with v1, and a CRD installed by hand may come
         // after us.
-        tokio::spawn(follow(Arc::clone(&state), Source::Policies, move || {
+        for (source, kind) in [
+            (Source::Policies, PolicyKind::Cluster),
+            (Source::ImagePolicies, PolicyKind::Namespaced),
+        ] {
             let client = client.clone();
-            async move {
-                let version = policy_version(&client)
-                    .await?
-                    .unwrap_or_else(|| "v1".to_string());
-                tracing::info!(version = %version, "watching ClusterImagePolicy {version}");
-                let api = Api::all_with(client, &policy_resource(&version));
-                Ok((api, watcher::Config::default()))
-            }
-        }));
+            tokio::spawn(follow(Arc::clone(&state), source, move || {
+                let client = client.clone();
+                async move {
+                    let version = policy_version(&client, kind)
+                        .await?
+                        .unwrap_or_else(|| "v1".to_string());
+                    tracing::info!(version = %version, "watching {} {version}", kind.as_str());
+                    let api = Api::all_with(client, &policy_resource(kind, &version));
+                    Ok((api, watcher::Config::default()))
+                }
+            }));
+        }
         state
     }
 
@@ -538,14 +650,7 @@ impl ClusterState {
             return None;
         }
         let mut bad = Vec::new();
-        for (source, undecodable) in [
-            (Source::Policies, &slots.policies.undecodable),
-            (Source::Image, &slots.image.undecodable),
-            (Source::ClusterVersion, &slots.cluster_version.undecodable),
-            (Source::FeatureGate, &slots.feature_gate.undecodable),
-            (Source::Pools, &slots.pools.undecodable),
-            (Source::MachineConfigs, &slots.machine_configs.undecodable),
-        ] {
+        for (source, undecodable) in slots.undecodable() {
             bad.extend(
                 undecodable
                     .iter()
@@ -559,18 +664,33 @@ impl ClusterState {
             feature_gate: single(&slots.feature_gate),
             pools: slots.pools.objects.values().cloned().collect(),
             machine_configs: slots.machine_configs.objects.values().cloned().collect(),
+            image_policies: slots.image_policies.objects.values().cloned().collect(),
+            digest_mirror_sets: slots.digest_mirror_sets.objects.values().cloned().collect(),
+            tag_mirror_sets: slots.tag_mirror_sets.objects.values().cloned().collect(),
+            content_source_policies: slots
+                .content_source_policies
+                .objects
+                .values()
+                .cloned()
+                .collect(),
         };
         Some((inputs, bad))
     }
 
-    /// Each policy's status as last seen, by name. Status writes wake nobody, so a writer
-    /// reads them here rather than from an older snapshot of the inputs.
-    pub fn policy_statuses(&self) -> HashMap<String, Option<Value>> {
-        self.lock()
-            .policies
-            .objects
-            .iter()
-            .map(|(name, p)| (name.clone(), p.status.clone()))
+    /// Each policy's status as last seen, by kind and key (`namespace/name` for an
+    /// ImagePolicy). Status writes wake nobody, so a writer reads them here rather than
+    /// from an older snapshot of the inputs.
+    pub fn policy_statuses(&self) -> HashMap<(PolicyKind, String), Option<Value>> {
+        let slots = self.lock();
+        let of = |kind: PolicyKind, slot: &Slot<ClusterImagePolicy>| {
+            slot.objects
+                .iter()
+                .map(move |(key, p)| ((kind, key.clone()), p.status.clone()))
+                .collect::<Vec<_>>()
+        };
+        of(PolicyKind::Cluster, &slots.policies)
+            .into_iter()
+            .chain(of(PolicyKind::Namespaced, &slots.image_policies))
             .collect()
     }
 
@@ -578,7 +698,13 @@ impl ClusterState {
         let mut slots = self.lock();
         let changed = match source {
             Source::Policies => slots.policies.apply(source, event, keep_all),
+            Source::ImagePolicies => slots.image_policies.apply(source, event, keep_all),
             Source::Image => slots.image.apply(source, event, keep_all),
+            Source::DigestMirrorSets => slots.digest_mirror_sets.apply(source, event, keep_all),
+            Source::TagMirrorSets => slots.tag_mirror_sets.apply(source, event, keep_all),
+            Source::ContentSourcePolicies => {
+                slots.content_source_policies.apply(source, event, keep_all)
+            }
             Source::ClusterVersion => slots.cluster_version.apply(source, event, keep_all),
             Source::FeatureGate => slots.feature_gate.apply(source, event, keep_all),
             Source::Pools => slots.pools.apply(source, event, keep_all),

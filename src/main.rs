@@ -107,6 +107,10 @@ enum Command {
         /// The pool whose policy.json to consult.
         #[arg(long, default_value = "worker")]
         pool: String,
+        /// The pod's namespace: its `/etc/crio/policies/<namespace>.json` is consulted
+        /// where its ImagePolicies made one (CRI-O falls back to policy.json otherwise).
+        #[arg(long, value_name = "NAMESPACE")]
+        namespace: Option<String>,
         /// Image reference, e.g. `example.com/global/app:1` or `busybox`.
         image: String,
         #[command(flatten)]
@@ -272,9 +276,17 @@ fn main() -> ExitCode {
         Command::Explain {
             input,
             pool,
+            namespace,
             image,
             common,
-        } => commands::explain(&input, &pool, &image, &common.options(), common.json()),
+        } => commands::explain(
+            &input,
+            &pool,
+            namespace.as_deref(),
+            &image,
+            &common.options(),
+            common.json(),
+        ),
         Command::Serve { serve, common } => {
             commands::serve(&serve.serve_options(), &common.options())
         }

@@ -214,6 +214,7 @@ pub fn handover(inputs: &Inputs) -> Vec<Handover> {
     let named: BTreeSet<&str> = inputs
         .policies
         .iter()
+        .chain(&inputs.image_policies)
         .flat_map(|p| p.scopes())
         .map(String::as_str)
         .collect();

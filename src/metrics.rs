@@ -120,7 +120,7 @@ impl Default for Metrics {
         let status_writes = Counter::default();
         registry.register(
             "status_writes",
-            "ClusterImagePolicy status updates",
+            "policy status updates (ClusterImagePolicy and ImagePolicy)",
             status_writes.clone(),
         );
         let leader = Gauge::default();
@@ -156,7 +156,10 @@ impl Metrics {
     pub fn observe(&self, decision: &Decision, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                kind: known(&decision.kind, &["ClusterImagePolicy", "Image"]),
+                kind: known(
+                    &decision.kind,
+                    &["ClusterImagePolicy", "ImagePolicy", "Image"],
+                ),
                 operation: known(
                     &decision.operation,
                     &["CREATE", "UPDATE", "DELETE", "CONNECT"],

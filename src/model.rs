@@ -19,6 +19,9 @@ type Extra = Map<String, Value>;
 pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Only on namespaced objects (ImagePolicy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,9 +88,69 @@ pub struct ClusterImagePolicy {
     pub status: Option<Value>,
 }
 
+/// Which of the two policy kinds an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum PolicyKind {
+    #[serde(rename = "ClusterImagePolicy")]
+    Cluster,
+    #[serde(rename = "ImagePolicy")]
+    Namespaced,
+}
+
+impl PolicyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::Cluster => "ClusterImagePolicy",
+            PolicyKind::Namespaced => "ImagePolicy",
+        }
+    }
+
+    /// How the MCO's messages name the kind.
+    pub fn mco_name(self) -> &'static str {
+        match self {
+            PolicyKind::Cluster => "clusterimagePolicy",
+            PolicyKind::Namespaced => "imagePolicy",
+        }
+    }
+
+    pub fn from_kind(kind: &str) -> Option<PolicyKind> {
+        match kind {
+            "ClusterImagePolicy" => Some(PolicyKind::Cluster),
+            "ImagePolicy" => Some(PolicyKind::Namespaced),
+            _ => None,
+        }
+    }
+}
+
+/// A namespaced `ImagePolicy`: the same spec JSON and CRD rules as ClusterImagePolicy
+/// (the CRDs differ only in scope and in which status the MCO writes), told apart by
+/// `kind` and `metadata.namespace`.
+pub type ImagePolicy = ClusterImagePolicy;
+
 impl ClusterImagePolicy {
     pub fn version(&self) -> Option<CipVersion> {
         CipVersion::from_api_version(&self.api_version)
+    }
+
+    /// `namespace/name` for an ImagePolicy, `name` for a ClusterImagePolicy.
+    pub fn key(&self) -> String {
+        match &self.metadata.namespace {
+            Some(ns) => format!("{ns}/{}", self.metadata.name),
+            None => self.metadata.name.clone(),
+        }
+    }
+
+    /// By `kind`; an object without one counts as namespaced when it has a namespace.
+    pub fn policy_kind(&self) -> PolicyKind {
+        PolicyKind::from_kind(&self.kind).unwrap_or(if self.metadata.namespace.is_some() {
+            PolicyKind::Namespaced
+        } else {
+            PolicyKind::Cluster
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("")
     }
 
     pub fn scopes(&self) -> &[String] {
@@ -262,6 +325,73 @@ pub struct RegistrySources {
     pub blocked_registries: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
+}
+
+/// One mirror rule of an ImageDigestMirrorSet / ImageTagMirrorSet (`imageDigestMirrors[]`,
+/// `imageTagMirrors[]`) or an ImageContentSourcePolicy (`repositoryDigestMirrors[]`, which
+/// has no `mirrorSourcePolicy`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorRule {
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// `AllowContactingSource` (default) or `NeverContactSource`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_source_policy: Option<String>,
+}
+
+/// `imagedigestmirrorsets.config.openshift.io`: mirrors used for pulls by digest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageDigestMirrorSet {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: DigestMirrorSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestMirrorSpec {
+    #[serde(default)]
+    pub image_digest_mirrors: Vec<MirrorRule>,
+}
+
+/// `imagetagmirrorsets.config.openshift.io`: mirrors used for pulls by tag.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageTagMirrorSet {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: TagMirrorSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagMirrorSpec {
+    #[serde(default)]
+    pub image_tag_mirrors: Vec<MirrorRule>,
+}
+
+/// `imagecontentsourcepolicies.operator.openshift.io` (v1alpha1, deprecated for IDMS):
+/// digest mirrors that can never block the source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageContentSourcePolicy {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ContentSourceSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentSourceSpec {
+    #[serde(default)]
+    pub repository_digest_mirrors: Vec<MirrorRule>,
 }
 
 /// `clusterversions.config.openshift.io` `version`: the payload image.

@@ -26,7 +26,7 @@ use crate::kube_state::{self, ClusterState};
 use crate::lease::Leadership;
 use crate::mco::{self, Duty};
 use crate::metrics::Metrics;
-use crate::model::{ClusterImagePolicy, MachineConfig};
+use crate::model::{ClusterImagePolicy, MachineConfig, PolicyKind};
 use crate::render::{self, Action, Condition, Inputs, PolicyOutcome};
 
 pub const FIELD_MANAGER: &str = "cip-webhook";
@@ -73,32 +73,58 @@ fn api_error(what: impl Into<String>, name: &str) -> impl FnOnce(kube::Error) ->
 }
 
 /// The conditions a policy should carry, keeping each transition time that still holds.
+/// Always an `Applied` and a `Pending` condition; for an ImagePolicy some of whose scopes a
+/// ClusterImagePolicy governs, `Pending` is the MCO's own (status `False`, reason
+/// `ConflictScopes`, its message), so tools written against the MCO read it the same.
 pub fn conditions(outcome: &PolicyOutcome, current: Option<&Value>, now: &str) -> Vec<Value> {
-    let (applied, pending, reason, message) = match &outcome.condition {
+    let written_to = |pools: &[String]| {
+        if pools.is_empty() {
+            "every scope is rendered; no pool to write to".to_string()
+        } else {
+            format!(
+                "written to the MachineConfigs of pools {}",
+                pools.join(", ")
+            )
+        }
+    };
+    let (applied, pending) = match &outcome.condition {
         Condition::Applied { pools } => {
-            let message = if pools.is_empty() {
-                "every scope is rendered; no pool to write to".to_string()
-            } else {
-                format!(
-                    "written to the MachineConfigs of pools {}",
-                    pools.join(", ")
-                )
-            };
-            (true, false, "Applied".to_string(), message)
+            let message = written_to(pools);
+            (
+                (true, "Applied", message.clone()),
+                (false, "Applied", message),
+            )
         }
         Condition::Pending {
             reason, message, ..
-        } => (false, true, reason.as_str().to_string(), message.clone()),
-    };
-    // The CRD caps condition messages at 32768 characters.
-    let message: String = if message.chars().count() > MAX_MESSAGE {
-        message
-            .chars()
-            .take(MAX_MESSAGE - 3)
-            .chain("...".chars())
-            .collect()
-    } else {
-        message
+        } => (
+            (false, reason.as_str(), message.clone()),
+            (true, reason.as_str(), message.clone()),
+        ),
+        Condition::Overridden {
+            message,
+            written,
+            pools,
+            ..
+        } => {
+            let applied = if written.is_empty() {
+                (
+                    false,
+                    "ConflictScopes",
+                    "every scope is governed by a ClusterImagePolicy".to_string(),
+                )
+            } else {
+                (
+                    true,
+                    "Applied",
+                    format!(
+                        "{}; the other scopes are governed by a ClusterImagePolicy",
+                        written_to(pools)
+                    ),
+                )
+            };
+            (applied, (false, "ConflictScopes", message.clone()))
+        }
     };
     let previous = |kind: &str| {
         current
@@ -107,8 +133,18 @@ pub fn conditions(outcome: &PolicyOutcome, current: Option<&Value>, now: &str) -
             .flatten()
             .find(|c| c["type"] == kind)
     };
-    let make = |kind: &str, status: bool| {
+    let make = |kind: &str, (status, reason, message): (bool, &str, String)| {
         let status = if status { "True" } else { "False" };
+        // The CRD caps condition messages at 32768 characters.
+        let message: String = if message.chars().count() > MAX_MESSAGE {
+            message
+                .chars()
+                .take(MAX_MESSAGE - 3)
+                .chain("...".chars())
+                .collect()
+        } else {
+            message
+        };
         let since = previous(kind)
             .filter(|c| c["status"] == status)
             .and_then(|c| c["lastTransitionTime"].as_str())
@@ -177,7 +213,8 @@ fn to_dynamic(mc: &MachineConfig) -> DynamicObject {
 
 /// One status write a pass decided on.
 struct StatusWrite<'a> {
-    cip: &'a ClusterImagePolicy,
+    policy: &'a ClusterImagePolicy,
+    kind: PolicyKind,
     outcome: &'a PolicyOutcome,
     conditions: Vec<Value>,
     /// The Pending message an Event was last about (the one in the current status).
@@ -215,10 +252,16 @@ impl Reconciler {
         }
     }
 
-    /// ClusterImagePolicies in the version this one was read in (v1 or v1alpha1).
-    fn policies(&self, api_version: &str) -> Api<DynamicObject> {
-        let version = api_version.rsplit('/').next().unwrap_or("v1");
-        Api::all_with(self.client.clone(), &kube_state::policy_resource(version))
+    /// Policies of this kind in the version this one was read in (v1 or v1alpha1).
+    fn policies(&self, policy: &ClusterImagePolicy, kind: PolicyKind) -> Api<DynamicObject> {
+        let version = policy.api_version.rsplit('/').next().unwrap_or("v1");
+        let resource = kube_state::policy_resource(kind, version);
+        match kind {
+            PolicyKind::Cluster => Api::all_with(self.client.clone(), &resource),
+            PolicyKind::Namespaced => {
+                Api::namespaced_with(self.client.clone(), policy.namespace(), &resource)
+            }
+        }
     }
 
     /// Whether the plan's inputs still show an object as it was before one of our writes.
@@ -304,8 +347,7 @@ impl Reconciler {
                 done.machine_config_writes += 1;
             }
         }
-        self.write_statuses(inputs, &plan.policies, &mut done)
-            .await?;
+        self.write_statuses(inputs, plan, &mut done).await?;
         Ok(done)
     }
 
@@ -315,22 +357,40 @@ impl Reconciler {
     async fn write_statuses(
         &self,
         inputs: &Inputs,
-        outcomes: &[PolicyOutcome],
+        plan: &render::Plan,
         done: &mut Pass,
     ) -> Result<(), ReconcileError> {
         let statuses = self.state.policy_statuses();
         let now = now_seconds();
-        let by_name: BTreeMap<&str, &ClusterImagePolicy> = inputs
+        let by_key: BTreeMap<(PolicyKind, String), &ClusterImagePolicy> = inputs
             .policies
             .iter()
-            .map(|p| (p.metadata.name.as_str(), p))
+            .map(|p| ((PolicyKind::Cluster, p.key()), p))
+            .chain(
+                inputs
+                    .image_policies
+                    .iter()
+                    .map(|p| ((PolicyKind::Namespaced, p.key()), p)),
+            )
             .collect();
-        let writes: Vec<StatusWrite> = outcomes
+        let outcomes = plan
+            .policies
             .iter()
-            .filter_map(|outcome| {
-                let cip = *by_name.get(outcome.name.as_str())?;
+            .map(|o| (PolicyKind::Cluster, o))
+            .chain(
+                plan.image_policies
+                    .iter()
+                    .map(|o| (PolicyKind::Namespaced, o)),
+            );
+        let writes: Vec<StatusWrite> = outcomes
+            .filter_map(|(kind, outcome)| {
+                let key = match &outcome.namespace {
+                    Some(ns) => (kind, format!("{ns}/{}", outcome.name)),
+                    None => (kind, outcome.name.clone()),
+                };
+                let policy = *by_key.get(&key)?;
                 // A policy deleted since the plan was made has no status to write.
-                let current = statuses.get(&outcome.name)?.as_ref();
+                let current = statuses.get(&key)?.as_ref();
                 let conditions = conditions(outcome, current, &now);
                 let have = current.and_then(|s| s["conditions"].as_array());
                 if have == Some(&conditions) {
@@ -343,7 +403,8 @@ impl Reconciler {
                     .and_then(|c| c["message"].as_str())
                     .map(str::to_string);
                 Some(StatusWrite {
-                    cip,
+                    policy,
+                    kind,
                     outcome,
                     conditions,
                     was_pending,
@@ -374,12 +435,15 @@ impl Reconciler {
                     } = &w.outcome.condition
                     {
                         if w.was_pending.as_deref() != Some(message.as_str()) {
-                            let regarding = json!({
-                                "apiVersion": w.cip.api_version,
-                                "kind": "ClusterImagePolicy",
+                            let mut regarding = json!({
+                                "apiVersion": w.policy.api_version,
+                                "kind": w.kind.as_str(),
                                 "name": w.outcome.name,
-                                "uid": w.cip.metadata.uid.as_deref().unwrap_or_default(),
+                                "uid": w.policy.metadata.uid.as_deref().unwrap_or_default(),
                             });
+                            if let Some(ns) = &w.outcome.namespace {
+                                regarding["namespace"] = json!(ns);
+                            }
                             let prefix = format!("{}.", w.outcome.name);
                             self.event(regarding, &prefix, reason.as_str(), message)
                                 .await;
@@ -398,7 +462,7 @@ impl Reconciler {
     async fn write_status(&self, w: &StatusWrite<'_>) -> Result<(), ReconcileError> {
         self.check_leader(&w.outcome.name)?;
         let patch = json!({"status": {"conditions": w.conditions}});
-        self.policies(&w.cip.api_version)
+        self.policies(w.policy, w.kind)
             .patch_status(
                 &w.outcome.name,
                 &PatchParams::default(),
@@ -411,8 +475,9 @@ impl Reconciler {
                 kube::Error::Api(s) if s.code == 404 => Ok(()),
                 e => Err(api_error(
                     format!(
-                        "writing the status of ClusterImagePolicy {}",
-                        w.outcome.name
+                        "writing the status of {} {}",
+                        w.kind.as_str(),
+                        w.policy.key()
                     ),
                     &w.outcome.name,
                 )(e)),
@@ -623,6 +688,7 @@ mod tests {
     fn outcome(condition: Condition) -> PolicyOutcome {
         PolicyOutcome {
             name: "p".into(),
+            namespace: None,
             generation: Some(3),
             condition,
         }
@@ -663,5 +729,30 @@ mod tests {
         let next = conditions(&pending, Some(&status), "T3");
         assert_eq!(next[1]["lastTransitionTime"], "T3");
         assert_eq!(next[1]["reason"], "ConflictScopes");
+    }
+
+    /// An ImagePolicy whose scopes a cluster policy governs carries the MCO's own Pending
+    /// condition (status False), and Applied for the scopes still written.
+    #[test]
+    fn overridden_image_policies_carry_the_mco_condition() {
+        let message = "has conflicting scope(s) [\"test0.com\"] that equal to or nest inside existing clusterimagepolicy, only policy from clusterimagepolicy scope(s) will be applied";
+        let mut o = outcome(Condition::Overridden {
+            message: message.into(),
+            overridden: vec!["test0.com".into()],
+            written: vec!["test2.com".into()],
+            pools: vec!["worker".into()],
+        });
+        o.namespace = Some("testnamespace".into());
+        let c = conditions(&o, None, "T");
+        assert_eq!(
+            (&c[0]["type"], &c[0]["status"], &c[0]["reason"]),
+            (&json!("Applied"), &json!("True"), &json!("Applied"))
+        );
+        assert_eq!(
+            (&c[1]["type"], &c[1]["status"], &c[1]["reason"]),
+            (&json!("Pending"), &json!("False"), &json!("ConflictScopes"))
+        );
+        assert_eq!(c[1]["message"], message);
+        assert_eq!(c[1]["observedGeneration"], 3);
     }
 }

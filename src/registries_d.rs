@@ -1,15 +1,22 @@
 //! `sigstore-registries.yaml` for containers-registries.d(5), byte-compatible with
-//! MCO's ghodss/yaml (yaml.v2) output: natural key order, `*` keys single-quoted.
+//! MCO's ghodss/yaml (JSON, then yaml.v2 v2.4.0) output: natural key order, keys quoted
+//! exactly where yaml.v2 quotes them, and keys over 128 bytes in the complex-key form.
 
 use std::cmp::Ordering;
 use std::sync::LazyLock;
 
 use regex::Regex;
 
-static HEX_FLOAT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)[pP][+-]?[0-9]+$")
-        .unwrap()
-});
+/// yaml.v2's `yamlStyleFloat`: only this form of a plain scalar is tried as a float.
+static YAML_STYLE_FLOAT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$").unwrap());
+
+/// yaml.v2 encode.go's `base60float`: quoted although the resolver reads it as a string.
+static BASE60_FLOAT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$").unwrap());
+
+/// Longest key yaml.v2 writes as a simple key (`yaml_emitter_check_simple_key`).
+const MAX_SIMPLE_KEY: usize = 128;
 
 /// The registries.d document enabling sigstore attachments for every scope.
 pub fn sigstore_registries_yaml<'a>(scopes: impl IntoIterator<Item = &'a str>) -> String {
@@ -21,9 +28,17 @@ pub fn sigstore_registries_yaml<'a>(scopes: impl IntoIterator<Item = &'a str>) -
     keys.dedup_by(|a, b| a.1 == b.1);
     let mut out = String::from("docker:\n");
     for (_, key) in keys {
-        out.push_str("  ");
-        out.push_str(&yaml_key(key));
-        out.push_str(":\n    use-sigstore-attachments: true\n");
+        if key.len() > MAX_SIMPLE_KEY {
+            // The emitter's complex key: `? key`, then the value after `: ` on the next
+            // line at the key's indent, the nested mapping continuing on that line.
+            out.push_str("  ? ");
+            out.push_str(&yaml_key(key));
+            out.push_str("\n  : use-sigstore-attachments: true\n");
+        } else {
+            out.push_str("  ");
+            out.push_str(&yaml_key(key));
+            out.push_str(":\n    use-sigstore-attachments: true\n");
+        }
     }
     out
 }
@@ -109,11 +124,11 @@ fn natural_order(ar: &[char], br: &[char]) -> Ordering {
     }
 }
 
-/// A mapping key as yaml.v2 emits it: plain where possible, single-quoted where the
-/// emitter refuses plain (a leading `*` alias indicator), double-quoted where the
-/// plain form would read back as a number.
+/// A mapping key as yaml.v2 emits a string: double-quoted where the plain form would
+/// resolve to something other than a string (`encoder.stringv`), single-quoted where the
+/// emitter refuses plain (a leading `*` alias indicator), plain otherwise.
 fn yaml_key(key: &str) -> String {
-    if resolves_as_number(key) {
+    if !resolves_as_string(key) || BASE60_FLOAT.is_match(key) {
         format!("\"{key}\"")
     } else if key.starts_with('*') {
         format!("'{key}'")
@@ -122,23 +137,101 @@ fn yaml_key(key: &str) -> String {
     }
 }
 
-/// yaml.v2's resolver: a plain scalar starting with a digit, sign or dot that Go's
-/// `strconv.ParseInt(s, 0, 64)` or `ParseFloat(s, 64)` accepts (underscores removed).
-fn resolves_as_number(s: &str) -> bool {
-    let Some(first) = s.chars().next() else {
-        return false;
-    };
-    if !(first.is_ascii_digit() || matches!(first, '+' | '-' | '.')) {
+/// yaml.v2 v2.4.0 `resolve("", s)` yields `!!str`. Scope and mirror grammars leave only the
+/// numeric and date forms reachable; the word forms (`yes`, `null`, `.inf`…) are kept so
+/// the function says what yaml.v2 says for any string.
+fn resolves_as_string(s: &str) -> bool {
+    const WORDS: [&str; 35] = [
+        "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "n", "N", "no",
+        "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "", "~", "null", "Null",
+        "NULL", ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "<<", "-.inf",
+    ];
+    if WORDS.contains(&s) || matches!(s, "+.inf" | "+.Inf" | "+.INF" | "-.Inf" | "-.INF") {
         return false;
     }
-    let plain: String = s.chars().filter(|&c| c != '_').collect();
-    let unsigned = plain.trim_start_matches(['+', '-']);
-    let decimal = !unsigned.is_empty()
-        && unsigned
-            .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
-        && plain.parse::<f64>().is_ok();
-    decimal || HEX_FLOAT.is_match(&plain)
+    match s.as_bytes().first() {
+        // Go's ParseFloat on the text as is.
+        Some(b'.') => !go_parse_float(s),
+        Some(b'0'..=b'9' | b'+' | b'-') => {
+            if is_timestamp(s) {
+                return false;
+            }
+            let plain: String = s.chars().filter(|&c| c != '_').collect();
+            let number = go_parse_int(&plain)
+                || (YAML_STYLE_FLOAT.is_match(&plain) && go_parse_float(&plain))
+                || plain
+                    .strip_prefix("0b")
+                    .or_else(|| plain.strip_prefix("-0b"))
+                    .is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c == b'0' || c == b'1'));
+            !number
+        }
+        _ => true,
+    }
+}
+
+/// `strconv.ParseInt(s, 0, 64)` or `ParseUint` succeeds: sign, then `0x`/`0o`/`0b` or a
+/// leading `0` (octal) or decimal digits, within 64 bits.
+fn go_parse_int(s: &str) -> bool {
+    let (negative, digits) = match s.as_bytes().first() {
+        Some(b'+') => (false, &s[1..]),
+        Some(b'-') => (true, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = digits.to_ascii_lowercase();
+    let (radix, body) = if let Some(b) = lower.strip_prefix("0x") {
+        (16, b)
+    } else if let Some(b) = lower.strip_prefix("0o") {
+        (8, b)
+    } else if let Some(b) = lower.strip_prefix("0b") {
+        (2, b)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..])
+    } else {
+        (10, lower.as_str())
+    };
+    if body.is_empty() {
+        return false;
+    }
+    match u64::from_str_radix(body, radix) {
+        Ok(v) if negative => v <= i64::MAX as u64 + 1,
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+/// `strconv.ParseFloat(s, 64)` succeeds for the decimal forms reachable here; an overflow
+/// to infinity is an error in Go.
+fn go_parse_float(s: &str) -> bool {
+    s.parse::<f64>().is_ok_and(f64::is_finite)
+}
+
+/// yaml.v2's `parseTimestamp` for the date-only form (`2006-1-2`); the forms with a time
+/// need a space or a `t`/`T` followed by `15:4:5`, which no scope or mirror can hold.
+fn is_timestamp(s: &str) -> bool {
+    let mut parts = s.splitn(3, '-');
+    let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let digits = |p: &str, min: usize, max: usize| {
+        (min..=max).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !(digits(y, 4, 4) && digits(m, 1, 2) && digits(d, 1, 2)) {
+        return false;
+    }
+    let (year, month, day): (u32, u32, u32) = (
+        y.parse().unwrap_or(0),
+        m.parse().unwrap_or(0),
+        d.parse().unwrap_or(0),
+    );
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&day)
 }
 
 #[cfg(test)]
@@ -214,12 +307,43 @@ mod tests {
         assert_eq!(yaml_v2_key_order("a.com", "a.com"), Ordering::Equal);
     }
 
+    /// yaml.v2 v2.4.0 tries a float only in the `yamlStyleFloat` form: Go's hex floats
+    /// (`0x1.8p1`), which other resolvers read as numbers, stay plain strings.
     #[test]
-    fn numeric_looking_keys_are_double_quoted() {
+    fn keys_are_quoted_exactly_where_yaml_v2_quotes_them() {
         assert_eq!(yaml_key("123.456"), "\"123.456\"");
         assert_eq!(yaml_key("1.5e3"), "\"1.5e3\"");
-        assert_eq!(yaml_key("0x1.8p1"), "\"0x1.8p1\"");
+        assert_eq!(yaml_key("1.5E-3"), "\"1.5E-3\"");
+        assert_eq!(yaml_key("0x1.8p1"), "0x1.8p1");
+        assert_eq!(yaml_key("0x1f.com"), "0x1f.com");
         assert_eq!(yaml_key("1.2.3.4"), "1.2.3.4");
         assert_eq!(yaml_key("10.0.0.1:5000/ns"), "10.0.0.1:5000/ns");
+        // Past f64's range Go's ParseFloat fails: a string.
+        assert_eq!(yaml_key("1.5e999"), "1.5e999");
+        assert_eq!(yaml_key("0x1f"), "\"0x1f\"");
+        assert_eq!(yaml_key("0b101"), "\"0b101\"");
+        assert_eq!(yaml_key("0777"), "\"0777\"");
+        assert_eq!(yaml_key("2024-2-29"), "\"2024-2-29\"");
+        assert_eq!(yaml_key("2023-2-29"), "2023-2-29");
+        assert_eq!(yaml_key("1:20"), "\"1:20\"");
+        assert_eq!(yaml_key("yes"), "\"yes\"");
+        assert_eq!(yaml_key("*.example.com"), "'*.example.com'");
+    }
+
+    /// yaml.v2 writes a key longer than 128 bytes as a complex key.
+    #[test]
+    fn long_keys_take_the_complex_form() {
+        let long = format!("registry.example.com/{}", "a".repeat(108));
+        assert_eq!(long.len(), 129);
+        let just = &long[..128];
+        let yaml = sigstore_registries_yaml([long.as_str(), just]);
+        assert_eq!(
+            yaml,
+            format!("docker:\n  {just}:\n    use-sigstore-attachments: true\n  ? {long}\n  : use-sigstore-attachments: true\n")
+        );
+        assert_eq!(
+            scopes(&yaml).into_iter().collect::<Vec<_>>(),
+            [just.to_string(), long.clone()]
+        );
     }
 }

@@ -2,21 +2,26 @@
 //! policy.json and sigstore-registries.yaml to every node, following MCO's
 //! `updatePolicyJSON` byte for byte, but skipping bad scopes instead of failing.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::cluster::{ClusterFacts, ImageConfigError, DEFAULT_EXTRA_PAYLOAD_REPOS};
-use crate::gojson;
 use crate::ignition::{self, POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
 use crate::mco;
 use crate::model::{
-    ClusterImagePolicy, ClusterVersion, FeatureGate, IgnitionFile, Image, LabelSelector,
-    MachineConfig, MachineConfigPool, MachineConfigSpec, ObjectMeta, MC_API_VERSION, ROLE_LABEL,
+    ClusterImagePolicy, ClusterVersion, FeatureGate, IgnitionFile, Image, ImageContentSourcePolicy,
+    ImageDigestMirrorSet, ImagePolicy, ImageTagMirrorSet, LabelSelector, MachineConfig,
+    MachineConfigPool, MachineConfigSpec, ObjectMeta, PolicyKind, MC_API_VERSION, ROLE_LABEL,
 };
-use crate::policy::{self, Bytes, Policy, Requirement, SigstoreSigned};
+use crate::policy::{self, Requirement};
+use crate::policy_json::growth;
+pub use crate::policy_json::{
+    estimated_growth, namespace_policy_jsons, requirement, scope_requirements, update_policy_json,
+    ScopeMap,
+};
+use crate::registries_conf::{MirrorObjects, RegistriesConf};
 use crate::registries_d;
 use crate::validate::{self, Reason, SizeCheck};
 
@@ -71,6 +76,32 @@ pub struct Inputs {
     pub machine_configs: Vec<MachineConfig>,
     /// FeatureGate `cluster`: whether the MCO renders policies itself (`serve --mode auto`).
     pub feature_gate: Option<FeatureGate>,
+    /// Namespaced policies: each namespace gets `/etc/crio/policies/<namespace>.json`.
+    pub image_policies: Vec<ImagePolicy>,
+    /// Mirrors: each mirror of a policy scope gets sigstore attachments too.
+    pub digest_mirror_sets: Vec<ImageDigestMirrorSet>,
+    pub tag_mirror_sets: Vec<ImageTagMirrorSet>,
+    pub content_source_policies: Vec<ImageContentSourcePolicy>,
+}
+
+impl Inputs {
+    pub fn mirrors(&self) -> MirrorObjects<'_> {
+        MirrorObjects {
+            digest: &self.digest_mirror_sets,
+            tag: &self.tag_mirror_sets,
+            content_source: &self.content_source_policies,
+        }
+    }
+
+    /// The cluster facts as rendering sees them (mirrors included).
+    pub fn facts(&self, options: &RenderOptions) -> Result<ClusterFacts, ImageConfigError> {
+        ClusterFacts::with_mirrors(
+            self.image.as_ref(),
+            self.cluster_version.as_ref(),
+            &options.extra_payload_repos,
+            self.mirrors(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -79,6 +110,8 @@ pub enum RenderError {
     ImageConfig(#[from] ImageConfigError),
     #[error("ClusterImagePolicy {0:?} is given more than once")]
     DuplicatePolicy(String),
+    #[error("ImagePolicy {0:?} is given more than once")]
+    DuplicateImagePolicy(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,6 +120,16 @@ pub struct Plan {
     pub facts: ClusterFacts,
     pub pools: Vec<PoolPlan>,
     pub policies: Vec<PolicyOutcome>,
+    /// ImagePolicies, by namespace and name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_policies: Vec<PolicyOutcome>,
+    /// The scopes each namespace's policy file adds, by namespace.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_scopes: BTreeMap<String, Vec<String>>,
+    /// Endpoints that get sigstore attachments because a policy scope is pulled from them
+    /// (mirrors, entries nested in a scope), beyond the scopes themselves.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirror_scopes: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -102,6 +145,9 @@ pub struct PoolPlan {
     pub policy_json: Option<Arc<String>>,
     #[serde(skip)]
     pub sigstore_yaml: Option<Arc<str>>,
+    /// Each namespace's policy file (`/etc/crio/policies/<namespace>.json`), by namespace.
+    #[serde(skip)]
+    pub namespace_policies: Vec<(String, Arc<String>)>,
     /// The MachineConfig that carries our policy.json: `99-<pool>-generated-registries`,
     /// or ours beside it where the MCO owns that one.
     pub policy_json_machine_config: String,
@@ -168,12 +214,36 @@ pub enum Condition {
         /// Scopes of this policy that are written all the same.
         written: Vec<String>,
     },
+    /// An ImagePolicy some of whose scopes a ClusterImagePolicy governs (the MCO's
+    /// precedence): those are dropped, the rest written. The status is the MCO's own:
+    /// `Pending`, status `False`, reason `ConflictScopes`, with its message.
+    Overridden {
+        message: String,
+        overridden: Vec<String>,
+        written: Vec<String>,
+        pools: Vec<String>,
+    },
+}
+
+impl Condition {
+    /// Scopes of the policy that reach the nodes.
+    pub fn takes_effect(&self) -> bool {
+        match self {
+            Condition::Applied { .. } => true,
+            Condition::Pending { written, .. } | Condition::Overridden { written, .. } => {
+                !written.is_empty()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyOutcome {
     pub name: String,
+    /// ImagePolicies only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub generation: Option<i64>,
     pub condition: Condition,
 }
@@ -194,10 +264,25 @@ impl Plan {
             .max_by_key(|(_, size)| *size);
         let (machine_config, current_bytes) =
             largest.unwrap_or_else(|| (registries_mc_name("worker"), 0));
+        let namespaces = self
+            .pools
+            .iter()
+            .flat_map(|p| p.namespace_policies.iter().map(|(ns, _)| ns.clone()))
+            .collect();
+        // A namespace's file starts as a copy of the pool's policy.json (base64, with its
+        // Ignition entry around it).
+        let new_namespace_bytes = self
+            .pools
+            .iter()
+            .map(|p| p.effective_policy_json().len().div_ceil(3) * 4 + 160)
+            .max()
+            .unwrap_or(0);
         SizeCheck {
             machine_config,
             current_bytes,
             budget_bytes,
+            namespaces,
+            new_namespace_bytes,
         }
     }
 
@@ -214,318 +299,8 @@ pub fn object_size<T: Serialize>(object: &T) -> usize {
     serde_json::to_vec(object).map(|v| v.len()).unwrap_or(0)
 }
 
-/// The requirement MCO's `policyItemFromSpec` builds for a (validated) policy.
-pub fn requirement(cip: &ClusterImagePolicy) -> Result<Requirement, String> {
-    let policy = cip
-        .spec
-        .as_ref()
-        .and_then(|s| s.policy.as_ref())
-        .ok_or("spec.policy is missing")?;
-    let rot = policy
-        .root_of_trust
-        .as_ref()
-        .ok_or("spec.policy.rootOfTrust is missing")?;
-    let bytes = |field: &str, v: &Option<String>| -> Result<Option<Bytes>, String> {
-        match v.as_deref() {
-            None | Some("") => Ok(None),
-            Some(text) => Bytes::from_base64(text)
-                .map(Some)
-                .map_err(|e| format!("{field}: {e}")),
-        }
-    };
-    let mut req = SigstoreSigned::default();
-    match (rot.policy_type.as_deref(), &rot.public_key, &rot.fulcio_ca_with_rekor, &rot.pki) {
-        (Some("PublicKey"), Some(pk), _, _) => {
-            req.key_data = bytes("keyData", &pk.key_data)?;
-            req.rekor_public_key_data = bytes("rekorKeyData", &pk.rekor_key_data)?;
-        }
-        (Some("FulcioCAWithRekor"), _, Some(f), _) => {
-            let subject = f.fulcio_subject.clone().unwrap_or_default();
-            req.fulcio = Some(policy::Fulcio {
-                ca_data: bytes("fulcioCAData", &f.fulcio_ca_data)?,
-                oidc_issuer: subject.oidc_issuer,
-                subject_email: subject.signed_email,
-                ..Default::default()
-            });
-            req.rekor_public_key_data = bytes("rekorKeyData", &f.rekor_key_data)?;
-        }
-        (Some("PKI"), _, _, Some(p)) => {
-            let subject = p.pki_certificate_subject.clone().unwrap_or_default();
-            req.pki = Some(policy::Pki {
-                ca_roots_data: bytes("caRootsData", &p.ca_roots_data)?,
-                ca_intermediates_data: bytes("caIntermediatesData", &p.ca_intermediates_data)?,
-                subject_email: subject.email,
-                subject_hostname: subject.hostname,
-                ..Default::default()
-            });
-        }
-        _ => return Err("exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, and pki must be specified".into()),
-    }
-    req.signed_identity = match &policy.signed_identity {
-        None => policy::SignedIdentity::MatchRepoDigestOrExact,
-        Some(si) => match si.match_policy.as_deref() {
-            None | Some("") | Some("MatchRepoDigestOrExact") => {
-                policy::SignedIdentity::MatchRepoDigestOrExact
-            }
-            Some("MatchRepository") => policy::SignedIdentity::MatchRepository,
-            Some("ExactRepository") => policy::SignedIdentity::ExactRepository {
-                docker_repository: si
-                    .exact_repository
-                    .as_ref()
-                    .and_then(|e| e.repository.clone())
-                    .unwrap_or_default(),
-            },
-            Some("RemapIdentity") => {
-                let remap = si.remap_identity.clone().unwrap_or_default();
-                policy::SignedIdentity::RemapIdentity {
-                    prefix: remap.prefix.unwrap_or_default(),
-                    signed_prefix: remap.signed_prefix.unwrap_or_default(),
-                }
-            }
-            Some(other) => return Err(format!("unknown signedIdentity match policy: {other}")),
-        },
-    };
-    Ok(Requirement::SigstoreSigned(Box::new(req)))
-}
-
-/// About how many bytes this policy adds to a registries MachineConfig: its
-/// requirement under each scope in `docker` (and `atomic`), base64-encoded.
-pub fn estimated_growth(cip: &ClusterImagePolicy) -> usize {
-    requirement(cip).map_or(0, |req| growth(&req, cip.scopes()))
-}
-
-fn growth(req: &Requirement, scopes: &[String]) -> usize {
-    let body = gojson::marshal_indent(req);
-    // Nested four levels deep in policy.json: eight more spaces on every line.
-    let entry = body.len() + 8 * (body.matches('\n').count() + 1) + 16;
-    let json: usize = scopes
-        .iter()
-        .map(|s| (entry + s.len()) * if s.matches('/').count() < 3 { 2 } else { 1 })
-        .sum();
-    json.div_ceil(3) * 4
-}
-
-static REJECT: Requirement = Requirement::Reject;
-static ACCEPT: Requirement = Requirement::InsecureAcceptAnything;
-
-/// Requirements per scope, borrowed from the policies that carry them.
-pub type ScopeMap<'a> = BTreeMap<&'a str, Vec<&'a Requirement>>;
-
-/// MCO's `updatePolicyJSON`: `None` when nothing of ours belongs in policy.json,
-/// so the pool's original file applies unchanged.
-pub fn update_policy_json(
-    original: &str,
-    facts: &ClusterFacts,
-    scopes: &ScopeMap,
-) -> Result<Option<String>, String> {
-    if facts.allowed.is_empty() && facts.blocked.is_empty() && scopes.is_empty() {
-        return Ok(None);
-    }
-    let policy = Policy::parse(original)?;
-    let mut default: &[Requirement] = &policy.default;
-    // The policies' scopes are borrowed as they are; only the few scopes that the
-    // registry lists also name get a merged list of their own.
-    let mut docker: BTreeMap<&str, Cow<[&Requirement]>> = scopes
-        .iter()
-        .map(|(k, v)| (*k, Cow::Borrowed(v.as_slice())))
-        .collect();
-    if !facts.allowed.is_empty() {
-        default = std::slice::from_ref(&REJECT);
-        for reg in facts
-            .allowed
-            .iter()
-            .filter(|r| !scopes.contains_key(r.as_str()))
-        {
-            docker.insert(reg, Cow::Owned(vec![&ACCEPT]));
-        }
-    }
-    if !facts.blocked.is_empty() {
-        default = std::slice::from_ref(&ACCEPT);
-        for reg in &facts.blocked {
-            let mut merged = vec![&REJECT];
-            merged.extend(scopes.get(reg.as_str()).into_iter().flatten());
-            docker.insert(reg, Cow::Owned(merged));
-        }
-    }
-    let mut transports: BTreeMap<&str, Transport> = policy
-        .transports
-        .iter()
-        .map(|(k, v)| (k.as_str(), Transport::Kept(v)))
-        .collect();
-    if !docker.is_empty() {
-        // containers/image's `atomic` transport cannot address 3+ path levels (OCPBUGS-4122).
-        let atomic = docker
-            .iter()
-            .filter(|(scope, _)| scope.matches('/').count() < 3)
-            .map(|(k, v)| (*k, &**v))
-            .collect();
-        transports.insert(
-            "docker",
-            Transport::Built(docker.iter().map(|(k, v)| (*k, &**v)).collect()),
-        );
-        transports.insert("atomic", Transport::Built(atomic));
-    }
-    Ok(Some(PolicyWriter::default().policy(default, &transports)))
-}
-
-enum Transport<'a> {
-    Kept(&'a BTreeMap<String, Vec<Requirement>>),
-    Built(BTreeMap<&'a str, &'a [&'a Requirement]>),
-}
-
-/// A requirement serialized once and indented for `depth` (always the same depth
-/// within one document).
-fn snippet<'s>(snippets: &'s mut Snippets, req: &Requirement, depth: usize) -> &'s String {
-    let key: *const Requirement = req;
-    snippets.entry(key).or_insert_with(|| {
-        let mut indented = String::new();
-        for (n, line) in gojson::marshal_indent(req).split('\n').enumerate() {
-            if n > 0 {
-                indented.push('\n');
-                indented.extend(std::iter::repeat_n("  ", depth));
-            }
-            indented.push_str(line);
-        }
-        indented
-    })
-}
-
-type Snippets = std::collections::HashMap<*const Requirement, String>;
-
-/// Writes policy.json in `json.MarshalIndent` layout. Each distinct requirement is
-/// serialized once and spliced in at its depth: with many scopes per policy, and
-/// `docker` and `atomic` repeating each other, that is most of the document.
-#[derive(Default)]
-struct PolicyWriter {
-    out: String,
-    /// Requirements already serialized and indented for their depth, by address.
-    snippets: Snippets,
-}
-
-impl PolicyWriter {
-    fn newline(&mut self, depth: usize) {
-        self.out.push('\n');
-        self.out.extend(std::iter::repeat_n("  ", depth));
-    }
-
-    /// A value serialized alone, re-indented for `depth`.
-    fn value<T: Serialize + ?Sized>(&mut self, value: &T, depth: usize) {
-        let text = gojson::marshal_indent(value);
-        self.indented(&text, depth);
-    }
-
-    fn indented(&mut self, text: &str, depth: usize) {
-        let mut lines = text.split('\n');
-        self.out.push_str(lines.next().unwrap_or_default());
-        for line in lines {
-            self.newline(depth);
-            self.out.push_str(line);
-        }
-    }
-
-    fn requirements(&mut self, reqs: &[&Requirement], depth: usize) {
-        if reqs.is_empty() {
-            self.out.push_str("[]");
-            return;
-        }
-        self.out.push('[');
-        for (i, req) in reqs.iter().enumerate() {
-            if i > 0 {
-                self.out.push(',');
-            }
-            self.newline(depth + 1);
-            let snippet = snippet(&mut self.snippets, req, depth + 1);
-            self.out.push_str(snippet);
-        }
-        self.newline(depth);
-        self.out.push(']');
-    }
-
-    /// The start of an object member: separator, indent, key and `": "`.
-    fn member(&mut self, first: bool, key: &str, depth: usize) {
-        if !first {
-            self.out.push(',');
-        }
-        self.newline(depth);
-        self.key(key, depth);
-        self.out.push_str(": ");
-    }
-
-    /// A map key: written directly when nothing in it needs escaping.
-    fn key(&mut self, key: &str, depth: usize) {
-        let plain = key
-            .bytes()
-            .all(|b| (0x20..0x80).contains(&b) && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&'));
-        if plain {
-            self.out.push('"');
-            self.out.push_str(key);
-            self.out.push('"');
-        } else {
-            self.value(key, depth);
-        }
-    }
-
-    fn policy(mut self, default: &[Requirement], transports: &BTreeMap<&str, Transport>) -> String {
-        let mut size = 4096;
-        for transport in transports.values() {
-            if let Transport::Built(map) = transport {
-                for (scope, reqs) in map {
-                    size += scope.len() + 24;
-                    for req in reqs.iter() {
-                        size += snippet(&mut self.snippets, req, 4).len() + 12;
-                    }
-                }
-            }
-        }
-        self.out.reserve(size);
-        self.out.push_str("{\n  \"default\": ");
-        self.value(default, 1);
-        self.out.push_str(",\n  \"transports\": ");
-        if transports.is_empty() {
-            self.out.push_str("{}");
-        } else {
-            self.out.push('{');
-            for (i, (name, transport)) in transports.iter().enumerate() {
-                self.member(i == 0, name, 2);
-                match transport {
-                    Transport::Kept(map) => self.value(*map, 2),
-                    Transport::Built(map) if map.is_empty() => self.out.push_str("{}"),
-                    Transport::Built(map) => {
-                        self.out.push('{');
-                        for (j, (scope, reqs)) in map.iter().enumerate() {
-                            self.member(j == 0, scope, 3);
-                            self.requirements(reqs, 3);
-                        }
-                        self.newline(2);
-                        self.out.push('}');
-                    }
-                }
-            }
-            self.newline(1);
-            self.out.push('}');
-        }
-        self.out.push_str("\n}");
-        self.out
-    }
-}
-
-/// Requirements per scope; several policies on one scope in policy-name order
-/// (deterministic, where MCO's order is its informer cache's).
-pub fn scope_requirements<'a>(
-    policies: impl IntoIterator<Item = (&'a str, &'a [String], &'a Requirement)>,
-) -> ScopeMap<'a> {
-    let mut sorted: Vec<_> = policies.into_iter().collect();
-    sorted.sort_by_key(|(name, _, _)| *name);
-    let mut map: ScopeMap = BTreeMap::new();
-    for (_, scopes, requirement) in sorted {
-        for s in scopes {
-            map.entry(s.as_str()).or_default().push(requirement);
-        }
-    }
-    map
-}
-
-struct Admitted {
+struct Admitted<'a> {
+    policy: &'a ClusterImagePolicy,
     requirement: Requirement,
     scopes: Vec<String>,
 }
@@ -533,11 +308,7 @@ struct Admitted {
 /// Renders the whole desired state. Bad policies and scopes are skipped and reported;
 /// only input that makes every output meaningless is an error.
 pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderError> {
-    let facts = ClusterFacts::new(
-        inputs.image.as_ref(),
-        inputs.cluster_version.as_ref(),
-        &options.extra_payload_repos,
-    )?;
+    let facts = inputs.facts(options)?;
     let mut policies: Vec<&ClusterImagePolicy> = inputs.policies.iter().collect();
     policies.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     if let Some(w) = policies
@@ -545,6 +316,12 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
         .find(|w| w[0].metadata.name == w[1].metadata.name)
     {
         return Err(RenderError::DuplicatePolicy(w[0].metadata.name.clone()));
+    }
+    let mut image_policies: Vec<(String, &ImagePolicy)> =
+        inputs.image_policies.iter().map(|p| (p.key(), p)).collect();
+    image_policies.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = image_policies.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(RenderError::DuplicateImagePolicy(w[0].0.clone()));
     }
 
     let pools = select_pools(&inputs.pools);
@@ -573,51 +350,136 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             let pool = &p.metadata.name;
             let mut mc = match find_mc(&inputs.machine_configs, &registries_mc_name(pool)) {
                 Some(existing) if !mco::owned_by_mco(existing) => existing.clone(),
-                _ => new_machine_config(
-                    &registries_imagepolicies_mc_name(pool),
-                    pool,
-                    IgnitionFile::default(),
-                ),
+                _ => new_machine_config(&registries_imagepolicies_mc_name(pool), pool, Vec::new()),
             };
             ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
+            ignition::set_namespace_files(&mut mc.spec.config, Vec::new());
             object_size(&mc)
         })
         .max()
         .unwrap_or(0)
         + 1024;
 
-    // Oldest first (SPEC §8.5): a policy in force is never pushed out by a newer one;
-    // the newest are the ones held back when the budget runs out.
-    let mut by_age = policies.clone();
-    by_age.sort_by(|a, b| {
-        (&a.metadata.creation_timestamp, &a.metadata.name)
-            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+    // Oldest first, both kinds together (SPEC §8.5): a policy in force is never pushed out
+    // by a newer one; the newest are the ones held back when the budget runs out.
+    let mut by_age: Vec<&ClusterImagePolicy> = policies
+        .iter()
+        .copied()
+        .chain(image_policies.iter().map(|(_, p)| *p))
+        .collect();
+    by_age.sort_by_cached_key(|p| {
+        (
+            p.metadata.creation_timestamp.clone(),
+            p.policy_kind(),
+            p.key(),
+        )
     });
+    let mut budget = Budget {
+        limit: options.size_budget,
+        used: base_size,
+        // A namespace's file starts as a copy of policy.json.
+        policy_bytes: update_policy_json(policy::MCO_TEMPLATE, &facts, &ScopeMap::new())
+            .ok()
+            .flatten()
+            .map_or(policy::MCO_TEMPLATE.len(), |p| p.len())
+            .div_ceil(3)
+            * 4
+            + 160,
+        namespaces: BTreeSet::new(),
+    };
     let mut outcomes = Vec::new();
-    let mut admitted: Vec<(String, Admitted)> = Vec::new();
-    let mut used = base_size;
-    for cip in by_age {
-        let (outcome, accepted) = admit(cip, &facts, options.size_budget, &mut used);
-        outcomes.push(outcome);
-        if let Some(a) = accepted {
-            admitted.push((cip.metadata.name.clone(), a));
+    let mut ip_outcomes = Vec::new();
+    let mut admitted: Vec<Admitted> = Vec::new();
+    let mut admitted_ips: Vec<Admitted> = Vec::new();
+    for policy in by_age {
+        let (outcome, accepted) = admit(policy, &facts, &mut budget);
+        match policy.policy_kind() {
+            PolicyKind::Cluster => {
+                outcomes.push(outcome);
+                admitted.extend(accepted);
+            }
+            PolicyKind::Namespaced => {
+                ip_outcomes.push(outcome);
+                admitted_ips.extend(accepted);
+            }
         }
     }
     outcomes.sort_by(|a, b| a.name.cmp(&b.name));
+    admitted.sort_by(|a, b| a.policy.metadata.name.cmp(&b.policy.metadata.name));
+    let scope_map = scope_requirements(admitted.iter().map(|a| {
+        (
+            a.policy.metadata.name.as_str(),
+            a.scopes.as_slice(),
+            &a.requirement,
+        )
+    }));
 
-    let scope_map = scope_requirements(
-        admitted
-            .iter()
-            .map(|(name, a)| (name.as_str(), a.scopes.as_slice(), &a.requirement)),
-    );
+    // The MCO's precedence: an ImagePolicy scope equal to or inside a written cluster
+    // scope is dropped, with the MCO's own status.
+    admitted_ips.sort_by_cached_key(|a| a.policy.key());
+    ip_outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut namespaces: BTreeMap<String, ScopeMap> = BTreeMap::new();
+    for a in &mut admitted_ips {
+        let (kept, overridden) = split_overridden(std::mem::take(&mut a.scopes), &scope_map);
+        a.scopes = kept;
+        if !overridden.is_empty() {
+            let key = (a.policy.metadata.namespace.clone(), &a.policy.metadata.name);
+            if let Some(o) = ip_outcomes
+                .iter_mut()
+                .find(|o| (o.namespace.clone(), &o.name) == key)
+            {
+                o.condition = overridden_condition(
+                    std::mem::replace(&mut o.condition, Condition::Applied { pools: Vec::new() }),
+                    overridden,
+                    &a.scopes,
+                );
+            }
+        }
+        let files = namespaces
+            .entry(a.policy.namespace().to_string())
+            .or_default();
+        for s in &a.scopes {
+            files.entry(s.as_str()).or_default().push(&a.requirement);
+        }
+    }
+    namespaces.retain(|_, scopes| !scopes.is_empty());
 
-    let sigstore_yaml: Option<Arc<str>> = (!scope_map.is_empty())
-        .then(|| registries_d::sigstore_registries_yaml(scope_map.keys().copied()).into());
+    // sigstore-registries.yaml: every written scope, and every endpoint it is pulled from.
+    let registries_conf = match RegistriesConf::generate(
+        &facts.insecure,
+        &facts.registries_blocked,
+        inputs.mirrors(),
+    ) {
+        Ok(conf) => conf,
+        Err(e) => {
+            notes.push(format!(
+                    "registries.conf: {e}: the machine-config-operator fails its sync on this; mirrors get no sigstore attachments"
+                ));
+            RegistriesConf::default()
+        }
+    };
+    let policy_scopes: BTreeSet<&str> = scope_map
+        .keys()
+        .copied()
+        .chain(namespaces.values().flat_map(|m| m.keys().copied()))
+        .collect();
+    let expansion = registries_conf.sigstore_keys(policy_scopes.iter().copied());
+    notes.extend(expansion.problems);
+    let mirror_scopes: Vec<String> = expansion
+        .keys
+        .iter()
+        .filter(|k| !policy_scopes.contains(k.as_str()))
+        .cloned()
+        .collect();
+    let sigstore_yaml: Option<Arc<str>> = (!policy_scopes.is_empty()).then(|| {
+        registries_d::sigstore_registries_yaml(expansion.keys.iter().map(String::as_str)).into()
+    });
     let written_scopes: Arc<[String]> = scope_map.keys().map(|s| s.to_string()).collect();
     let sigstore_file = sigstore_yaml
         .as_ref()
         .map(|yaml| ignition::file_entry(SIGSTORE_YAML_PATH, yaml));
     let mut rendered = PolicyJsonCache::new();
+    let mut namespace_files = NamespaceCache::new();
     let mut pool_plans = Vec::new();
     let targets: Vec<(bool, String)> = pools
         .selected
@@ -647,6 +509,7 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
         let shared = Shared {
             facts: &facts,
             scope_map: &scope_map,
+            namespaces: &namespaces,
             sigstore_yaml: &sigstore_yaml,
             sigstore_file: &sigstore_file,
             scopes: &written_scopes,
@@ -655,6 +518,10 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             beside_mco,
             name: target,
         };
+        let caches = Caches {
+            policy_json: &mut rendered,
+            namespaces: &mut namespace_files,
+        };
         let (plan, pool_notes) = plan_pool(
             pool,
             &inputs.machine_configs,
@@ -662,7 +529,7 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             target,
             last_use,
             shared,
-            &mut rendered,
+            caches,
         );
         notes.extend(pool_notes);
         pool_plans.push(plan);
@@ -672,32 +539,134 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
         .filter(|p| p.error.is_none())
         .map(|p| p.pool.clone())
         .collect();
-    for outcome in &mut outcomes {
-        if let Condition::Applied { pools } = &mut outcome.condition {
-            pools.clone_from(&written);
+    for outcome in outcomes.iter_mut().chain(&mut ip_outcomes) {
+        match &mut outcome.condition {
+            Condition::Applied { pools } | Condition::Overridden { pools, .. } => {
+                pools.clone_from(&written)
+            }
+            Condition::Pending { .. } => {}
         }
     }
     Ok(Plan {
         facts,
         pools: pool_plans,
         policies: outcomes,
+        image_policies: ip_outcomes,
+        namespace_scopes: namespaces
+            .iter()
+            .map(|(ns, scopes)| (ns.clone(), scopes.keys().map(|s| s.to_string()).collect()))
+            .collect(),
+        mirror_scopes,
         notes,
     })
 }
 
+/// The MCO's precedence (`getValidScopePolicies`): an ImagePolicy scope equal to or nested
+/// inside a cluster scope is dropped. Returns (kept, overridden).
+pub fn split_overridden(scopes: Vec<String>, cluster: &ScopeMap) -> (Vec<String>, Vec<String>) {
+    scopes
+        .into_iter()
+        .partition(|s| !cluster.keys().any(|c| crate::scope::is_nested(s, c)))
+}
+
+/// An ImagePolicy's condition once the scopes a cluster policy governs are dropped.
+fn overridden_condition(
+    condition: Condition,
+    overridden: Vec<String>,
+    kept: &[String],
+) -> Condition {
+    // Go's %q of a []string.
+    let quoted: Vec<String> = overridden.iter().map(|s| format!("{s:?}")).collect();
+    let message = format!(
+        "has conflicting scope(s) [{}] that equal to or nest inside existing clusterimagepolicy, only policy from clusterimagepolicy scope(s) will be applied",
+        quoted.join(" ")
+    );
+    match condition {
+        Condition::Pending {
+            reason,
+            message: own,
+            mut skipped,
+            ..
+        } => {
+            skipped.extend(overridden.into_iter().map(|scope| SkippedScope {
+                scope,
+                reason: Reason::ConflictScopes,
+                message: message.clone(),
+            }));
+            Condition::Pending {
+                reason,
+                message: own,
+                skipped,
+                written: kept.to_vec(),
+            }
+        }
+        _ => Condition::Overridden {
+            message,
+            overridden,
+            written: kept.to_vec(),
+            pools: Vec::new(),
+        },
+    }
+}
+
+/// The size budget as policies are admitted, oldest first.
+struct Budget {
+    limit: usize,
+    used: usize,
+    /// About what a namespace's file costs before its own requirements.
+    policy_bytes: usize,
+    namespaces: BTreeSet<String>,
+}
+
+impl Budget {
+    /// What admitting these scopes of `policy` adds: a cluster policy's requirement goes
+    /// into policy.json and into every namespace's file; a namespace's first policy
+    /// brings a copy of policy.json.
+    fn cost(
+        &self,
+        policy: &ClusterImagePolicy,
+        requirement: &Requirement,
+        scopes: &[String],
+    ) -> usize {
+        let own = growth(requirement, scopes);
+        match policy.policy_kind() {
+            PolicyKind::Cluster => own * (1 + self.namespaces.len()),
+            PolicyKind::Namespaced if self.namespaces.contains(policy.namespace()) => own,
+            PolicyKind::Namespaced => own + self.policy_bytes,
+        }
+    }
+
+    fn take(
+        &mut self,
+        policy: &ClusterImagePolicy,
+        cost: usize,
+        requirement: &Requirement,
+        scopes: &[String],
+    ) {
+        self.used += cost;
+        match policy.policy_kind() {
+            PolicyKind::Cluster => self.policy_bytes += growth(requirement, scopes),
+            PolicyKind::Namespaced => {
+                self.namespaces.insert(policy.namespace().to_string());
+            }
+        }
+    }
+}
+
 /// Decides what of one policy is written: the whole of it, some scopes, or nothing.
-fn admit(
-    cip: &ClusterImagePolicy,
+fn admit<'a>(
+    policy: &'a ClusterImagePolicy,
     facts: &ClusterFacts,
-    budget: usize,
-    used: &mut usize,
-) -> (PolicyOutcome, Option<Admitted>) {
+    budget: &mut Budget,
+) -> (PolicyOutcome, Option<Admitted<'a>>) {
+    let kind = policy.policy_kind();
     let pending = |reason: Reason,
                    message: String,
                    skipped: Vec<SkippedScope>,
                    written: Vec<String>| PolicyOutcome {
-        name: cip.metadata.name.clone(),
-        generation: cip.metadata.generation,
+        name: policy.metadata.name.clone(),
+        namespace: policy.metadata.namespace.clone(),
+        generation: policy.metadata.generation,
         condition: Condition::Pending {
             reason,
             message,
@@ -705,18 +674,18 @@ fn admit(
             written,
         },
     };
-    let report = validate::validate_object(cip);
+    let report = validate::validate_object(policy);
     if let Some(message) = report.denial_message() {
         let reason = report.reason().unwrap_or(Reason::Invalid);
         return (pending(reason, message, Vec::new(), Vec::new()), None);
     }
-    let requirement = match requirement(cip) {
+    let requirement = match requirement(policy) {
         Ok(r) => r,
         Err(e) => return (pending(Reason::Invalid, e, Vec::new(), Vec::new()), None),
     };
     let mut skipped = Vec::new();
     let mut scopes = Vec::new();
-    for s in cip.scopes() {
+    for s in policy.scopes() {
         if let Some((repo, _)) = facts.payload_hit(s) {
             skipped.push(SkippedScope {
                 scope: s.clone(),
@@ -725,7 +694,7 @@ fn admit(
                     "scope {s} touches the OpenShift release payload repository {repo}"
                 ),
             });
-        } else if let Some(message) = facts.registry_conflict(s) {
+        } else if let Some(message) = facts.registry_conflict(s, kind) {
             skipped.push(SkippedScope {
                 scope: s.clone(),
                 reason: Reason::ConflictScopes,
@@ -735,22 +704,24 @@ fn admit(
             scopes.push(s.clone());
         }
     }
-    let growth = growth(&requirement, &scopes);
-    if *used + growth > budget {
+    let cost = budget.cost(policy, &requirement, &scopes);
+    if budget.used + cost > budget.limit {
         let message = format!(
-            "writing this policy would grow the generated MachineConfigs to about {} bytes, over the budget of {budget} bytes",
-            *used + growth
+            "writing this policy would grow the generated MachineConfigs to about {} bytes, over the budget of {} bytes",
+            budget.used + cost,
+            budget.limit
         );
         return (
             pending(Reason::TooLarge, message, Vec::new(), Vec::new()),
             None,
         );
     }
-    *used += growth;
+    budget.take(policy, cost, &requirement, &scopes);
     let outcome = match skipped.first() {
         None => PolicyOutcome {
-            name: cip.metadata.name.clone(),
-            generation: cip.metadata.generation,
+            name: policy.metadata.name.clone(),
+            namespace: policy.metadata.namespace.clone(),
+            generation: policy.metadata.generation,
             condition: Condition::Applied { pools: Vec::new() },
         },
         Some(first) => {
@@ -763,6 +734,7 @@ fn admit(
     (
         outcome,
         Some(Admitted {
+            policy,
             requirement,
             scopes,
         }),
@@ -826,6 +798,7 @@ fn policy_json_target(pool: &str, mcs: &[MachineConfig]) -> (bool, String) {
 struct Shared<'a> {
     facts: &'a ClusterFacts,
     scope_map: &'a ScopeMap<'a>,
+    namespaces: &'a BTreeMap<String, ScopeMap<'a>>,
     sigstore_yaml: &'a Option<Arc<str>>,
     sigstore_file: &'a Option<IgnitionFile>,
     scopes: &'a Arc<[String]>,
@@ -834,6 +807,15 @@ struct Shared<'a> {
 /// Pools usually share their original policy.json: render each distinct one once,
 /// with its Ignition entry (the base64 data URL is the costly part).
 type PolicyJsonCache = BTreeMap<String, Result<Option<(Arc<String>, IgnitionFile)>, String>>;
+
+/// The namespaces' files built from each distinct effective policy.json, with their
+/// Ignition entries.
+type NamespaceCache = BTreeMap<String, Result<Vec<(String, Arc<String>, IgnitionFile)>, String>>;
+
+struct Caches<'c> {
+    policy_json: &'c mut PolicyJsonCache,
+    namespaces: &'c mut NamespaceCache,
+}
 
 /// The policy.json a pool's nodes get without us: MachineConfigs merge in name order
 /// and the last one naming the path wins; MCO's template when none does.
@@ -905,11 +887,12 @@ fn plan_pool(
     target: Target,
     last_use: bool,
     shared: Shared,
-    rendered: &mut PolicyJsonCache,
+    caches: Caches,
 ) -> (PoolPlan, Vec<String>) {
     let Shared {
         facts,
         scope_map,
+        namespaces,
         sigstore_yaml,
         sigstore_file,
         scopes,
@@ -924,6 +907,7 @@ fn plan_pool(
         scopes: Arc::clone(scopes),
         policy_json: None,
         sigstore_yaml: None,
+        namespace_policies: Vec::new(),
         policy_json_machine_config: target.name.clone(),
         beside_mco: target.beside_mco,
         original_from: original.from,
@@ -940,13 +924,16 @@ fn plan_pool(
     };
 
     plan.original_policy_json.clone_from(&original);
-    let result = rendered.entry(original).or_insert_with_key(|original| {
-        let json = update_policy_json(original, facts, scope_map)?;
-        Ok(json.map(|j| {
-            let entry = ignition::file_entry(POLICY_JSON_PATH, &j);
-            (Arc::new(j), entry)
-        }))
-    });
+    let result = caches
+        .policy_json
+        .entry(original)
+        .or_insert_with_key(|original| {
+            let json = update_policy_json(original, facts, scope_map)?;
+            Ok(json.map(|j| {
+                let entry = ignition::file_entry(POLICY_JSON_PATH, &j);
+                (Arc::new(j), entry)
+            }))
+        });
     let policy_file = match result {
         Ok(Some((json, entry))) => Some((
             Arc::clone(json),
@@ -966,35 +953,80 @@ fn plan_pool(
         }
     };
     plan.sigstore_yaml.clone_from(sigstore_yaml);
+    let effective = policy_file
+        .as_ref()
+        .map_or(plan.original_policy_json.as_str(), |(json, _)| {
+            json.as_str()
+        })
+        .to_string();
+    let namespace_files = if namespaces.is_empty() {
+        Vec::new()
+    } else {
+        let built = caches
+            .namespaces
+            .entry(effective)
+            .or_insert_with_key(|cluster| {
+                Ok(namespace_policy_jsons(cluster, namespaces)?
+                    .into_iter()
+                    .map(|(ns, json)| {
+                        let entry =
+                            ignition::file_entry(&ignition::namespace_policy_path(&ns), &json);
+                        (ns, Arc::new(json), entry)
+                    })
+                    .collect())
+            });
+        match built {
+            Ok(files) => {
+                plan.namespace_policies = files
+                    .iter()
+                    .map(|(ns, json, _)| (ns.clone(), Arc::clone(json)))
+                    .collect();
+                files.iter().map(|(_, _, entry)| entry.clone()).collect()
+            }
+            Err(e) => {
+                plan.error = Some(format!("the namespaces' policy files: {e}"));
+                return (plan, notes);
+            }
+        }
+    };
 
     if target.beside_mco {
         // The MCO's MachineConfig already carries what the registry lists alone give, so
         // ours exists only while a policy has a scope to write; revert = delete ours.
-        let entry = policy_file
+        let mut files: Vec<IgnitionFile> = policy_file
             .filter(|_| !scope_map.is_empty())
             .map(|(json, entry)| {
                 plan.policy_json = Some(json);
                 entry
-            });
+            })
+            .into_iter()
+            .collect();
+        files.extend(namespace_files);
         let existing = find_mc(mcs, &reg_ip_name);
-        let desired = entry.map(|file| own_machine_config(existing, &reg_ip_name, &name, file));
+        let desired =
+            (!files.is_empty()).then(|| own_machine_config(existing, &reg_ip_name, &name, files));
         plan.changes.extend(change(&reg_ip_name, existing, desired));
     } else {
         plan.policy_json = policy_file.as_ref().map(|(json, _)| Arc::clone(json));
         let existing_reg = find_mc(mcs, &reg_name);
-        let desired_reg = match (policy_file, existing_reg) {
-            (Some((_, entry)), Some(existing)) => {
+        let ours_to_write = policy_file.is_some() || !namespace_files.is_empty();
+        let desired_reg = match existing_reg {
+            Some(existing) => {
                 let mut mc = existing.clone();
-                ignition::set_file(&mut mc.spec.config, entry);
-                Some(mc)
-            }
-            (Some((_, entry)), None) => Some(new_machine_config(&reg_name, &name, entry)),
-            (None, Some(existing)) => {
-                let mut mc = existing.clone();
-                ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
+                match policy_file {
+                    Some((_, entry)) => ignition::set_file(&mut mc.spec.config, entry),
+                    None => ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH),
+                }
+                ignition::set_namespace_files(&mut mc.spec.config, namespace_files);
                 (!(is_ours(&mc) && mc.files().is_empty())).then_some(mc)
             }
-            (None, None) => None,
+            None if ours_to_write => {
+                let mut files: Vec<IgnitionFile> =
+                    policy_file.map(|(_, entry)| entry).into_iter().collect();
+                files.extend(namespace_files);
+                Some(new_machine_config(&reg_name, &name, files))
+            }
+            None => None,
         };
         plan.changes
             .extend(change(&reg_name, existing_reg, desired_reg));
@@ -1007,7 +1039,7 @@ fn plan_pool(
     let existing_ip = find_mc(mcs, &ip_name);
     let desired_ip = sigstore_file
         .as_ref()
-        .map(|file| own_machine_config(existing_ip, &ip_name, &name, file.clone()));
+        .map(|file| own_machine_config(existing_ip, &ip_name, &name, vec![file.clone()]));
     plan.changes
         .extend(change(&ip_name, existing_ip, desired_ip));
 
@@ -1030,22 +1062,22 @@ pub fn is_ours(mc: &MachineConfig) -> bool {
     mc.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
 }
 
-/// A MachineConfig of ours holding exactly one file: the existing one with that file in
-/// place (so fields set by others survive), or a new one.
+/// A MachineConfig of ours holding exactly these files: the existing one with its files
+/// replaced (so fields set by others survive), or a new one.
 fn own_machine_config(
     existing: Option<&MachineConfig>,
     name: &str,
     pool: &str,
-    file: IgnitionFile,
+    files: Vec<IgnitionFile>,
 ) -> MachineConfig {
     match existing {
         Some(existing) => {
             let mut mc = existing.clone();
             let storage = mc.spec.config.storage.get_or_insert_with(Default::default);
-            storage.files = Some(vec![file]);
+            storage.files = Some(files);
             mc
         }
-        None => new_machine_config(name, pool, file),
+        None => new_machine_config(name, pool, files),
     }
 }
 
@@ -1068,7 +1100,7 @@ fn change(
     })
 }
 
-fn new_machine_config(name: &str, pool: &str, file: IgnitionFile) -> MachineConfig {
+fn new_machine_config(name: &str, pool: &str, files: Vec<IgnitionFile>) -> MachineConfig {
     MachineConfig {
         api_version: MC_API_VERSION.to_string(),
         kind: "MachineConfig".to_string(),
@@ -1082,7 +1114,7 @@ fn new_machine_config(name: &str, pool: &str, file: IgnitionFile) -> MachineConf
             ..Default::default()
         },
         spec: MachineConfigSpec {
-            config: ignition::new_config(vec![file]),
+            config: ignition::new_config(files),
             ..Default::default()
         },
         ..Default::default()

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 use crate::cluster::ClusterFacts;
 use crate::keys;
 use crate::model::{
-    CipVersion, ClusterImagePolicy, FulcioSpec, PkiSpec, PublicKeySpec, RootOfTrust,
-    SignedIdentitySpec,
+    CipVersion, ClusterImagePolicy, FulcioSpec, ImagePolicy, PkiSpec, PolicyKind, PublicKeySpec,
+    RootOfTrust, SignedIdentitySpec,
 };
 use crate::policy::decode_b64;
 use crate::rules;
@@ -82,6 +82,11 @@ pub enum Rule {
     TooLarge,
     ReservedName,
     ImageConfig,
+    /// A scope the other kind of policy governs (an ImagePolicy scope inside a
+    /// ClusterImagePolicy's: only the cluster policy applies).
+    Precedence,
+    /// A scope the MCO refuses because it allowed only the mirrored payload repository.
+    MirroredPayload,
 }
 
 impl Rule {
@@ -106,6 +111,8 @@ impl Rule {
             Rule::TooLarge => "TooLarge",
             Rule::ReservedName => "ReservedName",
             Rule::ImageConfig => "ImageConfig",
+            Rule::Precedence => "Precedence",
+            Rule::MirroredPayload => "MirroredPayload",
         }
     }
 
@@ -257,6 +264,26 @@ pub struct SizeCheck {
     pub machine_config: String,
     pub current_bytes: usize,
     pub budget_bytes: usize,
+    /// Namespaces that have a policy file: a new CIP grows each of them too.
+    #[serde(skip)]
+    pub namespaces: std::collections::BTreeSet<String>,
+    /// About what a new namespace's file costs: a copy of the cluster's policy.json.
+    #[serde(skip)]
+    pub new_namespace_bytes: usize,
+}
+
+impl SizeCheck {
+    /// About how much `policy` adds to the MachineConfig: a ClusterImagePolicy's
+    /// requirements go into policy.json and every namespace's file; an ImagePolicy's into
+    /// its namespace's file, which is a copy of policy.json when it is new.
+    pub fn growth(&self, policy: &ClusterImagePolicy) -> usize {
+        let own = crate::render::estimated_growth(policy);
+        match policy.policy_kind() {
+            PolicyKind::Cluster => own * (1 + self.namespaces.len()),
+            PolicyKind::Namespaced if self.namespaces.contains(policy.namespace()) => own,
+            PolicyKind::Namespaced => own + self.new_namespace_bytes,
+        }
+    }
 }
 
 /// What validation knows beyond the object itself.
@@ -266,6 +293,27 @@ pub struct Context<'a> {
     pub size: Option<&'a SizeCheck>,
     /// The requester may configure payload repositories (gets warnings, not denials).
     pub exempt: bool,
+    /// The cluster's ClusterImagePolicies: an ImagePolicy scope inside one of theirs does
+    /// not apply (the MCO's precedence).
+    pub cluster_policies: &'a [ClusterImagePolicy],
+    /// The cluster's ImagePolicies: a new cluster scope over theirs overrides them.
+    pub image_policies: &'a [ImagePolicy],
+    /// The MCO renders policies here: what its sync would fail on is denied.
+    pub mco_renders: bool,
+}
+
+impl<'a> Context<'a> {
+    /// Nothing known beyond the cluster facts.
+    pub fn new(facts: &'a ClusterFacts) -> Context<'a> {
+        Context {
+            facts,
+            size: None,
+            exempt: false,
+            cluster_policies: &[],
+            image_policies: &[],
+            mco_renders: false,
+        }
+    }
 }
 
 /// Decodes and validates a raw object; a field of the wrong JSON type is reported
@@ -341,6 +389,8 @@ pub fn clip(text: &str, max: usize) -> String {
 /// Every rule: the object's own (see [`validate_object`]) plus the cluster context.
 /// For an exempt requester every denial is a warning.
 pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
+    let kind = cip.policy_kind();
+    let who = kind.mco_name();
     let mut w = walk(cip);
     let rules_pass = std::mem::take(&mut w.scope_rules_pass);
     for (i, (s, pass)) in cip.scopes().iter().zip(rules_pass).enumerate() {
@@ -354,7 +404,7 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
                 PayloadHit::Inside => "is inside",
             };
             let message = format!(
-                "clusterimagePolicy configured for the scope {s} {how} the OpenShift release payload repository {repo}, whose signatures the platform verifies"
+                "{who} configured for the scope {s} {how} the OpenShift release payload repository {repo}, whose signatures the platform verifies"
             );
             w.ours(
                 &path,
@@ -364,7 +414,7 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
                 Some(s),
             );
         }
-        if let Some(message) = ctx.facts.registry_conflict(s) {
+        if let Some(message) = ctx.facts.registry_conflict(s, kind) {
             w.ours(
                 &path,
                 Rule::ConflictScopes,
@@ -372,10 +422,32 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
                 message,
                 Some(s),
             );
+        } else if let Some(message) = ctx.facts.mco_refusal(s, kind) {
+            // SPEC §8.6: only the MCO fails on this; where we render, it is written.
+            let severity = if ctx.mco_renders {
+                Severity::Error
+            } else {
+                Severity::Warning
+            };
+            let message = if ctx.mco_renders {
+                message
+            } else {
+                format!("{message}; admitted because cip-webhook renders policies on this cluster")
+            };
+            w.push(
+                severity,
+                &path,
+                Rule::MirroredPayload,
+                Reason::ConflictScopes,
+                message,
+                true,
+                Some(s),
+            );
         }
+        precedence(&mut w, cip, &path, s, ctx);
     }
     if let Some(size) = ctx.size {
-        let total = size.current_bytes + crate::render::estimated_growth(cip);
+        let total = size.current_bytes + size.growth(cip);
         if total > size.budget_bytes {
             let message = format!(
                 "adding this policy would grow MachineConfig {} to about {} bytes ({:.2} MiB), over the budget of {} bytes",
@@ -399,6 +471,46 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
         w.report.exempted()
     } else {
         w.report
+    }
+}
+
+/// The MCO's precedence (api-facts.md): an ImagePolicy scope equal to or nested inside a
+/// ClusterImagePolicy scope is dropped; only the cluster policy applies to those images.
+/// Both sides are told, with a warning.
+fn precedence(w: &mut Walker, policy: &ClusterImagePolicy, path: &str, scope: &str, ctx: &Context) {
+    let (others, kind) = match policy.policy_kind() {
+        PolicyKind::Namespaced => (ctx.cluster_policies, PolicyKind::Cluster),
+        PolicyKind::Cluster => (ctx.image_policies, PolicyKind::Namespaced),
+    };
+    for other in others {
+        if other.key() == policy.key() && kind == policy.policy_kind() {
+            continue;
+        }
+        for theirs in other.scopes() {
+            let message = match kind {
+                PolicyKind::Cluster if scope::is_nested(scope, theirs) => format!(
+                    "scope {scope} is equal to or nested inside scope {theirs} of ClusterImagePolicy {}: only the cluster policy applies to these images, this one is dropped for them",
+                    other.metadata.name
+                ),
+                PolicyKind::Namespaced if scope::is_nested(theirs, scope) => format!(
+                    "scope {theirs} of ImagePolicy {} is equal to or nested inside this scope: only this policy will apply to those images, the namespace's policy is dropped for them",
+                    other.key()
+                ),
+                _ => continue,
+            };
+            w.push(
+                Severity::Warning,
+                path,
+                Rule::Precedence,
+                Reason::ConflictScopes,
+                message,
+                false,
+                Some(scope),
+            );
+            if w.report.warnings.len() > MAX_REPORTED {
+                return;
+            }
+        }
     }
 }
 
@@ -471,7 +583,7 @@ impl Walker {
                 ),
             );
         }
-        if cip.kind != "ClusterImagePolicy" {
+        if PolicyKind::from_kind(&cip.kind).is_none() {
             self.error(
                 "kind",
                 Rule::Kind,
@@ -1041,9 +1153,9 @@ fn shown(v: &str) -> String {
 
 /// The Image CR guard: an update of `cluster` whose registry lists would conflict
 /// with existing policies, each named. Invalid lists are refused as MCO would fail on them.
-pub fn validate_image_update(
+pub fn validate_image_update<'a>(
     facts: Result<ClusterFacts, crate::cluster::ImageConfigError>,
-    policies: &[ClusterImagePolicy],
+    policies: impl IntoIterator<Item = &'a ClusterImagePolicy>,
 ) -> Report {
     let mut report = Report::default();
     let facts = match facts {
@@ -1060,14 +1172,15 @@ pub fn validate_image_update(
             return report;
         }
     };
-    let mut sorted: Vec<&ClusterImagePolicy> = policies.iter().collect();
-    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    for cip in sorted {
-        for s in cip.scopes() {
-            if let Some(message) = facts.registry_conflict(s) {
+    let mut sorted: Vec<&ClusterImagePolicy> = policies.into_iter().collect();
+    sorted.sort_by_cached_key(|p| (p.policy_kind(), p.key()));
+    for policy in sorted {
+        let kind = policy.policy_kind();
+        for s in policy.scopes() {
+            if let Some(message) = facts.registry_conflict(s, kind) {
                 report.errors.push(Problem {
                     path: "spec.registrySources".into(),
-                    message: format!("{message} (ClusterImagePolicy {})", cip.metadata.name),
+                    message: format!("{message} ({} {})", kind.as_str(), policy.key()),
                     rule: Rule::ConflictScopes,
                     subject: Some(s.clone()),
                     reason: Reason::ConflictScopes,

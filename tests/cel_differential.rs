@@ -65,11 +65,7 @@ fn both(
             .collect(),
     };
     let facts = ClusterFacts::default();
-    let ctx = Context {
-        facts: &facts,
-        size: None,
-        exempt: false,
-    };
+    let ctx = Context::new(&facts);
     let report = validate::validate_value(object, &ctx).1;
     // The webhook decodes the request's JSON text instead of a Value: same report.
     assert_eq!(

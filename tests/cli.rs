@@ -288,7 +288,9 @@ fn check_answers_as_the_webhook_does() {
     let o = run(&["check", cm.to_str().unwrap(), &empty_identity]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("v1 ConfigMap \"c\": not a ClusterImagePolicy or the Image cluster"),
+        stderr(&o).contains(
+            "v1 ConfigMap \"c\": not a ClusterImagePolicy, an ImagePolicy or the Image cluster"
+        ),
         "{}",
         stderr(&o)
     );
@@ -524,4 +526,98 @@ fn render_is_all_or_nothing() {
         .cloned()
         .collect();
     assert_eq!(after, unchanged, "nothing else moved");
+}
+
+/// `explain --namespace`: CRI-O uses the namespace's own file where its ImagePolicies made
+/// one, and policy.json otherwise; the entry names the policies behind it.
+#[test]
+fn explain_follows_a_pod_into_its_namespace_file() {
+    let explain = |args: &[&str]| {
+        let mut all = vec![
+            "explain",
+            "--input",
+            "tests/fixtures/disconnected",
+            "--output=json",
+        ];
+        all.extend_from_slice(args);
+        let o = run(&all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let r = explain(&["--namespace", "team-a", "registry.example.com/team-a/app:1"]);
+    assert_eq!(r["policyFile"], "/etc/crio/policies/team-a.json");
+    assert_eq!(r["policyFileFrom"], "99-worker-generated-registries");
+    assert_eq!(r["explanation"]["matched"], "registry.example.com/team-a");
+    assert_eq!(r["from"], serde_json::json!(["ImagePolicy team-a/team-a"]));
+    // The scope a ClusterImagePolicy governs: the cluster policy's entry, in the team's file.
+    let r = explain(&[
+        "--namespace",
+        "team-a",
+        "registry.example.com/apps/billing:1",
+    ]);
+    assert_eq!(r["explanation"]["matched"], "registry.example.com/apps");
+    assert_eq!(r["from"], serde_json::json!(["ClusterImagePolicy apps"]));
+    // Another namespace's scope does not apply here, nor in a namespace without a file.
+    let r = explain(&["--namespace", "team-a", "registry.redhat.io/ubi9/ubi:9"]);
+    assert!(r["explanation"]["matched"].is_null(), "{r}");
+    let r = explain(&["--namespace", "team-c", "registry.example.com/team-a/app:1"]);
+    assert_eq!(r["policyFile"], "/etc/containers/policy.json");
+    assert!(r["explanation"]["matched"].is_null(), "{r}");
+    let o = run(&[
+        "explain",
+        "--input",
+        "tests/fixtures/disconnected",
+        "--namespace",
+        "team-c",
+        "busybox",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("namespace team-c has no policy file of its own"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+/// `check` takes ImagePolicy files as the webhook does, against the state's cluster
+/// policies (precedence) and registry lists.
+#[test]
+fn check_judges_image_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("team.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: config.openshift.io/v1\nkind: ImagePolicy\nmetadata: {name: t, namespace: team-c}\nspec:\n  scopes: [registry.example.com/apps/x, blocked.example.com/y]\n  policy:\n    rootOfTrust:\n      policyType: PublicKey\n      publicKey: {keyData: LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KTUZrd0V3WUhLb1pJemowQ0FRWUlLb1pJemowREFRY0RRZ0FFdWNvaHU2bzNaUHlld2RNdm83QWU0Yzh0ZXF6NApLZjRyWFJXSEJ5RlJFYStoUU1VR3l4T0VkTXBsTXNQZkVXOG9HT3duei9QWUljS3NZMFZkOXBRWUZ3PT0KLS0tLS1FTkQgUFVCTElDIEtFWS0tLS0tCg==}\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    for f in ["policies.yaml", "mirrors.yaml", "clusterversion.yaml"] {
+        std::fs::copy(
+            common::root().join("tests/fixtures/disconnected").join(f),
+            state.join(f),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        common::root().join("examples/image.yaml"),
+        state.join("image.yaml"),
+    )
+    .unwrap();
+    let o = run(&[
+        "check",
+        "--state",
+        state.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("imagePolicy configured for the scope blocked.example.com/y is nested inside blockedRegistries"),
+        "{text}"
+    );
+    assert!(
+        text.contains("only the cluster policy applies to these images"),
+        "{text}"
+    );
 }

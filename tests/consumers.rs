@@ -36,8 +36,84 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts the loopback registry of tests/e2e/registry.sh: its guard, its address and the
+/// digest of the signed image.
+fn loopback_registry(work: &Path) -> (Registry, String, String) {
+    let port = free_port();
+    let registry = format!("127.0.0.1:{port}");
+    let key = common::root().join("tests/fixtures/keys/cosign.key");
+    let guard = Registry {
+        pid_file: work.join("registry.pid"),
+    };
+    let setup = Command::new(common::root().join("tests/e2e/registry.sh"))
+        .arg(port.to_string())
+        .arg(work)
+        .arg(&key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&setup.stdout).into_owned();
+    assert!(
+        setup.status.success(),
+        "registry setup failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let digest = stdout
+        .split("signed digest ")
+        .nth(1)
+        .map(|d| d.trim().to_string())
+        .expect("registry.sh prints the signed digest");
+    (guard, registry, digest)
+}
+
+fn key_data() -> String {
+    base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"))
+}
+
+fn policy_object(
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    scopes: &[String],
+) -> ClusterImagePolicy {
+    let mut metadata = json!({"name": name});
+    if let Some(ns) = namespace {
+        metadata["namespace"] = json!(ns);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "config.openshift.io/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "spec": {
+            "scopes": scopes,
+            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": key_data()}}}
+        }
+    }))
+    .unwrap()
+}
+
 fn skopeo(policy: &Path, registries_d: &Path, image: &str, dest: &Path) -> (bool, String) {
-    let out = Command::new("skopeo")
+    skopeo_with(policy, registries_d, None, image, dest)
+}
+
+/// `registries_conf`: containers-registries.conf(5) for the pull (mirrors), given as the
+/// user's own file: Debian's containers/image 5.23 reads `$HOME/.config/containers/
+/// registries.conf` before the system one (it has no environment override).
+fn skopeo_with(
+    policy: &Path,
+    registries_d: &Path,
+    registries_conf: Option<&Path>,
+    image: &str,
+    dest: &Path,
+) -> (bool, String) {
+    let mut command = Command::new("skopeo");
+    if let Some(conf) = registries_conf {
+        let home = conf.parent().unwrap().join("home");
+        let dir = home.join(".config/containers");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(conf, dir.join("registries.conf")).unwrap();
+        command.env("HOME", &home);
+    }
+    let out = command
         .arg("--policy")
         .arg(policy)
         .arg("--registries.d")
@@ -59,37 +135,14 @@ fn skopeo(policy: &Path, registries_d: &Path, image: &str, dest: &Path) -> (bool
 #[test]
 fn skopeo_enforces_the_rendered_policy() {
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let registry = format!("127.0.0.1:{port}");
-    let key = common::root().join("tests/fixtures/keys/cosign.key");
-    let _registry = Registry {
-        pid_file: work.path().join("registry.pid"),
-    };
-    let setup = Command::new(common::root().join("tests/e2e/registry.sh"))
-        .arg(port.to_string())
-        .arg(work.path())
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        setup.status.success(),
-        "registry setup failed:\n{}\n{}",
-        String::from_utf8_lossy(&setup.stdout),
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    let (_registry, registry, _) = loopback_registry(work.path());
 
-    let key_data =
-        base64::engine::general_purpose::STANDARD.encode(include_str!("fixtures/keys/cosign.pub"));
-    let cip: ClusterImagePolicy = serde_json::from_value(json!({
-        "apiVersion": "config.openshift.io/v1",
-        "kind": "ClusterImagePolicy",
-        "metadata": {"name": "loopback"},
-        "spec": {
-            "scopes": [format!("{registry}/signed"), format!("{registry}/unsigned")],
-            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": key_data}}}
-        }
-    }))
-    .unwrap();
+    let cip = policy_object(
+        "ClusterImagePolicy",
+        None,
+        "loopback",
+        &[format!("{registry}/signed"), format!("{registry}/unsigned")],
+    );
     let mut image = Image::default();
     image.metadata.name = "cluster".into();
     image.spec.registry_sources.blocked_registries = vec![format!("{registry}/blocked")];
@@ -174,6 +227,148 @@ fn skopeo_enforces_the_rendered_policy() {
     assert!(
         !ok && err.contains("A signature was required, but no signature exists"),
         "no registries.d: {err}"
+    );
+}
+
+/// CRI-O uses `/etc/crio/policies/<namespace>.json` for a pod in that namespace: the team's
+/// file requires a signature for its own scope, keeps the cluster's scopes, and does not
+/// touch what the rest of the cluster pulls.
+#[test]
+fn skopeo_enforces_a_namespace_policy_file() {
+    let work = tempfile::tempdir().unwrap();
+    let (_registry, registry, _) = loopback_registry(work.path());
+    let cluster = policy_object(
+        "ClusterImagePolicy",
+        None,
+        "cluster",
+        &[format!("{registry}/unsigned")],
+    );
+    let team = policy_object(
+        "ImagePolicy",
+        Some("team-a"),
+        "team",
+        &[
+            format!("{registry}/signed"),
+            format!("{registry}/unsigned/app"),
+        ],
+    );
+    let inputs = Inputs {
+        policies: vec![cluster],
+        image_policies: vec![team],
+        ..Default::default()
+    };
+    let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
+    let render::Condition::Overridden { overridden, .. } = &plan.image_policies[0].condition else {
+        panic!("{:?}", plan.image_policies);
+    };
+    assert_eq!(overridden, &[format!("{registry}/unsigned/app")]);
+    let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
+    let (namespace, team_json) = &worker.namespace_policies[0];
+    assert_eq!(namespace, "team-a");
+    let team_policy = work.path().join("team-a.json");
+    std::fs::write(&team_policy, team_json.as_str()).unwrap();
+    let cluster_policy = work.path().join("policy.json");
+    std::fs::write(&cluster_policy, worker.policy_json.as_deref().unwrap()).unwrap();
+    let registries_d = work.path().join("registries.d");
+    std::fs::create_dir(&registries_d).unwrap();
+    std::fs::write(
+        registries_d.join("sigstore-registries.yaml"),
+        worker.sigstore_yaml.as_deref().unwrap(),
+    )
+    .unwrap();
+    let dest = |n: &str| {
+        let d = work.path().join(format!("out-{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let image = |repo: &str| format!("{registry}/{repo}/app:v1");
+
+    // The team's scope: a signature is required and its attachment found.
+    let (ok, err) = skopeo(&team_policy, &registries_d, &image("signed"), &dest("a"));
+    assert!(
+        !ok && err.contains("Debian-local change: sigstore disabled"),
+        "team signed: {err}"
+    );
+    // The cluster's scope holds in the team's file too.
+    let (ok, err) = skopeo(&team_policy, &registries_d, &image("unsigned"), &dest("b"));
+    assert!(
+        !ok && err.contains("A signature was required, but no signature exists"),
+        "team unsigned: {err}"
+    );
+    let (ok, err) = skopeo(&team_policy, &registries_d, &image("free"), &dest("c"));
+    assert!(ok, "team free: {err}");
+    // Elsewhere in the cluster the team's scope does not apply.
+    let (ok, err) = skopeo(&cluster_policy, &registries_d, &image("signed"), &dest("d"));
+    assert!(ok, "cluster signed: {err}");
+}
+
+/// Pulled through a mirror, containers/image looks for the signature at the mirror, under
+/// the mirror's registries.d entry (OCPBUGS-36344): the expanded file finds it, a file
+/// with the policy scope alone does not.
+#[test]
+fn skopeo_finds_signatures_through_a_mirror() {
+    let work = tempfile::tempdir().unwrap();
+    let (_registry, registry, digest) = loopback_registry(work.path());
+    // The source is on loopback too, and closed: only the mirror can serve the pull.
+    let source = "127.0.0.1:1/signed";
+    let mirror = format!("{registry}/mirror/signed");
+    let mut idms = cip_webhook::model::ImageDigestMirrorSet::default();
+    idms.spec.image_digest_mirrors = vec![cip_webhook::model::MirrorRule {
+        source: source.into(),
+        mirrors: vec![mirror.clone()],
+        mirror_source_policy: None,
+    }];
+    let inputs = Inputs {
+        policies: vec![policy_object(
+            "ClusterImagePolicy",
+            None,
+            "mirrored",
+            &[source.to_string()],
+        )],
+        digest_mirror_sets: vec![idms],
+        ..Default::default()
+    };
+    let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
+    assert_eq!(plan.mirror_scopes, std::slice::from_ref(&mirror));
+    let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
+    let policy = work.path().join("policy.json");
+    std::fs::write(&policy, worker.policy_json.as_deref().unwrap()).unwrap();
+    // The registries.conf the MCO generates from that IDMS.
+    let conf = work.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!("[[registry]]\nlocation = \"{source}\"\nmirror-by-digest-only = true\n\n[[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let expanded = work.path().join("expanded.d");
+    std::fs::create_dir(&expanded).unwrap();
+    std::fs::write(
+        expanded.join("sigstore-registries.yaml"),
+        worker.sigstore_yaml.as_deref().unwrap(),
+    )
+    .unwrap();
+    let scope_only = work.path().join("scope-only.d");
+    std::fs::create_dir(&scope_only).unwrap();
+    std::fs::write(
+        scope_only.join("sigstore-registries.yaml"),
+        cip_webhook::registries_d::sigstore_registries_yaml([source]),
+    )
+    .unwrap();
+    let image = format!("{source}/app@{digest}");
+    let dest = |n: &str| {
+        let d = work.path().join(format!("out-{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let (ok, err) = skopeo_with(&policy, &expanded, Some(&conf), &image, &dest("expanded"));
+    assert!(
+        !ok && err.contains("Debian-local change: sigstore disabled"),
+        "expanded: {err}"
+    );
+    let (ok, err) = skopeo_with(&policy, &scope_only, Some(&conf), &image, &dest("scope"));
+    assert!(
+        !ok && err.contains("A signature was required, but no signature exists"),
+        "scope only: {err}"
     );
 }
 

@@ -6,7 +6,9 @@ mod common;
 use std::process::Command;
 
 use cip_webhook::cluster::ClusterFacts;
-use cip_webhook::model::{Image, RegistrySources};
+use std::collections::BTreeMap;
+
+use cip_webhook::model::{Image, ImageContentSourcePolicy, ImageTagMirrorSet, RegistrySources};
 use cip_webhook::policy::MCO_TEMPLATE;
 use cip_webhook::render::{self, Action, Inputs, RenderOptions};
 
@@ -105,6 +107,113 @@ fn tv5_sigstore_registries_yaml() {
         policies.iter().flat_map(|p| p.scopes()).map(String::as_str),
     );
     common::assert_golden("tests/golden/mco/tv5.sigstore-registries.yaml", &yaml);
+}
+
+/// TV4 (TestUpdateNamespacedPolicyJSONs): each namespace's file is the final cluster
+/// policy.json (TV3) with its own requirements; test0.com is a cluster scope, so the
+/// ImagePolicy's entry for it is dropped. As MCO's test calls it: no validation.
+#[test]
+fn tv4_namespace_policy_files() {
+    let cluster = mco_policy_json(&["test-cr0", "test-cr1"], None);
+    let cips = common::policies(&[CRS], &["test-cr0", "test-cr1"]);
+    let cip_reqs: Vec<_> = cips
+        .iter()
+        .map(|p| render::requirement(p).unwrap())
+        .collect();
+    let cluster_map = render::scope_requirements(
+        cips.iter()
+            .zip(&cip_reqs)
+            .map(|(p, r)| (p.metadata.name.as_str(), p.scopes(), r)),
+    );
+    let ips = common::load(&["tests/fixtures/mco/imagepolicies.yaml"]).image_policies;
+    let reqs: Vec<_> = ips
+        .iter()
+        .map(|p| render::requirement(p).unwrap())
+        .collect();
+    let mut kept_scopes = Vec::new();
+    for ip in &ips {
+        let (kept, overridden) = render::split_overridden(ip.scopes().to_vec(), &cluster_map);
+        if ip.key() == "testnamespace/test-cr0" {
+            assert_eq!(overridden, ["test0.com"]);
+        } else {
+            assert!(overridden.is_empty());
+        }
+        kept_scopes.push(kept);
+    }
+    let mut namespaces: BTreeMap<String, render::ScopeMap> = BTreeMap::new();
+    for ((ip, req), kept) in ips.iter().zip(&reqs).zip(&kept_scopes) {
+        let map = namespaces.entry(ip.namespace().to_string()).or_default();
+        for s in kept {
+            map.entry(s.as_str()).or_default().push(req);
+        }
+    }
+    let files = render::namespace_policy_jsons(&cluster, &namespaces).unwrap();
+    let names: Vec<&str> = files.iter().map(|(ns, _)| ns.as_str()).collect();
+    assert_eq!(names, ["test-1-namespace", "testnamespace"]);
+    for (ns, json) in &files {
+        common::assert_golden(&format!("tests/golden/mco/tv4-{ns}.policy.json"), json);
+    }
+}
+
+/// TV6 (TestGenerateSigstoreRegistriesConfig): ClusterImagePolicy test-cr2 with each mirror
+/// set, through the whole pipeline; the same mirrors as ICSP (digest) or ITMS (tag)
+/// rules give the same file.
+#[test]
+fn tv6_mirror_expansion() {
+    for case in ["tv6a", "tv6b", "tv6c"] {
+        let golden = format!("tests/golden/mco/{case}.sigstore-registries.yaml");
+        let mut digest = common::load(&[&format!("tests/fixtures/mco/{case}.yaml")]);
+        digest.policies = common::policies(&[CRS], &["test-cr2"]);
+        common::assert_golden(&golden, &worker_sigstore_yaml(&digest));
+
+        let rules = &digest.digest_mirror_sets[0].spec.image_digest_mirrors;
+        // ICSP sources cannot be wildcards (tv6c); IDMS and ITMS ones can.
+        if case != "tv6c" {
+            let mut icsp = ImageContentSourcePolicy::default();
+            icsp.spec.repository_digest_mirrors = rules.clone();
+            let legacy = Inputs {
+                policies: digest.policies.clone(),
+                content_source_policies: vec![icsp],
+                ..Default::default()
+            };
+            common::assert_golden(&golden, &worker_sigstore_yaml(&legacy));
+        }
+        let mut itms = ImageTagMirrorSet::default();
+        itms.spec.image_tag_mirrors = rules.clone();
+        let tags = Inputs {
+            policies: digest.policies.clone(),
+            tag_mirror_sets: vec![itms],
+            ..Default::default()
+        };
+        common::assert_golden(&golden, &worker_sigstore_yaml(&tags));
+    }
+}
+
+/// yaml.v2 v2.4.0's quoting and complex keys, through the whole pipeline.
+#[test]
+fn yaml_v2_corners() {
+    let long = format!("registry.example.com/{}", "a".repeat(108));
+    let i = p0_with(
+        &["0x1.8p1", "123.456", &long, &long[..128]],
+        Image::default(),
+    );
+    common::assert_golden(
+        "tests/golden/mco/yaml-corners.sigstore-registries.yaml",
+        &worker_sigstore_yaml(&i),
+    );
+}
+
+fn worker_sigstore_yaml(inputs: &Inputs) -> String {
+    let plan = render::plan(inputs, &RenderOptions::default()).unwrap();
+    assert!(
+        plan.policies
+            .iter()
+            .all(|o| matches!(o.condition, render::Condition::Applied { .. })),
+        "{:?}",
+        plan.policies
+    );
+    let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
+    worker.sigstore_yaml.as_deref().unwrap().to_string()
 }
 
 #[test]
@@ -243,6 +352,45 @@ fn openshift_cluster_render_golden() {
             "99-worker-generated-registries-imagepolicies.yaml",
         ],
     );
+}
+
+/// A disconnected, multi-tenant cluster: mirrors from all three kinds of mirror set get
+/// sigstore attachments, each team's namespace gets its policy file beside policy.json.
+#[test]
+fn disconnected_render_golden() {
+    render_golden(
+        "tests/fixtures/disconnected",
+        "tests/golden/disconnected",
+        &[
+            "99-master-generated-imagepolicies.yaml",
+            "99-master-generated-registries.yaml",
+            "99-worker-generated-imagepolicies.yaml",
+            "99-worker-generated-registries.yaml",
+        ],
+    );
+}
+
+/// mco-behavior.md §3: a blocked registry covering the payload repository stays blocked
+/// where a mirror serves the payload, and the payload repository is allowed.
+#[test]
+fn a_blocked_payload_registry_with_a_mirror() {
+    let mut inputs = common::load(&[
+        "examples/clusterversion.yaml",
+        "tests/fixtures/disconnected/mirrors.yaml",
+    ]);
+    inputs.image = Some(image(&[], &["quay.io"]));
+    common::assert_golden(
+        "tests/golden/mco/payload-mirror.policy.json",
+        &worker_policy_json(&inputs),
+    );
+    // Without the mirror, the MCO drops the entry: nothing to write.
+    inputs.digest_mirror_sets.clear();
+    let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
+    assert!(plan.pools.iter().all(|p| p.policy_json.is_none()));
+    assert!(plan
+        .notes
+        .iter()
+        .any(|n| n.contains("cannot block the repository being used by the payload")));
 }
 
 /// `check` prints exactly the webhook's messages for the rejected examples.

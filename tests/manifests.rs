@@ -265,12 +265,17 @@ async fn rbac_is_exactly_what_the_binary_uses() {
     ));
 
     // Everything the binary does: admission state, a policy written, one held back
-    // (status and an Event), the policy deleted (MachineConfigs reverted), the Lease.
+    // (status and an Event), a namespace's policy (its status), the policy deleted
+    // (MachineConfigs reverted), the Lease.
     let mut c = Cluster::start(&[
         CIP_V1_CRD,
+        IMAGEPOLICIES_V1_CRD,
         IMAGES_CRD,
         CLUSTERVERSIONS_CRD,
         FEATUREGATES_CRD,
+        IDMS_CRD,
+        ITMS_CRD,
+        ICSP_CRD,
         MCO_CRDS,
     ])
     .await;
@@ -292,8 +297,23 @@ async fn rbac_is_exactly_what_the_binary_uses() {
         .unwrap();
     c.until("event", |s| !s.list("events.k8s.io", "events").is_empty())
         .await;
+    c.sim
+        .seed(team_policy(
+            "team-a",
+            "team",
+            &["registry.example.com/team-a"],
+        ))
+        .unwrap();
+    c.until("image policy status", |s| {
+        image_policy(s, "team-a", "team").is_some_and(|p| p["status"]["conditions"].is_array())
+    })
+    .await;
     let run = c
         .kubectl(&["delete", "clusterimagepolicy", "signed-apps", "blocked"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    let run = c
+        .kubectl(&["delete", "imagepolicy", "-n", "team-a", "team"])
         .await;
     assert!(run.ok, "{run:?}");
     c.until("reverted", |s| {
@@ -314,7 +334,13 @@ async fn rbac_is_exactly_what_the_binary_uses() {
             } else {
                 format!("{}/{}", r.resource, r.subresource)
             };
-            (r.namespace, r.group, resource, r.verb)
+            // The ClusterRole's rules hold in every namespace; the Role's in ours.
+            let namespace = if r.namespace == NAMESPACE {
+                r.namespace
+            } else {
+                String::new()
+            };
+            (namespace, r.group, resource, r.verb)
         })
         .collect();
     assert!(!used.is_empty());

@@ -327,7 +327,7 @@ async fn without_machineconfig_apis_admission_works_and_readyz_says_why() {
         .await;
     assert!(body.starts_with("ok: "), "{body}");
     assert!(
-        body.contains("not served by this cluster (treated as empty): featuregates, machineconfigpools, machineconfigs"),
+        body.contains("not served by this cluster (treated as empty): imagepolicies, featuregates, imagedigestmirrorsets, imagetagmirrorsets, imagecontentsourcepolicies, machineconfigpools, machineconfigs"),
         "{body}"
     );
     let blocked = signed_apps("blocked", &["blocked.example.com/app"]);
@@ -361,7 +361,7 @@ async fn without_featuregate_or_policy_apis_it_is_ready_and_follows_a_crd_instal
     c.start_webhook(&["--lease-duration", "2"]).await;
     c.readyz_says("reconciling (no FeatureGate cluster").await;
     c.readyz_says(
-        "not served by this cluster (treated as empty): clusterimagepolicies, featuregates",
+        "not served by this cluster (treated as empty): clusterimagepolicies, imagepolicies, featuregates,",
     )
     .await;
 
@@ -375,7 +375,7 @@ async fn without_featuregate_or_policy_apis_it_is_ready_and_follows_a_crd_instal
         machine_config(s, "99-worker-generated-imagepolicies").is_some()
     })
     .await;
-    c.readyz_says("cluster state: 1 ClusterImagePolicies; not served by this cluster (treated as empty): featuregates")
+    c.readyz_says("cluster state: 1 ClusterImagePolicies; not served by this cluster (treated as empty): imagepolicies, featuregates,")
         .await;
     c.stop_webhook().await;
 }

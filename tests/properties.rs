@@ -1,6 +1,7 @@
-//! Properties of rendering over generated policies: input order never changes a byte,
-//! rendering its own output changes nothing, adding policies then deleting them all
-//! gives back the original MachineConfigs, and every policy.json parses back.
+//! Properties of rendering over generated policies (cluster and namespaced, with and
+//! without mirror sets): input order never changes a byte, rendering its own output
+//! changes nothing, adding policies then deleting them all gives back the original
+//! MachineConfigs, and every policy file parses back.
 
 mod common;
 
@@ -68,6 +69,51 @@ fn policies() -> impl Strategy<Value = Vec<ClusterImagePolicy>> {
     })
 }
 
+/// ImagePolicies over the same scopes, in up to three namespaces.
+fn image_policies() -> impl Strategy<Value = Vec<ClusterImagePolicy>> {
+    prop::collection::vec(
+        (prop::sample::subsequence(SCOPES.to_vec(), 1..3), 0..3usize),
+        0..5,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (scopes, ns))| {
+                let mut p = policy(i, scopes, false, ns == 1);
+                p.kind = "ImagePolicy".into();
+                p.metadata.namespace = Some(format!("team-{ns}"));
+                p
+            })
+            .collect()
+    })
+}
+
+/// Digest and tag mirrors for some of the scopes, and a legacy ICSP.
+fn with_mirrors(inputs: &mut Inputs, on: bool) {
+    if !on {
+        return;
+    }
+    let mirrors = common::load(&["tests/fixtures/disconnected/mirrors.yaml"]);
+    let rule = |source: &str, mirror: &str| cip_webhook::model::MirrorRule {
+        source: source.into(),
+        mirrors: vec![mirror.into()],
+        mirror_source_policy: None,
+    };
+    let mut idms = mirrors.digest_mirror_sets[0].clone();
+    idms.spec.image_digest_mirrors.extend([
+        rule("example.com/global", "mirror.example.net/global"),
+        rule("registry.example.com:5000", "mirror.example.net/reg"),
+    ]);
+    let mut itms = mirrors.tag_mirror_sets[0].clone();
+    itms.spec
+        .image_tag_mirrors
+        .push(rule("quay.io/org", "mirror.example.net/org"));
+    inputs.digest_mirror_sets = vec![idms];
+    inputs.tag_mirror_sets = vec![itms];
+    inputs.content_source_policies = mirrors.content_source_policies;
+}
+
 fn image(blocked: bool) -> Option<Image> {
     blocked.then(|| {
         let mut i = Image::default();
@@ -124,6 +170,7 @@ fn machine_configs(plan: &Plan) -> String {
 fn bytes(plan: &Plan) -> String {
     let mut out = machine_configs(plan);
     out.push_str(&serde_json::to_string(&plan.policies).unwrap());
+    out.push_str(&serde_json::to_string(&plan.image_policies).unwrap());
     out.push_str(&serde_json::to_string(&plan.pools).unwrap());
     out
 }
@@ -145,9 +192,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn input_order_does_not_change_a_byte(cips in policies(), blocked in any::<bool>(), beside_mco in any::<bool>(), seed in any::<u64>()) {
+    fn input_order_does_not_change_a_byte(cips in policies(), ips in image_policies(), mirrors in any::<bool>(), blocked in any::<bool>(), beside_mco in any::<bool>(), seed in any::<u64>()) {
         let mut inputs = cluster(beside_mco);
         inputs.policies = cips;
+        inputs.image_policies = ips;
+        with_mirrors(&mut inputs, mirrors);
         inputs.image = image(blocked);
         let expected = bytes(&render::plan(&inputs, &RenderOptions::default()).unwrap());
         let mut shuffled = inputs.clone();
@@ -155,14 +204,18 @@ proptest! {
         let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as usize };
         for i in (1..shuffled.policies.len()).rev() { let j = next() % (i + 1); shuffled.policies.swap(i, j); }
         for i in (1..shuffled.machine_configs.len()).rev() { let j = next() % (i + 1); shuffled.machine_configs.swap(i, j); }
+        for i in (1..shuffled.image_policies.len()).rev() { let j = next() % (i + 1); shuffled.image_policies.swap(i, j); }
+        for set in &mut shuffled.digest_mirror_sets { set.spec.image_digest_mirrors.reverse(); }
         shuffled.pools.reverse();
         prop_assert_eq!(bytes(&render::plan(&shuffled, &RenderOptions::default()).unwrap()), expected);
     }
 
     #[test]
-    fn rendering_is_idempotent(cips in policies(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
+    fn rendering_is_idempotent(cips in policies(), ips in image_policies(), mirrors in any::<bool>(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
         let mut inputs = cluster(beside_mco);
         inputs.policies = cips;
+        inputs.image_policies = ips;
+        with_mirrors(&mut inputs, mirrors);
         inputs.image = image(blocked);
         let first = render::plan(&inputs, &RenderOptions::default()).unwrap();
         mco_untouched(&inputs, &first)?;
@@ -173,21 +226,25 @@ proptest! {
         }
         prop_assert_eq!(machine_configs(&second), machine_configs(&first));
         prop_assert_eq!(&second.policies, &first.policies);
+        prop_assert_eq!(&second.image_policies, &first.image_policies);
     }
 
     #[test]
-    fn deleting_every_policy_restores_the_original(cips in policies(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
+    fn deleting_every_policy_restores_the_original(cips in policies(), ips in image_policies(), mirrors in any::<bool>(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
         let mut original = cluster(beside_mco);
         original.image = image(blocked);
+        with_mirrors(&mut original, mirrors);
         let before = render::plan(&original, &RenderOptions::default()).unwrap();
         let original = apply(&original, &before);
         let mut with = original.clone();
         with.policies = cips;
+        with.image_policies = ips;
         let plan = render::plan(&with, &RenderOptions::default()).unwrap();
         mco_untouched(&with, &plan)?;
         let added = apply(&with, &plan);
         let mut without = added.clone();
         without.policies.clear();
+        without.image_policies.clear();
         let plan = render::plan(&without, &RenderOptions::default()).unwrap();
         mco_untouched(&without, &plan)?;
         let reverted = apply(&without, &plan);
@@ -200,13 +257,16 @@ proptest! {
     }
 
     #[test]
-    fn every_policy_json_parses_back(cips in policies(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
+    fn every_policy_json_parses_back(cips in policies(), ips in image_policies(), mirrors in any::<bool>(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
         let mut inputs = cluster(beside_mco);
         inputs.policies = cips;
+        inputs.image_policies = ips;
+        with_mirrors(&mut inputs, mirrors);
         inputs.image = image(blocked);
         let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
         for pool in &plan.pools {
-            if let Some(text) = &pool.policy_json {
+            let files = pool.policy_json.iter().chain(pool.namespace_policies.iter().map(|(_, json)| json));
+            for text in files {
                 let parsed = Policy::parse(text).map_err(TestCaseError::fail)?;
                 let again = parsed.to_go_json();
                 prop_assert_eq!(again.as_str(), &**text);

@@ -496,3 +496,105 @@ async fn a_pass_interrupted_by_failing_status_writes_is_finished_by_the_next() {
     .await;
     assert!(c.webhook_log().contains("reconcile failed"));
 }
+
+/// Namespaced ImagePolicies through kubectl, the webhook and the reconciler: a scope in a
+/// blocked registry is refused in the MCO's `imagePolicy` wording; one inside a cluster
+/// policy's scope is admitted with a warning and dropped (the MCO's precedence and its
+/// status); the rest becomes the namespace's policy file beside policy.json, built from the
+/// cluster's; deleting the policy removes the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_policies_become_namespace_policy_files() {
+    let mut c = Cluster::start(&[
+        CIP_V1_CRD,
+        IMAGEPOLICIES_V1_CRD,
+        IMAGES_CRD,
+        CLUSTERVERSIONS_CRD,
+        IDMS_CRD,
+        MCO_CRDS,
+    ])
+    .await;
+    c.seed_files(STATE);
+    c.start_webhook(&[]).await;
+    c.apply_ok("examples/signed-apps.yaml").await;
+    let bad = c.write(
+        "bad.json",
+        serde_json::to_vec(&team_policy("team-a", "bad", &["blocked.example.com/app"])).unwrap(),
+    );
+    let denied = c.apply(&bad).await;
+    assert!(
+        !denied.ok
+            && denied.stderr.contains(
+                "imagePolicy configured for the scope blocked.example.com/app is nested inside blockedRegistries"
+            ),
+        "{denied:?}"
+    );
+    let run = c
+        .apply_value(&team_policy(
+            "team-a",
+            "team",
+            &["quay.io/example-org/tools", "registry.example.com/team-a"],
+        ))
+        .await;
+    assert!(
+        run.stderr
+            .contains("only the cluster policy applies to these images"),
+        "{run:?}"
+    );
+    let team_file = |s: &Simulator| {
+        machine_config(s, "99-worker-generated-registries")
+            .and_then(|mc| file(&mc, "/etc/crio/policies/team-a.json"))
+    };
+    c.until("the namespace's file", |s| team_file(s).is_some())
+        .await;
+    let text = team_file(&c.sim).unwrap();
+    let team: Value = serde_json::from_str(&text).unwrap();
+    let docker = team["transports"]["docker"].as_object().unwrap();
+    assert!(docker.contains_key("registry.example.com/team-a"));
+    // The cluster's policy.json is its base: its scopes and the blocked registry hold.
+    assert!(docker.contains_key("quay.io/example-org"));
+    assert_eq!(docker["blocked.example.com"], json!([{"type": "reject"}]));
+    assert!(!docker.contains_key("quay.io/example-org/tools"));
+    assert!(!policy_json(&c.sim, "worker").contains("registry.example.com/team-a"));
+    // Its sigstore attachments are on for the whole cluster (registries.d has no namespaces).
+    let yaml = file(
+        &machine_config(&c.sim, "99-worker-generated-imagepolicies").unwrap(),
+        "/etc/containers/registries.d/sigstore-registries.yaml",
+    )
+    .unwrap();
+    assert!(yaml.contains("registry.example.com/team-a:"), "{yaml}");
+    // A mirror set, watched: the mirror gets sigstore attachments too.
+    c.sim
+        .seed(json!({
+            "apiVersion": "config.openshift.io/v1",
+            "kind": "ImageDigestMirrorSet",
+            "metadata": {"name": "team-a"},
+            "spec": {"imageDigestMirrors": [
+                {"source": "registry.example.com/team-a", "mirrors": ["mirror.internal/team-a"]}
+            ]}
+        }))
+        .unwrap();
+    c.until("the mirror's sigstore attachments", |s| {
+        machine_config(s, "99-worker-generated-imagepolicies")
+            .and_then(|mc| file(&mc, "/etc/containers/registries.d/sigstore-registries.yaml"))
+            .is_some_and(|y| y.contains("mirror.internal/team-a:"))
+    })
+    .await;
+    c.until("the MCO's status", |s| {
+        image_policy(s, "team-a", "team").unwrap()["status"]["conditions"][1]["reason"]
+            == "ConflictScopes"
+    })
+    .await;
+    let status = &image_policy(&c.sim, "team-a", "team").unwrap()["status"];
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(status["conditions"][1]["status"], "False");
+    assert_eq!(
+        status["conditions"][1]["message"],
+        "has conflicting scope(s) [\"quay.io/example-org/tools\"] that equal to or nest inside existing clusterimagepolicy, only policy from clusterimagepolicy scope(s) will be applied"
+    );
+    let run = c
+        .kubectl(&["delete", "imagepolicy", "-n", "team-a", "team"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("the file removed", |s| team_file(s).is_none())
+        .await;
+}

@@ -64,9 +64,9 @@ fn pki_policy() -> Value {
 /// webhook's (the request's JSON text), which must agree to the byte.
 fn run(object: &Value, facts: &ClusterFacts, size: Option<&SizeCheck>, exempt: bool) -> Report {
     let ctx = Context {
-        facts,
         size,
         exempt,
+        ..Context::new(facts)
     };
     let (from_value, report) = validate::validate_value(object, &ctx);
     let (from_json, same) = validate::validate_json(&object.to_string(), &ctx);
@@ -414,14 +414,7 @@ fn signed_identity_rules() {
 #[test]
 fn v1alpha1_keeps_the_seed_example_with_a_warning() {
     let seed = common::load(&["examples/p0.yaml"]).policies.remove(0);
-    let r = validate::validate(
-        &seed,
-        &Context {
-            facts: &ClusterFacts::default(),
-            size: None,
-            exempt: false,
-        },
-    );
+    let r = validate::validate(&seed, &Context::new(&ClusterFacts::default()));
     assert!(r.allowed(), "{:?}", r.denial_message());
     assert_eq!(
         r.warning_messages(),
@@ -544,6 +537,8 @@ fn cluster_context_rules() {
         machine_config: "99-worker-generated-registries".into(),
         current_bytes: 1_000_000,
         budget_bytes: 1_048_576,
+        namespaces: Default::default(),
+        new_namespace_bytes: 0,
     };
     let big: Vec<String> = (0..200).map(|i| format!("r{i}.example.com")).collect();
     let r = run(

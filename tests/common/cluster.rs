@@ -26,6 +26,11 @@ pub const CIP_V1ALPHA1_CRD: &str = "../shared/reference/crds/release-4.19/config
 pub const MCO_CRDS: &str = "../shared/reference/crds/master/machineconfiguration-v1";
 pub const FEATUREGATES_CRD: &str =
     "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_featuregates.crd.yaml";
+pub const IMAGEPOLICIES_V1_CRD: &str =
+    "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_imagepolicies.crd.yaml";
+pub const IDMS_CRD: &str = "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_imagedigestmirrorsets.crd.yaml";
+pub const ITMS_CRD: &str = "../shared/reference/crds/master/config-v1/0000_10_config-operator_01_imagetagmirrorsets.crd.yaml";
+pub const ICSP_CRD: &str = "../shared/reference/crds/master/operator-v1alpha1/0000_10_config-operator_01_imagecontentsourcepolicies.crd.yaml";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,6 +53,19 @@ pub fn machine_config(sim: &Simulator, name: &str) -> Option<Value> {
         "",
         name,
     )
+}
+
+/// examples/signed-apps.yaml as an ImagePolicy of this namespace, with these scopes.
+pub fn team_policy(namespace: &str, name: &str, scopes: &[&str]) -> Value {
+    let mut v = signed_apps(name, scopes);
+    v["kind"] = json!("ImagePolicy");
+    v["metadata"]["namespace"] = json!(namespace);
+    v
+}
+
+/// A stored ImagePolicy.
+pub fn image_policy(sim: &Simulator, namespace: &str, name: &str) -> Option<Value> {
+    sim.get("config.openshift.io", "imagepolicies", namespace, name)
 }
 
 /// examples/signed-apps.yaml under another name, with these scopes.

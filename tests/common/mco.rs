@@ -168,7 +168,9 @@ impl Controller {
         );
         // One conflicting scope fails the whole sync (mco-behavior.md §3).
         for scope in scopes.keys() {
-            if let Some(message) = facts.registry_conflict(scope) {
+            if let Some(message) =
+                facts.registry_conflict(scope, cip_webhook::model::PolicyKind::Cluster)
+            {
                 return Err(format!("could not Create/Update MachineConfig: could not update policy json with new changes: {message}"));
             }
         }

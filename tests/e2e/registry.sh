@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a loopback registry and fills it for the containers/image test:
 #   signed/app:v1 (with a sigstore attachment signed by KEY), unsigned/app:v1,
-#   blocked/app:v1, free/app:v1.
+#   blocked/app:v1, free/app:v1, and mirror/signed/app: a mirror of signed/app, image
+#   and attachment.
 # Usage: registry.sh PORT WORKDIR KEY   (the registry's PID is written to WORKDIR/registry.pid)
 set -euo pipefail
 port=$1 work=$2 key=$3
@@ -40,7 +41,7 @@ printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.
   "$manifest" "$(stat -c%s "$work/manifest.json")" >"$work/img/index.json"
 echo '{"imageLayoutVersion":"1.0.0"}' >"$work/img/oci-layout"
 
-for repo in signed unsigned blocked free; do
+for repo in signed unsigned blocked free mirror/signed; do
   skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$work/img:v1" "docker://$reg/$repo/app:v1"
 done
 
@@ -52,17 +53,19 @@ printf '{"critical":{"identity":{"docker-reference":"%s/signed/app:v1"},"image":
   "$reg" "$digest" >"$work/payload.json"
 signature=$(openssl dgst -sha256 -sign "$key" "$work/payload.json" | base64 -w0)
 echo '{}' >"$work/sigconfig.json"
-upload() { # push a blob to signed/app
+upload() { # push a blob to REPO: upload FILE REPO
   local location
-  location=$(curl -sfi -X POST "http://$reg/v2/signed/app/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+  location=$(curl -sfi -X POST "http://$reg/v2/$2/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
   case $location in http*) ;; *) location="http://$reg$location" ;; esac
   case $location in *\?*) sep='&' ;; *) sep='?' ;; esac
   curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$1" "$location${sep}digest=sha256:$(sha "$1")" >/dev/null
 }
-upload "$work/payload.json"
-upload "$work/sigconfig.json"
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"sha256:%s","size":%d,"annotations":{"dev.cosignproject.cosign/signature":"%s"}}]}' \
   "$(sha "$work/sigconfig.json")" "$(stat -c%s "$work/sigconfig.json")" "$(sha "$work/payload.json")" "$(stat -c%s "$work/payload.json")" "$signature" >"$work/sigmanifest.json"
-curl -sf -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary "@$work/sigmanifest.json" \
-  "http://$reg/v2/signed/app/manifests/${digest/:/-}.sig" >/dev/null
+for repo in signed/app mirror/signed/app; do
+  upload "$work/payload.json" "$repo"
+  upload "$work/sigconfig.json" "$repo"
+  curl -sf -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary "@$work/sigmanifest.json" \
+    "http://$reg/v2/$repo/manifests/${digest/:/-}.sig" >/dev/null
+done
 echo "registry ready on $reg; signed digest $digest"
