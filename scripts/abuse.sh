@@ -39,7 +39,7 @@ cp examples/image.yaml examples/clusterversion.yaml examples/pools.yaml examples
   examples/signed-apps.yaml "$work/state/"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 max_connections=256
-RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --state-dir "$work/state" \
+RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --metrics-listen none --state-dir "$work/state" \
   --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
   --max-connections "$max_connections" 2>"$work/serve.log" &
 server=$!

@@ -16,7 +16,7 @@ port=$((20000 + RANDOM % 20000))
 "$bin" certs --out "$work/certs" --dns localhost >/dev/null 2>&1
 
 start() { # start serve on a state dir, wait until ready
-  "$bin" serve --listen "127.0.0.1:$port" --state-dir "$1" --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
+  "$bin" serve --listen "127.0.0.1:$port" --metrics-listen none --state-dir "$1" --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
     --log-format json 2>"$work/serve.log" &
   pid=$!
   for _ in $(seq 1 100); do

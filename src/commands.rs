@@ -96,14 +96,9 @@ fn write_machine_configs(plan: &mut Plan, output: &Path) -> Result<()> {
                 continue;
             };
             let staged = stage.join(&name);
-            let file = fs::File::create(&staged)
-                .with_context(|| format!("writing {}", staged.display()))?;
-            let mut writer = std::io::BufWriter::new(file);
-            serde_yaml::to_writer(&mut writer, &mc)
-                .with_context(|| format!("writing {}", staged.display()))?;
-            writer
-                .flush()
-                .with_context(|| format!("writing {}", staged.display()))?;
+            let text =
+                cip_webhook::yaml::to_string(&mc).with_context(|| format!("encoding {name}"))?;
+            fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
             writes.push(name);
         }
         files::swap_in(output, &stage, &writes, &deletes, |from, to| {
@@ -709,38 +704,66 @@ pub struct ReconcileOptions {
     pub auto: bool,
 }
 
-pub struct ServeOptions {
+/// The admission port; absent in the reconciler's Deployment.
+pub struct WebhookOptions {
     pub listen: std::net::SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
-    pub state: StateSource,
     pub admission: cip_webhook::admission::Config,
+    pub limits: cip_webhook::server::Limits,
+    /// Between SIGTERM and closing the listener: not ready, still serving.
+    pub shutdown_delay: std::time::Duration,
+}
+
+pub struct ServeOptions {
+    pub webhook: Option<WebhookOptions>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub state: StateSource,
     pub log_json: bool,
     /// None: admission only.
     pub reconcile: Option<ReconcileOptions>,
     /// How long changes settle before the cluster is rendered again.
     pub settle: Settle,
-    pub limits: cip_webhook::server::Limits,
 }
 
 pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
+    use std::sync::Arc;
     let _logs = init_logging(opts.log_json);
-    let cert = std::sync::Arc::new(
-        cip_webhook::tls::ReloadingCert::new(&opts.tls_cert, &opts.tls_key)
-            .context("loading the serving certificate")?,
-    );
-    let app = std::sync::Arc::new(cip_webhook::server::App::new(opts.admission.clone(), cert));
+    let app = Arc::new(match &opts.webhook {
+        Some(w) => {
+            let cert = cip_webhook::tls::ReloadingCert::new(&w.tls_cert, &w.tls_key)
+                .context("loading the serving certificate")?;
+            cip_webhook::server::App::new(w.admission.clone(), Arc::new(cert))
+        }
+        None => cip_webhook::server::App::without_admission(),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .with_context(|| format!("listening on {}", opts.listen))?;
-        tracing::info!(listen = %listener.local_addr()?, "serving admission webhook");
-        let state_app = std::sync::Arc::clone(&app);
+        let listener = match &opts.webhook {
+            Some(w) => {
+                let listener = cip_webhook::server::bind(w.listen)
+                    .with_context(|| format!("listening on {}", w.listen))?;
+                tracing::info!(listen = %listener.local_addr()?, "serving admission webhook");
+                Some(listener)
+            }
+            None => None,
+        };
+        if let Some(addr) = opts.metrics_listen {
+            let ops =
+                cip_webhook::server::bind(addr).with_context(|| format!("listening on {addr}"))?;
+            tracing::info!(listen = %ops.local_addr()?, "serving /metrics, /healthz and /readyz");
+            // Answers until the process exits: probes and a last scrape see the stop.
+            tokio::spawn(cip_webhook::server::serve_ops(
+                ops,
+                Arc::clone(&app),
+                std::future::pending(),
+            ));
+        }
+        let state_app = Arc::clone(&app);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let lease_task = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let lease_task = Arc::new(std::sync::Mutex::new(None));
         match &opts.state {
             StateSource::Dir(dir) => {
                 if opts.reconcile.is_some() {
@@ -754,15 +777,38 @@ pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<ExitCode> {
                 render.clone(),
                 opts.reconcile.clone(),
                 opts.settle,
-                stop_rx,
-                std::sync::Arc::clone(&lease_task),
+                stop_rx.clone(),
+                Arc::clone(&lease_task),
             )),
         };
-        let shutdown = async move {
+        let delay = opts.webhook.as_ref().map(|w| w.shutdown_delay);
+        let stopping_app = Arc::clone(&app);
+        tokio::spawn(async move {
             stop_signal().await;
+            stopping_app.begin_shutdown();
+            if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+                tracing::info!(
+                    delay_seconds = delay.as_secs_f64(),
+                    "not ready from now on; still serving while endpoints drop this pod"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop_signal() => tracing::info!("second signal: stopping now"),
+                }
+            }
             let _ = stop_tx.send(true);
+        });
+        let mut stopped = stop_rx;
+        let stopped = async move {
+            let _ = stopped.wait_for(|s| *s).await;
         };
-        cip_webhook::server::serve(listener, app, opts.limits.clone(), shutdown).await?;
+        match (listener, &opts.webhook) {
+            (Some(listener), Some(w)) => {
+                cip_webhook::server::serve(listener, Arc::clone(&app), w.limits.clone(), stopped)
+                    .await?
+            }
+            _ => stopped.await,
+        }
         // The lease is released before exit so that a successor takes over at once.
         let task = lease_task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task {

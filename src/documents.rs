@@ -38,14 +38,15 @@ pub enum LoadError {
     },
 }
 
-/// Every object in one file's text, with `List` items flattened.
+/// Every object in one file's text, with `List` items flattened. The second and later
+/// documents are named `file#N`, N counting the non-empty documents.
 pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, LoadError> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(doc).map_err(|e| LoadError::Syntax {
-            origin: source.to_string(),
-            message: e.to_string(),
-        })?;
+    let docs = crate::yaml::documents(text).map_err(|e| LoadError::Syntax {
+        origin: source.to_string(),
+        message: e.to_string(),
+    })?;
+    for (i, value) in docs.into_iter().enumerate() {
         let source = if i == 0 {
             source.to_string()
         } else {
@@ -235,7 +236,8 @@ mod tests {
         let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: config.openshift.io/v1, kind: ClusterImagePolicy, metadata: {name: a}, spec: {scopes: [x.io]}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n---\n---\n{\"apiVersion\": \"config.openshift.io/v1\", \"kind\": \"Image\", \"metadata\": {\"name\": \"cluster\"}, \"spec\": {}}\n";
         let docs = parse_documents("f.yaml", text).unwrap();
         assert_eq!(docs.len(), 3);
-        assert_eq!(docs[2].source, "f.yaml#3");
+        // Documents are counted without the empty ones.
+        assert_eq!(docs[2].source, "f.yaml#2");
         let loaded = load(&docs).unwrap();
         assert_eq!(loaded.inputs.policies.len(), 1);
         assert!(loaded.inputs.image.is_some());

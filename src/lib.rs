@@ -29,3 +29,4 @@ pub mod scope;
 pub mod server;
 pub mod tls;
 pub mod validate;
+pub mod yaml;

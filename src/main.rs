@@ -71,14 +71,27 @@ enum Command {
     },
     /// Serve the validating and mutating admission webhook over HTTPS.
     ///
-    /// POST /validate and /mutate take admission.k8s.io/v1 AdmissionReviews; GET /healthz,
-    /// /readyz (ready once the cluster state is loaded) and /metrics (Prometheus). Without
-    /// --state-dir it watches the cluster and, in --mode full, the replica holding the Lease
-    /// writes the MachineConfigs and policy status. SIGTERM stops accepting connections, lets
-    /// requests in flight finish and releases the Lease.
+    /// POST /validate and /mutate take admission.k8s.io/v1 AdmissionReviews; GET /healthz
+    /// and /readyz (ready once the cluster state is loaded). /metrics, /healthz and /readyz
+    /// are on --metrics-listen (plain HTTP). Without --state-dir it watches the cluster and,
+    /// unless --mode admission-only, the replica holding the Lease writes the MachineConfigs
+    /// and policy status. SIGTERM fails /readyz at once, keeps serving for --shutdown-delay,
+    /// then stops accepting, lets requests in flight finish and releases the Lease.
     Serve {
         #[command(flatten)]
         serve: Box<ServeArgs>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write the MachineConfigs and policy status, without serving admission.
+    ///
+    /// The reconciler's Deployment: the only one whose service account may write
+    /// MachineConfigs. One replica at a time holds the Lease and writes; the others wait.
+    /// Serves /metrics, /healthz and /readyz on --metrics-listen only. SIGTERM releases
+    /// the Lease.
+    Reconcile {
+        #[command(flatten)]
+        run: RunArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -120,8 +133,9 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:8443")]
+    /// Address of the admission port (HTTPS). `[::]` takes IPv4 and IPv6; where IPv6 is
+    /// off it falls back to `0.0.0.0`.
+    #[arg(long, default_value = "[::]:8443")]
     listen: std::net::SocketAddr,
     /// Serving certificate (PEM, leaf first); reloaded when the file changes.
     #[arg(long, value_name = "FILE")]
@@ -133,10 +147,6 @@ struct ServeArgs {
     /// from manifests in this directory, re-read when they change, instead of the cluster.
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
     state_dir: Option<PathBuf>,
-    /// Watch the cluster this kubeconfig names. Without it and without --state-dir, the
-    /// in-cluster service account (or $KUBECONFIG) is used.
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
     /// Users never denied anything, only warned: the platform's own writers (repeatable;
     /// giving any replaces the default). Keep the webhook configurations' matchConditions
     /// in step.
@@ -145,9 +155,6 @@ struct ServeArgs {
     /// What to do with an Image `cluster` update that conflicts with existing policies.
     #[arg(long, value_enum, default_value_t = cip_webhook::admission::ImageGuard::Deny)]
     image_guard: cip_webhook::admission::ImageGuard,
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
-    log_format: LogFormat,
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, value_name = "BYTES", default_value_t = LIMITS.max_body as u64, value_parser = clap::value_parser!(u64).range(1024..))]
     max_body: u64,
@@ -164,9 +171,30 @@ struct ServeArgs {
     /// Connections served at once (when all are taken, idle ones are closed).
     #[arg(long, value_name = "N", default_value_t = LIMITS.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
-    /// Seconds in-flight requests get to finish after SIGTERM; the process exits then.
+    /// Seconds after SIGTERM during which /readyz fails but requests are still accepted,
+    /// so that endpoints drop the pod before it stops listening (a second signal skips it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    shutdown_delay: u64,
+    /// Seconds in-flight requests get to finish once the server stops accepting.
     #[arg(long, value_name = "SECONDS", default_value_t = LIMITS.shutdown_grace.as_secs())]
     shutdown_grace: u64,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// What `serve` and `reconcile` share: the cluster, the reconciler and the metrics port.
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Watch the cluster this kubeconfig names. Without it (and, for `serve`, without
+    /// --state-dir), the in-cluster service account (or $KUBECONFIG) is used.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz (`none` turns it off).
+    #[arg(long, value_name = "ADDR", default_value = "[::]:9090", value_parser = parse_listen)]
+    metrics_listen: Listen,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
     /// `auto` writes the MachineConfigs and policy status (one leader at a time) unless
     /// the MCO renders policies itself (FeatureGate SigstoreImageVerification), then hands
     /// over; `full` always writes; `admission-only` never writes.
@@ -199,6 +227,21 @@ struct ServeArgs {
     /// Milliseconds a burst may delay rendering at most.
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     settle_max: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Listen {
+    At(std::net::SocketAddr),
+    Off,
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "none" {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::At)
+        .map_err(|e| format!("{e} (an address like [::]:9090 or 127.0.0.1:9090, or none)"))
 }
 
 /// The server's defaults, shown by --help.
@@ -290,6 +333,12 @@ fn main() -> ExitCode {
         Command::Serve { serve, common } => {
             commands::serve(&serve.serve_options(), &common.options())
         }
+        Command::Reconcile { run, common } => match run.mode {
+            Mode::AdmissionOnly => Err(anyhow::anyhow!(
+                "reconcile --mode admission-only would do nothing; admission is `serve`"
+            )),
+            _ => commands::serve(&run.options(None, None), &common.options()),
+        },
         Command::Certs { out, dns, days } => commands::certs(&out, &dns, days),
     };
     match result {
@@ -303,17 +352,44 @@ fn main() -> ExitCode {
 
 impl ServeArgs {
     fn serve_options(&self) -> commands::ServeOptions {
-        commands::ServeOptions {
+        let webhook = commands::WebhookOptions {
             listen: self.listen,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
-            state: match &self.state_dir {
-                Some(dir) => commands::StateSource::Dir(dir.clone()),
-                None => commands::StateSource::Cluster(self.kubeconfig.clone()),
-            },
             admission: cip_webhook::admission::Config {
                 exempt_users: self.exempt_users.clone(),
                 image_guard: self.image_guard,
+            },
+            limits: cip_webhook::server::Limits {
+                max_body: self.max_body as usize,
+                max_body_in_flight: self.max_body_in_flight as usize,
+                request_timeout: std::time::Duration::from_secs(self.request_timeout),
+                idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
+                max_connections: self.max_connections as usize,
+                shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace),
+                ..LIMITS.clone()
+            },
+            shutdown_delay: std::time::Duration::from_secs(self.shutdown_delay),
+        };
+        self.run.options(Some(webhook), self.state_dir.clone())
+    }
+}
+
+impl RunArgs {
+    fn options(
+        &self,
+        webhook: Option<commands::WebhookOptions>,
+        state_dir: Option<PathBuf>,
+    ) -> commands::ServeOptions {
+        commands::ServeOptions {
+            webhook,
+            metrics_listen: match self.metrics_listen {
+                Listen::At(addr) => Some(addr),
+                Listen::Off => None,
+            },
+            state: match state_dir {
+                Some(dir) => commands::StateSource::Dir(dir),
+                None => commands::StateSource::Cluster(self.kubeconfig.clone()),
             },
             log_json: self.log_format == LogFormat::Json,
             settle: cip_webhook::desired::Settle {
@@ -331,15 +407,6 @@ impl ServeArgs {
                 },
                 resync: std::time::Duration::from_secs(self.resync),
             }),
-            limits: cip_webhook::server::Limits {
-                max_body: self.max_body as usize,
-                max_body_in_flight: self.max_body_in_flight as usize,
-                request_timeout: std::time::Duration::from_secs(self.request_timeout),
-                idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
-                max_connections: self.max_connections as usize,
-                shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace),
-                ..LIMITS.clone()
-            },
         }
     }
 }

@@ -44,10 +44,19 @@ struct DutyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    kind: &'static str,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     pool: String,
     action: &'static str,
 }
+
+/// The `state` label of `cip_webhook_policies`.
+pub const POLICY_STATES: [&str; 3] = ["applied", "pending", "overridden"];
 
 pub struct Metrics {
     registry: Registry,
@@ -58,6 +67,8 @@ pub struct Metrics {
     status_writes: Counter,
     leader: Gauge,
     duty: Family<DutyLabels, Gauge>,
+    policies: Family<PolicyLabels, Gauge>,
+    ready: Gauge,
     requests: Family<RequestLabels, Counter>,
     bad_requests: Counter,
     latency: Histogram,
@@ -135,8 +146,22 @@ impl Default for Metrics {
             "1 for what the reconciler does on this cluster: reconcile, stand_down (the MCO renders policies) or cannot_render (no MachineConfig API)",
             duty.clone(),
         );
+        let policies = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "policies",
+            "Policies by kind and by the state their status reports (applied, pending, overridden), as the leader last wrote it",
+            policies.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (cluster state loaded, not shutting down)",
+            ready.clone(),
+        );
         Metrics {
             duty,
+            policies,
+            ready,
             registry,
             reconciles,
             reconcile_errors,
@@ -212,6 +237,26 @@ impl Metrics {
                 .get_or_create(&DutyLabels { duty })
                 .set(i64::from(duty == current));
         }
+    }
+
+    /// Every kind and state gets a series (0 where none), so a rule sees a drop to 0.
+    pub fn set_policies(&self, counts: &[(&'static str, &'static str, usize)]) {
+        for kind in ["ClusterImagePolicy", "ImagePolicy"] {
+            for state in POLICY_STATES {
+                let n = counts
+                    .iter()
+                    .filter(|(k, s, _)| *k == kind && *s == state)
+                    .map(|(_, _, n)| n)
+                    .sum::<usize>();
+                self.policies
+                    .get_or_create(&PolicyLabels { kind, state })
+                    .set(n as i64);
+            }
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     pub fn set_leader(&self, leader: bool) {

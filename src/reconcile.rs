@@ -351,6 +351,25 @@ impl Reconciler {
         Ok(done)
     }
 
+    /// `cip_webhook_policies`: what the statuses of this plan say, by kind and state.
+    fn count_policies(&self, plan: &render::Plan) {
+        let state = |o: &PolicyOutcome| match o.condition {
+            Condition::Applied { .. } => "applied",
+            Condition::Pending { .. } => "pending",
+            Condition::Overridden { .. } => "overridden",
+        };
+        let mut counts: Vec<(&'static str, &'static str, usize)> = Vec::new();
+        for (kind, outcomes) in [
+            ("ClusterImagePolicy", &plan.policies),
+            ("ImagePolicy", &plan.image_policies),
+        ] {
+            for o in outcomes {
+                counts.push((kind, state(o), 1));
+            }
+        }
+        self.metrics.set_policies(&counts);
+    }
+
     /// Every status that differs from the store's current one, `STATUS_CONCURRENCY` at a
     /// time; then an Event for each policy whose Pending message is new. Failures do not
     /// stop the others; the first is returned, and the next pass writes what is left.
@@ -360,6 +379,7 @@ impl Reconciler {
         plan: &render::Plan,
         done: &mut Pass,
     ) -> Result<(), ReconcileError> {
+        self.count_policies(plan);
         let statuses = self.state.policy_statuses();
         let now = now_seconds();
         let by_key: BTreeMap<(PolicyKind, String), &ClusterImagePolicy> = inputs

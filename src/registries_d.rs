@@ -56,7 +56,7 @@ pub fn scopes(text: &str) -> std::collections::BTreeSet<String> {
         #[serde(default, rename = "use-sigstore-attachments")]
         use_sigstore_attachments: bool,
     }
-    serde_yaml::from_str::<Doc>(text)
+    serde_saphyr::from_str::<Doc>(text)
         .map(|d| {
             d.docker
                 .into_iter()
@@ -140,7 +140,7 @@ fn yaml_key(key: &str) -> String {
 /// yaml.v2 v2.4.0 `resolve("", s)` yields `!!str`. Scope and mirror grammars leave only the
 /// numeric and date forms reachable; the word forms (`yes`, `null`, `.inf`…) are kept so
 /// the function says what yaml.v2 says for any string.
-fn resolves_as_string(s: &str) -> bool {
+pub(crate) fn resolves_as_string(s: &str) -> bool {
     const WORDS: [&str; 35] = [
         "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "n", "N", "no",
         "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "", "~", "null", "Null",

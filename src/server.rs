@@ -9,10 +9,16 @@
 //! run on blocking threads, a few at a time, so that a slow one gets its 408 and
 //! `/healthz` still answers. When every connection slot is taken, idle connections are
 //! closed to make room.
+//!
+//! Metrics, health and readiness are also served on a separate plain-HTTP port
+//! ([`serve_ops`]) so that a NetworkPolicy can keep the admission port open to the API
+//! server (whose source address varies) and the metrics port to monitoring alone. The
+//! reconciler's Deployment serves only that port.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,7 +56,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// Admission decisions computed at once; the others wait (within their deadline).
     pub max_decisions: usize,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// How long in-flight requests may take to finish once the server stops accepting.
     pub shutdown_grace: Duration,
 }
 
@@ -64,7 +70,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_decisions: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            shutdown_grace: Duration::from_secs(25),
+            // Past the request timeout, so a request that arrived just before the stop
+            // gets its answer.
+            shutdown_grace: Duration::from_secs(15),
         }
     }
 }
@@ -80,25 +88,47 @@ pub struct App {
     status: RwLock<String>,
     /// What the reconciler last did; shown by /readyz, never making it fail.
     reconcile: RwLock<String>,
+    /// Set on SIGTERM: /readyz fails at once so endpoints drop this pod while it still
+    /// serves.
+    stopping: AtomicBool,
     pub admission: admission::Config,
     pub metrics: Arc<Metrics>,
-    pub cert: Arc<ReloadingCert>,
+    /// None where this process serves no admission (the reconciler's Deployment).
+    pub cert: Option<Arc<ReloadingCert>>,
 }
 
 impl App {
     pub fn new(admission: admission::Config, cert: Arc<ReloadingCert>) -> App {
+        App::with_cert(admission, Some(cert))
+    }
+
+    /// An app that serves only metrics, health and readiness.
+    pub fn without_admission() -> App {
+        App::with_cert(admission::Config::default(), None)
+    }
+
+    fn with_cert(admission: admission::Config, cert: Option<Arc<ReloadingCert>>) -> App {
         App {
             snapshot: RwLock::new(None),
             status: RwLock::new("cluster state not loaded yet".into()),
             reconcile: RwLock::new(String::new()),
+            stopping: AtomicBool::new(false),
             admission,
             metrics: Arc::new(Metrics::default()),
             cert,
         }
     }
 
+    /// From now on /readyz answers 503; requests are still served.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.metrics.set_ready(false);
+    }
+
     pub fn set_snapshot(&self, snapshot: Arc<Snapshot>, status: String) {
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+        self.metrics
+            .set_ready(!self.stopping.load(Ordering::SeqCst));
         self.set_status(status);
     }
 
@@ -142,7 +172,6 @@ pub fn router(app: Arc<App>, limits: &Limits) -> Router {
         .route(MUTATE_PATH, post(mutate))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_page))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             deadline(req, next, timeout, Arc::clone(&metrics))
         }))
@@ -202,16 +231,25 @@ async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let h2 = req.version() == axum::http::Version::HTTP_2;
+    let drain = if h2 {
+        shared.max_body * DRAIN_FACTOR
+    } else {
+        0
+    };
     if declared.is_some_and(|n| n > shared.max_body) {
+        if declared.is_some_and(|n| n <= drain) {
+            let _ = read_body(req.into_body(), 0, drain).await;
+        }
         return too_large(app, shared.max_body);
     }
     let want = kib(declared.unwrap_or(shared.max_body));
     let Ok(_memory) = shared.bodies.acquire_many(want as u32).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     };
-    let body = match axum::body::to_bytes(req.into_body(), shared.max_body).await {
+    let body = match read_body(req.into_body(), shared.max_body, drain).await {
         Ok(body) => body,
-        Err(_) => return too_large(app, shared.max_body),
+        Err(()) => return too_large(app, shared.max_body),
     };
     let Ok(_turn) = shared.decisions.acquire().await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
@@ -256,6 +294,35 @@ async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
     }
 }
 
+/// How many times `--max-body` an HTTP/2 body over the limit is read on and thrown away.
+const DRAIN_FACTOR: usize = 4;
+
+/// The body, up to `max` bytes. Past that it is an error, after reading on (discarding,
+/// nothing held) up to `drain` bytes in all: over HTTP/2, a response sent while the client
+/// is still sending ends the stream with a reset, and clients (curl, Go) then report a
+/// stream error instead of the 413. Past `drain` the stream is reset anyway.
+async fn read_body(body: Body, max: usize, drain: usize) -> Result<axum::body::Bytes, ()> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ())?;
+        seen += chunk.len();
+        if seen <= max {
+            kept.extend_from_slice(&chunk);
+        } else if seen > drain {
+            break;
+        } else {
+            kept = Vec::new();
+        }
+    }
+    if seen > max {
+        return Err(());
+    }
+    Ok(kept.into())
+}
+
 fn too_large(app: &App, max: usize) -> Response {
     app.metrics.bad_request();
     (
@@ -265,8 +332,30 @@ fn too_large(app: &App, max: usize) -> Response {
         .into_response()
 }
 
+/// The metrics port's routes: `/metrics`, `/healthz` and `/readyz`.
+pub fn ops_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(app): State<Arc<App>>| async move { ready(&app) }),
+        )
+        .route("/metrics", get(metrics_page))
+        .with_state(app)
+}
+
 async fn readyz(State(shared): State<Shared>) -> Response {
-    let app = &shared.app;
+    ready(&shared.app)
+}
+
+fn ready(app: &App) -> Response {
+    if app.stopping.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        )
+            .into_response();
+    }
     let mut status = app.status.read().unwrap_or_else(|e| e.into_inner()).clone();
     let reconcile = app
         .reconcile
@@ -288,9 +377,10 @@ async fn readyz(State(shared): State<Shared>) -> Response {
     }
 }
 
-async fn metrics_page(State(shared): State<Shared>) -> Response {
-    let app = &shared.app;
-    app.metrics.set_cert_expiry(app.cert.not_after());
+async fn metrics_page(State(app): State<Arc<App>>) -> Response {
+    if let Some(cert) = &app.cert {
+        app.metrics.set_cert_expiry(cert.not_after());
+    }
     let body = Body::from(app.metrics.encode());
     (
         [(
@@ -362,7 +452,10 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), rustls::Error> {
-    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&app.cert))?));
+    let cert = app.cert.clone().ok_or_else(|| {
+        rustls::Error::General("no serving certificate for the admission port".into())
+    })?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(cert)?));
     let router = router(Arc::clone(&app), &limits);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -513,4 +606,77 @@ pub async fn serve(
     }
     tracing::info!("all connections closed");
     Ok(())
+}
+
+/// Binds `addr`. The default `[::]` takes IPv4 too (dual-stack, `IPV6_V6ONLY` off); where
+/// the node has IPv6 turned off it falls back to `0.0.0.0` on the same port, with a log line.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match bind_socket(addr) {
+        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && ipv6_unavailable(&e) => {
+            let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::info!(%addr, fallback = %v4, error = %e, "IPv6 is off here; listening on IPv4 only");
+            bind_socket(v4)
+        }
+        other => other,
+    }
+}
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    // EAFNOSUPPORT (ipv6.disable=1) or EADDRNOTAVAIL (no IPv6 address configured).
+    matches!(e.raw_os_error(), Some(97) | Some(99))
+}
+
+/// Connections the metrics port serves at once; scrapes and probes need a handful.
+const OPS_CONNECTIONS: usize = 32;
+
+/// Serves [`ops_router`] over plain HTTP/1.1 until `shutdown` completes. Headers must come
+/// within 10 s and a connection lives at most a minute, so a stuck client costs a slot
+/// for a bounded time; the admission port is not affected by anything here.
+pub async fn serve_ops(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let router = ops_router(app);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let slots = Arc::new(Semaphore::new(OPS_CONNECTIONS));
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => return,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the metrics port");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
+        });
+    }
 }

@@ -26,7 +26,7 @@ const V1ALPHA1_CRD: &str =
 fn schema(path: &str) -> CompiledSchema {
     let path = common::root().join(path);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let crd: Value = serde_yaml::from_str(&text).unwrap();
+    let crd: Value = serde_saphyr::from_str(&text).unwrap();
     let compiled = compile_schema(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]);
     assert!(
         !compiled.has_errors(),

@@ -20,7 +20,7 @@ fn image(blocked: &[&str]) -> Value {
 
 fn clusterversion() -> Value {
     let text = std::fs::read_to_string(root().join("examples/clusterversion.yaml")).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_saphyr::from_str(&text).unwrap()
 }
 
 /// A cluster serving `cip_crd`, with the Image, ClusterVersion and MCO types, an Image
@@ -40,13 +40,16 @@ fn stored_policy(c: &Cluster, name: &str) -> Value {
 /// p0 from the seed, with another name and without its signedIdentity.
 fn p0_without_identity(c: &Cluster, name: &str) -> String {
     let text = std::fs::read_to_string(root().join("examples/p0.yaml")).unwrap();
-    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    let mut v: Value = serde_saphyr::from_str(&text).unwrap();
     v["metadata"]["name"] = json!(name);
     v["spec"]["policy"]
         .as_object_mut()
         .unwrap()
         .remove("signedIdentity");
-    c.write(&format!("{name}.yaml"), serde_yaml::to_string(&v).unwrap())
+    c.write(
+        &format!("{name}.yaml"),
+        serde_saphyr::to_string(&v).unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

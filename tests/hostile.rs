@@ -135,8 +135,7 @@ async fn bodies_in_flight_share_one_memory_budget() {
     hog.read_to_string(&mut answer).await.ok();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(waited > Duration::from_millis(700), "{waited:?} {status}");
-    let (_, metrics) = send(&s, "GET", "/metrics", Vec::new()).await;
-    let metrics = String::from_utf8(metrics).unwrap();
+    let metrics = harness::metrics(&s).await;
     assert!(
         metrics.contains("cip_webhook_admission_bad_requests_total 1"),
         "{metrics}"
@@ -170,7 +169,14 @@ impl Process {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let log = dir.path().join("serve.log");
         let child = tokio::process::Command::new(common::bin())
-            .args(["serve", "--listen", &addr.to_string(), "--state-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--metrics-listen",
+                "none",
+            ])
+            .arg("--state-dir")
             .arg(state)
             .arg("--tls-cert")
             .arg(certs.join("tls.crt"))
@@ -367,7 +373,11 @@ async fn a_name_with_a_newline_does_not_forge_a_log_line() {
 async fn a_broken_certificate_pair_is_logged_once_and_the_exit_is_bounded() {
     let state = tempfile::tempdir().unwrap();
     copy_examples(state.path());
-    let mut p = Process::start(state.path(), &["--shutdown-grace", "1"]).await;
+    let mut p = Process::start(
+        state.path(),
+        &["--shutdown-grace", "1", "--shutdown-delay", "0"],
+    )
+    .await;
     p.until("/readyz", |b| b.starts_with("ok:")).await;
     let key = p._dir.path().join("certs/tls.key");
     std::fs::write(

@@ -16,7 +16,7 @@ use cip_webhook::validate::SizeCheck;
 
 fn signed_apps() -> Value {
     let text = std::fs::read_to_string(common::root().join("examples/signed-apps.yaml")).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_saphyr::from_str(&text).unwrap()
 }
 
 fn team(namespace: &str, name: &str, scopes: &[&str]) -> Value {

@@ -1,6 +1,9 @@
 //! The deployment manifests: both overlays render, every object is well formed, the
-//! webhook wiring matches what `serve` listens on, the RBAC rules are exactly the requests
-//! the binary makes, and the OpenShift overlay installs and works on the API simulator.
+//! webhook wiring matches what `serve` listens on, each Deployment's RBAC rules are
+//! exactly the requests its process makes, the ValidatingAdmissionPolicy holds the
+//! reconciler to our MachineConfigs, rollouts and drains never take the last replica, the
+//! alerts name real metrics, and the OpenShift overlay installs and works on the API
+//! simulator.
 
 #[path = "common/cluster.rs"]
 mod cluster;
@@ -13,8 +16,17 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 async fn kustomize(overlay: &str) -> Vec<Value> {
+    kustomize_dir(&format!("manifests/overlays/{overlay}")).await
+}
+
+async fn kustomize_dir(dir: &str) -> Vec<Value> {
     let out = tokio::process::Command::new("kubectl")
-        .args(["kustomize", &format!("manifests/overlays/{overlay}")])
+        .args([
+            "kustomize",
+            "--load-restrictor",
+            "LoadRestrictionsNone",
+            dir,
+        ])
         .current_dir(root())
         .output()
         .await
@@ -25,9 +37,7 @@ async fn kustomize(overlay: &str) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
+    cip_webhook::yaml::documents(&text).unwrap()
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -91,11 +101,19 @@ fn well_formed(o: &Value) {
         "RoleBinding" => typed::<rbac::RoleBinding>(o),
         "ValidatingWebhookConfiguration" => typed::<adm::ValidatingWebhookConfiguration>(o),
         "MutatingWebhookConfiguration" => typed::<adm::MutatingWebhookConfiguration>(o),
+        "ValidatingAdmissionPolicy" => typed::<adm::ValidatingAdmissionPolicy>(o),
+        "ValidatingAdmissionPolicyBinding" => typed::<adm::ValidatingAdmissionPolicyBinding>(o),
         "CustomResourceDefinition" => {
             typed::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(o)
         }
         // Custom resources of operators we do not ship: checked by shape.
         "ServiceMonitor" => assert!(o["spec"]["endpoints"][0]["port"].is_string()),
+        "PrometheusRule" => {
+            for rule in o["spec"]["groups"][0]["rules"].as_array().unwrap() {
+                assert!(rule["alert"].is_string() && rule["expr"].is_string() && rule["for"].is_string());
+                assert!(rule["labels"]["severity"].is_string() && rule["annotations"]["summary"].is_string());
+            }
+        }
         "Certificate" => assert!(o["spec"]["secretName"].is_string() && o["spec"]["issuerRef"]["name"].is_string()),
         "Issuer" => assert!(o["spec"]["selfSigned"].is_object() || o["spec"]["ca"]["secretName"].is_string()),
         other => panic!("unexpected kind {other}"),
@@ -109,16 +127,18 @@ async fn overlays_render_well_formed_objects() {
         for o in &objects {
             well_formed(o);
         }
-        let crds = objects
-            .iter()
-            .filter(|o| o["kind"] == "CustomResourceDefinition")
-            .count();
-        assert_eq!(
-            crds,
-            if overlay == "kubernetes" { 5 } else { 0 },
+        // Platform-owned CRDs are never part of an install: `kubectl delete -k` of an
+        // overlay must not take the MachineConfig CRD (and every MachineConfig) with it.
+        assert!(
+            objects
+                .iter()
+                .all(|o| o["kind"] != "CustomResourceDefinition"),
             "{overlay}"
         );
     }
+    let crds = kustomize_dir("manifests/test-crds").await;
+    assert_eq!(crds.len(), 5);
+    assert!(crds.iter().all(|o| o["kind"] == "CustomResourceDefinition"));
 }
 
 fn arg<'a>(args: &'a [Value], flag: &str) -> &'a str {
@@ -138,9 +158,13 @@ async fn webhook_wiring_matches_serve() {
         let container = &pod["containers"][0];
         let args = container["args"].as_array().unwrap();
         assert_eq!(args[0], "serve");
-        // Stands down by itself where the MCO renders policies (SPEC §8.2).
-        assert_eq!(arg(args, "--mode"), "auto", "{overlay}");
+        // Admission replicas can write nothing: the reconciler is its own Deployment.
+        assert_eq!(arg(args, "--mode"), "admission-only", "{overlay}");
         let listen: std::net::SocketAddr = arg(args, "--listen").parse().unwrap();
+        assert!(
+            listen.ip().is_unspecified() && listen.is_ipv6(),
+            "dual-stack: {listen}"
+        );
         let port = &service["spec"]["ports"][0];
         assert_eq!(port["port"], 443);
         let named = container["ports"]
@@ -255,30 +279,84 @@ fn allowed(rules: &Value, namespace: &str) -> BTreeSet<(String, String, String, 
     out
 }
 
+/// The requests `user` made, as (namespace or "", group, resource[/sub], verb).
+fn requests_of(c: &Cluster, user: &str) -> BTreeSet<(String, String, String, String)> {
+    c.sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.user == user && r.verb != "discovery")
+        .map(|r| {
+            let resource = if r.subresource.is_empty() {
+                r.resource
+            } else {
+                format!("{}/{}", r.resource, r.subresource)
+            };
+            // The ClusterRole's rules hold in every namespace; the Role's in ours.
+            let namespace = if r.namespace == NAMESPACE {
+                r.namespace
+            } else {
+                String::new()
+            };
+            (namespace, r.group, resource, r.verb)
+        })
+        .collect()
+}
+
+fn assert_exactly(
+    who: &str,
+    used: &BTreeSet<(String, String, String, String)>,
+    rules: &BTreeSet<(String, String, String, String)>,
+) {
+    assert!(!used.is_empty(), "{who} made no request");
+    let missing: Vec<_> = used.difference(rules).collect();
+    assert!(
+        missing.is_empty(),
+        "{who}: requests the rules do not allow: {missing:?}"
+    );
+    let unused: Vec<_> = rules.difference(used).collect();
+    assert!(unused.is_empty(), "{who}: rules never used: {unused:?}");
+}
+
+const ALL_INPUT_CRDS: [&str; 9] = [
+    CIP_V1_CRD,
+    IMAGEPOLICIES_V1_CRD,
+    IMAGES_CRD,
+    CLUSTERVERSIONS_CRD,
+    FEATUREGATES_CRD,
+    IDMS_CRD,
+    ITMS_CRD,
+    ICSP_CRD,
+    MCO_CRDS,
+];
+
+/// Each Deployment's RBAC is exactly what its process asks for: admission reads, the
+/// reconciler reads and writes. Run under the overlay's ValidatingAdmissionPolicy, so
+/// every write the reconciler needs also passes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rbac_is_exactly_what_the_binary_uses() {
+async fn rbac_is_exactly_what_each_deployment_uses() {
     let objects = kustomize("openshift").await;
-    let mut rules = allowed(&find(&objects, "ClusterRole", "cip-webhook")["rules"], "");
-    rules.extend(allowed(
-        &find(&objects, "Role", "cip-webhook")["rules"],
+    let admission_rules = allowed(&find(&objects, "ClusterRole", "cip-webhook")["rules"], "");
+    let mut reconciler_rules = allowed(
+        &find(&objects, "ClusterRole", "cip-webhook-reconciler")["rules"],
+        "",
+    );
+    reconciler_rules.extend(allowed(
+        &find(&objects, "Role", "cip-webhook-reconciler")["rules"],
         NAMESPACE,
     ));
 
     // Everything the binary does: admission state, a policy written, one held back
     // (status and an Event), a namespace's policy (its status), the policy deleted
     // (MachineConfigs reverted), the Lease.
-    let mut c = Cluster::start(&[
-        CIP_V1_CRD,
-        IMAGEPOLICIES_V1_CRD,
-        IMAGES_CRD,
-        CLUSTERVERSIONS_CRD,
-        FEATUREGATES_CRD,
-        IDMS_CRD,
-        ITMS_CRD,
-        ICSP_CRD,
-        MCO_CRDS,
-    ])
-    .await;
+    let mut c = Cluster::start(&ALL_INPUT_CRDS).await;
+    for o in objects.iter().filter(|o| {
+        o["kind"]
+            .as_str()
+            .unwrap()
+            .starts_with("ValidatingAdmissionPolicy")
+    }) {
+        c.sim.seed(o.clone()).unwrap();
+    }
     c.seed_files(&[
         "examples/image.yaml",
         "examples/clusterversion.yaml",
@@ -286,10 +364,20 @@ async fn rbac_is_exactly_what_the_binary_uses() {
         "examples/machineconfigs/01-worker-container-runtime.yaml",
         "examples/machineconfigs/99-worker-generated-registries.yaml",
     ]);
-    c.start_webhook(&["--lease-duration", "2"]).await;
+    c.start_webhook(&["--mode", "admission-only"]).await;
+    let reconciler = c
+        .spawn_reconciler(
+            RECONCILER_ACCOUNT,
+            "reconciler-0",
+            &["--lease-duration", "2"],
+        )
+        .await;
     c.apply_ok("examples/signed-apps.yaml").await;
     c.until("written", |s| {
         machine_config(s, "99-worker-generated-imagepolicies").is_some()
+            && machine_config(s, "99-worker-generated-registries")
+                .and_then(|mc| file(&mc, "/etc/containers/policy.json"))
+                .is_some()
     })
     .await;
     c.sim
@@ -321,45 +409,382 @@ async fn rbac_is_exactly_what_the_binary_uses() {
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    let log = reconciler.log();
+    assert!(reconciler.terminate().await.success(), "{log}");
     c.stop_webhook().await;
+    assert!(!log.contains("ValidatingAdmissionPolicy"), "{log}");
 
-    let used: BTreeSet<(String, String, String, String)> = c
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.user == SERVICE_ACCOUNT && r.verb != "discovery")
-        .map(|r| {
-            let resource = if r.subresource.is_empty() {
-                r.resource
-            } else {
-                format!("{}/{}", r.resource, r.subresource)
-            };
-            // The ClusterRole's rules hold in every namespace; the Role's in ours.
-            let namespace = if r.namespace == NAMESPACE {
-                r.namespace
-            } else {
-                String::new()
-            };
-            (namespace, r.group, resource, r.verb)
-        })
-        .collect();
-    assert!(!used.is_empty());
-    let missing: Vec<_> = used.difference(&rules).collect();
-    assert!(
-        missing.is_empty(),
-        "requests the rules do not allow: {missing:?}"
+    assert_exactly(
+        "admission",
+        &requests_of(&c, SERVICE_ACCOUNT),
+        &admission_rules,
     );
-    let unused: Vec<_> = rules.difference(&used).collect();
-    assert!(unused.is_empty(), "rules never used: {unused:?}");
+    assert_exactly(
+        "reconciler",
+        &requests_of(&c, RECONCILER_ACCOUNT),
+        &reconciler_rules,
+    );
+}
+
+/// The ValidatingAdmissionPolicy (evaluated by the simulator as the API server does):
+/// with its own credentials the reconciler cannot touch the MCO's MachineConfigs, other
+/// names, or unlabelled ones; other users are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_may_write_only_our_machine_configs() {
+    let objects = kustomize("openshift").await;
+    let c = Cluster::start_bare(&[MCO_CRDS], &[]).await;
+    for o in objects.iter().filter(|o| {
+        o["kind"]
+            .as_str()
+            .unwrap()
+            .starts_with("ValidatingAdmissionPolicy")
+    }) {
+        c.sim.seed(o.clone()).unwrap();
+    }
+    c.seed_files(&["examples/machineconfigs/01-worker-container-runtime.yaml"]);
+    let mco_owned = json!({
+        "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+        "metadata": {"name": "99-worker-generated-registries",
+            "labels": {"machineconfiguration.openshift.io/role": "worker"},
+            "annotations": {"machineconfiguration.openshift.io/generated-by-controller-version": "v4.18"}},
+        "spec": {"config": {"ignition": {"version": "3.2.0"}}}
+    });
+    c.sim.seed(mco_owned).unwrap();
+    let reconciler = c
+        .sim
+        .kubeconfig_for(RECONCILER_ACCOUNT, &["system:serviceaccounts"])
+        .unwrap();
+    let ours = |name: &str, labelled: bool| {
+        let mut mc = json!({
+            "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+            "metadata": {"name": name, "labels": {"machineconfiguration.openshift.io/role": "worker"}},
+            "spec": {"config": {"ignition": {"version": "3.2.0"}}}
+        });
+        if labelled {
+            mc["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("cip-webhook");
+        }
+        c.write(&format!("{name}.json"), mc.to_string())
+    };
+    let denied = |run: &Run, why: &str| {
+        assert!(!run.ok, "{run:?}");
+        assert!(
+            run.stderr.contains("ValidatingAdmissionPolicy 'cip-webhook-reconciler-machineconfigs' with binding 'cip-webhook-reconciler-machineconfigs' denied request")
+                && run.stderr.contains(why),
+            "{run:?}"
+        );
+    };
+    let file = ours("99-worker-generated-imagepolicies", true);
+    let run = c
+        .kubectl_as(&reconciler, &["create", "--validate=false", "-f", &file])
+        .await;
+    assert!(run.ok, "{run:?}");
+    let run = c
+        .kubectl_as(
+            &reconciler,
+            &[
+                "label",
+                "machineconfig",
+                "99-worker-generated-imagepolicies",
+                "x=y",
+            ],
+        )
+        .await;
+    assert!(run.ok, "{run:?}");
+    let run = c
+        .kubectl_as(
+            &reconciler,
+            &[
+                "delete",
+                "machineconfig",
+                "99-worker-generated-imagepolicies",
+            ],
+        )
+        .await;
+    assert!(run.ok, "{run:?}");
+    let file = ours("99-worker-generated-imagepolicies", false);
+    denied(
+        &c.kubectl_as(&reconciler, &["create", "--validate=false", "-f", &file])
+            .await,
+        "labelled app.kubernetes.io/managed-by=cip-webhook",
+    );
+    let file = ours("00-worker-anything", true);
+    denied(
+        &c.kubectl_as(&reconciler, &["create", "--validate=false", "-f", &file])
+            .await,
+        "cip-webhook writes only 99-<pool>-generated-imagepolicies",
+    );
+    denied(
+        &c.kubectl_as(
+            &reconciler,
+            &[
+                "label",
+                "machineconfig",
+                "99-worker-generated-registries",
+                "x=y",
+            ],
+        )
+        .await,
+        "belongs to the machine-config-operator",
+    );
+    denied(
+        &c.kubectl_as(
+            &reconciler,
+            &["delete", "machineconfig", "01-worker-container-runtime"],
+        )
+        .await,
+        "cip-webhook writes only",
+    );
+    // Anyone else (the MCO, an admin) is not matched by the policy.
+    let run = c
+        .kubectl(&[
+            "label",
+            "machineconfig",
+            "99-worker-generated-registries",
+            "x=y",
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+}
+
+fn memory_mib(q: &Value) -> u64 {
+    let q = q.as_str().unwrap();
+    q.strip_suffix("Mi")
+        .map(|n| n.parse().unwrap())
+        .unwrap_or_else(|| panic!("{q}: use Mi"))
+}
+
+/// Rollouts and drains never refuse a request: SIGTERM timing within the grace period,
+/// PDBs that let unready pods go, spread over nodes and zones, no CPU limit, a memory
+/// request and limit, images pinned (no `:latest`), the restricted-v2 SCC on OpenShift.
+#[tokio::test]
+async fn deployments_roll_and_drain_without_refusing_requests() {
+    for overlay in ["openshift", "kubernetes"] {
+        let objects = kustomize(overlay).await;
+        let deployments: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Deployment")
+            .collect();
+        assert_eq!(deployments.len(), 2, "{overlay}: admission and reconciler");
+        for d in deployments {
+            let name = d["metadata"]["name"].as_str().unwrap();
+            let pod = &d["spec"]["template"]["spec"];
+            let container = &pod["containers"][0];
+            let args = container["args"].as_array().unwrap();
+            let image = container["image"].as_str().unwrap();
+            assert!(
+                image.contains('/')
+                    && !image.ends_with(":latest")
+                    && (image.contains(':') || image.contains('@')),
+                "{overlay}/{name}: {image}"
+            );
+            let resources = &container["resources"];
+            assert!(
+                resources["limits"].get("cpu").is_none(),
+                "{overlay}/{name}: no CPU limit"
+            );
+            assert!(memory_mib(&resources["requests"]["memory"]) >= 64);
+            assert!(
+                memory_mib(&resources["limits"]["memory"])
+                    >= 2 * memory_mib(&resources["requests"]["memory"])
+            );
+            let keys: BTreeSet<&str> = pod["topologySpreadConstraints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["topologyKey"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                keys,
+                BTreeSet::from(["kubernetes.io/hostname", "topology.kubernetes.io/zone"])
+            );
+            let labels = &d["spec"]["template"]["metadata"]["labels"];
+            let pdb = objects
+                .iter()
+                .find(|o| {
+                    o["kind"] == "PodDisruptionBudget"
+                        && o["spec"]["selector"]["matchLabels"]
+                            .as_object()
+                            .unwrap()
+                            .iter()
+                            .all(|(k, v)| &labels[k] == v)
+                })
+                .unwrap_or_else(|| panic!("{overlay}/{name}: no PDB"));
+            assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+            assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+            assert!(pdb["spec"].get("minAvailable").is_none());
+            let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+            if args[0] == "serve" {
+                let delay: u64 = arg(args, "--shutdown-delay").parse().unwrap();
+                let drain: u64 = arg(args, "--shutdown-grace").parse().unwrap();
+                assert!(delay >= 5);
+                // The delay, the drain, and the Lease release (5 s) fit in the grace.
+                assert!(grace >= delay + drain + 5, "{overlay}/{name}: {grace}");
+                assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+            } else {
+                assert_eq!(args[0], "reconcile", "{overlay}/{name}");
+                assert_eq!(arg(args, "--mode"), "auto");
+                assert_eq!(pod["serviceAccountName"], "cip-webhook-reconciler");
+                for probe in ["readinessProbe", "livenessProbe"] {
+                    assert_eq!(container[probe]["httpGet"]["port"], "metrics");
+                    assert_eq!(container[probe]["httpGet"]["scheme"], "HTTP");
+                }
+            }
+            let listen: std::net::SocketAddr = arg(args, "--metrics-listen").parse().unwrap();
+            let metrics = container["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "metrics")
+                .unwrap();
+            assert_eq!(metrics["containerPort"], listen.port());
+            let scc =
+                &d["spec"]["template"]["metadata"]["annotations"]["openshift.io/required-scc"];
+            if overlay == "openshift" {
+                assert_eq!(scc, "restricted-v2", "{name}");
+            } else {
+                assert!(scc.is_null());
+            }
+        }
+        // The admission port is open to all; metrics only to the monitoring namespaces.
+        for np in objects.iter().filter(|o| o["kind"] == "NetworkPolicy") {
+            for rule in np["spec"]["ingress"].as_array().unwrap() {
+                let port = &rule["ports"][0]["port"];
+                if port == 8443 {
+                    assert!(rule.get("from").is_none());
+                } else {
+                    assert_eq!(port, 9090);
+                    let from = &rule["from"][0]["namespaceSelector"]["matchExpressions"][0];
+                    assert_eq!(from["key"], "kubernetes.io/metadata.name");
+                    assert!(from["values"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&json!("openshift-user-workload-monitoring")));
+                }
+            }
+        }
+        let ns = find(&objects, "Namespace", NAMESPACE);
+        assert!(ns["metadata"]["labels"]["openshift.io/cluster-monitoring"].is_null());
+    }
+}
+
+/// Platform monitoring is opt-in: the component labels the namespace and lets
+/// prometheus-k8s discover the pods.
+#[tokio::test]
+async fn platform_monitoring_is_an_opt_in_component() {
+    // Kustomize takes relative paths only: an overlay beside the others.
+    let dir = tempfile::Builder::new()
+        .prefix("platform-monitoring-")
+        .tempdir_in(root().join("manifests/overlays"))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../openshift]\ncomponents: [../../components/platform-monitoring]\n",
+    )
+    .unwrap();
+    let objects = kustomize_dir(dir.path().to_str().unwrap()).await;
+    let ns = find(&objects, "Namespace", NAMESPACE);
+    assert_eq!(
+        ns["metadata"]["labels"]["openshift.io/cluster-monitoring"],
+        "true"
+    );
+    let binding = find(&objects, "RoleBinding", "prometheus-k8s");
+    assert_eq!(binding["subjects"][0]["namespace"], "openshift-monitoring");
+    let role = allowed(
+        &find(&objects, "Role", "prometheus-k8s")["rules"],
+        NAMESPACE,
+    );
+    for resource in ["services", "endpoints", "pods"] {
+        assert!(role.contains(&(NAMESPACE.into(), "".into(), resource.into(), "list".into())));
+    }
+}
+
+/// Every `cip_webhook_*` series an alert reads is one the binary exports, with the
+/// labels the alert selects on.
+#[test]
+fn alerts_read_metrics_the_binary_exports() {
+    let objects = futures_executor(kustomize("openshift"));
+    let rule = find(&objects, "PrometheusRule", "cip-webhook");
+    let metrics = cip_webhook::metrics::Metrics::default();
+    metrics.reconciled("ok", 0.1);
+    metrics.reconciled("error", 0.1);
+    metrics.reconcile_error("api");
+    metrics.machine_config_written("worker", "update");
+    metrics.set_policies(&[]);
+    metrics.set_ready(true);
+    metrics.set_cert_expiry(1);
+    let exported = metrics.encode();
+    let names = regex::Regex::new(r"cip_webhook_[a-z_]+(\{[^}]*\})?").unwrap();
+    let alerts: Vec<&Value> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    let wanted: BTreeSet<&str> = alerts
+        .iter()
+        .map(|a| a["alert"].as_str().unwrap())
+        .collect();
+    for name in [
+        "CipWebhookDown",
+        "CipWebhookNotReady",
+        "CipWebhookCertificateExpiring",
+        "CipWebhookReconcileFailing",
+        "CipWebhookPoliciesPending",
+        "CipWebhookMachineConfigChurn",
+    ] {
+        assert!(wanted.contains(name), "{name}");
+    }
+    for alert in alerts {
+        let expr = alert["expr"].as_str().unwrap();
+        for m in names.captures_iter(expr) {
+            let name = m.get(0).unwrap().as_str();
+            let bare = name.split('{').next().unwrap();
+            assert!(
+                exported
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{bare}{{"))
+                        || l.starts_with(&format!("{bare} "))),
+                "{}: {bare} is not exported:\n{exported}",
+                alert["alert"]
+            );
+            // Label matchers on our own labels name values the binary uses.
+            if let Some(selector) = m.get(1) {
+                for matcher in selector.as_str().trim_matches(['{', '}']).split(',') {
+                    let (label, value) = matcher.split_once('=').unwrap();
+                    let value = value.trim_matches('"');
+                    if label.trim() == "service" {
+                        continue;
+                    }
+                    assert!(
+                        exported.lines().any(|l| l.starts_with(bare)
+                            && l.contains(&format!("{}=\"{value}\"", label.trim()))),
+                        "{}: {bare} never has {label}={value}:\n{exported}",
+                        alert["alert"]
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 const SERVICEMONITOR_CRD: &str = "tests/fixtures/crds/servicemonitors.yaml";
+const PROMETHEUSRULE_CRD: &str = "tests/fixtures/crds/prometheusrules.yaml";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openshift_overlay_installs_and_serves_the_seed_flow() {
     let mut c = Cluster::start_bare(
         &[CIP_V1ALPHA1_CRD, IMAGES_CRD, CLUSTERVERSIONS_CRD, MCO_CRDS],
-        &[root().join(SERVICEMONITOR_CRD)],
+        &[
+            root().join(SERVICEMONITOR_CRD),
+            root().join(PROMETHEUSRULE_CRD),
+        ],
     )
     .await;
     c.seed_files(&["examples/clusterversion.yaml", "examples/pools.yaml"]);
@@ -415,20 +840,31 @@ async fn openshift_overlay_installs_and_serves_the_seed_flow() {
         assert!(run.ok, "{run:?}");
     }
 
-    // The pod as the Deployment runs it: its arguments, its environment.
-    let deployment = c
-        .sim
-        .get("apps", "deployments", NAMESPACE, "cip-webhook")
-        .unwrap();
-    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .filter(|a| a != "serve" && !a.starts_with("--listen=") && !a.starts_with("--tls-"))
-        .collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.start_webhook(&args).await;
+    // The pods as the Deployments run them: their arguments (addresses and files are
+    // the harness's).
+    let args_of = |name: &str| -> Vec<String> {
+        let deployment = c.sim.get("apps", "deployments", NAMESPACE, name).unwrap();
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .skip(1)
+            .filter(|a| {
+                !a.starts_with("--listen=")
+                    && !a.starts_with("--metrics-listen=")
+                    && !a.starts_with("--tls-")
+            })
+            .collect()
+    };
+    let admission = args_of("cip-webhook");
+    let reconciler = args_of("cip-webhook-reconciler");
+    let admission: Vec<&str> = admission.iter().map(String::as_str).collect();
+    c.start_webhook(&admission).await;
+    let reconciler: Vec<&str> = reconciler.iter().map(String::as_str).collect();
+    let reconciler = c
+        .spawn_reconciler(RECONCILER_ACCOUNT, "reconciler-0", &reconciler)
+        .await;
 
     let run = c.apply("examples/p0.yaml").await;
     assert!(run.ok, "{run:?}\n{}", c.webhook_log());
@@ -451,4 +887,51 @@ async fn openshift_overlay_installs_and_serves_the_seed_flow() {
             "cip-webhook-reconcile"
         )
         .is_some());
+    // Admission wrote nothing: every MachineConfig write came from the reconciler.
+    let writers: BTreeSet<String> = c
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "machineconfigs" && r.verb != "list" && r.verb != "watch")
+        .map(|r| r.user)
+        .collect();
+    assert_eq!(writers, BTreeSet::from([RECONCILER_ACCOUNT.to_string()]));
+    assert!(reconciler.log().lines().any(|l| l.starts_with('{')));
+}
+
+/// The image: base images pinned by digest, OCI labels, one Dockerfile for amd64 and
+/// arm64, and a build context without `target/` or `.git` (hadolint runs in
+/// scripts/test.sh).
+#[test]
+fn the_image_is_pinned_labelled_and_multi_arch() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2);
+    for from in froms {
+        let image = from
+            .split_whitespace()
+            .find(|w| w.contains('@'))
+            .unwrap_or(from);
+        let digest = image.split_once("@sha256:").map(|(_, d)| d).unwrap_or("");
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{from}"
+        );
+    }
+    assert!(
+        dockerfile.contains("--platform=$BUILDPLATFORM") && dockerfile.contains("ARG TARGETARCH")
+    );
+    for label in ["title", "version", "revision", "source", "licenses"] {
+        assert!(
+            dockerfile.contains(&format!("org.opencontainers.image.{label}=")),
+            "{label}"
+        );
+    }
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    for path in ["target/", ".git/"] {
+        assert!(ignore.lines().any(|l| l == path), "{path}");
+    }
 }

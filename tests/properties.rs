@@ -162,7 +162,7 @@ fn mco_untouched(inputs: &Inputs, plan: &Plan) -> Result<(), TestCaseError> {
 /// The desired MachineConfigs as bytes.
 fn machine_configs(plan: &Plan) -> String {
     plan.desired_machine_configs()
-        .map(|mc| serde_yaml::to_string(mc).unwrap())
+        .map(|mc| serde_saphyr::to_string(mc).unwrap())
         .collect()
 }
 
@@ -249,7 +249,7 @@ proptest! {
         mco_untouched(&without, &plan)?;
         let reverted = apply(&without, &plan);
         let yaml = |i: &Inputs| {
-            let mut mcs: Vec<String> = i.machine_configs.iter().map(|m| serde_yaml::to_string(m).unwrap()).collect();
+            let mut mcs: Vec<String> = i.machine_configs.iter().map(|m| serde_saphyr::to_string(m).unwrap()).collect();
             mcs.sort();
             mcs.concat()
         };
@@ -314,7 +314,7 @@ fn without_registry_lists_revert_removes_our_entry() {
         .find(|m| m.metadata.name == "99-worker-generated-registries")
         .unwrap();
     assert_eq!(
-        serde_yaml::to_string(reverted).unwrap(),
-        serde_yaml::to_string(before).unwrap()
+        serde_saphyr::to_string(reverted).unwrap(),
+        serde_saphyr::to_string(before).unwrap()
     );
 }

@@ -8,7 +8,6 @@ mod cluster;
 use std::time::{Duration, Instant};
 
 use apisim::{FaultAction, Logged, Simulator};
-use base64::Engine;
 use cluster::*;
 use serde_json::{json, Value};
 
@@ -50,20 +49,6 @@ fn normalized(mut v: Value) -> Value {
     v
 }
 
-fn file(mc: &Value, path: &str) -> Option<String> {
-    let files = mc["spec"]["config"]["storage"]["files"].as_array()?;
-    let source = files.iter().find(|f| f["path"] == path)?["contents"]["source"].as_str()?;
-    let data = source.split_once("base64,")?.1;
-    Some(
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .unwrap(),
-        )
-        .unwrap(),
-    )
-}
-
 fn policy_json(sim: &Simulator, pool: &str) -> String {
     file(
         &machine_config(sim, &format!("99-{pool}-generated-registries")).unwrap(),
@@ -88,7 +73,7 @@ fn assert_golden(dir: &str, sim: &Simulator) {
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             match &actual {
-                Some(v) => std::fs::write(&path, serde_yaml::to_string(v).unwrap()).unwrap(),
+                Some(v) => std::fs::write(&path, serde_saphyr::to_string(v).unwrap()).unwrap(),
                 None => {
                     let _ = std::fs::remove_file(&path);
                 }
@@ -98,7 +83,7 @@ fn assert_golden(dir: &str, sim: &Simulator) {
         // Compared as data: key order in the stored object is the writer's, not ours.
         let expected: Option<Value> = std::fs::read_to_string(&path)
             .ok()
-            .map(|t| serde_yaml::from_str(&t).unwrap());
+            .map(|t| serde_saphyr::from_str(&t).unwrap());
         assert_eq!(
             actual,
             expected,
@@ -254,7 +239,7 @@ async fn policies_become_machine_configs_and_revert() {
                 root().join(format!("tests/golden/reconcile/created/{n}.yaml")),
             )
             .ok()
-            .map(|t| serde_yaml::from_str(&t).unwrap());
+            .map(|t| serde_saphyr::from_str(&t).unwrap());
             machine_config(s, n).map(normalized) == golden
         })
     })
@@ -331,7 +316,8 @@ fn holder(sim: &Simulator) -> Option<String> {
 async fn one_leader_writes_and_a_successor_takes_over() {
     let c = Cluster::start(&[CIP_V1_CRD, IMAGES_CRD, CLUSTERVERSIONS_CRD, MCO_CRDS]).await;
     c.seed_files(STATE);
-    let args = ["--lease-duration", "2"];
+    // No shutdown delay: the test is about the Lease, not the endpoints.
+    let args = ["--lease-duration", "2", "--shutdown-delay", "0"];
     let a = c
         .spawn_replica("system:serviceaccount:cip-webhook:replica-a", "a", &args)
         .await;
@@ -544,8 +530,16 @@ async fn image_policies_become_namespace_policy_files() {
         machine_config(s, "99-worker-generated-registries")
             .and_then(|mc| file(&mc, "/etc/crio/policies/team-a.json"))
     };
-    c.until("the namespace's file", |s| team_file(s).is_some())
-        .await;
+    let sigstore_yaml = |s: &Simulator| {
+        machine_config(s, "99-worker-generated-imagepolicies")
+            .and_then(|mc| file(&mc, "/etc/containers/registries.d/sigstore-registries.yaml"))
+    };
+    // Both MachineConfigs of the pass: the namespace's file and its attachments.
+    c.until("the namespace's file", |s| {
+        team_file(s).is_some()
+            && sigstore_yaml(s).is_some_and(|y| y.contains("registry.example.com/team-a:"))
+    })
+    .await;
     let text = team_file(&c.sim).unwrap();
     let team: Value = serde_json::from_str(&text).unwrap();
     let docker = team["transports"]["docker"].as_object().unwrap();
@@ -556,12 +550,7 @@ async fn image_policies_become_namespace_policy_files() {
     assert!(!docker.contains_key("quay.io/example-org/tools"));
     assert!(!policy_json(&c.sim, "worker").contains("registry.example.com/team-a"));
     // Its sigstore attachments are on for the whole cluster (registries.d has no namespaces).
-    let yaml = file(
-        &machine_config(&c.sim, "99-worker-generated-imagepolicies").unwrap(),
-        "/etc/containers/registries.d/sigstore-registries.yaml",
-    )
-    .unwrap();
-    assert!(yaml.contains("registry.example.com/team-a:"), "{yaml}");
+    assert!(sigstore_yaml(&c.sim).is_some());
     // A mirror set, watched: the mirror gets sigstore attachments too.
     c.sim
         .seed(json!({
@@ -574,9 +563,7 @@ async fn image_policies_become_namespace_policy_files() {
         }))
         .unwrap();
     c.until("the mirror's sigstore attachments", |s| {
-        machine_config(s, "99-worker-generated-imagepolicies")
-            .and_then(|mc| file(&mc, "/etc/containers/registries.d/sigstore-registries.yaml"))
-            .is_some_and(|y| y.contains("mirror.internal/team-a:"))
+        sigstore_yaml(s).is_some_and(|y| y.contains("mirror.internal/team-a:"))
     })
     .await;
     c.until("the MCO's status", |s| {

@@ -16,6 +16,8 @@ use tokio::process::{Child, Command};
 pub const NAMESPACE: &str = "cip-webhook";
 pub const SERVICE: &str = "cip-webhook";
 pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:cip-webhook:cip-webhook";
+/// The reconciler Deployment's service account (components/reconciler).
+pub const RECONCILER_ACCOUNT: &str = "system:serviceaccount:cip-webhook:cip-webhook-reconciler";
 
 pub const CRDS: &str = "../shared/reference/crds";
 pub const IMAGES_CRD: &str =
@@ -71,7 +73,7 @@ pub fn image_policy(sim: &Simulator, namespace: &str, name: &str) -> Option<Valu
 /// examples/signed-apps.yaml under another name, with these scopes.
 pub fn signed_apps(name: &str, scopes: &[&str]) -> Value {
     let text = std::fs::read_to_string(root().join("examples/signed-apps.yaml")).unwrap();
-    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    let mut v: Value = serde_saphyr::from_str(&text).unwrap();
     v["metadata"]["name"] = json!(name);
     v["spec"]["scopes"] = json!(scopes);
     v
@@ -82,12 +84,15 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     webhook: Option<Replica>,
     pub webhook_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// One running `cip-webhook serve` process.
 pub struct Replica {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The plain-HTTP port of /metrics, /healthz and /readyz.
+    pub metrics_addr: SocketAddr,
     pub log: PathBuf,
     pub identity: String,
 }
@@ -145,8 +150,7 @@ impl Cluster {
         let ca = std::fs::read_to_string(cluster.path("certs").join("ca.crt")).unwrap();
         let bundle = base64::engine::general_purpose::STANDARD.encode(ca);
         let text = std::fs::read_to_string(root().join("manifests/base/webhooks.yaml")).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let mut v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        for mut v in cip_webhook::yaml::documents(&text).unwrap() {
             for hook in v["webhooks"].as_array_mut().unwrap() {
                 hook["clientConfig"]["caBundle"] = json!(bundle);
             }
@@ -188,6 +192,7 @@ impl Cluster {
             dir,
             webhook: None,
             webhook_addr: None,
+            metrics_addr: None,
         }
     }
 
@@ -250,6 +255,7 @@ impl Cluster {
             .spawn_replica(SERVICE_ACCOUNT, "replica-0", extra)
             .await;
         self.webhook_addr = Some(replica.addr);
+        self.metrics_addr = Some(replica.metrics_addr);
         self.sim
             .route_service(NAMESPACE, SERVICE, 443, replica.addr);
         self.webhook = Some(replica);
@@ -263,11 +269,13 @@ impl Cluster {
             .kubeconfig_for(user, &["system:serviceaccounts"])
             .unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = self.path(&format!("{identity}.log"));
         let certs = self.path("certs");
         let child = Command::new(bin())
             .arg("serve")
             .args(["--listen", &addr.to_string(), "--identity", identity])
+            .args(["--metrics-listen", &metrics_addr.to_string()])
             .arg("--tls-cert")
             .arg(certs.join("tls.crt"))
             .arg("--tls-key")
@@ -284,6 +292,7 @@ impl Cluster {
         let replica = Replica {
             child,
             addr,
+            metrics_addr,
             log,
             identity: identity.to_string(),
         };
@@ -301,6 +310,47 @@ impl Cluster {
         }
     }
 
+    /// Starts `cip-webhook reconcile` (no admission port) as `user`, and waits until its
+    /// metrics port's /readyz answers 200.
+    pub async fn spawn_reconciler(&self, user: &str, identity: &str, extra: &[&str]) -> Replica {
+        let kubeconfig = self
+            .sim
+            .kubeconfig_for(user, &["system:serviceaccounts"])
+            .unwrap();
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = self.path(&format!("{identity}.log"));
+        let child = Command::new(bin())
+            .arg("reconcile")
+            .args(["--identity", identity])
+            .args(["--metrics-listen", &metrics_addr.to_string()])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let replica = Replica {
+            child,
+            addr: metrics_addr,
+            metrics_addr,
+            log,
+            identity: identity.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !plain_get(metrics_addr, "/readyz").await.starts_with("ok") {
+            assert!(
+                Instant::now() < deadline,
+                "reconciler never ready: {}",
+                replica.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        replica
+    }
+
     /// The HTTP status of /readyz, through curl trusting only the webhook's CA.
     pub async fn readyz(&self) -> Option<String> {
         Some(self.readyz_at(self.webhook_addr?).await)
@@ -313,8 +363,7 @@ impl Cluster {
 
     /// The main replica's /metrics.
     pub async fn metrics(&self) -> String {
-        self.get_at(self.webhook_addr.expect("a webhook runs"), "/metrics")
-            .await
+        plain_get(self.metrics_addr.expect("a webhook runs"), "/metrics").await
     }
 
     /// A GET through curl trusting only the webhook's CA.
@@ -380,8 +429,7 @@ impl Cluster {
     pub fn seed_files(&self, files: &[&str]) {
         for file in files {
             let text = std::fs::read_to_string(root().join(file)).unwrap();
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            for v in cip_webhook::yaml::documents(&text).unwrap() {
                 if !v.is_null() {
                     self.sim.seed(v).unwrap();
                 }
@@ -419,4 +467,29 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// A GET over plain HTTP (the metrics port), through curl.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://{addr}{path}")])
+        .output()
+        .await
+        .expect("curl is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A file of a MachineConfig, decoded from its data URL.
+pub fn file(mc: &Value, path: &str) -> Option<String> {
+    let files = mc["spec"]["config"]["storage"]["files"].as_array()?;
+    let source = files.iter().find(|f| f["path"] == path)?["contents"]["source"].as_str()?;
+    let data = source.split_once("base64,")?.1;
+    Some(
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap(),
+        )
+        .unwrap(),
+    )
 }

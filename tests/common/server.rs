@@ -276,3 +276,22 @@ pub async fn mutate(server: &impl Peer, operation: &str, object: Value) -> Value
     assert_eq!(status, StatusCode::OK);
     serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone()
 }
+
+/// /metrics from the metrics port's router, without a socket.
+pub async fn metrics(s: &Server) -> String {
+    use tower::ServiceExt;
+    let response = server::ops_router(Arc::clone(&s.app))
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}

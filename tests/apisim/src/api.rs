@@ -671,7 +671,7 @@ fn field_manager(params: &HashMap<String, String>, verb: &str) -> String {
 fn decode(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     if content_type == "application/apply-patch+yaml" {
         let text = std::str::from_utf8(body).map_err(|e| bad_request(e.to_string()))?;
-        return serde_yaml::from_str(text)
+        return serde_saphyr::from_str(text)
             .map_err(|e| bad_request(format!("error decoding YAML: {e}")));
     }
     serde_json::from_slice(body)

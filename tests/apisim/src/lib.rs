@@ -237,9 +237,9 @@ fn yaml_documents(path: &Path) -> anyhow::Result<Vec<Value>> {
     for file in files {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: Value = serde::Deserialize::deserialize(doc)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let parsed: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        for v in parsed {
             if !v.is_null() {
                 docs.push(v);
             }
