@@ -261,25 +261,25 @@ impl Cluster {
         self.webhook = Some(replica);
     }
 
-    /// Starts one more `cip-webhook serve` as `user` with this Lease identity, and waits
-    /// until it is ready.
-    pub async fn spawn_replica(&self, user: &str, identity: &str, extra: &[&str]) -> Replica {
+    /// `cip-webhook COMMAND...` against the simulator as `user`, with this Lease identity,
+    /// a metrics port of its own and its log in the test directory.
+    fn launch(
+        &self,
+        user: &str,
+        identity: &str,
+        command: &[std::ffi::OsString],
+        extra: &[&str],
+    ) -> Replica {
         let kubeconfig = self
             .sim
             .kubeconfig_for(user, &["system:serviceaccounts"])
             .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = self.path(&format!("{identity}.log"));
-        let certs = self.path("certs");
         let child = Command::new(bin())
-            .arg("serve")
-            .args(["--listen", &addr.to_string(), "--identity", identity])
+            .args(command)
+            .args(["--identity", identity])
             .args(["--metrics-listen", &metrics_addr.to_string()])
-            .arg("--tls-cert")
-            .arg(certs.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(certs.join("tls.key"))
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(extra)
@@ -289,13 +289,31 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let replica = Replica {
+        Replica {
             child,
-            addr,
+            addr: metrics_addr,
             metrics_addr,
             log,
             identity: identity.to_string(),
-        };
+        }
+    }
+
+    /// Starts one more `cip-webhook serve` as `user` with this Lease identity, and waits
+    /// until it is ready.
+    pub async fn spawn_replica(&self, user: &str, identity: &str, extra: &[&str]) -> Replica {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let certs = self.path("certs");
+        let command: Vec<std::ffi::OsString> = vec![
+            "serve".into(),
+            "--listen".into(),
+            addr.to_string().into(),
+            "--tls-cert".into(),
+            certs.join("tls.crt").into(),
+            "--tls-key".into(),
+            certs.join("tls.key").into(),
+        ];
+        let mut replica = self.launch(user, identity, &command, extra);
+        replica.addr = addr;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.readyz_at(addr).await == "200" {
@@ -313,32 +331,8 @@ impl Cluster {
     /// Starts `cip-webhook reconcile` (no admission port) as `user`, and waits until its
     /// metrics port's /readyz answers 200.
     pub async fn spawn_reconciler(&self, user: &str, identity: &str, extra: &[&str]) -> Replica {
-        let kubeconfig = self
-            .sim
-            .kubeconfig_for(user, &["system:serviceaccounts"])
-            .unwrap();
-        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = self.path(&format!("{identity}.log"));
-        let child = Command::new(bin())
-            .arg("reconcile")
-            .args(["--identity", identity])
-            .args(["--metrics-listen", &metrics_addr.to_string()])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let replica = Replica {
-            child,
-            addr: metrics_addr,
-            metrics_addr,
-            log,
-            identity: identity.to_string(),
-        };
+        let replica = self.launch(user, identity, &["reconcile".into()], extra);
+        let metrics_addr = replica.metrics_addr;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !plain_get(metrics_addr, "/readyz").await.starts_with("ok") {
             assert!(
