@@ -1,32 +1,31 @@
-//! cip-webhook: a pure core (ClusterImagePolicy parsing, validation and rendering:
-//! `cluster`, `documents`, `explain`, `model`, `policy`, `render`, `validate` and the
-//! helpers they use; no I/O) shared by the CLI and the admission server, and the thin
-//! edges around it (`admission` answers reviews from a snapshot; `files`, `server`,
-//! `tls` and `metrics` do the I/O).
+//! cip-webhook, in three layers; the directory of a file names its layer.
+//!
+//! - [`core`] (`src/core/`): pure functions over plain data, no I/O, no async: the
+//!   ClusterImagePolicy and ImagePolicy model, validation (the CRDs' rules and the cluster's
+//!   constraints), rendering into MachineConfigs (policy.json, sigstore-registries.yaml,
+//!   namespace policy files), `explain`, reading manifests from text. The CLI, the webhook
+//!   and the reconciler share it.
+//! - [`webhook`] (`src/webhook/`): admission reviews answered from a snapshot
+//!   (`admission`), the HTTPS server with its limits (`server`) and certificate reload (`tls`).
+//! - [`k8s`] (`src/k8s/`): the cluster side: the watch store that decodes each object once
+//!   (`store`), the one render per settled change (`desired`), the Lease (`lease`) and the
+//!   lease-gated writer of the plan's differences (`reconcile`).
+//! - Edges shared by all: [`runtime`] wires `serve` and `reconcile` together, [`files`]
+//!   reads manifest directories, [`metrics`] is the Prometheus registry.
+//!
+//! The modules are also re-exported at the crate root (`cip_webhook::render`, ...), the
+//! paths the binary and the tests use.
 
-pub mod admission;
-pub mod cluster;
-pub mod desired;
-pub mod documents;
-pub mod explain;
+pub mod core;
 pub mod files;
-pub mod gojson;
-pub mod ignition;
-pub mod keys;
-pub mod kube_state;
-pub mod lease;
-pub mod mco;
+pub mod k8s;
 pub mod metrics;
-pub mod model;
-pub mod policy;
-pub mod policy_json;
-pub mod reconcile;
-pub mod registries_conf;
-pub mod registries_d;
-pub mod render;
-pub mod rules;
-pub mod scope;
-pub mod server;
-pub mod tls;
-pub mod validate;
-pub mod yaml;
+pub mod runtime;
+pub mod webhook;
+
+pub use crate::core::{
+    cluster, documents, explain, gojson, ignition, keys, mco, model, policy, policy_json,
+    registries_conf, registries_d, render, rules, scope, validate, yaml,
+};
+pub use crate::k8s::{desired, lease, reconcile, store};
+pub use crate::webhook::{admission, server, tls};

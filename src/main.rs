@@ -330,14 +330,12 @@ fn main() -> ExitCode {
             &common.options(),
             common.json(),
         ),
-        Command::Serve { serve, common } => {
-            commands::serve(&serve.serve_options(), &common.options())
-        }
+        Command::Serve { serve, common } => serve_until_stopped(&serve.serve_options(), &common),
         Command::Reconcile { run, common } => match run.mode {
             Mode::AdmissionOnly => Err(anyhow::anyhow!(
                 "reconcile --mode admission-only would do nothing; admission is `serve`"
             )),
-            _ => commands::serve(&run.options(None, None), &common.options()),
+            _ => serve_until_stopped(&run.options(None, None), &common),
         },
         Command::Certs { out, dns, days } => commands::certs(&out, &dns, days),
     };
@@ -351,8 +349,8 @@ fn main() -> ExitCode {
 }
 
 impl ServeArgs {
-    fn serve_options(&self) -> commands::ServeOptions {
-        let webhook = commands::WebhookOptions {
+    fn serve_options(&self) -> cip_webhook::runtime::ServeOptions {
+        let webhook = cip_webhook::runtime::WebhookOptions {
             listen: self.listen,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
@@ -378,18 +376,18 @@ impl ServeArgs {
 impl RunArgs {
     fn options(
         &self,
-        webhook: Option<commands::WebhookOptions>,
+        webhook: Option<cip_webhook::runtime::WebhookOptions>,
         state_dir: Option<PathBuf>,
-    ) -> commands::ServeOptions {
-        commands::ServeOptions {
+    ) -> cip_webhook::runtime::ServeOptions {
+        cip_webhook::runtime::ServeOptions {
             webhook,
             metrics_listen: match self.metrics_listen {
                 Listen::At(addr) => Some(addr),
                 Listen::Off => None,
             },
             state: match state_dir {
-                Some(dir) => commands::StateSource::Dir(dir),
-                None => commands::StateSource::Cluster(self.kubeconfig.clone()),
+                Some(dir) => cip_webhook::runtime::StateSource::Dir(dir),
+                None => cip_webhook::runtime::StateSource::Cluster(self.kubeconfig.clone()),
             },
             log_json: self.log_format == LogFormat::Json,
             settle: cip_webhook::desired::Settle {
@@ -397,18 +395,28 @@ impl RunArgs {
                 max: std::time::Duration::from_millis(self.settle_max),
                 ..Default::default()
             },
-            reconcile: (self.mode != Mode::AdmissionOnly).then(|| commands::ReconcileOptions {
-                auto: self.mode == Mode::Auto,
-                lease: cip_webhook::lease::LeaseConfig {
-                    namespace: self.namespace.clone(),
-                    name: self.lease_name.clone(),
-                    identity: self.identity.clone().unwrap_or_else(default_identity),
-                    duration: std::time::Duration::from_secs(self.lease_duration),
-                },
-                resync: std::time::Duration::from_secs(self.resync),
+            reconcile: (self.mode != Mode::AdmissionOnly).then(|| {
+                cip_webhook::runtime::ReconcileOptions {
+                    auto: self.mode == Mode::Auto,
+                    lease: cip_webhook::lease::LeaseConfig {
+                        namespace: self.namespace.clone(),
+                        name: self.lease_name.clone(),
+                        identity: self.identity.clone().unwrap_or_else(default_identity),
+                        duration: std::time::Duration::from_secs(self.lease_duration),
+                    },
+                    resync: std::time::Duration::from_secs(self.resync),
+                }
             }),
         }
     }
+}
+
+fn serve_until_stopped(
+    options: &cip_webhook::runtime::ServeOptions,
+    common: &Common,
+) -> anyhow::Result<ExitCode> {
+    cip_webhook::runtime::serve(options, &common.options())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn default_identity() -> String {

@@ -190,7 +190,7 @@ impl Metrics {
                     &["CREATE", "UPDATE", "DELETE", "CONNECT"],
                 ),
                 verdict: decision.verdict.as_str(),
-                reason: decision.reason,
+                reason: decision.reason.as_str(),
             })
             .inc();
         self.latency.observe(seconds);
@@ -292,7 +292,7 @@ mod tests {
                 user: "me".into(),
                 dry_run: false,
                 verdict: Verdict::Denied,
-                reason: "UnhandledKind",
+                reason: crate::admission::DecisionReason::UnhandledKind,
                 message: None,
             };
             metrics.observe(&decision, 0.001);

@@ -144,3 +144,61 @@ async fn sigterm_keeps_serving_through_the_shutdown_delay_on_both_families() {
         std::fs::read_to_string(&log).unwrap()
     );
 }
+
+/// The serve wiring is a library function: started in process with a state directory,
+/// it serves both ports, and a stop drops readiness, serves through the delay, returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_starts_in_process_and_stops_on_request() {
+    use cip_webhook::runtime::{self, ServeOptions, StateSource, WebhookOptions};
+    let certs = common::root().join("certs");
+    let (port, metrics) = (free_port(), free_port());
+    let options = ServeOptions {
+        webhook: Some(WebhookOptions {
+            listen: ([127, 0, 0, 1], port).into(),
+            tls_cert: certs.join("tls.crt"),
+            tls_key: certs.join("tls.key"),
+            admission: Default::default(),
+            limits: Default::default(),
+            shutdown_delay: Duration::from_secs(1),
+        }),
+        metrics_listen: Some(([127, 0, 0, 1], metrics).into()),
+        state: StateSource::Dir(common::root().join("examples")),
+        log_json: false,
+        reconcile: None,
+        settle: Default::default(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        runtime::run(&options, &Default::default(), async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !curl(None, "127.0.0.1", metrics, "/readyz", None)
+        .await
+        .ends_with("200")
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca = certs.join("ca.crt");
+    assert_eq!(
+        curl(Some(&ca), "127.0.0.1", port, "/healthz", None).await,
+        "ok\n\n200"
+    );
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(curl(None, "127.0.0.1", metrics, "/readyz", None)
+        .await
+        .ends_with("503"));
+    assert_eq!(
+        curl(Some(&ca), "127.0.0.1", port, "/healthz", None).await,
+        "ok\n\n200"
+    );
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("returns after the delay")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}

@@ -276,7 +276,7 @@ async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
                 user = %loggable(&decision.user),
                 dry_run = decision.dry_run,
                 verdict = decision.verdict.as_str(),
-                reason = decision.reason,
+                reason = decision.reason.as_str(),
                 detail = %loggable(decision.message.as_deref().unwrap_or("")),
                 "admission decision"
             );

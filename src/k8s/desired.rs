@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::admission::Snapshot;
-use crate::kube_state::{ClusterState, Source};
 use crate::render::{self, Inputs, Plan, RenderError, RenderOptions};
+use crate::store::{ClusterState, Source};
 
 /// Everything derived from one snapshot of the cluster.
 #[derive(Debug)]

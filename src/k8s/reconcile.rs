@@ -22,12 +22,12 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::desired::{Desired, Published};
-use crate::kube_state::{self, ClusterState};
 use crate::lease::Leadership;
 use crate::mco::{self, Duty};
 use crate::metrics::Metrics;
 use crate::model::{ClusterImagePolicy, MachineConfig, PolicyKind};
 use crate::render::{self, Action, Condition, Inputs, PolicyOutcome};
+use crate::store::{self, ClusterState};
 
 pub const FIELD_MANAGER: &str = "cip-webhook";
 const MAX_MESSAGE: usize = 32768;
@@ -236,7 +236,7 @@ impl Reconciler {
     ) -> Reconciler {
         let events = ApiResource::erase::<k8s_openapi::api::events::v1::Event>(&());
         Reconciler {
-            machine_configs: Api::all_with(client.clone(), &kube_state::machine_config_resource()),
+            machine_configs: Api::all_with(client.clone(), &store::machine_config_resource()),
             events: Api::namespaced_with(client.clone(), &namespace, &events),
             client,
             state,
@@ -255,7 +255,7 @@ impl Reconciler {
     /// Policies of this kind in the version this one was read in (v1 or v1alpha1).
     fn policies(&self, policy: &ClusterImagePolicy, kind: PolicyKind) -> Api<DynamicObject> {
         let version = policy.api_version.rsplit('/').next().unwrap_or("v1");
-        let resource = kube_state::policy_resource(kind, version);
+        let resource = store::policy_resource(kind, version);
         match kind {
             PolicyKind::Cluster => Api::all_with(self.client.clone(), &resource),
             PolicyKind::Namespaced => {

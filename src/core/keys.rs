@@ -59,8 +59,8 @@ pub fn check_certificates(pem_text: &[u8]) -> Result<usize, String> {
 pub(crate) mod tests {
     use super::*;
 
-    pub const EC_PUBLIC_KEY: &str = include_str!("../tests/fixtures/keys/cosign.pub");
-    pub const CA_CERT: &str = include_str!("../tests/fixtures/keys/ca.crt");
+    pub const EC_PUBLIC_KEY: &str = include_str!("../../tests/fixtures/keys/cosign.pub");
+    pub const CA_CERT: &str = include_str!("../../tests/fixtures/keys/ca.crt");
 
     #[test]
     fn public_keys() {

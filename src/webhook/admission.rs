@@ -47,6 +47,24 @@ impl Snapshot {
         Snapshot::from_plan(Arc::new(inputs.clone()), plan.as_ref(), options)
     }
 
+    /// This snapshot with newer objects: the facts (Image, ClusterVersion, mirror sets,
+    /// FeatureGate) and the policies judged against are the new ones; the size budget and
+    /// the policies in force stay those of the last render until the next.
+    pub fn with_inputs(&self, inputs: Arc<Inputs>) -> Snapshot {
+        let cv = inputs.cluster_version.as_ref();
+        let payload_facts = ClusterFacts::new(None, cv, &self.options.extra_payload_repos)
+            .expect("no Image, no list to reject");
+        Snapshot {
+            facts: inputs.facts(&self.options),
+            payload_facts,
+            mco_renders: crate::mco::sigstore_gate(inputs.feature_gate.as_ref(), cv).mco_renders(),
+            inputs,
+            in_force: self.in_force.clone(),
+            size: self.size.clone(),
+            options: self.options.clone(),
+        }
+    }
+
     /// From a finished plan (`None`: the inputs cannot be rendered, no size to check).
     pub fn from_plan(
         inputs: Arc<Inputs>,
@@ -234,7 +252,7 @@ pub struct Decision {
     pub dry_run: bool,
     pub verdict: Verdict,
     /// Why: the first problem's reason when denied, `Warned`/`Patched`/`None` otherwise.
-    pub reason: &'static str,
+    pub reason: DecisionReason,
     pub message: Option<String>,
 }
 
@@ -315,15 +333,42 @@ pub struct Answer {
     pub patch: Option<Value>,
     /// Why, for the metrics and the log: the first error's reason when denied,
     /// `Warned`/`Patched`/`None` otherwise.
-    pub reason: &'static str,
+    pub reason: DecisionReason,
+}
+
+/// The `reason` label of a decision: a fixed set, so metric series stay bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionReason {
+    /// Denied (or, for an exempt user, warned) for this problem.
+    Problem(validate::Reason),
+    Warned,
+    Patched,
+    None,
+    /// A kind the webhook configuration should not have sent.
+    UnhandledKind,
+    /// Not an AdmissionReview we can judge.
+    BadRequest,
+}
+
+impl DecisionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionReason::Problem(r) => r.as_str(),
+            DecisionReason::Warned => "Warned",
+            DecisionReason::Patched => "Patched",
+            DecisionReason::None => "None",
+            DecisionReason::UnhandledKind => "UnhandledKind",
+            DecisionReason::BadRequest => "BadRequest",
+        }
+    }
 }
 
 impl Answer {
     fn judged(report: Report) -> Answer {
         let reason = match report.reason() {
-            Some(r) => r.as_str(),
-            None if report.warnings.is_empty() => "None",
-            None => "Warned",
+            Some(r) => DecisionReason::Problem(r),
+            None if report.warnings.is_empty() => DecisionReason::None,
+            None => DecisionReason::Warned,
         };
         Answer {
             report,
@@ -334,7 +379,7 @@ impl Answer {
         }
     }
 
-    fn bad_request(message: String, reason: &'static str) -> Answer {
+    fn bad_request(message: String, reason: DecisionReason) -> Answer {
         let mut report = Report::default();
         report.errors.push(Problem {
             path: String::new(),
@@ -403,7 +448,7 @@ pub fn decide(
             "cip-webhook does not handle {}/{} {}; check the webhook configuration's rules",
             kind.group, kind.version, kind.kind
         );
-        return Answer::bad_request(message, "UnhandledKind");
+        return Answer::bad_request(message, DecisionReason::UnhandledKind);
     }
     let exempt = config.exempt_users.contains(&request.user_info.username);
     let operation = request.operation.as_str();
@@ -424,7 +469,7 @@ pub fn decide(
     }
     let Some(object) = request.object.as_ref() else {
         let message = format!("{} {} request has no object", request.operation, kind.kind);
-        return Answer::bad_request(message, "BadRequest");
+        return Answer::bad_request(message, DecisionReason::BadRequest);
     };
     let old = request
         .old_object
@@ -440,7 +485,7 @@ pub fn decide(
                 .and_then(|object| default_signed_identity(&object));
             let mut answer = Answer::allowed();
             if patch.is_some() {
-                answer.reason = "Patched";
+                answer.reason = DecisionReason::Patched;
             }
             answer.patch = patch;
             answer
@@ -498,7 +543,12 @@ fn image_update(
     };
     let image = match decode(object.get()) {
         Ok(i) => i,
-        Err(e) => return Answer::bad_request(format!("Image does not decode: {e}"), "BadRequest"),
+        Err(e) => {
+            return Answer::bad_request(
+                format!("Image does not decode: {e}"),
+                DecisionReason::BadRequest,
+            )
+        }
     };
     let before = old.and_then(|o| decode(o.get()).ok());
     let lists = |i: &Image| {

@@ -277,7 +277,7 @@ impl SizeCheck {
     /// requirements go into policy.json and every namespace's file; an ImagePolicy's into
     /// its namespace's file, which is a copy of policy.json when it is new.
     pub fn growth(&self, policy: &ClusterImagePolicy) -> usize {
-        let own = crate::render::estimated_growth(policy);
+        let own = crate::policy_json::estimated_growth(policy);
         match policy.policy_kind() {
             PolicyKind::Cluster => own * (1 + self.namespaces.len()),
             PolicyKind::Namespaced if self.namespaces.contains(policy.namespace()) => own,

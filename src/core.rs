@@ -1,0 +1,21 @@
+//! The pure core: parsing, validation and rendering as plain functions over plain data.
+//! Nothing here does I/O, spawns a task or reads a clock; every function gives the same
+//! output for the same input, whatever the order of the objects.
+
+pub mod cluster;
+pub mod documents;
+pub mod explain;
+pub mod gojson;
+pub mod ignition;
+pub mod keys;
+pub mod mco;
+pub mod model;
+pub mod policy;
+pub mod policy_json;
+pub mod registries_conf;
+pub mod registries_d;
+pub mod render;
+pub mod rules;
+pub mod scope;
+pub mod validate;
+pub mod yaml;
