@@ -347,7 +347,8 @@ async fn a_name_with_a_newline_does_not_forge_a_log_line() {
     copy_examples(state.path());
     let p = Process::start(state.path(), &[]).await;
     p.until("/readyz", |b| b.starts_with("ok:")).await;
-    let mut object = policy("v1", &["example.org/a"]);
+    // A denial: what is logged at info.
+    let mut object = policy("v1", &["blocked.example.com/a"]);
     object["metadata"]["name"] = json!("x");
     let mut body: Value = serde_json::from_slice(&review(
         "ClusterImagePolicy",
@@ -359,7 +360,7 @@ async fn a_name_with_a_newline_does_not_forge_a_log_line() {
     body["request"]["name"] =
         json!("x\n2026-01-01T00:00:00Z  INFO forged: admission decision verdict=allowed");
     let r = validate(&p.server(), serde_json::to_vec(&body).unwrap()).await;
-    assert_eq!(r["allowed"], true);
+    assert_eq!(r["allowed"], false);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = p.log();
     assert!(log.contains("name=x\\n2026"), "{log}");

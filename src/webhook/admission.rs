@@ -256,6 +256,14 @@ pub struct Decision {
     pub message: Option<String>,
 }
 
+impl Decision {
+    /// Allowed with nothing to say (no warning): counted, not worth an info line.
+    pub fn is_routine(&self) -> bool {
+        self.verdict == Verdict::Allowed
+            && matches!(self.reason, DecisionReason::None | DecisionReason::Patched)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allowed,

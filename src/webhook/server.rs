@@ -268,18 +268,32 @@ async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
         Ok(Ok((body, decision))) => {
             app.metrics
                 .observe(&decision, start.elapsed().as_secs_f64());
-            tracing::info!(
-                uid = %loggable(&decision.uid),
-                kind = %loggable(&decision.kind),
-                name = %loggable(&decision.name),
-                operation = %loggable(&decision.operation),
-                user = %loggable(&decision.user),
-                dry_run = decision.dry_run,
-                verdict = decision.verdict.as_str(),
-                reason = decision.reason.as_str(),
-                detail = %loggable(decision.message.as_deref().unwrap_or("")),
-                "admission decision"
-            );
+            // What an operator acts on is logged at info: denials and warnings. A plain
+            // admission is counted (`cip_webhook_admission_requests_total`) and logged at
+            // debug: the line cost about 5.6 µs of the ~43 µs a decision takes, and a
+            // GitOps sync would bury the denials under it.
+            macro_rules! decision_line {
+                ($level:expr) => {
+                    tracing::event!(
+                        $level,
+                        uid = %loggable(&decision.uid),
+                        kind = %loggable(&decision.kind),
+                        name = %loggable(&decision.name),
+                        operation = %loggable(&decision.operation),
+                        user = %loggable(&decision.user),
+                        dry_run = decision.dry_run,
+                        verdict = decision.verdict.as_str(),
+                        reason = decision.reason.as_str(),
+                        detail = %loggable(decision.message.as_deref().unwrap_or("")),
+                        "admission decision"
+                    )
+                };
+            }
+            if decision.is_routine() {
+                decision_line!(tracing::Level::DEBUG);
+            } else {
+                decision_line!(tracing::Level::INFO);
+            }
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Ok(Err(bad)) => {
