@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine;
@@ -63,6 +63,21 @@ fn loopback_registry(work: &Path) -> (Registry, String, String) {
         .map(|d| d.trim().to_string())
         .expect("registry.sh prints the signed digest");
     (guard, registry, digest)
+}
+
+/// A registries.d directory holding this sigstore-registries.yaml.
+fn registries_d(work: &Path, name: &str, yaml: &str) -> PathBuf {
+    let dir = work.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("sigstore-registries.yaml"), yaml).unwrap();
+    dir
+}
+
+/// A fresh directory for skopeo to copy into.
+fn out_dir(work: &Path, name: &str) -> PathBuf {
+    let dir = work.join(format!("out-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn key_data() -> String {
@@ -163,19 +178,13 @@ fn skopeo_enforces_the_rendered_policy() {
     let worker = plan.pools.iter().find(|p| p.pool == "worker").unwrap();
     let policy = work.path().join("policy.json");
     std::fs::write(&policy, worker.policy_json.as_deref().unwrap()).unwrap();
-    let registries_d = work.path().join("registries.d");
-    std::fs::create_dir(&registries_d).unwrap();
-    std::fs::write(
-        registries_d.join("sigstore-registries.yaml"),
+    let registries_d = registries_d(
+        work.path(),
+        "registries.d",
         worker.sigstore_yaml.as_deref().unwrap(),
-    )
-    .unwrap();
+    );
 
-    let dest = |n: &str| {
-        let d = work.path().join(format!("out-{n}"));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    };
+    let dest = |n: &str| out_dir(work.path(), n);
     let (ok, err) = skopeo(
         &policy,
         &registries_d,
@@ -269,18 +278,12 @@ fn skopeo_enforces_a_namespace_policy_file() {
     std::fs::write(&team_policy, team_json.as_str()).unwrap();
     let cluster_policy = work.path().join("policy.json");
     std::fs::write(&cluster_policy, worker.policy_json.as_deref().unwrap()).unwrap();
-    let registries_d = work.path().join("registries.d");
-    std::fs::create_dir(&registries_d).unwrap();
-    std::fs::write(
-        registries_d.join("sigstore-registries.yaml"),
+    let registries_d = registries_d(
+        work.path(),
+        "registries.d",
         worker.sigstore_yaml.as_deref().unwrap(),
-    )
-    .unwrap();
-    let dest = |n: &str| {
-        let d = work.path().join(format!("out-{n}"));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    };
+    );
+    let dest = |n: &str| out_dir(work.path(), n);
     let image = |repo: &str| format!("{registry}/{repo}/app:v1");
 
     // The team's scope: a signature is required and its attachment found.
@@ -340,26 +343,18 @@ fn skopeo_finds_signatures_through_a_mirror() {
         format!("[[registry]]\nlocation = \"{source}\"\nmirror-by-digest-only = true\n\n[[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"),
     )
     .unwrap();
-    let expanded = work.path().join("expanded.d");
-    std::fs::create_dir(&expanded).unwrap();
-    std::fs::write(
-        expanded.join("sigstore-registries.yaml"),
+    let expanded = registries_d(
+        work.path(),
+        "expanded.d",
         worker.sigstore_yaml.as_deref().unwrap(),
-    )
-    .unwrap();
-    let scope_only = work.path().join("scope-only.d");
-    std::fs::create_dir(&scope_only).unwrap();
-    std::fs::write(
-        scope_only.join("sigstore-registries.yaml"),
-        cip_webhook::registries_d::sigstore_registries_yaml([source]),
-    )
-    .unwrap();
+    );
+    let scope_only = registries_d(
+        work.path(),
+        "scope-only.d",
+        &cip_webhook::registries_d::sigstore_registries_yaml([source]),
+    );
     let image = format!("{source}/app@{digest}");
-    let dest = |n: &str| {
-        let d = work.path().join(format!("out-{n}"));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    };
+    let dest = |n: &str| out_dir(work.path(), n);
     let (ok, err) = skopeo_with(&policy, &expanded, Some(&conf), &image, &dest("expanded"));
     assert!(
         !ok && err.contains("Debian-local change: sigstore disabled"),

@@ -7,9 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
 use kube::Client;
-use serde_json::{json, Value};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -64,10 +66,10 @@ pub(crate) fn now_micro() -> String {
 }
 
 struct Elector {
-    api: Api<DynamicObject>,
+    api: Api<Lease>,
     config: LeaseConfig,
     /// The last record seen from another holder and when it was first seen.
-    observed: Option<(Value, Instant)>,
+    observed: Option<(LeaseSpec, Instant)>,
 }
 
 enum Outcome {
@@ -76,39 +78,40 @@ enum Outcome {
     Follower(String, Option<Duration>),
 }
 
-fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
-}
-
 /// Time left before a lease renewed at `renew` for `duration` expires, by our clock.
-fn remaining(renew: Option<&str>, duration: Duration) -> Option<Duration> {
-    let renewed = parse_time(renew?)?;
-    let expires = renewed + duration;
-    let left = expires - time::OffsetDateTime::now_utc();
+fn remaining(renew: Option<&MicroTime>, duration: Duration) -> Option<Duration> {
+    let duration = SignedDuration::try_from(duration).ok()?;
+    let expires = renew?.0.checked_add(duration).ok()?;
+    let left = expires.duration_since(Timestamp::now());
     Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
 }
 
 impl Elector {
-    fn record(&self, holder: &str, acquire: Option<&str>, transitions: i64) -> Value {
-        let now = now_micro();
-        json!({
-            "holderIdentity": holder,
-            "leaseDurationSeconds": self.config.duration.as_secs().max(1),
-            "acquireTime": acquire.map(str::to_string).unwrap_or_else(|| now.clone()),
-            "renewTime": now,
-            "leaseTransitions": transitions,
-        })
+    fn record(&self, holder: &str, acquire: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        let now = MicroTime(Timestamp::now());
+        LeaseSpec {
+            holder_identity: Some(holder.to_string()),
+            lease_duration_seconds: Some(
+                self.config.duration.as_secs().clamp(1, i32::MAX as u64) as i32
+            ),
+            acquire_time: Some(acquire.unwrap_or_else(|| now.clone())),
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
     }
 
     async fn try_acquire_or_renew(&mut self) -> Result<Outcome, kube::Error> {
         let me = self.config.identity.clone();
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
-            let lease: DynamicObject = serde_json::from_value(json!({
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.config.name, "namespace": self.config.namespace},
-                "spec": self.record(&me, None, 0),
-            }))
-            .expect("a Lease is a valid object");
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(self.record(&me, None, 0)),
+            };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Outcome::Leader),
                 Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -117,20 +120,18 @@ impl Elector {
                 Err(e) => Err(e),
             };
         };
-        let spec = lease.data["spec"].clone();
-        let holder = spec["holderIdentity"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let transitions = spec["leaseTransitions"].as_i64().unwrap_or(0);
-        let duration = Duration::from_secs(spec["leaseDurationSeconds"].as_u64().unwrap_or(15));
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let transitions = spec.lease_transitions.unwrap_or(0);
+        let seconds = spec.lease_duration_seconds.unwrap_or(15).max(0);
+        let duration = Duration::from_secs(seconds as u64);
         if holder == me {
-            lease.data["spec"] = self.record(&me, spec["acquireTime"].as_str(), transitions);
+            lease.spec = Some(self.record(&me, spec.acquire_time.clone(), transitions));
         } else {
             // By the record's renewTime; where that is missing, by how long we have seen
             // the same record.
             let left =
-                remaining(spec["renewTime"].as_str(), duration).or_else(|| match &self.observed {
+                remaining(spec.renew_time.as_ref(), duration).or_else(|| match &self.observed {
                     Some((seen, since)) if *seen == spec => {
                         Some(duration.saturating_sub(since.elapsed()))
                     }
@@ -142,7 +143,7 @@ impl Elector {
             if !holder.is_empty() && left.is_some_and(|l| !l.is_zero()) {
                 return Ok(Outcome::Follower(holder, left));
             }
-            lease.data["spec"] = self.record(&me, None, transitions + 1);
+            lease.spec = Some(self.record(&me, None, transitions + 1));
         }
         match self
             .api
@@ -163,12 +164,15 @@ impl Elector {
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             return Ok(());
         };
-        if lease.data["spec"]["holderIdentity"].as_str() != Some(self.config.identity.as_str()) {
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
             return Ok(());
         }
-        lease.data["spec"]["holderIdentity"] = Value::Null;
-        lease.data["spec"]["leaseDurationSeconds"] = json!(1);
-        lease.data["spec"]["renewTime"] = json!(now_micro());
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
         self.api
             .replace(&self.config.name, &PostParams::default(), &lease)
             .await
@@ -184,8 +188,7 @@ pub fn spawn(
     on_change: impl Fn(bool) + Send + 'static,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
-    let resource = ApiResource::erase::<k8s_openapi::api::coordination::v1::Lease>(&());
-    let api = Api::namespaced_with(client, &config.namespace, &resource);
+    let api = Api::namespaced(client, &config.namespace);
     let mut elector = Elector {
         api,
         config,
