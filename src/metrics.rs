@@ -239,18 +239,19 @@ impl Metrics {
         }
     }
 
-    /// Every kind and state gets a series (0 where none), so a rule sees a drop to 0.
-    pub fn set_policies(&self, counts: &[(&'static str, &'static str, usize)]) {
+    /// One (kind, state) pair per policy. Every kind and state gets a series (0 where
+    /// none), so a rule sees a drop to 0.
+    pub fn set_policies<'a>(&self, policies: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut counts = std::collections::HashMap::new();
+        for policy in policies {
+            *counts.entry(policy).or_insert(0i64) += 1;
+        }
         for kind in ["ClusterImagePolicy", "ImagePolicy"] {
             for state in POLICY_STATES {
-                let n = counts
-                    .iter()
-                    .filter(|(k, s, _)| *k == kind && *s == state)
-                    .map(|(_, _, n)| n)
-                    .sum::<usize>();
+                let n = counts.get(&(kind, state)).copied().unwrap_or(0);
                 self.policies
                     .get_or_create(&PolicyLabels { kind, state })
-                    .set(n as i64);
+                    .set(n);
             }
         }
     }

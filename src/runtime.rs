@@ -304,9 +304,11 @@ async fn watch_cluster(
     // Admission answers from the latest desired state, with the store's current objects:
     // a render waits for a burst to settle (up to --settle-max), and an Image update must
     // not be judged against policies missing from it. The objects are refreshed within
-    // FRESH of a change; what needs the render (the size budget, the policies in force)
-    // follows with the next one.
+    // FRESH of a change, off the async workers; what needs the render (the size budget,
+    // the policies in force) follows with the next one. A process that serves no
+    // admission (the reconciler's Deployment) skips the refresh.
     const FRESH: std::time::Duration = std::time::Duration::from_millis(10);
+    let serves_admission = app.cert.is_some();
     let mut changes = state.subscribe();
     let mut last: Option<(std::sync::Arc<crate::desired::Desired>, String)> = None;
     // What is published already (the first wait) is shown at once.
@@ -322,8 +324,8 @@ async fn watch_cluster(
                     Published::Waiting(why) => app.set_status(why),
                     Published::Ready(d) => {
                         let status = state_status(&d, &state);
-                        let snapshot = if *changes.borrow() > d.generation {
-                            fresh(&d, &state)
+                        let snapshot = if serves_admission && *changes.borrow() > d.generation {
+                            fresh(&d, &state).await
                         } else {
                             std::sync::Arc::clone(&d.snapshot)
                         };
@@ -336,27 +338,34 @@ async fn watch_cluster(
                 if changed.is_err() {
                     return;
                 }
+                changes.borrow_and_update();
+                if !serves_admission {
+                    continue;
+                }
                 tokio::time::sleep(FRESH).await;
                 changes.borrow_and_update();
                 if let Some((d, status)) = &last {
-                    app.set_snapshot(fresh(d, &state), status.clone());
+                    app.set_snapshot(fresh(d, &state).await, status.clone());
                 }
             }
         }
     }
 }
 
-/// The published snapshot with the store's objects as they are now.
-fn fresh(
-    d: &crate::desired::Desired,
-    state: &crate::store::ClusterState,
+/// The published snapshot with the store's objects as they are now, built on a blocking
+/// thread (it copies every policy).
+async fn fresh(
+    d: &std::sync::Arc<crate::desired::Desired>,
+    state: &std::sync::Arc<crate::store::ClusterState>,
 ) -> std::sync::Arc<crate::admission::Snapshot> {
-    match state.inputs() {
-        Some((inputs, _)) => {
-            std::sync::Arc::new(d.snapshot.with_inputs(std::sync::Arc::new(inputs)))
-        }
+    let (d, state) = (std::sync::Arc::clone(d), std::sync::Arc::clone(state));
+    let published = std::sync::Arc::clone(&d.snapshot);
+    tokio::task::spawn_blocking(move || match state.admission_inputs() {
+        Some(inputs) => std::sync::Arc::new(d.snapshot.with_inputs(std::sync::Arc::new(inputs))),
         None => std::sync::Arc::clone(&d.snapshot),
-    }
+    })
+    .await
+    .unwrap_or(published)
 }
 
 fn state_status(d: &crate::desired::Desired, state: &crate::store::ClusterState) -> String {
@@ -400,31 +409,25 @@ async fn watch_state_dir(
                 return Ok(None);
             }
             let loaded = files::load_dir(&d, &[]).map_err(|e| chain(&e));
-            let checked = loaded.and_then(|loaded| {
-                state_problem(&loaded, &options, had_objects).map_or(Ok(loaded), Err)
-            });
-            Ok(Some((stamp, checked, options)))
+            let checked = loaded.and_then(|loaded| state_snapshot(loaded, &options, had_objects));
+            Ok(Some((stamp, checked)))
         })
         .await
         .unwrap_or_else(|e| Err(format!("reading the state panicked: {e}")));
         match attempt {
             Ok(None) => {}
-            Ok(Some((stamp, Ok(loaded), options))) => {
-                let snapshot = std::sync::Arc::new(crate::admission::Snapshot::build(
-                    &loaded.inputs,
-                    &options,
-                ));
+            Ok(Some((stamp, Ok(snapshot)))) => {
                 let status = format!(
                     "state from {}: {} ClusterImagePolicies",
                     dir.display(),
-                    loaded.inputs.policies.len()
+                    snapshot.inputs.policies.len()
                 );
                 tracing::info!("{status}");
-                app.set_snapshot(snapshot, status.clone());
+                app.set_snapshot(std::sync::Arc::new(snapshot), status.clone());
                 good = Some(status);
                 last = Some(stamp);
             }
-            Ok(Some((stamp, Err(why), _))) => {
+            Ok(Some((stamp, Err(why)))) => {
                 tracing::warn!(dir = %dir.display(), error = %why, "cluster state refused; the previous one serves");
                 app.set_status(match &good {
                     Some(previous) => {
@@ -443,15 +446,18 @@ async fn watch_state_dir(
     }
 }
 
-/// Why a state directory cannot be the cluster: what `render` and `check` refuse, a
-/// policy left out because it does not decode, or nothing at all where there was a state.
-fn state_problem(loaded: &Loaded, options: &RenderOptions, had_objects: bool) -> Option<String> {
+/// The admission snapshot of a state directory, rendered once, or why it cannot be the
+/// cluster: what `render` and `check` refuse, a policy left out because it does not decode,
+/// or nothing at all where there was a state.
+fn state_snapshot(
+    loaded: Loaded,
+    options: &RenderOptions,
+    had_objects: bool,
+) -> Result<crate::admission::Snapshot, String> {
     if let Some((source, name, e)) = loaded.undecodable.first() {
-        return Some(format!("{source}: policy {name:?} does not decode: {e}"));
+        return Err(format!("{source}: policy {name:?} does not decode: {e}"));
     }
-    if let Err(e) = render::plan(&loaded.inputs, options) {
-        return Some(e.to_string());
-    }
+    let plan = render::plan(&loaded.inputs, options).map_err(|e| e.to_string())?;
     let i = &loaded.inputs;
     let empty = i.policies.is_empty()
         && i.image_policies.is_empty()
@@ -462,5 +468,13 @@ fn state_problem(loaded: &Loaded, options: &RenderOptions, had_objects: bool) ->
         && i.cluster_version.is_none()
         && i.pools.is_empty()
         && i.machine_configs.is_empty();
-    (empty && had_objects).then(|| "no object left in the directory".to_string())
+    if empty && had_objects {
+        return Err("no object left in the directory".to_string());
+    }
+    let inputs = std::sync::Arc::new(loaded.inputs);
+    Ok(crate::admission::Snapshot::from_plan(
+        inputs,
+        Some(&plan),
+        options,
+    ))
 }

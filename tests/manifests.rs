@@ -473,34 +473,17 @@ async fn the_reconciler_may_write_only_our_machine_configs() {
             "{run:?}"
         );
     };
-    let file = ours("99-worker-generated-imagepolicies", true);
-    let run = c
-        .kubectl_as(&reconciler, &["create", "--validate=false", "-f", &file])
-        .await;
-    assert!(run.ok, "{run:?}");
-    let run = c
-        .kubectl_as(
-            &reconciler,
-            &[
-                "label",
-                "machineconfig",
-                "99-worker-generated-imagepolicies",
-                "x=y",
-            ],
-        )
-        .await;
-    assert!(run.ok, "{run:?}");
-    let run = c
-        .kubectl_as(
-            &reconciler,
-            &[
-                "delete",
-                "machineconfig",
-                "99-worker-generated-imagepolicies",
-            ],
-        )
-        .await;
-    assert!(run.ok, "{run:?}");
+    // Its own MachineConfig: create, update, delete.
+    let name = "99-worker-generated-imagepolicies";
+    let file = ours(name, true);
+    for args in [
+        &["create", "--validate=false", "-f", &file][..],
+        &["label", "machineconfig", name, "x=y"],
+        &["delete", "machineconfig", name],
+    ] {
+        let run = c.kubectl_as(&reconciler, args).await;
+        assert!(run.ok, "{run:?}");
+    }
     let file = ours("99-worker-generated-imagepolicies", false);
     denied(
         &c.kubectl_as(&reconciler, &["create", "--validate=false", "-f", &file])
@@ -709,7 +692,7 @@ fn alerts_read_metrics_the_binary_exports() {
     metrics.reconciled("error", 0.1);
     metrics.reconcile_error("api");
     metrics.machine_config_written("worker", "update");
-    metrics.set_policies(&[]);
+    metrics.set_policies([]);
     metrics.set_ready(true);
     metrics.set_cert_expiry(1);
     let exported = metrics.encode();

@@ -99,10 +99,6 @@ pub fn namespace_of(value: &Value) -> Option<&str> {
     value.pointer("/metadata/namespace").and_then(Value::as_str)
 }
 
-pub fn is_cluster_image_policy(value: &Value) -> bool {
-    policy_kind_of(value) == Some(PolicyKind::Cluster)
-}
-
 /// A ClusterImagePolicy or an ImagePolicy of `config.openshift.io`.
 pub fn policy_kind_of(value: &Value) -> Option<PolicyKind> {
     let (api, kind) = kind_of(value);

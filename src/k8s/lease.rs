@@ -55,16 +55,6 @@ impl Leadership {
     }
 }
 
-/// Now as a Kubernetes MicroTime (RFC 3339, microseconds, UTC).
-pub(crate) fn now_micro() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    let t = t.replace_nanosecond(t.microsecond() * 1000).unwrap_or(t);
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
-    t.format(&format).unwrap_or_default()
-}
-
 struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,

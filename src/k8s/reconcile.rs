@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
@@ -358,16 +360,15 @@ impl Reconciler {
             Condition::Pending { .. } => "pending",
             Condition::Overridden { .. } => "overridden",
         };
-        let mut counts: Vec<(&'static str, &'static str, usize)> = Vec::new();
-        for (kind, outcomes) in [
-            ("ClusterImagePolicy", &plan.policies),
-            ("ImagePolicy", &plan.image_policies),
-        ] {
-            for o in outcomes {
-                counts.push((kind, state(o), 1));
-            }
-        }
-        self.metrics.set_policies(&counts);
+        let cluster = plan
+            .policies
+            .iter()
+            .map(|o| ("ClusterImagePolicy", state(o)));
+        let namespaced = plan
+            .image_policies
+            .iter()
+            .map(|o| ("ImagePolicy", state(o)));
+        self.metrics.set_policies(cluster.chain(namespaced));
     }
 
     /// Every status that differs from the store's current one, `STATUS_CONCURRENCY` at a
@@ -605,7 +606,7 @@ impl Reconciler {
         let event: DynamicObject = match serde_json::from_value(json!({
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
             "metadata": {"generateName": prefix, "namespace": self.namespace},
-            "eventTime": crate::lease::now_micro(),
+            "eventTime": MicroTime(Timestamp::now()),
             "reportingController": "cip-webhook",
             "reportingInstance": self.identity,
             "action": "Render",

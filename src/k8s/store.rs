@@ -645,6 +645,16 @@ impl ClusterState {
     /// The render inputs, once every watcher has listed, and the objects left out because
     /// they do not decode (`Kind name: error`).
     pub fn inputs(&self) -> Option<(Inputs, Vec<String>)> {
+        self.collect(true)
+    }
+
+    /// What admission judges against, without the pools and MachineConfigs (the largest
+    /// objects; the size budget comes from the last render instead).
+    pub fn admission_inputs(&self) -> Option<Inputs> {
+        self.collect(false).map(|(inputs, _)| inputs)
+    }
+
+    fn collect(&self, machine_configs: bool) -> Option<(Inputs, Vec<String>)> {
         let slots = self.lock();
         if slots.health().iter().any(|(_, h)| !h.synced) {
             return None;
@@ -662,8 +672,16 @@ impl ClusterState {
             image: single(&slots.image),
             cluster_version: single(&slots.cluster_version),
             feature_gate: single(&slots.feature_gate),
-            pools: slots.pools.objects.values().cloned().collect(),
-            machine_configs: slots.machine_configs.objects.values().cloned().collect(),
+            pools: if machine_configs {
+                slots.pools.objects.values().cloned().collect()
+            } else {
+                Vec::new()
+            },
+            machine_configs: if machine_configs {
+                slots.machine_configs.objects.values().cloned().collect()
+            } else {
+                Vec::new()
+            },
             image_policies: slots.image_policies.objects.values().cloned().collect(),
             digest_mirror_sets: slots.digest_mirror_sets.objects.values().cloned().collect(),
             tag_mirror_sets: slots.tag_mirror_sets.objects.values().cloned().collect(),

@@ -28,7 +28,8 @@ pub struct Snapshot {
     pub facts: Result<ClusterFacts, ImageConfigError>,
     /// Payload repositories alone, for when the Image CR's lists are unusable.
     pub payload_facts: ClusterFacts,
-    /// The cluster as rendered (the Image guard reads the policies).
+    /// The objects judged against (the Image guard reads the policies). Between renders
+    /// they are the store's newest, without pools and MachineConfigs.
     pub inputs: Arc<Inputs>,
     /// Policies whose scopes are written: an update of one frees what it takes of the
     /// size budget.
@@ -51,18 +52,12 @@ impl Snapshot {
     /// FeatureGate) and the policies judged against are the new ones; the size budget and
     /// the policies in force stay those of the last render until the next.
     pub fn with_inputs(&self, inputs: Arc<Inputs>) -> Snapshot {
-        let cv = inputs.cluster_version.as_ref();
-        let payload_facts = ClusterFacts::new(None, cv, &self.options.extra_payload_repos)
-            .expect("no Image, no list to reject");
-        Snapshot {
-            facts: inputs.facts(&self.options),
-            payload_facts,
-            mco_renders: crate::mco::sigstore_gate(inputs.feature_gate.as_ref(), cv).mco_renders(),
+        Snapshot::judging(
             inputs,
-            in_force: self.in_force.clone(),
-            size: self.size.clone(),
-            options: self.options.clone(),
-        }
+            self.in_force.clone(),
+            self.size.clone(),
+            self.options.clone(),
+        )
     }
 
     /// From a finished plan (`None`: the inputs cannot be rendered, no size to check).
@@ -71,11 +66,6 @@ impl Snapshot {
         plan: Option<&Plan>,
         options: &RenderOptions,
     ) -> Snapshot {
-        let repos = &options.extra_payload_repos;
-        let cv = inputs.cluster_version.as_ref();
-        let payload_facts =
-            ClusterFacts::new(None, cv, repos).expect("no Image, no list to reject");
-        let facts = inputs.facts(options);
         let size = match plan {
             Some(plan) => plan.size_check(options.size_budget),
             None => SizeCheck {
@@ -100,15 +90,27 @@ impl Snapshot {
                     .collect()
             })
             .unwrap_or_default();
-        let mco_renders = crate::mco::sigstore_gate(inputs.feature_gate.as_ref(), cv).mco_renders();
+        Snapshot::judging(inputs, in_force, size, options.clone())
+    }
+
+    /// What the objects alone decide: the Image's and ClusterVersion's facts, the gate.
+    fn judging(
+        inputs: Arc<Inputs>,
+        in_force: std::collections::BTreeSet<String>,
+        size: SizeCheck,
+        options: RenderOptions,
+    ) -> Snapshot {
+        let cv = inputs.cluster_version.as_ref();
+        let payload_facts = ClusterFacts::new(None, cv, &options.extra_payload_repos)
+            .expect("no Image, no list to reject");
         Snapshot {
-            facts,
+            facts: inputs.facts(&options),
             payload_facts,
+            mco_renders: crate::mco::sigstore_gate(inputs.feature_gate.as_ref(), cv).mco_renders(),
             inputs,
             in_force,
             size,
-            options: options.clone(),
-            mco_renders,
+            options,
         }
     }
 }
@@ -408,14 +410,6 @@ impl Answer {
 
     fn allowed() -> Answer {
         Answer::judged(Report::default())
-    }
-
-    pub fn allowed_or_denied(&self) -> Verdict {
-        if self.report.allowed() {
-            Verdict::Allowed
-        } else {
-            Verdict::Denied
-        }
     }
 
     /// The AdmissionReview response carrying this answer.

@@ -122,13 +122,15 @@ impl App {
     /// From now on /readyz answers 503; requests are still served.
     pub fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.metrics.set_ready(false);
+    }
+
+    /// What /readyz answers 200 for: a snapshot loaded, no SIGTERM yet.
+    fn is_ready(&self) -> bool {
+        !self.stopping.load(Ordering::SeqCst) && self.snapshot().is_some()
     }
 
     pub fn set_snapshot(&self, snapshot: Arc<Snapshot>, status: String) {
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
-        self.metrics
-            .set_ready(!self.stopping.load(Ordering::SeqCst));
         self.set_status(status);
     }
 
@@ -380,7 +382,7 @@ fn ready(app: &App) -> Response {
         status.push_str("\nreconciler: ");
         status.push_str(&reconcile);
     }
-    if app.snapshot().is_some() {
+    if app.is_ready() {
         (StatusCode::OK, format!("ok: {status}\n")).into_response()
     } else {
         (
@@ -392,6 +394,7 @@ fn ready(app: &App) -> Response {
 }
 
 async fn metrics_page(State(app): State<Arc<App>>) -> Response {
+    app.metrics.set_ready(app.is_ready());
     if let Some(cert) = &app.cert {
         app.metrics.set_cert_expiry(cert.not_after());
     }
