@@ -65,7 +65,7 @@ echo "validate saturated: $(rps "$validate") req/s, p50 $(pct "$validate" 50%), 
 echo "healthz saturated:  $(rps "$healthz") req/s, p50 $(pct "$healthz" 50%), p99 $(pct "$healthz" 99%), server CPU $(cpu "$healthz") µs/request"
 awk -v v="$(rps "$validate")" -v h="$(rps "$healthz")" 'BEGIN {printf "validate / ceiling: %.0f%%\n", 100 * v / h}'
 echo "validate paced:     $(rps "$paced") req/s, p50 $(pct "$paced" 50%), p99 $(pct "$paced" 99%)"
-grep -c '"verdict":"allowed"' "$work/serve.log" | xargs echo "decisions logged:"
+echo "decisions logged: $(grep -c "\"verdict\":\"allowed\"" "$work/serve.log" || true)"
 echo "RSS after load: $(rss)"
 stop
 
@@ -79,3 +79,8 @@ sleep 1
 echo "RSS with 1,000 policies cached: $(rss)"
 run 16 5s -s "$work/post.lua" "https://127.0.0.1:$port/validate" | awk '/Requests\/sec/ {print "validate with 1,000 policies: " $2 " req/s"}'
 stop
+
+# Server CPU per decision against a trivial handler (parse the review, allow, echo the
+# uid) on the same TLS/HTTP stack, in one process (tests/bench_admission.rs; exits
+# non-zero when /validate costs more than 2x).
+cargo test --release -q --test bench_admission -- --ignored --nocapture 2>&1 | grep -E "^bench: |panicked|test result"

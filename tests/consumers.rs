@@ -162,7 +162,7 @@ fn skopeo_enforces_the_rendered_policy() {
     image.metadata.name = "cluster".into();
     image.spec.registry_sources.blocked_registries = vec![format!("{registry}/blocked")];
     let inputs = Inputs {
-        policies: vec![cip],
+        policies: vec![cip.into()],
         image: Some(image),
         ..Default::default()
     };
@@ -262,8 +262,8 @@ fn skopeo_enforces_a_namespace_policy_file() {
         ],
     );
     let inputs = Inputs {
-        policies: vec![cluster],
-        image_policies: vec![team],
+        policies: vec![cluster.into()],
+        image_policies: vec![team.into()],
         ..Default::default()
     };
     let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
@@ -327,7 +327,8 @@ fn skopeo_finds_signatures_through_a_mirror() {
             None,
             "mirrored",
             &[source.to_string()],
-        )],
+        )
+        .into()],
         digest_mirror_sets: vec![idms],
         ..Default::default()
     };

@@ -68,8 +68,11 @@ fn lists_only(image: Image) -> Inputs {
 fn p0_with(scopes: &[&str], image: Image) -> Inputs {
     let mut i = lists_only(image);
     i.policies = common::policies(&["examples/p0.yaml"], &["p0"]);
-    i.policies[0].spec.as_mut().unwrap().scopes =
-        Some(scopes.iter().map(|s| s.to_string()).collect());
+    std::sync::Arc::make_mut(&mut i.policies[0])
+        .spec
+        .as_mut()
+        .unwrap()
+        .scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
     i
 }
 

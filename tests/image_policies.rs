@@ -195,7 +195,7 @@ fn precedence_is_a_warning_on_both_sides() {
     let ip: ImagePolicy =
         serde_json::from_value(team("team-a", "t", &["example.com/apps/billing"])).unwrap();
     let inputs = Inputs {
-        image_policies: vec![ip],
+        image_policies: vec![ip.into()],
         ..Default::default()
     };
     let s = snapshot(inputs);
@@ -247,7 +247,7 @@ fn image_updates_name_the_image_policies_they_conflict_with() {
     let mut inputs = with_blocked(&[]);
     let ip: ImagePolicy =
         serde_json::from_value(team("team-a", "t", &["blocked.example.com/app"])).unwrap();
-    inputs.image_policies = vec![ip];
+    inputs.image_policies = vec![ip.into()];
     let s = snapshot(inputs);
     let old = json!({"apiVersion": "config.openshift.io/v1", "kind": "Image", "metadata": {"name": "cluster"}, "spec": {}});
     let mut new = old.clone();
@@ -346,7 +346,7 @@ fn namespace_files_count_against_the_size_budget() {
     let first: ImagePolicy =
         serde_json::from_value(team("team-a", "t", &["example.com/a"])).unwrap();
     let inputs = Inputs {
-        image_policies: vec![first],
+        image_policies: vec![first.into()],
         ..Default::default()
     };
     let probe = Snapshot::build(&inputs, &RenderOptions::default());

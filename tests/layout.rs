@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use cip_webhook::ignition::{self, POLICY_JSON_PATH};
 use cip_webhook::mco;
 use cip_webhook::model::{ClusterImagePolicy, MachineConfig};
@@ -137,13 +139,14 @@ fn the_mcos_rendered_merge_is_never_the_original() {
 }
 
 /// A policy with `n` scopes and a creation time.
-fn sized(name: &str, created: &str, n: usize) -> ClusterImagePolicy {
+fn sized(name: &str, created: &str, n: usize) -> Arc<ClusterImagePolicy> {
     let mut p = common::policies(&[&format!("{DIR}/policies.yaml")], &["signed-apps"])
         .pop()
         .unwrap();
-    p.metadata.name = name.into();
-    p.metadata.creation_timestamp = Some(created.into());
-    p.spec.as_mut().unwrap().scopes =
+    let q = Arc::make_mut(&mut p);
+    q.metadata.name = name.into();
+    q.metadata.creation_timestamp = Some(created.into());
+    q.spec.as_mut().unwrap().scopes =
         Some((0..n).map(|i| format!("quay.io/{name}/app{i}")).collect());
     p
 }

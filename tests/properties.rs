@@ -194,8 +194,8 @@ proptest! {
     #[test]
     fn input_order_does_not_change_a_byte(cips in policies(), ips in image_policies(), mirrors in any::<bool>(), blocked in any::<bool>(), beside_mco in any::<bool>(), seed in any::<u64>()) {
         let mut inputs = cluster(beside_mco);
-        inputs.policies = cips;
-        inputs.image_policies = ips;
+        inputs.policies = cips.into_iter().map(std::sync::Arc::new).collect();
+        inputs.image_policies = ips.into_iter().map(std::sync::Arc::new).collect();
         with_mirrors(&mut inputs, mirrors);
         inputs.image = image(blocked);
         let expected = bytes(&render::plan(&inputs, &RenderOptions::default()).unwrap());
@@ -210,11 +210,40 @@ proptest! {
         prop_assert_eq!(bytes(&render::plan(&shuffled, &RenderOptions::default()).unwrap()), expected);
     }
 
+    /// The serve loop keeps per-policy results between renders (`render::Memo`, keyed by
+    /// uid and resourceVersion): after renders of other policy sets, and with policies
+    /// edited under a new resourceVersion, its plan is the plan rendered from nothing.
+    #[test]
+    fn a_memo_of_earlier_renders_never_changes_the_plan(before in policies(), after in policies(), ips in image_policies(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
+        let identified = |cips: Vec<ClusterImagePolicy>, version: &str| -> Vec<std::sync::Arc<ClusterImagePolicy>> {
+            cips.into_iter().map(|mut p| {
+                p.metadata.uid = Some(format!("uid-{}-{}", p.kind, p.key()));
+                // The same object keeps its resourceVersion; an edited one gets a new one.
+                p.metadata.resource_version = Some(format!("{version}-{}", p.scopes().join(",")));
+                std::sync::Arc::new(p)
+            }).collect()
+        };
+        let mut inputs = cluster(beside_mco);
+        inputs.image = image(blocked);
+        inputs.image_policies = identified(ips, "1");
+        let mut memo = render::Memo::default();
+        inputs.policies = identified(before, "1");
+        let first = render::plan_with(&inputs, &RenderOptions::default(), &mut memo).unwrap();
+        prop_assert_eq!(bytes(&first), bytes(&render::plan(&inputs, &RenderOptions::default()).unwrap()));
+        inputs.policies = identified(after, "1");
+        let fresh = render::plan(&inputs, &RenderOptions::default()).unwrap();
+        let memoized = render::plan_with(&inputs, &RenderOptions::default(), &mut memo).unwrap();
+        prop_assert_eq!(bytes(&memoized), bytes(&fresh));
+        prop_assert_eq!(&memoized.policies, &fresh.policies);
+        prop_assert_eq!(&memoized.image_policies, &fresh.image_policies);
+        prop_assert_eq!(memo.len(), inputs.policies.len() + inputs.image_policies.len());
+    }
+
     #[test]
     fn rendering_is_idempotent(cips in policies(), ips in image_policies(), mirrors in any::<bool>(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
         let mut inputs = cluster(beside_mco);
-        inputs.policies = cips;
-        inputs.image_policies = ips;
+        inputs.policies = cips.into_iter().map(std::sync::Arc::new).collect();
+        inputs.image_policies = ips.into_iter().map(std::sync::Arc::new).collect();
         with_mirrors(&mut inputs, mirrors);
         inputs.image = image(blocked);
         let first = render::plan(&inputs, &RenderOptions::default()).unwrap();
@@ -237,8 +266,8 @@ proptest! {
         let before = render::plan(&original, &RenderOptions::default()).unwrap();
         let original = apply(&original, &before);
         let mut with = original.clone();
-        with.policies = cips;
-        with.image_policies = ips;
+        with.policies = cips.into_iter().map(std::sync::Arc::new).collect();
+        with.image_policies = ips.into_iter().map(std::sync::Arc::new).collect();
         let plan = render::plan(&with, &RenderOptions::default()).unwrap();
         mco_untouched(&with, &plan)?;
         let added = apply(&with, &plan);
@@ -259,8 +288,8 @@ proptest! {
     #[test]
     fn every_policy_json_parses_back(cips in policies(), ips in image_policies(), mirrors in any::<bool>(), blocked in any::<bool>(), beside_mco in any::<bool>()) {
         let mut inputs = cluster(beside_mco);
-        inputs.policies = cips;
-        inputs.image_policies = ips;
+        inputs.policies = cips.into_iter().map(std::sync::Arc::new).collect();
+        inputs.image_policies = ips.into_iter().map(std::sync::Arc::new).collect();
         with_mirrors(&mut inputs, mirrors);
         inputs.image = image(blocked);
         let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
@@ -280,7 +309,7 @@ proptest! {
 fn without_registry_lists_revert_removes_our_entry() {
     let original = cluster(false);
     let mut with = original.clone();
-    with.policies = vec![policy(0, vec!["example.com"], false, false)];
+    with.policies = vec![policy(0, vec!["example.com"], false, false).into()];
     let added = apply(
         &with,
         &render::plan(&with, &RenderOptions::default()).unwrap(),

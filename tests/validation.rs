@@ -562,14 +562,18 @@ fn image_guard_names_the_conflicting_policies() {
     let policies = common::load(&["examples/p0.yaml", "examples/signed-apps.yaml"]).policies;
     let mut image = Image::default();
     image.spec.registry_sources.blocked_registries = vec!["example.com".into()];
-    let r = validate::validate_image_update(ClusterFacts::new(Some(&image), None, &[]), &policies);
+    let r = validate::validate_image_update(
+        ClusterFacts::new(Some(&image), None, &[]),
+        policies.iter().map(|p| &**p),
+    );
     assert_eq!(
         r.denial_message().unwrap(),
         "clusterimagePolicy configured for the scope example.com/global is nested inside blockedRegistries (ClusterImagePolicy p0)"
     );
     image.spec.registry_sources.blocked_registries = vec!["other.example.com".into()];
-    assert!(
-        validate::validate_image_update(ClusterFacts::new(Some(&image), None, &[]), &policies)
-            .allowed()
-    );
+    assert!(validate::validate_image_update(
+        ClusterFacts::new(Some(&image), None, &[]),
+        policies.iter().map(|p| &**p)
+    )
+    .allowed());
 }

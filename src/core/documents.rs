@@ -169,14 +169,14 @@ pub fn load(documents: &[Document]) -> Result<Loaded, LoadError> {
         match kind {
             "ClusterImagePolicy" | "ImagePolicy" if policy_kind_of(&doc.value).is_some() => {
                 match serde_path_to_error::deserialize::<_, ClusterImagePolicy>(&doc.value) {
-                    Ok(p) if kind == "ClusterImagePolicy" => loaded.inputs.policies.push(p),
+                    Ok(p) if kind == "ClusterImagePolicy" => loaded.inputs.policies.push(p.into()),
                     // Its namespace names its file: without one there is nothing to write.
                     Ok(p) if p.namespace().is_empty() => loaded.undecodable.push((
                         doc.source.clone(),
                         name,
                         "metadata.namespace: an ImagePolicy needs its namespace".into(),
                     )),
-                    Ok(p) => loaded.inputs.image_policies.push(p),
+                    Ok(p) => loaded.inputs.image_policies.push(p.into()),
                     Err(e) => loaded.undecodable.push((
                         doc.source.clone(),
                         name,

@@ -43,7 +43,7 @@ pub fn file_entry(path: &str, contents: &str) -> IgnitionFile {
     IgnitionFile {
         path: path.to_string(),
         contents: Some(FileContents {
-            source: Some(encode_data_url(contents)),
+            source: Some(encode_data_url(contents).into()),
             ..Default::default()
         }),
         mode: Some(420),

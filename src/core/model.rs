@@ -4,6 +4,7 @@
 //! can name every missing field; unknown fields are kept so a round trip loses nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -595,8 +596,10 @@ pub struct IgnitionFile {
 pub struct FileContents {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
+    /// Shared: pools with the same file share one copy (a policy.json data URL can be
+    /// megabytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<Arc<str>>,
     #[serde(flatten)]
     pub other: Extra,
 }

@@ -95,9 +95,18 @@ pub fn estimated_growth(cip: &ClusterImagePolicy) -> usize {
 }
 
 pub(crate) fn growth(req: &Requirement, scopes: &[String]) -> usize {
+    growth_per_entry(entry_bytes(req), scopes)
+}
+
+/// The bytes of `req` as one scope's entry in policy.json, before the scope's own name.
+pub(crate) fn entry_bytes(req: &Requirement) -> usize {
     let body = gojson::marshal_indent(req);
     // Nested four levels deep in policy.json: eight more spaces on every line.
-    let entry = body.len() + 8 * (body.matches('\n').count() + 1) + 16;
+    body.len() + 8 * (body.matches('\n').count() + 1) + 16
+}
+
+/// [`growth`] from a requirement's [`entry_bytes`].
+pub(crate) fn growth_per_entry(entry: usize, scopes: &[String]) -> usize {
     let json: usize = scopes
         .iter()
         .map(|s| (entry + s.len()) * if s.matches('/').count() < 3 { 2 } else { 1 })

@@ -2,7 +2,7 @@
 //! policy.json and sigstore-registries.yaml to every node, following MCO's
 //! `updatePolicyJSON` byte for byte, but skipping bad scopes instead of failing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -16,7 +16,7 @@ use crate::model::{
     MachineConfigPool, MachineConfigSpec, ObjectMeta, PolicyKind, MC_API_VERSION, ROLE_LABEL,
 };
 use crate::policy::{self, Requirement};
-use crate::policy_json::growth;
+use crate::policy_json::{entry_bytes, growth_per_entry};
 pub use crate::policy_json::{
     estimated_growth, namespace_policy_jsons, requirement, scope_requirements, update_policy_json,
     ScopeMap,
@@ -69,7 +69,8 @@ impl Default for RenderOptions {
 /// Everything rendering reads, as plain data.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inputs {
-    pub policies: Vec<ClusterImagePolicy>,
+    /// Shared with the cluster store that keeps them (thousands, each with key material).
+    pub policies: Vec<Arc<ClusterImagePolicy>>,
     pub image: Option<Image>,
     pub cluster_version: Option<ClusterVersion>,
     pub pools: Vec<MachineConfigPool>,
@@ -77,7 +78,7 @@ pub struct Inputs {
     /// FeatureGate `cluster`: whether the MCO renders policies itself (`serve --mode auto`).
     pub feature_gate: Option<FeatureGate>,
     /// Namespaced policies: each namespace gets `/etc/crio/policies/<namespace>.json`.
-    pub image_policies: Vec<ImagePolicy>,
+    pub image_policies: Vec<Arc<ImagePolicy>>,
     /// Mirrors: each mirror of a policy scope gets sigstore attachments too.
     pub digest_mirror_sets: Vec<ImageDigestMirrorSet>,
     pub tag_mirror_sets: Vec<ImageTagMirrorSet>,
@@ -301,15 +302,87 @@ pub fn object_size<T: Serialize>(object: &T) -> usize {
 
 struct Admitted<'a> {
     policy: &'a ClusterImagePolicy,
-    requirement: Requirement,
+    checked: Arc<Checked>,
     scopes: Vec<String>,
+}
+
+impl Admitted<'_> {
+    fn requirement(&self) -> &Requirement {
+        match &self.checked.result {
+            Ok((requirement, _)) => requirement,
+            Err(_) => unreachable!("only valid policies are admitted"),
+        }
+    }
+}
+
+/// What rendering learns from one policy object alone: whether it is valid, its
+/// requirement, and the bytes that requirement takes under each scope.
+#[derive(Debug)]
+struct Checked {
+    result: Result<(Requirement, usize), (Reason, String)>,
+}
+
+impl Checked {
+    fn new(policy: &ClusterImagePolicy) -> Checked {
+        let report = validate::validate_object(policy);
+        let result = match report.denial_message() {
+            Some(message) => Err((report.reason().unwrap_or(Reason::Invalid), message)),
+            None => requirement(policy)
+                .map(|r| {
+                    let entry = entry_bytes(&r);
+                    (r, entry)
+                })
+                .map_err(|e| (Reason::Invalid, e)),
+        };
+        Checked { result }
+    }
+}
+
+/// Per-policy results kept from one render to the next by a caller that renders again
+/// and again (the serve loop): a change then costs the validation of the changed
+/// policies, not of all of them. An entry is keyed by the object's uid and
+/// resourceVersion, which the API server changes on every write; objects without them
+/// (files) are checked every time. Entries of objects gone from the inputs are dropped.
+#[derive(Debug, Default)]
+pub struct Memo {
+    checked: HashMap<(String, String), Arc<Checked>>,
+}
+
+impl Memo {
+    pub fn len(&self) -> usize {
+        self.checked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checked.is_empty()
+    }
+
+    fn identity(policy: &ClusterImagePolicy) -> Option<(String, String)> {
+        let m = &policy.metadata;
+        match (m.uid.as_deref(), m.resource_version.as_deref()) {
+            (Some(uid), Some(rv)) if !uid.is_empty() && !rv.is_empty() => {
+                Some((uid.to_string(), rv.to_string()))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Renders the whole desired state. Bad policies and scopes are skipped and reported;
 /// only input that makes every output meaningless is an error.
 pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderError> {
+    plan_with(inputs, options, &mut Memo::default())
+}
+
+/// [`plan`], reusing and refreshing what `memo` holds of earlier renders. The plan is the
+/// same with any memo.
+pub fn plan_with(
+    inputs: &Inputs,
+    options: &RenderOptions,
+    memo: &mut Memo,
+) -> Result<Plan, RenderError> {
     let facts = inputs.facts(options)?;
-    let mut policies: Vec<&ClusterImagePolicy> = inputs.policies.iter().collect();
+    let mut policies: Vec<&ClusterImagePolicy> = inputs.policies.iter().map(|p| &**p).collect();
     policies.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     if let Some(w) = policies
         .windows(2)
@@ -317,8 +390,11 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
     {
         return Err(RenderError::DuplicatePolicy(w[0].metadata.name.clone()));
     }
-    let mut image_policies: Vec<(String, &ImagePolicy)> =
-        inputs.image_policies.iter().map(|p| (p.key(), p)).collect();
+    let mut image_policies: Vec<(String, &ImagePolicy)> = inputs
+        .image_policies
+        .iter()
+        .map(|p| (p.key(), &**p))
+        .collect();
     image_policies.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = image_policies.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(RenderError::DuplicateImagePolicy(w[0].0.clone()));
@@ -391,8 +467,17 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
     let mut ip_outcomes = Vec::new();
     let mut admitted: Vec<Admitted> = Vec::new();
     let mut admitted_ips: Vec<Admitted> = Vec::new();
+    let mut kept = HashMap::with_capacity(by_age.len());
     for policy in by_age {
-        let (outcome, accepted) = admit(policy, &facts, &mut budget);
+        let identity = Memo::identity(policy);
+        let checked = identity
+            .as_ref()
+            .and_then(|id| memo.checked.get(id).cloned())
+            .unwrap_or_else(|| Arc::new(Checked::new(policy)));
+        if let Some(id) = identity {
+            kept.insert(id, Arc::clone(&checked));
+        }
+        let (outcome, accepted) = admit(policy, checked, &facts, &mut budget);
         match policy.policy_kind() {
             PolicyKind::Cluster => {
                 outcomes.push(outcome);
@@ -404,13 +489,14 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             }
         }
     }
+    memo.checked = kept;
     outcomes.sort_by(|a, b| a.name.cmp(&b.name));
     admitted.sort_by(|a, b| a.policy.metadata.name.cmp(&b.policy.metadata.name));
     let scope_map = scope_requirements(admitted.iter().map(|a| {
         (
             a.policy.metadata.name.as_str(),
             a.scopes.as_slice(),
-            &a.requirement,
+            a.requirement(),
         )
     }));
 
@@ -439,7 +525,7 @@ pub fn plan(inputs: &Inputs, options: &RenderOptions) -> Result<Plan, RenderErro
             .entry(a.policy.namespace().to_string())
             .or_default();
         for s in &a.scopes {
-            files.entry(s.as_str()).or_default().push(&a.requirement);
+            files.entry(s.as_str()).or_default().push(a.requirement());
         }
     }
     namespaces.retain(|_, scopes| !scopes.is_empty());
@@ -622,13 +708,7 @@ impl Budget {
     /// What admitting these scopes of `policy` adds: a cluster policy's requirement goes
     /// into policy.json and into every namespace's file; a namespace's first policy
     /// brings a copy of policy.json.
-    fn cost(
-        &self,
-        policy: &ClusterImagePolicy,
-        requirement: &Requirement,
-        scopes: &[String],
-    ) -> usize {
-        let own = growth(requirement, scopes);
+    fn cost(&self, policy: &ClusterImagePolicy, own: usize) -> usize {
         match policy.policy_kind() {
             PolicyKind::Cluster => own * (1 + self.namespaces.len()),
             PolicyKind::Namespaced if self.namespaces.contains(policy.namespace()) => own,
@@ -636,16 +716,12 @@ impl Budget {
         }
     }
 
-    fn take(
-        &mut self,
-        policy: &ClusterImagePolicy,
-        cost: usize,
-        requirement: &Requirement,
-        scopes: &[String],
-    ) {
+    /// `own`: the policy's requirement under the admitted scopes, what [`Budget::cost`]
+    /// multiplies.
+    fn take(&mut self, policy: &ClusterImagePolicy, cost: usize, own: usize) {
         self.used += cost;
         match policy.policy_kind() {
-            PolicyKind::Cluster => self.policy_bytes += growth(requirement, scopes),
+            PolicyKind::Cluster => self.policy_bytes += own,
             PolicyKind::Namespaced => {
                 self.namespaces.insert(policy.namespace().to_string());
             }
@@ -656,6 +732,7 @@ impl Budget {
 /// Decides what of one policy is written: the whole of it, some scopes, or nothing.
 fn admit<'a>(
     policy: &'a ClusterImagePolicy,
+    checked: Arc<Checked>,
     facts: &ClusterFacts,
     budget: &mut Budget,
 ) -> (PolicyOutcome, Option<Admitted<'a>>) {
@@ -674,14 +751,14 @@ fn admit<'a>(
             written,
         },
     };
-    let report = validate::validate_object(policy);
-    if let Some(message) = report.denial_message() {
-        let reason = report.reason().unwrap_or(Reason::Invalid);
-        return (pending(reason, message, Vec::new(), Vec::new()), None);
-    }
-    let requirement = match requirement(policy) {
-        Ok(r) => r,
-        Err(e) => return (pending(Reason::Invalid, e, Vec::new(), Vec::new()), None),
+    let entry = match &checked.result {
+        Ok((_, entry)) => *entry,
+        Err((reason, message)) => {
+            return (
+                pending(*reason, message.clone(), Vec::new(), Vec::new()),
+                None,
+            )
+        }
     };
     let mut skipped = Vec::new();
     let mut scopes = Vec::new();
@@ -704,7 +781,8 @@ fn admit<'a>(
             scopes.push(s.clone());
         }
     }
-    let cost = budget.cost(policy, &requirement, &scopes);
+    let own = growth_per_entry(entry, &scopes);
+    let cost = budget.cost(policy, own);
     if budget.used + cost > budget.limit {
         let message = format!(
             "writing this policy would grow the generated MachineConfigs to about {} bytes, over the budget of {} bytes",
@@ -716,7 +794,7 @@ fn admit<'a>(
             None,
         );
     }
-    budget.take(policy, cost, &requirement, &scopes);
+    budget.take(policy, cost, own);
     let outcome = match skipped.first() {
         None => PolicyOutcome {
             name: policy.metadata.name.clone(),
@@ -735,7 +813,7 @@ fn admit<'a>(
         outcome,
         Some(Admitted {
             policy,
-            requirement,
+            checked,
             scopes,
         }),
     )
@@ -953,15 +1031,15 @@ fn plan_pool(
         }
     };
     plan.sigstore_yaml.clone_from(sigstore_yaml);
-    let effective = policy_file
-        .as_ref()
-        .map_or(plan.original_policy_json.as_str(), |(json, _)| {
-            json.as_str()
-        })
-        .to_string();
     let namespace_files = if namespaces.is_empty() {
         Vec::new()
     } else {
+        let effective = policy_file
+            .as_ref()
+            .map_or(plan.original_policy_json.as_str(), |(json, _)| {
+                json.as_str()
+            })
+            .to_string();
         let built = caches
             .namespaces
             .entry(effective)

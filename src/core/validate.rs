@@ -3,6 +3,7 @@
 //! registry lists, MachineConfig size). All problems are returned at once.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -295,9 +296,9 @@ pub struct Context<'a> {
     pub exempt: bool,
     /// The cluster's ClusterImagePolicies: an ImagePolicy scope inside one of theirs does
     /// not apply (the MCO's precedence).
-    pub cluster_policies: &'a [ClusterImagePolicy],
+    pub cluster_policies: &'a [Arc<ClusterImagePolicy>],
     /// The cluster's ImagePolicies: a new cluster scope over theirs overrides them.
-    pub image_policies: &'a [ImagePolicy],
+    pub image_policies: &'a [Arc<ImagePolicy>],
     /// The MCO renders policies here: what its sync would fail on is denied.
     pub mco_renders: bool,
 }

@@ -113,6 +113,8 @@ pub async fn run(
 ) {
     let mut changes = state.subscribe();
     let mut previous = None;
+    // Per-policy validation kept between renders: a change re-checks the changed policies.
+    let memo = Arc::new(std::sync::Mutex::new(render::Memo::default()));
     loop {
         let generation = *changes.borrow_and_update();
         match state.inputs() {
@@ -128,10 +130,13 @@ pub async fn run(
                 }
                 let absent = state.absent();
                 let options = options.clone();
+                let memo = Arc::clone(&memo);
                 let rendered = tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
                     let inputs = Arc::new(inputs);
-                    let plan = render::plan(&inputs, &options);
+                    let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+                    let plan = render::plan_with(&inputs, &options, &mut memo);
+                    drop(memo);
                     let snapshot =
                         Snapshot::from_plan(Arc::clone(&inputs), plan.as_ref().ok(), &options);
                     Desired {

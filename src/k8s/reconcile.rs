@@ -386,12 +386,12 @@ impl Reconciler {
         let by_key: BTreeMap<(PolicyKind, String), &ClusterImagePolicy> = inputs
             .policies
             .iter()
-            .map(|p| ((PolicyKind::Cluster, p.key()), p))
+            .map(|p| ((PolicyKind::Cluster, p.key()), &**p))
             .chain(
                 inputs
                     .image_policies
                     .iter()
-                    .map(|p| ((PolicyKind::Namespaced, p.key()), p)),
+                    .map(|p| ((PolicyKind::Namespaced, p.key()), &**p)),
             )
             .collect();
         let outcomes = plan

@@ -188,14 +188,17 @@ fn key_of(o: &DynamicObject) -> String {
     }
 }
 
+/// Objects by key, shared with the inputs handed out: a snapshot copies pointers.
+type Objects<T> = BTreeMap<String, Arc<T>>;
+
 /// One watched type: its objects by key, and how its watcher fares.
 #[derive(Debug)]
 struct Slot<T> {
-    objects: BTreeMap<String, T>,
+    objects: Objects<T>,
     /// Objects that do not decode, with the error: kept out of the inputs, reported.
     undecodable: BTreeMap<String, String>,
     /// A relist in progress: replaces `objects` when complete.
-    listing: Option<(BTreeMap<String, T>, BTreeMap<String, String>)>,
+    listing: Option<(Objects<T>, BTreeMap<String, String>)>,
     synced: bool,
     /// The cluster does not serve this API (404): listed, empty.
     absent: bool,
@@ -279,7 +282,7 @@ impl<T: Watched> Slot<T> {
                 if let Some((objects, undecodable)) = self.listing.as_mut() {
                     match decoded {
                         Ok(t) if keep(&name, &t) => {
-                            objects.insert(name, t);
+                            objects.insert(name, Arc::new(t));
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -317,7 +320,7 @@ impl<T: Watched> Slot<T> {
                             .objects
                             .get(&name)
                             .is_none_or(|before| T::significant_change(before, &t));
-                        self.objects.insert(name, t);
+                        self.objects.insert(name, Arc::new(t));
                         changed || undecodable
                     }
                     // A MachineConfig that stopped writing policy.json no longer counts.
@@ -496,7 +499,13 @@ fn keep_all<T>(_: &str, _: &T) -> bool {
 
 /// One object per name (`Image cluster`, `ClusterVersion version`, `FeatureGate cluster`).
 fn single<T: Clone>(slot: &Slot<T>) -> Option<T> {
-    slot.objects.values().next().cloned()
+    slot.objects.values().next().map(|o| T::clone(o))
+}
+
+/// Copies of a slot's objects, for the inputs that hold them by value (the few, small
+/// kinds; policies are shared).
+fn copies<T: Clone>(slot: &Slot<T>) -> Vec<T> {
+    slot.objects.values().map(|o| T::clone(o)).collect()
 }
 
 impl ClusterState {
@@ -673,24 +682,19 @@ impl ClusterState {
             cluster_version: single(&slots.cluster_version),
             feature_gate: single(&slots.feature_gate),
             pools: if machine_configs {
-                slots.pools.objects.values().cloned().collect()
+                copies(&slots.pools)
             } else {
                 Vec::new()
             },
             machine_configs: if machine_configs {
-                slots.machine_configs.objects.values().cloned().collect()
+                copies(&slots.machine_configs)
             } else {
                 Vec::new()
             },
             image_policies: slots.image_policies.objects.values().cloned().collect(),
-            digest_mirror_sets: slots.digest_mirror_sets.objects.values().cloned().collect(),
-            tag_mirror_sets: slots.tag_mirror_sets.objects.values().cloned().collect(),
-            content_source_policies: slots
-                .content_source_policies
-                .objects
-                .values()
-                .cloned()
-                .collect(),
+            digest_mirror_sets: copies(&slots.digest_mirror_sets),
+            tag_mirror_sets: copies(&slots.tag_mirror_sets),
+            content_source_policies: copies(&slots.content_source_policies),
         };
         Some((inputs, bad))
     }

@@ -281,13 +281,9 @@ impl Verdict {
     }
 }
 
-/// Decodes one AdmissionReview and answers it.
-pub fn review(
-    body: &[u8],
-    endpoint: Endpoint,
-    snapshot: &Snapshot,
-    config: &Config,
-) -> Result<(ReviewOut, Decision), BadReview> {
+/// The request of an AdmissionReview, with what every answer needs checked: the review's
+/// type and a uid to echo.
+pub fn parse_request(body: &[u8]) -> Result<Request, BadReview> {
     let review: ReviewIn = serde_json::from_slice(body)
         .map_err(|e| BadReview::NotJson(validate::clip(&e.to_string(), validate::MAX_ECHOED)))?;
     if review.api_version != REVIEW_API_VERSION || review.kind != "AdmissionReview" {
@@ -304,6 +300,17 @@ pub fn review(
     if request.uid.len() > 128 {
         return Err(BadReview::UidTooLong(request.uid.len()));
     }
+    Ok(request)
+}
+
+/// Decodes one AdmissionReview and answers it.
+pub fn review(
+    body: &[u8],
+    endpoint: Endpoint,
+    snapshot: &Snapshot,
+    config: &Config,
+) -> Result<(ReviewOut, Decision), BadReview> {
+    let request = parse_request(body)?;
     let answer = decide(&request, endpoint, snapshot, config);
     let response = answer.response(request.uid.clone());
     let decision = Decision {
@@ -594,7 +601,8 @@ fn image_update(
             .inputs
             .policies
             .iter()
-            .chain(&snapshot.inputs.image_policies);
+            .chain(&snapshot.inputs.image_policies)
+            .map(|p| &**p);
         validate::validate_image_update(facts, policies)
     };
     let mut report = guard(&image);

@@ -45,7 +45,7 @@ pub fn yaml_files(dir: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn policies(paths: &[&str], names: &[&str]) -> Vec<ClusterImagePolicy> {
+pub fn policies(paths: &[&str], names: &[&str]) -> Vec<std::sync::Arc<ClusterImagePolicy>> {
     let all = load(paths).policies;
     names
         .iter()
