@@ -218,8 +218,9 @@ proptest! {
         let identified = |cips: Vec<ClusterImagePolicy>, version: &str| -> Vec<std::sync::Arc<ClusterImagePolicy>> {
             cips.into_iter().map(|mut p| {
                 p.metadata.uid = Some(format!("uid-{}-{}", p.kind, p.key()));
-                // The same object keeps its resourceVersion; an edited one gets a new one.
-                p.metadata.resource_version = Some(format!("{version}-{}", p.scopes().join(",")));
+                // As the API server does: the same object keeps its resourceVersion, any
+                // edit gives a new one (here: the spec's text stands for its version).
+                p.metadata.resource_version = Some(format!("{version}-{}", serde_json::to_string(&p.spec).unwrap()));
                 std::sync::Arc::new(p)
             }).collect()
         };
