@@ -302,40 +302,35 @@ pub fn object_size<T: Serialize>(object: &T) -> usize {
 
 struct Admitted<'a> {
     policy: &'a ClusterImagePolicy,
-    checked: Arc<Checked>,
+    valid: Arc<Valid>,
     scopes: Vec<String>,
 }
 
 impl Admitted<'_> {
     fn requirement(&self) -> &Requirement {
-        match &self.checked.result {
-            Ok((requirement, _)) => requirement,
-            Err(_) => unreachable!("only valid policies are admitted"),
-        }
+        &self.valid.requirement
     }
 }
 
-/// What rendering learns from one policy object alone: whether it is valid, its
-/// requirement, and the bytes that requirement takes under each scope.
+/// A policy that passed validation: its requirement, and the bytes that requirement
+/// takes under each scope.
 #[derive(Debug)]
-struct Checked {
-    result: Result<(Requirement, usize), (Reason, String)>,
+struct Valid {
+    requirement: Requirement,
+    entry: usize,
 }
 
-impl Checked {
-    fn new(policy: &ClusterImagePolicy) -> Checked {
-        let report = validate::validate_object(policy);
-        let result = match report.denial_message() {
-            Some(message) => Err((report.reason().unwrap_or(Reason::Invalid), message)),
-            None => requirement(policy)
-                .map(|r| {
-                    let entry = entry_bytes(&r);
-                    (r, entry)
-                })
-                .map_err(|e| (Reason::Invalid, e)),
-        };
-        Checked { result }
+/// What rendering learns from one policy object alone: valid, or why not.
+type Checked = Result<Arc<Valid>, (Reason, String)>;
+
+fn check(policy: &ClusterImagePolicy) -> Checked {
+    let report = validate::validate_object(policy);
+    if let Some(message) = report.denial_message() {
+        return Err((report.reason().unwrap_or(Reason::Invalid), message));
     }
+    let requirement = requirement(policy).map_err(|e| (Reason::Invalid, e))?;
+    let entry = entry_bytes(&requirement);
+    Ok(Arc::new(Valid { requirement, entry }))
 }
 
 /// Per-policy results kept from one render to the next by a caller that renders again
@@ -345,7 +340,7 @@ impl Checked {
 /// (files) are checked every time. Entries of objects gone from the inputs are dropped.
 #[derive(Debug, Default)]
 pub struct Memo {
-    checked: HashMap<(String, String), Arc<Checked>>,
+    checked: HashMap<(String, String), Checked>,
 }
 
 impl Memo {
@@ -473,9 +468,9 @@ pub fn plan_with(
         let checked = identity
             .as_ref()
             .and_then(|id| memo.checked.get(id).cloned())
-            .unwrap_or_else(|| Arc::new(Checked::new(policy)));
+            .unwrap_or_else(|| check(policy));
         if let Some(id) = identity {
-            kept.insert(id, Arc::clone(&checked));
+            kept.insert(id, checked.clone());
         }
         let (outcome, accepted) = admit(policy, checked, &facts, &mut budget);
         match policy.policy_kind() {
@@ -578,20 +573,9 @@ pub fn plan_with(
         .zip(&targets)
         .map(|(p, (_, target))| original_policy(p, &inputs.machine_configs, target))
         .collect();
-    let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
-    for o in &originals {
-        if let Ok(text) = &o.text {
-            *remaining.entry(text.clone()).or_default() += 1;
-        }
-    }
     for ((pool, original), (beside_mco, target)) in
         pools.selected.iter().zip(originals).zip(targets)
     {
-        let last_use = original.text.as_ref().is_ok_and(|t| {
-            let left = remaining.get_mut(t).expect("counted above");
-            *left -= 1;
-            *left == 0
-        });
         let shared = Shared {
             facts: &facts,
             scope_map: &scope_map,
@@ -613,7 +597,6 @@ pub fn plan_with(
             &inputs.machine_configs,
             original,
             target,
-            last_use,
             shared,
             caches,
         );
@@ -732,7 +715,7 @@ impl Budget {
 /// Decides what of one policy is written: the whole of it, some scopes, or nothing.
 fn admit<'a>(
     policy: &'a ClusterImagePolicy,
-    checked: Arc<Checked>,
+    checked: Checked,
     facts: &ClusterFacts,
     budget: &mut Budget,
 ) -> (PolicyOutcome, Option<Admitted<'a>>) {
@@ -751,14 +734,9 @@ fn admit<'a>(
             written,
         },
     };
-    let entry = match &checked.result {
-        Ok((_, entry)) => *entry,
-        Err((reason, message)) => {
-            return (
-                pending(*reason, message.clone(), Vec::new(), Vec::new()),
-                None,
-            )
-        }
+    let valid = match checked {
+        Ok(valid) => valid,
+        Err((reason, message)) => return (pending(reason, message, Vec::new(), Vec::new()), None),
     };
     let mut skipped = Vec::new();
     let mut scopes = Vec::new();
@@ -781,7 +759,7 @@ fn admit<'a>(
             scopes.push(s.clone());
         }
     }
-    let own = growth_per_entry(entry, &scopes);
+    let own = growth_per_entry(valid.entry, &scopes);
     let cost = budget.cost(policy, own);
     if budget.used + cost > budget.limit {
         let message = format!(
@@ -813,7 +791,7 @@ fn admit<'a>(
         outcome,
         Some(Admitted {
             policy,
-            checked,
+            valid,
             scopes,
         }),
     )
@@ -956,14 +934,13 @@ struct Target {
     name: String,
 }
 
-/// `last_use`: no later pool shares this original, so its rendered entry can be moved
-/// out of the cache instead of copied (it can be megabytes).
+/// Pools with the same original share its rendered entry: the data URL inside is an
+/// `Arc`, so a copy is a pointer however many megabytes it holds.
 fn plan_pool(
     pool: &MachineConfigPool,
     mcs: &[MachineConfig],
     original: Original,
     target: Target,
-    last_use: bool,
     shared: Shared,
     caches: Caches,
 ) -> (PoolPlan, Vec<String>) {
@@ -1013,14 +990,7 @@ fn plan_pool(
             }))
         });
     let policy_file = match result {
-        Ok(Some((json, entry))) => Some((
-            Arc::clone(json),
-            if last_use {
-                std::mem::take(entry)
-            } else {
-                entry.clone()
-            },
-        )),
+        Ok(Some((json, entry))) => Some((Arc::clone(json), entry.clone())),
         Ok(None) => None,
         Err(e) => {
             let source = plan.original_from.as_deref().unwrap_or("the MCO template");
