@@ -370,6 +370,62 @@ async fn watches_replay_bookmark_expire_and_close() {
     }
 }
 
+/// A watch delivers every write in resourceVersion order, however many writers race: a
+/// client that resumes from the last version it saw must not skip one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_reach_a_watch_in_order_and_none_is_lost() {
+    let (_sim, client) = sim().await;
+    let api = mcs(&client);
+    let mut stream = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    const WRITERS: usize = 8;
+    const EACH: usize = 40;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    api.create(&PostParams::default(), &mc(&format!("w{w}-{i}"), "worker"))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut last = 0u64;
+    let collect = async {
+        while seen.len() < WRITERS * EACH {
+            match stream.try_next().await.unwrap() {
+                Some(WatchEvent::Added(o)) => {
+                    let rv: u64 = o.metadata.resource_version.unwrap().parse().unwrap();
+                    assert!(rv > last, "version {rv} after {last}");
+                    last = rv;
+                    seen.push(o.metadata.name.unwrap());
+                }
+                Some(WatchEvent::Bookmark(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let done = tokio::time::timeout(Duration::from_secs(20), collect).await;
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        done.is_ok(),
+        "{} of {} writes seen",
+        seen.len(),
+        WRITERS * EACH
+    );
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), WRITERS * EACH);
+}
+
 #[tokio::test]
 async fn faults_and_the_request_log() {
     let (sim, client) = sim().await;

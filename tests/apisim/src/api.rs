@@ -572,7 +572,7 @@ fn watch(sim: &Arc<Sim>, target: &Target, params: &HashMap<String, String>) -> R
     let resource = t.key();
     let (mut events, initial, start, gone) = {
         let inner = sim.lock();
-        let events = sim.events.subscribe();
+        let events = inner.events.subscribe();
         match from {
             None | Some(0) => {
                 let initial: Vec<(&'static str, Value)> = inner
@@ -937,7 +937,7 @@ async fn write(
         if dry_run {
             return Ok((code, new));
         }
-        let event = {
+        let stored = {
             let mut inner = sim.lock();
             let now = inner.get(t, &namespace, &name).map(|s| rv_of(&s.object));
             match (now, read_rv) {
@@ -960,9 +960,7 @@ async fn write(
             }
             Inner::put(&mut inner, t, new, managed)
         };
-        let stored = present(t, &target.version, &event.0);
-        sim.publish(event.1);
-        return Ok((code, stored));
+        return Ok((code, present(t, &target.version, &stored)));
     }
     Err(conflict(t, target.name.as_deref().unwrap_or_default()))
 }
@@ -1002,7 +1000,6 @@ async fn delete(
         return Ok(old);
     }
     let deleted = sim.lock().delete(t, &namespace, &name);
-    let (object, event) = deleted.ok_or_else(|| not_found(t, &name))?;
-    sim.publish(event);
+    let object = deleted.ok_or_else(|| not_found(t, &name))?;
     Ok(present(t, &target.version, &object))
 }

@@ -112,7 +112,6 @@ pub struct Logged {
 /// Shared state of a running simulator.
 pub struct Sim {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<Arc<Event>>,
     close_watches: watch::Sender<u64>,
     faults: Mutex<Vec<Fault>>,
     log: Mutex<Vec<Logged>>,
@@ -172,10 +171,6 @@ impl Sim {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(entry);
-    }
-
-    fn publish(&self, event: Arc<Event>) {
-        let _ = self.events.send(event);
     }
 }
 
@@ -267,10 +262,8 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (ca_pem, server_config) = tls::server()?;
-        let (events, _) = broadcast::channel(1 << 16);
         let sim = Arc::new(Sim {
             inner: Mutex::new(inner),
-            events,
             close_watches: watch::channel(0).0,
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
@@ -346,23 +339,18 @@ impl Simulator {
     pub fn seed(&self, object: Value) -> anyhow::Result<Value> {
         let (group, _) = split_api_version(object["apiVersion"].as_str().unwrap_or_default());
         let kind = object["kind"].as_str().unwrap_or_default();
-        let event = {
-            let mut inner = self.sim.lock();
-            let t = inner
-                .registry
-                .all()
-                .find(|t| t.group == group && t.kind == kind)
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("no resource for {group}/{kind}"))?;
-            let mut object = object;
-            if object["metadata"]["namespace"].is_null() && t.namespaced {
-                object["metadata"]["namespace"] = json!("default");
-            }
-            let (stored, event) = inner.put(&t, object, Default::default());
-            (stored, event)
-        };
-        self.sim.publish(event.1);
-        Ok(event.0)
+        let mut inner = self.sim.lock();
+        let t = inner
+            .registry
+            .all()
+            .find(|t| t.group == group && t.kind == kind)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no resource for {group}/{kind}"))?;
+        let mut object = object;
+        if object["metadata"]["namespace"].is_null() && t.namespaced {
+            object["metadata"]["namespace"] = json!("default");
+        }
+        Ok(inner.put(&t, object, Default::default()))
     }
 
     /// The stored object, as the storage version.
@@ -441,7 +429,7 @@ impl Simulator {
     /// Every stored change from now on, in order (`resource` is `group/plural`): what a
     /// stand-in controller or an observer of the cluster reacts to.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.sim.events.subscribe()
+        self.sim.lock().events.subscribe()
     }
 
     /// The current resource version.

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
 use crate::resources::{from_crd, Registry, ResourceType};
 
@@ -38,6 +39,9 @@ pub struct Inner {
     /// The resource version below which history has been dropped.
     pub compacted: u64,
     uid: u64,
+    /// Sent under the lock that assigned the version, so every watch gets changes in
+    /// resourceVersion order, as from the API server's watch cache.
+    pub events: broadcast::Sender<Arc<Event>>,
 }
 
 pub fn rv_of(object: &Value) -> Option<u64> {
@@ -79,6 +83,7 @@ impl Inner {
             history_limit,
             compacted: 0,
             uid: 0,
+            events: broadcast::channel(1 << 16).0,
         }
     }
 
@@ -102,7 +107,7 @@ impl Inner {
             .map(|(_, s)| &s.object)
     }
 
-    fn record(&mut self, resource: String, kind: &'static str, object: Value) -> Arc<Event> {
+    fn record(&mut self, resource: String, kind: &'static str, object: Value) {
         let event = Arc::new(Event {
             rv: self.rv,
             resource,
@@ -110,22 +115,17 @@ impl Inner {
             object,
         });
         self.history.push_back(Arc::clone(&event));
+        let _ = self.events.send(event);
         while self.history.len() > self.history_limit {
             if let Some(old) = self.history.pop_front() {
                 self.compacted = old.rv;
             }
         }
-        event
     }
 
     /// Stores a create or an update, keeping the server-owned metadata as the API server
     /// does: uid and creationTimestamp from creation, generation bumped on spec changes.
-    pub fn put(
-        &mut self,
-        t: &ResourceType,
-        mut object: Value,
-        managed: Managed,
-    ) -> (Value, Arc<Event>) {
+    pub fn put(&mut self, t: &ResourceType, mut object: Value, managed: Managed) -> Value {
         let namespace = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or_default()
@@ -174,16 +174,11 @@ impl Inner {
                 managed,
             },
         );
-        let event = self.record(t.key(), kind, object.clone());
-        (object, event)
+        self.record(t.key(), kind, object.clone());
+        object
     }
 
-    pub fn delete(
-        &mut self,
-        t: &ResourceType,
-        namespace: &str,
-        name: &str,
-    ) -> Option<(Value, Arc<Event>)> {
+    pub fn delete(&mut self, t: &ResourceType, namespace: &str, name: &str) -> Option<Value> {
         let stored = self.objects.remove(&Self::key(t, namespace, name))?;
         self.rv += 1;
         let mut object = stored.object;
@@ -195,8 +190,8 @@ impl Inner {
                 self.objects.retain(|(r, _, _), _| *r != resource);
             }
         }
-        let event = self.record(t.key(), "DELETED", object.clone());
-        Some((object, event))
+        self.record(t.key(), "DELETED", object.clone());
+        Some(object)
     }
 
     /// A stored CRD starts serving its types at once, and says so in its status.
