@@ -65,6 +65,7 @@ pub struct ServeOptions {
 
 /// The process: logging, a multi-threaded runtime, [`run`] until SIGTERM or SIGINT.
 pub fn serve(opts: &ServeOptions, render: &RenderOptions) -> Result<(), RuntimeError> {
+    fixed_mmap_threshold();
     let _logs = init_logging(opts.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -181,12 +182,15 @@ fn local(listener: &tokio::net::TcpListener) -> String {
         .map_or_else(|e| e.to_string(), |a| a.to_string())
 }
 
-/// One line per admission decision must not cost the request a write syscall: lines go
-/// through a buffered writer thread. Nothing is dropped (`lossy(false)`); the guard
-/// flushes what is left when `serve` returns.
+/// A log line must not cost the request a write syscall: lines go through a buffered
+/// writer thread. Nothing is dropped (`lossy(false)`): a full buffer makes the logger wait.
+/// The buffer is allocated whole at start: tracing-appender's default of 128,000 lines
+/// was 3.9 MiB of a leader's heap (heaptrack); `LOG_BUFFER_LINES` absorbs a GitOps burst's
+/// lines. The guard flushes what is left when `serve` returns.
 fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
         .finish(std::io::stderr());
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -201,6 +205,21 @@ fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
         builder.init();
     }
     guard
+}
+
+const LOG_BUFFER_LINES: usize = 4096;
+
+/// glibc raises its mmap threshold to the largest block freed so far (up to 32 MiB), so
+/// after the first watch event or policy.json of a megabyte every such buffer comes from
+/// the heap, and the holes they leave keep the process large. A fixed threshold sends
+/// them to mmap and back to the kernel when freed: leader RSS with 1,000 policies 42.9 to
+/// 48.8 MiB before, 36.7 to 39.3 MiB after (`bench_reconcile`), at no measurable CPU cost.
+fn fixed_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// SIGTERM (the kubelet) or SIGINT (a terminal).

@@ -613,4 +613,28 @@ impl MachineConfig {
             .and_then(|s| s.files.as_deref())
             .unwrap_or(&[])
     }
+
+    /// Points every file source equal to one of `others`' at that copy: the pools'
+    /// generated MachineConfigs usually carry the same policy.json, megabytes each.
+    pub fn share_sources<'a>(&mut self, others: impl Iterator<Item = &'a MachineConfig>) {
+        let mut known: Vec<Arc<str>> = others
+            .flat_map(|mc| mc.files())
+            .filter_map(|f| f.contents.as_ref()?.source.clone())
+            .collect();
+        let files = self
+            .spec
+            .config
+            .storage
+            .as_mut()
+            .and_then(|s| s.files.as_mut());
+        for file in files.into_iter().flatten() {
+            let Some(source) = file.contents.as_mut().and_then(|c| c.source.as_mut()) else {
+                continue;
+            };
+            match known.iter().find(|k| **k == *source) {
+                Some(same) => *source = Arc::clone(same),
+                None => known.push(Arc::clone(source)),
+            }
+        }
+    }
 }

@@ -95,14 +95,14 @@ impl Source {
 trait Watched: DeserializeOwned + Clone + PartialEq {
     fn metadata_mut(&mut self) -> &mut ObjectMeta;
 
-    /// Whether a change between two versions matters to a reader. Fields that change on
-    /// every write (resourceVersion, managedFields) never do; status only where read.
+    /// Whether a change between two versions matters to a reader. The resourceVersion,
+    /// which changes on every write, never does (managedFields are dropped at decode);
+    /// status only where read.
     fn significant_change(before: &Self, after: &Self) -> bool {
         let quiet = |o: &Self| {
             let mut o = o.clone();
             let meta = o.metadata_mut();
             meta.resource_version = None;
-            meta.other.remove("managedFields");
             o.without_unread_status()
         };
         quiet(before) != quiet(after)
@@ -112,6 +112,9 @@ trait Watched: DeserializeOwned + Clone + PartialEq {
     fn without_unread_status(self) -> Self {
         self
     }
+
+    /// Shares what it holds in common with the objects kept already.
+    fn share_with(&mut self, _kept: &BTreeMap<String, Arc<Self>>) {}
 }
 
 impl Watched for ClusterImagePolicy {
@@ -176,6 +179,9 @@ impl Watched for MachineConfig {
     }
     fn significant_change(before: &Self, after: &Self) -> bool {
         before != after
+    }
+    fn share_with(&mut self, kept: &BTreeMap<String, Arc<Self>>) {
+        self.share_sources(kept.values().map(|mc| &**mc));
     }
 }
 
@@ -242,8 +248,10 @@ impl<T: Watched> Slot<T> {
         event: Result<Event<DynamicObject>, watcher::Error>,
         keep: impl Fn(&str, &T) -> bool,
     ) -> bool {
-        let decode = |o: &DynamicObject| -> (String, Result<T, String>) {
-            let name = key_of(o);
+        // managedFields are nobody's business here, and would be most of a small object.
+        let decode = |mut o: DynamicObject| -> (String, Result<T, String>) {
+            o.metadata.managed_fields = None;
+            let name = key_of(&o);
             let decoded = serde_json::to_value(o)
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
@@ -278,10 +286,11 @@ impl<T: Watched> Slot<T> {
                 false
             }
             Ok(Event::InitApply(o)) => {
-                let (name, decoded) = decode(&o);
+                let (name, decoded) = decode(o);
                 if let Some((objects, undecodable)) = self.listing.as_mut() {
                     match decoded {
-                        Ok(t) if keep(&name, &t) => {
+                        Ok(mut t) if keep(&name, &t) => {
+                            t.share_with(objects);
                             objects.insert(name, Arc::new(t));
                         }
                         Ok(_) => {}
@@ -311,10 +320,11 @@ impl<T: Watched> Slot<T> {
                 changed
             }
             Ok(Event::Apply(o)) => {
-                let (name, decoded) = decode(&o);
+                let (name, decoded) = decode(o);
                 self.last_error = None;
                 match decoded {
-                    Ok(t) if keep(&name, &t) => {
+                    Ok(mut t) if keep(&name, &t) => {
+                        t.share_with(&self.objects);
                         let undecodable = self.undecodable.remove(&name).is_some();
                         let changed = self
                             .objects
@@ -794,6 +804,76 @@ mod tests {
         .unwrap();
         assert!(relevant_mc("01-worker-container-runtime", &runtime));
         assert!(!relevant_mc("00-worker", &MachineConfig::default()));
+    }
+
+    #[test]
+    fn managed_fields_are_dropped_at_decode_and_wake_nobody() {
+        let event = |rv: &str, manager: &str| -> Result<Event<DynamicObject>, watcher::Error> {
+            Ok(Event::Apply(
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+                    "metadata": {"name": "p", "resourceVersion": rv, "managedFields": [
+                        {"manager": manager, "operation": "Update", "apiVersion": "config.openshift.io/v1",
+                         "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}
+                    ]},
+                    "spec": {"scopes": ["quay.io/a"]}
+                }))
+                .unwrap(),
+            ))
+        };
+        let mut slot = Slot::<ClusterImagePolicy>::default();
+        assert!(slot.apply(Source::Policies, event("1", "kubectl"), keep_all));
+        assert!(slot.objects["p"].metadata.other.is_empty());
+        assert!(!slot.apply(Source::Policies, event("2", "cip-webhook"), keep_all));
+        assert_eq!(
+            slot.objects["p"].metadata.resource_version.as_deref(),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn machine_configs_with_the_same_file_share_one_copy() {
+        let mc = |name: &str, data: &str| -> Result<Event<DynamicObject>, watcher::Error> {
+            Ok(Event::Apply(
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+                    "metadata": {"name": name},
+                    "spec": {"config": {"ignition": {"version": "3.5.0"}, "storage": {"files": [
+                        {"path": "/etc/containers/policy.json", "contents": {"source": data}}
+                    ]}}}
+                }))
+                .unwrap(),
+            ))
+        };
+        let source = |slot: &Slot<MachineConfig>, name: &str| {
+            slot.objects[name].files()[0]
+                .contents
+                .as_ref()
+                .and_then(|c| c.source.clone())
+                .unwrap()
+        };
+        let mut slot = Slot::<MachineConfig>::default();
+        slot.apply(
+            Source::MachineConfigs,
+            mc("99-master-generated-registries", "data:,a"),
+            keep_all,
+        );
+        slot.apply(
+            Source::MachineConfigs,
+            mc("99-worker-generated-registries", "data:,a"),
+            keep_all,
+        );
+        slot.apply(
+            Source::MachineConfigs,
+            mc("99-infra-generated-registries", "data:,b"),
+            keep_all,
+        );
+        let master = source(&slot, "99-master-generated-registries");
+        assert!(Arc::ptr_eq(
+            &master,
+            &source(&slot, "99-worker-generated-registries")
+        ));
+        assert_eq!(&*source(&slot, "99-infra-generated-registries"), "data:,b");
     }
 
     #[test]
