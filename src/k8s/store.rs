@@ -806,20 +806,22 @@ mod tests {
         assert!(!relevant_mc("00-worker", &MachineConfig::default()));
     }
 
+    /// A watch event applying this object.
+    fn applied(object: serde_json::Value) -> Result<Event<DynamicObject>, watcher::Error> {
+        Ok(Event::Apply(serde_json::from_value(object).unwrap()))
+    }
+
     #[test]
     fn managed_fields_are_dropped_at_decode_and_wake_nobody() {
-        let event = |rv: &str, manager: &str| -> Result<Event<DynamicObject>, watcher::Error> {
-            Ok(Event::Apply(
-                serde_json::from_value(serde_json::json!({
-                    "apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
-                    "metadata": {"name": "p", "resourceVersion": rv, "managedFields": [
-                        {"manager": manager, "operation": "Update", "apiVersion": "config.openshift.io/v1",
-                         "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}
-                    ]},
-                    "spec": {"scopes": ["quay.io/a"]}
-                }))
-                .unwrap(),
-            ))
+        let event = |rv: &str, manager: &str| {
+            applied(serde_json::json!({
+                "apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+                "metadata": {"name": "p", "resourceVersion": rv, "managedFields": [
+                    {"manager": manager, "operation": "Update", "apiVersion": "config.openshift.io/v1",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}
+                ]},
+                "spec": {"scopes": ["quay.io/a"]}
+            }))
         };
         let mut slot = Slot::<ClusterImagePolicy>::default();
         assert!(slot.apply(Source::Policies, event("1", "kubectl"), keep_all));
@@ -833,17 +835,14 @@ mod tests {
 
     #[test]
     fn machine_configs_with_the_same_file_share_one_copy() {
-        let mc = |name: &str, data: &str| -> Result<Event<DynamicObject>, watcher::Error> {
-            Ok(Event::Apply(
-                serde_json::from_value(serde_json::json!({
-                    "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
-                    "metadata": {"name": name},
-                    "spec": {"config": {"ignition": {"version": "3.5.0"}, "storage": {"files": [
-                        {"path": "/etc/containers/policy.json", "contents": {"source": data}}
-                    ]}}}
-                }))
-                .unwrap(),
-            ))
+        let mc = |name: &str, data: &str| {
+            applied(serde_json::json!({
+                "apiVersion": "machineconfiguration.openshift.io/v1", "kind": "MachineConfig",
+                "metadata": {"name": name},
+                "spec": {"config": {"ignition": {"version": "3.5.0"}, "storage": {"files": [
+                    {"path": "/etc/containers/policy.json", "contents": {"source": data}}
+                ]}}}
+            }))
         };
         let source = |slot: &Slot<MachineConfig>, name: &str| {
             slot.objects[name].files()[0]
