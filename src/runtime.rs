@@ -212,8 +212,8 @@ const LOG_BUFFER_LINES: usize = 4096;
 /// glibc raises its mmap threshold to the largest block freed so far (up to 32 MiB), so
 /// after the first watch event or policy.json of a megabyte every such buffer comes from
 /// the heap, and the holes they leave keep the process large. A fixed threshold sends
-/// them to mmap and back to the kernel when freed: leader RSS with 1,000 policies 42.9 to
-/// 48.8 MiB before, 36.7 to 39.3 MiB after (`bench_reconcile`), at no measurable CPU cost.
+/// them to mmap and back to the kernel when freed: leader RSS with 1,000 policies 41.9 to
+/// 47.6 MiB before, 36.1 to 38.9 MiB after (`bench_reconcile`), at no measurable CPU cost.
 fn fixed_mmap_threshold() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets an allocator parameter; called before other threads start.

@@ -114,7 +114,8 @@ pub async fn run(
     let mut changes = state.subscribe();
     let mut previous = None;
     // Per-policy validation kept between renders: a change re-checks the changed policies.
-    let memo = Arc::new(std::sync::Mutex::new(render::Memo::default()));
+    // Lent to each render and handed back; a render that panics leaves a fresh one.
+    let mut memo = render::Memo::default();
     loop {
         let generation = *changes.borrow_and_update();
         match state.inputs() {
@@ -130,16 +131,14 @@ pub async fn run(
                 }
                 let absent = state.absent();
                 let options = options.clone();
-                let memo = Arc::clone(&memo);
+                let mut lent = std::mem::take(&mut memo);
                 let rendered = tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
                     let inputs = Arc::new(inputs);
-                    let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
-                    let plan = render::plan_with(&inputs, &options, &mut memo);
-                    drop(memo);
+                    let plan = render::plan_with(&inputs, &options, &mut lent);
                     let snapshot =
                         Snapshot::from_plan(Arc::clone(&inputs), plan.as_ref().ok(), &options);
-                    Desired {
+                    let desired = Desired {
                         generation,
                         inputs,
                         undecodable,
@@ -147,11 +146,13 @@ pub async fn run(
                         plan,
                         snapshot: Arc::new(snapshot),
                         rendered_in: started.elapsed(),
-                    }
+                    };
+                    (desired, lent)
                 })
                 .await;
                 match rendered {
-                    Ok(desired) => {
+                    Ok((desired, returned)) => {
+                        memo = returned;
                         tracing::debug!(generation, rendered_in = ?desired.rendered_in, "desired state rendered");
                         out.send_replace(Published::Ready(Arc::new(desired)));
                     }
