@@ -200,7 +200,7 @@ struct RunArgs {
     /// over; `full` always writes; `admission-only` never writes.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
-    /// Namespace of the reconcile Lease and of Events.
+    /// Namespace of the reconcile Lease.
     #[arg(
         long,
         value_name = "NS",

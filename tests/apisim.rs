@@ -683,3 +683,89 @@ async fn admission_webhooks_are_called_as_the_api_server_calls_them() {
         "Warning: be careful\n"
     );
 }
+
+/// Events get the API server's own checks: one about a cluster-scoped object only in
+/// `default`, the fields a series update may not change stay; kube's `Recorder` turns a
+/// repeat into a series on the first Event.
+#[tokio::test]
+async fn events_are_checked_as_the_api_server_checks_them() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (_sim, client) = sim().await;
+    let events = ApiResource::erase::<k8s_openapi::api::events::v1::Event>(&());
+    let about_cluster_object = |namespace: &str| {
+        serde_json::from_value::<DynamicObject>(json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "x.1", "namespace": namespace},
+            "eventTime": "2026-12-02T10:00:00.000000Z",
+            "reportingController": "cip-webhook", "reportingInstance": "r-0",
+            "action": "Render", "reason": "ConflictScopes", "type": "Warning",
+            "regarding": {"apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy", "name": "x"},
+        }))
+        .unwrap()
+    };
+    let ours: Api<DynamicObject> = Api::namespaced_with(client.clone(), "cip-webhook", &events);
+    let e = ours
+        .create(&PostParams::default(), &about_cluster_object("cip-webhook"))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = e else {
+        panic!("{e}")
+    };
+    assert_eq!(s.code, 422);
+    assert!(
+        s.message.contains("involvedObject.namespace")
+            && s.message.contains("does not match event.namespace"),
+        "{}",
+        s.message
+    );
+    let default: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &events);
+    default
+        .create(&PostParams::default(), &about_cluster_object("default"))
+        .await
+        .unwrap();
+    let e = default
+        .patch(
+            "x.1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"note": "changed"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, kube::Error::Api(s) if s.code == 422 && s.message.contains("message: ")),
+        "{e}"
+    );
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "cip-webhook".into(),
+            instance: Some("r-0".into()),
+        },
+    );
+    let regarding = ObjectReference {
+        api_version: Some("config.openshift.io/v1".into()),
+        kind: Some("ClusterImagePolicy".into()),
+        name: Some("y".into()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ConflictScopes".into(),
+        note: Some("first".into()),
+        action: "Render".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &regarding).await.unwrap();
+    recorder.publish(&event, &regarding).await.unwrap();
+    let list = default.list(&ListParams::default()).await.unwrap();
+    let series: Vec<&DynamicObject> = list
+        .items
+        .iter()
+        .filter(|e| e.data["regarding"]["name"] == "y")
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0].data["series"]["count"], 2);
+    assert_eq!(series[0].data["note"], "first");
+}

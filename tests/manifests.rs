@@ -385,6 +385,19 @@ async fn rbac_is_exactly_what_each_deployment_uses() {
         .unwrap();
     c.until("event", |s| !s.list("events.k8s.io", "events").is_empty())
         .await;
+    // Held back again for another reason's scope: kube's recorder patches the Event.
+    c.sim
+        .seed(signed_apps(
+            "blocked",
+            &["blocked.example.com/app", "blocked.example.com/other"],
+        ))
+        .unwrap();
+    c.until("an event series", |s| {
+        s.list("events.k8s.io", "events")
+            .iter()
+            .any(|e| e["series"]["count"] == 2)
+    })
+    .await;
     c.sim
         .seed(team_policy(
             "team-a",

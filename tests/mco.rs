@@ -309,6 +309,13 @@ async fn an_upgrade_that_turns_mco_rendering_on_is_handed_over_without_a_gap() {
         .collect();
     assert_eq!(handed.len(), 2, "one per pool: {events:#?}");
     assert_eq!(handed[0]["regarding"]["kind"], "FeatureGate");
+    assert_eq!(handed[0]["metadata"]["namespace"], "default");
+    let mut related: Vec<&str> = handed
+        .iter()
+        .map(|e| e["related"]["name"].as_str().unwrap())
+        .collect();
+    related.sort();
+    assert_eq!(related, ["master", "worker"]);
     assert!(c
         .webhook_log()
         .contains("carries every scope cip-webhook wrote"));

@@ -296,7 +296,28 @@ async fn pending_policies_get_status_and_an_event() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["regarding"]["name"], "blocked");
     assert_eq!(events[0]["reason"], "ConflictScopes");
-    assert_eq!(events[0]["metadata"]["namespace"], NAMESPACE);
+    // The API server keeps Events about cluster-scoped objects in `default`.
+    assert_eq!(events[0]["metadata"]["namespace"], "default");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["reportingController"], "cip-webhook");
+    // A new message with the same reason is a repeat: the first Event counts it.
+    c.sim
+        .seed(signed_apps(
+            "blocked",
+            &[
+                "blocked.example.com/app",
+                "blocked.example.com/other",
+                "quay.io/example-org",
+            ],
+        ))
+        .unwrap();
+    c.until("a series", |s| {
+        s.list("events.k8s.io", "events")
+            .iter()
+            .any(|e| e["series"]["count"] == 2)
+    })
+    .await;
+    assert_eq!(c.sim.list("events.k8s.io", "events").len(), 1);
     // The scope that is not blocked is written all the same.
     assert!(policy_json(&c.sim, "worker").contains("quay.io/example-org"));
     assert!(!policy_json(&c.sim, "worker").contains("blocked.example.com/app"));

@@ -14,11 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
-};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -32,6 +30,11 @@ use crate::render::{self, Action, Condition, Inputs, PolicyOutcome};
 use crate::store::{self, ClusterState};
 
 pub const FIELD_MANAGER: &str = "cip-webhook";
+/// The API server's limits on an Event's note and reportingInstance, in bytes.
+const EVENT_NOTE_LIMIT: usize = 1024;
+const EVENT_INSTANCE_LIMIT: usize = 128;
+/// What the reconciler was doing when it recorded an Event.
+const EVENT_ACTION: &str = "Render";
 const MAX_MESSAGE: usize = 32768;
 /// Status writes in flight at once: a GitOps sync of hundreds of policies gets its
 /// conditions in seconds without flooding the API server.
@@ -193,7 +196,10 @@ pub struct Reconciler {
     pub auto: bool,
     client: Client,
     machine_configs: Api<DynamicObject>,
-    events: Api<DynamicObject>,
+    /// kube's recorder: an Event lands in the namespace of the object it is about
+    /// (`default` for cluster-scoped ones, as the API server requires), and a repeat within
+    /// six minutes becomes a series count on the first instead of a new object.
+    recorder: Recorder,
     /// Our writes the plan does not show yet: name → the resourceVersion we wrote over
     /// (None: we created it).
     expected: BTreeMap<String, (Option<String>, Instant)>,
@@ -206,6 +212,15 @@ fn now_seconds() -> String {
     let format =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     t.format(&format).unwrap_or_default()
+}
+
+/// The longest prefix of `s` within `limit` bytes that ends on a character boundary.
+fn truncated(s: &str, limit: usize) -> &str {
+    let mut end = s.len().min(limit);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn to_dynamic(mc: &MachineConfig) -> DynamicObject {
@@ -236,10 +251,13 @@ impl Reconciler {
         identity: String,
         auto: bool,
     ) -> Reconciler {
-        let events = ApiResource::erase::<k8s_openapi::api::events::v1::Event>(&());
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(truncated(&identity, EVENT_INSTANCE_LIMIT).to_string()),
+        };
         Reconciler {
             machine_configs: Api::all_with(client.clone(), &store::machine_config_resource()),
-            events: Api::namespaced_with(client.clone(), &namespace, &events),
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             state,
             desired,
@@ -456,18 +474,22 @@ impl Reconciler {
                     } = &w.outcome.condition
                     {
                         if w.was_pending.as_deref() != Some(message.as_str()) {
-                            let mut regarding = json!({
-                                "apiVersion": w.policy.api_version,
-                                "kind": w.kind.as_str(),
-                                "name": w.outcome.name,
-                                "uid": w.policy.metadata.uid.as_deref().unwrap_or_default(),
-                            });
-                            if let Some(ns) = &w.outcome.namespace {
-                                regarding["namespace"] = json!(ns);
-                            }
-                            let prefix = format!("{}.", w.outcome.name);
-                            self.event(regarding, &prefix, reason.as_str(), message)
-                                .await;
+                            let regarding = ObjectReference {
+                                api_version: Some(w.policy.api_version.clone()),
+                                kind: Some(w.kind.as_str().into()),
+                                name: Some(w.outcome.name.clone()),
+                                namespace: w.outcome.namespace.clone(),
+                                uid: w.policy.metadata.uid.clone(),
+                                ..ObjectReference::default()
+                            };
+                            let event = Event {
+                                type_: EventType::Warning,
+                                reason: reason.as_str().into(),
+                                note: Some(message.clone()),
+                                action: EVENT_ACTION.into(),
+                                secondary: None,
+                            };
+                            self.event(event, &regarding).await;
                             done.events += 1;
                         }
                     }
@@ -584,14 +606,37 @@ impl Reconciler {
                 step.ours.join(", ")
             );
             tracing::info!(pool = %step.pool, deleted = %step.ours.join(", "), "{message}");
-            let regarding = json!({
-                "apiVersion": "config.openshift.io/v1",
-                "kind": "FeatureGate",
-                "name": "cluster",
-                "uid": inputs.feature_gate.as_ref().and_then(|f| f.metadata.uid.clone()).unwrap_or_default(),
-            });
-            self.event(regarding, "cluster.", "HandedOver", &message)
-                .await;
+            let regarding = ObjectReference {
+                api_version: Some("config.openshift.io/v1".into()),
+                kind: Some("FeatureGate".into()),
+                name: Some("cluster".into()),
+                uid: inputs
+                    .feature_gate
+                    .as_ref()
+                    .and_then(|f| f.metadata.uid.clone()),
+                ..ObjectReference::default()
+            };
+            // The pool as the related object keeps one pool's Event from becoming a
+            // repeat of another's.
+            let pool = ObjectReference {
+                api_version: Some("machineconfiguration.openshift.io/v1".into()),
+                kind: Some("MachineConfigPool".into()),
+                name: Some(step.pool.clone()),
+                uid: inputs
+                    .pools
+                    .iter()
+                    .find(|p| p.metadata.name == step.pool)
+                    .and_then(|p| p.metadata.uid.clone()),
+                ..ObjectReference::default()
+            };
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "HandedOver".into(),
+                note: Some(message),
+                action: EVENT_ACTION.into(),
+                secondary: Some(pool),
+            };
+            self.event(event, &regarding).await;
             done.events += 1;
         }
         if !waiting.is_empty() {
@@ -601,25 +646,17 @@ impl Reconciler {
     }
 
     /// Events are best effort: a failure is logged, never retried.
-    async fn event(&self, regarding: Value, prefix: &str, reason: &str, message: &str) {
-        let note: String = message.chars().take(1024).collect();
-        let event: DynamicObject = match serde_json::from_value(json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"generateName": prefix, "namespace": self.namespace},
-            "eventTime": MicroTime(Timestamp::now()),
-            "reportingController": "cip-webhook",
-            "reportingInstance": self.identity,
-            "action": "Render",
-            "reason": reason,
-            "note": note,
-            "type": if reason == "HandedOver" { "Normal" } else { "Warning" },
-            "regarding": regarding,
-        })) {
-            Ok(e) => e,
-            Err(_) => return,
-        };
-        if let Err(e) = self.events.create(&PostParams::default(), &event).await {
-            tracing::warn!(regarding = %prefix.trim_end_matches('.'), error = %e, "event not recorded");
+    async fn event(&self, mut event: Event, regarding: &ObjectReference) {
+        if let Some(note) = &mut event.note {
+            note.truncate(truncated(note, EVENT_NOTE_LIMIT).len());
+        }
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(
+                regarding = regarding.name.as_deref().unwrap_or_default(),
+                reason = %event.reason,
+                error = %e,
+                "event not recorded"
+            );
         }
     }
 }
@@ -705,6 +742,16 @@ pub async fn run(mut reconciler: Reconciler, resync: Duration) {
 mod tests {
     use super::*;
     use crate::validate::Reason;
+
+    /// The API server counts an Event's note in bytes; a cut never splits a character.
+    #[test]
+    fn event_notes_are_cut_in_bytes_on_a_character_boundary() {
+        let note = "é".repeat(600);
+        let cut = truncated(&note, EVENT_NOTE_LIMIT);
+        assert_eq!(cut.len(), 1024);
+        assert_eq!(truncated("aé", 2), "a");
+        assert_eq!(truncated("short", EVENT_NOTE_LIMIT), "short");
+    }
 
     fn outcome(condition: Condition) -> PolicyOutcome {
         PolicyOutcome {

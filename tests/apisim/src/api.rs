@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
+use crate::events;
 use crate::resources::ResourceType;
 use crate::schema;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -925,6 +926,16 @@ async fn write(
                     &errors,
                 )));
             }
+        }
+        let errors = events::validate(t, &new, old.as_ref());
+        if !errors.is_empty() {
+            return Err(ApiError::from_status(schema::invalid_status(
+                &t.qualified_kind(),
+                &t.group,
+                &t.kind,
+                &name,
+                &errors,
+            )));
         }
         let mut object = Some(new);
         webhooks::admit(sim, false, &attrs, &mut object, old.as_ref(), warnings).await?;

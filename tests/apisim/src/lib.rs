@@ -4,6 +4,7 @@
 //! injection with a log of every request. Test support only; never part of the product.
 
 mod api;
+mod events;
 pub mod resources;
 pub mod schema;
 pub mod selector;
