@@ -186,12 +186,18 @@ fn local(listener: &tokio::net::TcpListener) -> String {
 /// writer thread. Nothing is dropped (`lossy(false)`): a full buffer makes the logger wait.
 /// The buffer is allocated whole at start: tracing-appender's default of 128,000 lines
 /// was 3.9 MiB of a leader's heap (heaptrack); `LOG_BUFFER_LINES` absorbs a GitOps burst's
-/// lines. The guard flushes what is left when `serve` returns.
+/// lines. The writer thread writes what it has taken off the queue through a `BufWriter`
+/// and flushes when the queue is empty: one write syscall for a burst of lines, not one
+/// per line (stderr is unbuffered), and no line waits for a later one. The guard flushes
+/// what is left when `serve` returns.
 fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_BUFFER_LINES)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_WRITE_BYTES,
+            std::io::stderr(),
+        ));
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -208,6 +214,8 @@ fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
 }
 
 const LOG_BUFFER_LINES: usize = 4096;
+/// The most log bytes one write syscall carries.
+const LOG_WRITE_BYTES: usize = 32 * 1024;
 
 /// glibc raises its mmap threshold to the largest block freed so far (up to 32 MiB), so
 /// after the first watch event or policy.json of a megabyte every such buffer comes from
