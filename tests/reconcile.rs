@@ -599,8 +599,28 @@ async fn image_policies_become_namespace_policy_files() {
         status["conditions"][1]["message"],
         "has conflicting scope(s) [\"quay.io/example-org/tools\"] that equal to or nest inside existing clusterimagepolicy, only policy from clusterimagepolicy scope(s) will be applied"
     );
+    // One stored before admission could refuse it: held back, with a Warning Event in
+    // its own namespace, where `oc describe imagepolicy` looks.
+    c.sim
+        .seed(team_policy("team-a", "held", &["blocked.example.com/app"]))
+        .unwrap();
+    c.until("the ImagePolicy's Event", |s| {
+        s.list("events.k8s.io", "events")
+            .iter()
+            .any(|e| e["regarding"]["kind"] == "ImagePolicy")
+    })
+    .await;
+    let events = c.sim.list("events.k8s.io", "events");
+    let held = events
+        .iter()
+        .find(|e| e["regarding"]["kind"] == "ImagePolicy")
+        .unwrap();
+    assert_eq!(held["metadata"]["namespace"], "team-a");
+    assert_eq!(held["regarding"]["namespace"], "team-a");
+    assert_eq!(held["regarding"]["name"], "held");
+    assert_eq!(held["type"], "Warning");
     let run = c
-        .kubectl(&["delete", "imagepolicy", "-n", "team-a", "team"])
+        .kubectl(&["delete", "imagepolicy", "-n", "team-a", "team", "held"])
         .await;
     assert!(run.ok, "{run:?}");
     c.until("the file removed", |s| team_file(s).is_none())
