@@ -1,10 +1,10 @@
 //! cip-webhook, in three layers; the directory of a file names its layer.
 //!
-//! - [`core`] (`src/core/`): pure functions over plain data, no I/O, no async: the
-//!   ClusterImagePolicy and ImagePolicy model, validation (the CRDs' rules and the cluster's
-//!   constraints), rendering into MachineConfigs (policy.json, sigstore-registries.yaml,
-//!   namespace policy files), `explain`, reading manifests from text. The CLI, the webhook
-//!   and the reconciler share it.
+//! - [`core`] (`src/core/`, the `cip-core` crate): pure functions over plain data, no
+//!   I/O, no async: the ClusterImagePolicy and ImagePolicy model, validation (the CRDs'
+//!   rules and the cluster's constraints), rendering into MachineConfigs (policy.json,
+//!   sigstore-registries.yaml, namespace policy files), `explain`, reading manifests from
+//!   text. The CLI, the webhook and the reconciler share it.
 //! - [`webhook`] (`src/webhook/`): admission reviews answered from a snapshot
 //!   (`admission`), the HTTPS server with its limits (`server`) and certificate reload (`tls`).
 //! - [`k8s`] (`src/k8s/`): the cluster side: the watch store that decodes each object once
@@ -16,7 +16,8 @@
 //! The modules are also re-exported at the crate root (`cip_webhook::render`, ...), the
 //! paths the binary and the tests use.
 
-pub mod core;
+/// The pure core, its own crate (`src/core/Cargo.toml`) so that no I/O crate can reach it.
+pub use cip_core as core;
 pub mod files;
 pub mod k8s;
 pub mod metrics;

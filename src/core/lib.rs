@@ -1,6 +1,8 @@
 //! The pure core: parsing, validation and rendering as plain functions over plain data.
 //! Nothing here does I/O, spawns a task or reads a clock; every function gives the same
-//! output for the same input, whatever the order of the objects.
+//! output for the same input, whatever the order of the objects. A crate of its own, with
+//! data crates as its only dependencies, so that the compiler keeps it so; `cip-webhook`
+//! re-exports it as `cip_webhook::core` and its modules at its root.
 
 pub mod cluster;
 pub mod documents;

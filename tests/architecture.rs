@@ -1,0 +1,140 @@
+//! The layers hold: the core crate has no I/O among its dependencies and does none itself,
+//! and every source file sits in a layer its path names.
+
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `[dependencies]` of a Cargo.toml, by name.
+fn dependencies(manifest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[dependencies]";
+            continue;
+        }
+        if inside && !line.is_empty() && !line.starts_with('#') {
+            if let Some((name, _)) = line.split_once('=') {
+                out.push(name.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Data crates only: a runtime, a client, a server, a CLI parser or a logger would let the
+/// core do what its callers are for. A new one is a decision; add it here with a reason.
+const CORE_MAY_USE: [&str; 9] = [
+    "base64",
+    "data-url",
+    "regex",
+    "serde",
+    "serde_json",
+    "serde_path_to_error",
+    "serde-saphyr",
+    "thiserror",
+    "x509-parser",
+];
+
+#[test]
+fn the_core_crate_depends_on_data_crates_only() {
+    let manifest = std::fs::read_to_string(root().join("src/core/Cargo.toml")).unwrap();
+    let deps = dependencies(&manifest);
+    assert!(!deps.is_empty(), "no [dependencies] read from {manifest}");
+    let other: Vec<&String> = deps
+        .iter()
+        .filter(|d| !CORE_MAY_USE.contains(&d.as_str()))
+        .collect();
+    assert!(other.is_empty(), "the core may not depend on {other:?}");
+    let main = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(dependencies(&main).contains(&"cip-core".to_string()));
+}
+
+/// What std offers beyond plain data: files, sockets, processes, threads, the
+/// environment, the clock and the terminal.
+const IMPURE: [&str; 11] = [
+    "std::fs",
+    "std::net",
+    "std::process",
+    "std::thread",
+    "std::env",
+    "Instant",
+    "SystemTime",
+    "stdout",
+    "stderr",
+    "println!",
+    "eprintln!",
+];
+
+#[test]
+fn the_core_does_no_io_and_reads_no_clock() {
+    let files = rust_files(&root().join("src/core"));
+    assert!(files.len() > 10, "{files:?}");
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            for word in IMPURE.iter().filter(|w| code.contains(*w)) {
+                found.push(format!("{}:{}: {word}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+/// The files outside the three layers' directories: the crate roots, the binary's
+/// argument parsing and dispatch, and the edges every layer shares.
+const EDGES: [&str; 9] = [
+    "src/lib.rs",
+    "src/main.rs",
+    "src/commands.rs",
+    "src/runtime.rs",
+    "src/files.rs",
+    "src/metrics.rs",
+    "src/webhook.rs",
+    "src/k8s.rs",
+    "src/core/lib.rs",
+];
+
+#[test]
+fn every_source_file_is_in_a_layer_its_path_names() {
+    let mut stray = Vec::new();
+    for file in rust_files(&root().join("src")) {
+        let path = file
+            .strip_prefix(root())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let layered = ["src/core/", "src/webhook/", "src/k8s/"]
+            .iter()
+            .any(|dir| path.starts_with(dir));
+        if !layered && !EDGES.contains(&path.as_str()) {
+            stray.push(path);
+        }
+    }
+    assert!(
+        stray.is_empty(),
+        "files outside core/, webhook/, k8s/ and the edges: {stray:?}"
+    );
+    for edge in EDGES {
+        assert!(root().join(edge).is_file(), "{edge} is gone: update EDGES");
+    }
+}
