@@ -392,12 +392,7 @@ async fn rbac_is_exactly_what_each_deployment_uses() {
             &["blocked.example.com/app", "blocked.example.com/other"],
         ))
         .unwrap();
-    c.until("an event series", |s| {
-        s.list("events.k8s.io", "events")
-            .iter()
-            .any(|e| e["series"]["count"] == 2)
-    })
-    .await;
+    c.until("an event series", an_event_repeated).await;
     c.sim
         .seed(team_policy(
             "team-a",

@@ -311,12 +311,7 @@ async fn pending_policies_get_status_and_an_event() {
             ],
         ))
         .unwrap();
-    c.until("a series", |s| {
-        s.list("events.k8s.io", "events")
-            .iter()
-            .any(|e| e["series"]["count"] == 2)
-    })
-    .await;
+    c.until("a series", an_event_repeated).await;
     assert_eq!(c.sim.list("events.k8s.io", "events").len(), 1);
     // The scope that is not blocked is written all the same.
     assert!(policy_json(&c.sim, "worker").contains("quay.io/example-org"));

@@ -47,6 +47,13 @@ pub fn policy(sim: &Simulator, name: &str) -> Option<Value> {
     sim.get("config.openshift.io", "clusterimagepolicies", "", name)
 }
 
+/// Whether an Event counts a repeat (kube's recorder patched its series).
+pub fn an_event_repeated(sim: &Simulator) -> bool {
+    sim.list("events.k8s.io", "events")
+        .iter()
+        .any(|e| e["series"]["count"] == 2)
+}
+
 /// A stored MachineConfig.
 pub fn machine_config(sim: &Simulator, name: &str) -> Option<Value> {
     sim.get(

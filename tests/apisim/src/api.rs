@@ -915,19 +915,11 @@ async fn write(
         webhooks::admit(sim, true, &attrs, &mut object, old.as_ref(), warnings).await?;
         let mut new = object.take().expect("mutation keeps the object");
         prune(t, &target.version, &mut new, "Ignore", warnings)?;
+        // A custom resource's schema and CEL rules; a built-in type's own checks.
+        let mut errors = events::validate(t, &new, old.as_ref());
         if let Some(schema) = t.version(&target.version).and_then(|v| v.schema.clone()) {
-            let errors = schema::validate(&schema, &new, old.as_ref());
-            if !errors.is_empty() {
-                return Err(ApiError::from_status(schema::invalid_status(
-                    &t.qualified_kind(),
-                    &t.group,
-                    &t.kind,
-                    &name,
-                    &errors,
-                )));
-            }
+            errors.extend(schema::validate(&schema, &new, old.as_ref()));
         }
-        let errors = events::validate(t, &new, old.as_ref());
         if !errors.is_empty() {
             return Err(ApiError::from_status(schema::invalid_status(
                 &t.qualified_kind(),
