@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::resources::ResourceType;
-use crate::schema::{show, FieldError};
+use crate::schema::{check_name, invalid, required, FieldError};
 
 const INSTANCE_LIMIT: usize = 128;
 const ACTION_LIMIT: usize = 128;
@@ -15,7 +15,7 @@ const REASON_LIMIT: usize = 128;
 const NOTE_LIMIT: usize = 1024;
 
 /// Fields an update may not change: (events.k8s.io name, internal name).
-const IMMUTABLE: [(&str, &str); 11] = [
+const IMMUTABLE: [(&str, &str); 13] = [
     ("regarding", "involvedObject"),
     ("reason", "reason"),
     ("note", "message"),
@@ -27,23 +27,9 @@ const IMMUTABLE: [(&str, &str); 11] = [
     ("eventTime", "eventTime"),
     ("action", "action"),
     ("related", "related"),
+    ("reportingController", "reportingController"),
+    ("reportingInstance", "reportingInstance"),
 ];
-
-fn invalid(field: &str, value: &Value, detail: &str) -> FieldError {
-    FieldError {
-        field: field.into(),
-        reason: "FieldValueInvalid",
-        body: format!("Invalid value: {}: {detail}", show(value)),
-    }
-}
-
-fn required(field: &str) -> FieldError {
-    FieldError {
-        field: field.into(),
-        reason: "FieldValueRequired",
-        body: "Required value".into(),
-    }
-}
 
 fn text<'a>(event: &'a Value, field: &str) -> &'a str {
     event[field].as_str().unwrap_or_default()
@@ -57,15 +43,6 @@ fn qualified_name(s: &str) -> bool {
         && name.chars().all(ok)
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-fn dns_subdomain(s: &str) -> bool {
-    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.');
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars().all(ok)
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// The checks every write of an Event through `events.k8s.io/v1` gets.
@@ -138,14 +115,7 @@ pub fn validate(t: &ResourceType, new: &Value, old: Option<&Value>) -> Vec<Field
     common(new, &mut errors);
     match old {
         None => {
-            let name = new["metadata"]["name"].as_str().unwrap_or_default();
-            if !dns_subdomain(name) {
-                errors.push(invalid(
-                    "metadata.name",
-                    &new["metadata"]["name"],
-                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
-                ));
-            }
+            errors.extend(check_name(new));
             if !matches!(text(new, "type"), "Normal" | "Warning") {
                 errors.push(invalid(
                     "type",
@@ -165,9 +135,7 @@ pub fn validate(t: &ResourceType, new: &Value, old: Option<&Value>) -> Vec<Field
             }
         }
         Some(old) => {
-            let reporting = ["reportingController", "reportingInstance"];
-            let fields = IMMUTABLE.iter().copied().chain(reporting.map(|f| (f, f)));
-            for (field, path) in fields {
+            for (field, path) in IMMUTABLE {
                 if new[field] != old[field] {
                     errors.push(invalid(path, &new[field], "field is immutable"));
                 }

@@ -38,11 +38,19 @@ pub fn show(v: &Value) -> String {
     }
 }
 
-fn invalid(field: &str, value: &Value, detail: &str) -> FieldError {
+pub fn invalid(field: &str, value: &Value, detail: &str) -> FieldError {
     FieldError {
         field: field.into(),
         reason: "FieldValueInvalid",
         body: format!("Invalid value: {}: {detail}", show(value)),
+    }
+}
+
+pub fn required(field: &str) -> FieldError {
+    FieldError {
+        field: field.into(),
+        reason: "FieldValueRequired",
+        body: "Required value".into(),
     }
 }
 
@@ -247,11 +255,7 @@ pub fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldEr
         Value::Object(map) => {
             for req in schema["required"].as_array().into_iter().flatten() {
                 if let Some(r) = req.as_str().filter(|r| !map.contains_key(*r)) {
-                    errors.push(FieldError {
-                        field: child(path, r),
-                        reason: "FieldValueRequired",
-                        body: "Required value".into(),
-                    });
+                    errors.push(required(&child(path, r)));
                 }
             }
             let props = schema["properties"].as_object();
