@@ -8,9 +8,8 @@
 //! (like for like), and its line is priced by running it again with the line filtered out.
 //! Run by `scripts/load-test.sh` (release build, needs wrk).
 
-mod common;
-#[path = "common/server.rs"]
-mod server;
+use testkit::paths;
+use testkit::server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -228,7 +227,7 @@ async fn decision_cpu_against_a_trivial_handler() {
         ReloadingCert::new(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap(),
     );
     let app = Arc::new(App::new(admission::Config::default(), Arc::clone(&cert)));
-    let mut inputs = common::load(&[
+    let mut inputs = paths::load(&[
         "examples/pools.yaml",
         "examples/image.yaml",
         "examples/clusterversion.yaml",

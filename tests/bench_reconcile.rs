@@ -4,16 +4,15 @@
 //! MachineConfig), and RSS with the MCO's rendered MachineConfigs in the cluster. Each
 //! asserts its goal, so the script fails when one is missed.
 
-#[path = "common/cluster.rs"]
-mod cluster;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use apisim::Simulator;
 use base64::Engine;
-use cluster::*;
 use serde_json::{json, Value};
+use testkit::cluster::sim::*;
+use testkit::cluster::*;
+use testkit::upstream::Crd;
 
 const STATE: &[&str] = &[
     "examples/image.yaml",
@@ -91,9 +90,16 @@ fn seed_cluster_bulk(sim: &Simulator, rendered: usize) {
 }
 
 async fn cluster(extra: &[&str], rendered: usize) -> Cluster {
-    let mut c = Cluster::start(&[CIP_V1_CRD, IMAGES_CRD, CLUSTERVERSIONS_CRD, MCO_CRDS]).await;
-    c.seed_files(STATE);
-    seed_cluster_bulk(&c.sim, rendered);
+    let mut c = Cluster::simulated(&[
+        Crd::ClusterImagePolicyV1,
+        Crd::Image,
+        Crd::ClusterVersion,
+        Crd::MachineConfig,
+        Crd::MachineConfigPool,
+    ])
+    .await;
+    c.seed_files(STATE).await;
+    seed_cluster_bulk(c.sim(), rendered);
     c.start_webhook(extra).await;
     c
 }
@@ -148,20 +154,20 @@ fn writes_per_mc(sim: &Simulator) -> BTreeMap<String, usize> {
 /// Seeds `n` policies at once (no admission: a GitOps burst as the store sees it), waits
 /// until every policy has its conditions; returns the time that took.
 async fn burst(c: &Cluster, first: usize, n: usize, total: usize) -> Duration {
-    c.sim.clear_requests();
+    c.sim().clear_requests();
     let started = Instant::now();
     for i in first..first + n {
         let scope = format!("quay.io/burst/app{i}");
-        c.sim
+        c.sim()
             .seed(signed_apps(&format!("p-{i:05}"), &[&scope]))
             .unwrap();
     }
     let deadline = started + Duration::from_secs(60);
-    while reconciled(&c.sim) < total {
+    while reconciled(c.sim()) < total {
         assert!(
             Instant::now() < deadline,
             "never reached: {total} policies reconciled ({} so far)\n{}",
-            reconciled(&c.sim),
+            reconciled(c.sim()),
             c.webhook_log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -205,7 +211,7 @@ async fn latency_burst_and_memory() {
         "bench: leader RSS with 300 rendered MachineConfigs of 300 KiB, no policy: {}",
         rss_parts(pid)
     );
-    let kubeconfig = kube::config::Kubeconfig::read_from(c.sim.kubeconfig()).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(c.sim().kubeconfig()).unwrap();
     let config = kube::config::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .unwrap();
@@ -218,10 +224,10 @@ async fn latency_burst_and_memory() {
     for i in 0..100 {
         let scope = format!("quay.io/lat/app{i}");
         let v = signed_apps(&format!("lat-{i:03}"), &[&scope]);
-        c.sim.clear_requests();
+        c.sim().clear_requests();
         let obj: kube::api::DynamicObject = serde_json::from_value(v).unwrap();
         api.create(&Default::default(), &obj).await.unwrap();
-        c.until("written", |s| {
+        c.until_sim("written", |s| {
             OURS.iter().all(|n| {
                 machine_config(s, n)
                     .and_then(|m| file(&m, path_of(n)))
@@ -231,7 +237,7 @@ async fn latency_burst_and_memory() {
         .await;
         // Spaced like edits by hand, not a burst.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let log = c.sim.requests();
+        let log = c.sim().requests();
         let created = log
             .iter()
             .find(|r| r.verb == "create" && r.resource == "clusterimagepolicies")
@@ -267,8 +273,8 @@ async fn latency_burst_and_memory() {
     );
 
     let took = burst(&c, 100, 900, 1000).await;
-    let writes = writes_per_mc(&c.sim);
-    let held = held_back_are_the_newest(&c.sim);
+    let writes = writes_per_mc(c.sim());
+    let held = held_back_are_the_newest(c.sim());
     eprintln!("bench: 900 policies seeded at once: all 1,000 with conditions after {took:?}; {held} held back (TooLarge), the newest");
     eprintln!("bench: MachineConfig writes during the burst: {writes:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -287,8 +293,8 @@ async fn latency_burst_and_memory() {
 async fn burst_of_5000_policies() {
     let c = cluster(&[], 0).await;
     let took = burst(&c, 0, 5000, 5000).await;
-    let writes = writes_per_mc(&c.sim);
-    let held = held_back_are_the_newest(&c.sim);
+    let writes = writes_per_mc(c.sim());
+    let held = held_back_are_the_newest(c.sim());
     eprintln!("bench: 5,000 policies seeded at once: all with conditions after {took:?}; {held} held back (TooLarge)");
     eprintln!("bench: MachineConfig writes during the burst: {writes:?}");
     eprintln!(
@@ -308,7 +314,7 @@ async fn admission_only_memory() {
     let idle = rss_kib(pid);
     for i in 0..1000 {
         let scope = format!("quay.io/mem/app{i}");
-        c.sim
+        c.sim()
             .seed(signed_apps(&format!("mem-{i}"), &[&scope]))
             .unwrap();
     }

@@ -543,7 +543,7 @@ pub fn reserved_name(name: &str) -> Option<Problem> {
     })
 }
 
-const CEL_NOT_CHECKED: &str = "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
+const CEL_NOT_CHECKED: &str = "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
 
 fn walk(cip: &ClusterImagePolicy) -> Walker {
     let mut w = Walker {
@@ -1147,12 +1147,13 @@ impl Walker {
     }
 }
 
-/// A value for a message: short ones whole, long ones cut.
+/// A value for a message, whole as the API server quotes it, cut past [`MAX_ECHOED`]
+/// (the server would quote a 8,192-character key in full).
 fn shown(v: &str) -> String {
-    if v.chars().count() <= 40 {
+    if v.chars().count() <= MAX_ECHOED {
         format!("{v:?}")
     } else {
-        let head: String = v.chars().take(24).collect();
+        let head: String = v.chars().take(MAX_ECHOED).collect();
         format!("\"{head}…\" ({} characters)", v.chars().count())
     }
 }

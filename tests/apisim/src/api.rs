@@ -22,7 +22,7 @@ use crate::resources::ResourceType;
 use crate::schema;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::ssa;
-use crate::store::{rv_of, Inner, Managed};
+use crate::store::{self, rv_of, Inner, Managed};
 use crate::webhooks::{self, Attributes};
 use crate::{ApiError, FaultAction, Logged, Sim, User};
 
@@ -107,6 +107,12 @@ fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
 
 fn error_response(e: &ApiError, warnings: &[String]) -> Response {
     json_response(e.code, &e.status, warnings)
+}
+
+fn namespace_exists(sim: &Sim, namespace: &str) -> bool {
+    let inner = sim.lock();
+    let namespaces = inner.registry.get("", "namespaces").expect("built in");
+    inner.get(&namespaces, "", namespace).is_some()
 }
 
 fn not_found(t: &ResourceType, name: &str) -> ApiError {
@@ -576,19 +582,22 @@ fn watch(sim: &Arc<Sim>, target: &Target, params: &HashMap<String, String>) -> R
         let events = inner.events.subscribe();
         match from {
             None | Some(0) => {
-                let initial: Vec<(&'static str, Value)> = inner
+                let initial: Vec<Arc<store::Event>> = inner
                     .list(&t, namespace.as_deref())
-                    .map(|o| ("ADDED", o.clone()))
+                    .map(|o| {
+                        Arc::new(store::Event {
+                            rv: 0,
+                            resource: resource.clone(),
+                            kind: "ADDED",
+                            object: o.clone(),
+                            previous: None,
+                        })
+                    })
                     .collect();
                 (events, initial, inner.rv, None)
             }
             Some(rv) => match inner.since(&resource, rv) {
-                Some(evs) => (
-                    events,
-                    evs.iter().map(|e| (e.kind, e.object.clone())).collect(),
-                    inner.rv,
-                    None,
-                ),
+                Some(evs) => (events, evs, inner.rv, None),
                 None => (events, Vec::new(), inner.rv, Some((rv, inner.compacted))),
             },
         }
@@ -612,14 +621,15 @@ fn watch(sim: &Arc<Sim>, target: &Target, params: &HashMap<String, String>) -> R
             let _ = tx.send(Ok(line("ERROR", &status))).await;
             return;
         }
-        for (k, o) in initial {
-            if keep(&o)
-                && tx
-                    .send(Ok(line(k, &present(&t, &version, &o))))
+        for ev in initial {
+            if let Some((kind, object)) = as_seen(&ev, &keep) {
+                if tx
+                    .send(Ok(line(kind, &present(&t, &version, &object))))
                     .await
                     .is_err()
-            {
-                return;
+                {
+                    return;
+                }
             }
         }
         let mut last = start;
@@ -632,9 +642,13 @@ fn watch(sim: &Arc<Sim>, target: &Target, params: &HashMap<String, String>) -> R
                 ev = events.recv() => match ev {
                     Ok(ev) if ev.rv > last => {
                         last = ev.rv;
-                        if ev.resource == resource && keep(&ev.object)
-                            && tx.send(Ok(line(ev.kind, &present(&t, &version, &ev.object)))).await.is_err() {
-                            return;
+                        if ev.resource != resource {
+                            continue;
+                        }
+                        if let Some((kind, object)) = as_seen(&ev, &keep) {
+                            if tx.send(Ok(line(kind, &present(&t, &version, &object)))).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -660,6 +674,30 @@ fn watch(sim: &Arc<Sim>, target: &Target, params: &HashMap<String, String>) -> R
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// An event as a watch with selectors sees it (the watch cache's convertToWatchEvent): a
+/// change that makes an object stop matching is DELETED, with its previous content at
+/// the event's resourceVersion; one that makes it start matching is ADDED.
+fn as_seen(ev: &store::Event, keep: &impl Fn(&Value) -> bool) -> Option<(&'static str, Value)> {
+    let now = ev.kind != "DELETED" && keep(&ev.object);
+    let before = match (&ev.previous, ev.kind) {
+        (Some(previous), _) => keep(previous),
+        (None, "DELETED") => keep(&ev.object),
+        (None, _) => false,
+    };
+    match (now, before, ev.kind) {
+        (true, false, _) => Some(("ADDED", ev.object.clone())),
+        (true, true, kind) => Some((kind, ev.object.clone())),
+        (false, true, "DELETED") => Some(("DELETED", ev.object.clone())),
+        (false, true, _) => {
+            let mut previous = ev.previous.clone().expect("a previous version");
+            previous["metadata"]["resourceVersion"] =
+                ev.object["metadata"]["resourceVersion"].clone();
+            Some(("DELETED", previous))
+        }
+        (false, false, _) => None,
+    }
 }
 
 fn field_manager(params: &HashMap<String, String>, verb: &str) -> String {
@@ -749,6 +787,16 @@ async fn write(
                 .as_deref()
                 .and_then(|n| inner.get(t, &namespace, n).cloned())
         };
+        // NamespaceLifecycle: nothing is created in a namespace that does not exist.
+        if current.is_none() && t.namespaced && !namespace_exists(sim, &namespace) {
+            let mut e = ApiError::new(
+                404,
+                "NotFound",
+                format!("namespaces {namespace:?} not found"),
+            );
+            e.status["details"] = json!({"name": namespace, "kind": "namespaces"});
+            return Err(e);
+        }
         let read_rv = current.as_ref().and_then(|c| rv_of(&c.object));
         let mut managed: Managed = current
             .as_ref()
@@ -758,16 +806,21 @@ async fn write(
             .as_ref()
             .map(|c| present(t, &target.version, &c.object));
         let mut new = match verb {
+            // The storage layer's check, which the API server answers as a plain 500.
+            "create" if rv_of(&input).is_some() => {
+                return Err(ApiError::new(500, "", "resourceVersion should not be set on objects to be created"));
+            }
             "create" => input.clone(),
             "update" => {
                 let old = old.as_ref().ok_or_else(|| not_found(t, target.name.as_deref().unwrap_or_default()))?;
                 match rv_of(&input) {
+                    // The custom resource handler's check, named by resource, not kind.
                     None if t.custom => {
                         return Err(ApiError::from_status(schema::invalid_status(
-                            &t.qualified_kind(), &t.group, &t.kind,
+                            &t.qualified(), &t.group, &t.plural,
                             target.name.as_deref().unwrap_or_default(),
                             &[schema::FieldError { field: "metadata.resourceVersion".into(), reason: "FieldValueInvalid",
-                                body: "Invalid value: 0x0: must be specified for an update".into() }],
+                                body: "Invalid value: 0: must be specified for an update".into() }],
                         )));
                     }
                     Some(rv) if Some(rv) != read_rv => return Err(conflict(t, target.name.as_deref().unwrap_or_default())),
@@ -921,12 +974,20 @@ async fn write(
             errors.extend(schema::validate(&schema, &new, old.as_ref()));
         }
         if !errors.is_empty() {
+            // events.k8s.io Events are core Events inside the API server: its errors name
+            // the internal kind.
+            let group = if t.group == "events.k8s.io" {
+                ""
+            } else {
+                t.group.as_str()
+            };
+            let qualified = if group.is_empty() {
+                t.kind.clone()
+            } else {
+                t.qualified_kind()
+            };
             return Err(ApiError::from_status(schema::invalid_status(
-                &t.qualified_kind(),
-                &t.group,
-                &t.kind,
-                &name,
-                &errors,
+                &qualified, group, &t.kind, &name, &errors,
             )));
         }
         let mut object = Some(new);

@@ -260,6 +260,12 @@ impl Simulator {
                 }
             }
         }
+        // The namespaces kube-apiserver's bootstrap controller creates.
+        let namespaces = inner.registry.get("", "namespaces").expect("built in");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            inner.put(&namespaces, ns, Default::default());
+        }
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (ca_pem, server_config) = tls::server()?;

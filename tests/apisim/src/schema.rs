@@ -32,7 +32,7 @@ pub fn show(v: &Value) -> String {
         Value::String(s) => format!("{s:?}"),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Null => "\"null\"".into(),
+        Value::Null => "null".into(),
         Value::Array(_) => "\"array\"".into(),
         Value::Object(_) => "\"object\"".into(),
     }
@@ -350,25 +350,15 @@ pub fn check_name(object: &Value) -> Vec<FieldError> {
 
 /// Everything the API server checks on a custom resource, in its order: metadata, the
 /// structural schema, then the CEL rules unless a type error blocks them. On an update,
-/// errors on fields the update leaves unchanged are dropped, as the API server's
-/// validation ratcheting (CRDValidationRatcheting, GA in 1.33) does; a write that changes
-/// nothing outside metadata and status (a status write) skips the rules of an unchanged
-/// spec altogether.
+/// errors on values the update leaves unchanged are dropped, as the API server's
+/// validation ratcheting (CRDValidationRatcheting, GA in 1.33) does: a missing required
+/// field counts as a change of the object that should hold it; blocking is decided after
+/// ratcheting; a write that changes nothing outside metadata and status (a status write)
+/// skips the rules of an unchanged spec altogether.
 pub fn validate(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
-    let mut errors = validate_all(schema, object, old);
-    if let Some(old) = old {
-        errors.retain(|e| {
-            e.field.starts_with("metadata")
-                || e.field == "<nil>"
-                || value_at(object, &e.field) != value_at(old, &e.field)
-        });
-    }
-    errors
-}
-
-fn validate_all(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errors = check_name(object);
     check(&schema.openapi, object, "", &mut errors);
+    ratchet(&mut errors, object, old);
     // apiextensions-apiserver's hasBlockingErr: the object lacks the shape the rules
     // were written for.
     let blocked = errors.iter().any(|e| {
@@ -385,10 +375,41 @@ fn validate_all(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<Fie
         errors.push(FieldError {
             field: "<nil>".into(),
             reason: "FieldValueInvalid",
-            body: "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+            body: format!("Invalid value: null: {CEL_NOT_CHECKED}"),
         });
         return errors;
     }
+    let mut rules = cel_errors(schema, object, old);
+    ratchet(&mut rules, object, old);
+    errors.extend(rules);
+    errors
+}
+
+/// The API server's note when a schema error keeps the CEL rules from running.
+pub const CEL_NOT_CHECKED: &str =
+    "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
+
+fn ratchet(errors: &mut Vec<FieldError>, object: &Value, old: Option<&Value>) {
+    let Some(old) = old else {
+        return;
+    };
+    errors.retain(|e| {
+        let at = if e.reason == "FieldValueRequired" && !e.body.contains(':') {
+            e.field
+                .rsplit_once('.')
+                .map(|(parent, _)| parent)
+                .unwrap_or("")
+        } else {
+            e.field.as_str()
+        };
+        e.field.starts_with("metadata")
+            || e.field == "<nil>"
+            || value_at(object, at) != value_at(old, at)
+    });
+}
+
+fn cel_errors(schema: &Schema, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errors = Vec::new();
     let status_rules = schema.openapi["properties"]["status"]
         .to_string()
         .contains("x-kubernetes-validations");
@@ -457,7 +478,9 @@ pub fn invalid_status(
         .collect();
     let mut details = Map::new();
     details.insert("name".into(), json!(name));
-    details.insert("group".into(), json!(group));
+    if !group.is_empty() {
+        details.insert("group".into(), json!(group));
+    }
     details.insert("kind".into(), json!(kind));
     details.insert("causes".into(), json!(causes));
     json!({

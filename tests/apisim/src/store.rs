@@ -27,6 +27,9 @@ pub struct Event {
     pub resource: String,
     pub kind: &'static str,
     pub object: Value,
+    /// What a MODIFIED event replaced: a watch with a selector reports an object that
+    /// stops matching as DELETED (with this content) and one that starts as ADDED.
+    pub previous: Option<Value>,
 }
 
 #[derive(Debug)]
@@ -107,12 +110,19 @@ impl Inner {
             .map(|(_, s)| &s.object)
     }
 
-    fn record(&mut self, resource: String, kind: &'static str, object: Value) {
+    fn record(
+        &mut self,
+        resource: String,
+        kind: &'static str,
+        object: Value,
+        previous: Option<Value>,
+    ) {
         let event = Arc::new(Event {
             rv: self.rv,
             resource,
             kind,
             object,
+            previous,
         });
         self.history.push_back(Arc::clone(&event));
         let _ = self.events.send(event);
@@ -174,7 +184,7 @@ impl Inner {
                 managed,
             },
         );
-        self.record(t.key(), kind, object.clone());
+        self.record(t.key(), kind, object.clone(), old);
         object
     }
 
@@ -190,7 +200,7 @@ impl Inner {
                 self.objects.retain(|(r, _, _), _| *r != resource);
             }
         }
-        self.record(t.key(), "DELETED", object.clone());
+        self.record(t.key(), "DELETED", object.clone(), None);
         Some(object)
     }
 

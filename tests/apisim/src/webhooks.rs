@@ -380,7 +380,8 @@ enum Outcome {
         patch: Option<Value>,
         warnings: Vec<String>,
     },
-    Denied(ApiError),
+    /// Refused; the API server passes the webhook's warnings on with its refusal.
+    Denied(ApiError, Vec<String>),
 }
 
 async fn call_one(
@@ -418,15 +419,15 @@ async fn call_one(
             response["uid"].as_str().unwrap_or_default()
         ));
     }
-    if response["allowed"] != json!(true) {
-        return Ok(Outcome::Denied(denial(name, &response["status"])));
-    }
     let warnings = response["warnings"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|w| w.as_str().map(str::to_string))
         .collect();
+    if response["allowed"] != json!(true) {
+        return Ok(Outcome::Denied(denial(name, &response["status"]), warnings));
+    }
     let patch = match response["patch"].as_str() {
         None => None,
         Some(_) if !mutating => {
@@ -487,7 +488,10 @@ pub async fn admit(
             let uid = sim.next_uid();
             let body = review(a, &uid, object.as_ref(), old);
             match call_one(sim, hook, mutating, &body, &uid).await {
-                Ok(Outcome::Denied(e)) => return Err(e),
+                Ok(Outcome::Denied(e, w)) => {
+                    warnings.extend(w);
+                    return Err(e);
+                }
                 Ok(Outcome::Allowed { patch, warnings: w }) => {
                     warnings.extend(w);
                     if let (Some(patch), Some(obj)) = (patch, object.as_mut()) {

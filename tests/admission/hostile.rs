@@ -1,0 +1,458 @@
+//! Hostile and broken input, as a client on the cluster network could send it: connections
+//! that never speak or never finish, bodies that hold memory, state directories with FIFOs,
+//! symlink loops and inconsistent objects, names that would forge log lines, certificate
+//! files replaced behind the server's back. Each case held the server before (issue 13).
+
+use testkit::paths;
+use testkit::server as harness;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use harness::*;
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use cip_webhook::admission;
+use cip_webhook::server::Limits;
+
+fn limits() -> Limits {
+    Limits {
+        max_connections: 8,
+        request_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    }
+}
+
+/// Reads until the server closes the connection; how long that took.
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("still open after {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_state_has_a_deadline() {
+    let s = start_with(admission::Config::default(), limits(), Some(&STATE)).await;
+    // Never a byte after the handshake.
+    let mut silent = connect(s.addr, &s.ca, &[b"http/1.1"]).await.unwrap();
+    // Half an HTTP/2 preface.
+    let mut half = connect(s.addr, &s.ca, &[b"h2"]).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // A whole preface and settings, then nothing: an HTTP/2 connection with no stream.
+    let mut idle_h2 = connect(s.addr, &s.ca, &[b"h2"]).await.unwrap();
+    idle_h2
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // Half the headers of a request.
+    let mut slow = connect(s.addr, &s.ca, &[b"http/1.1"]).await.unwrap();
+    slow.write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let within = Duration::from_secs(5);
+    let (a, b, c, d) = tokio::join!(
+        closed_after(&mut silent, within),
+        closed_after(&mut half, within),
+        closed_after(&mut idle_h2, within),
+        closed_after(&mut slow, within),
+    );
+    for took in [a, b, c, d] {
+        assert!(
+            took < Duration::from_millis(2500),
+            "{a:?} {b:?} {c:?} {d:?}"
+        );
+    }
+    // A keep-alive connection idle after a request is closed after the idle timeout.
+    let mut kept = connect(s.addr, &s.ca, &[b"http/1.1"]).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let took = closed_after(&mut kept, within).await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_make_room_when_every_slot_is_taken() {
+    let mut limits = limits();
+    // Long deadlines: only the shedding can free the slots in time.
+    limits.request_timeout = Duration::from_secs(30);
+    limits.idle_timeout = Duration::from_secs(30);
+    let s = start_with(admission::Config::default(), limits, Some(&STATE)).await;
+    let mut holders = Vec::new();
+    for _ in 0..8 {
+        holders.push(connect(s.addr, &s.ca, &[b"h2"]).await.unwrap());
+    }
+    let started = Instant::now();
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        send(&s, "GET", "/healthz", Vec::new()),
+    )
+    .await
+    .expect("answered although 8 idle connections held every slot");
+    assert_eq!((status, body), (StatusCode::OK, b"ok\n".to_vec()));
+    eprintln!("healthz past 8 idle connections: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_flight_share_one_memory_budget() {
+    let mut limits = limits();
+    limits.max_body = 1024 * 1024;
+    limits.max_body_in_flight = 1024 * 1024;
+    let s = start_with(admission::Config::default(), limits, Some(&STATE)).await;
+    // One client announces a 1 MiB body and sends a byte of it: the whole budget.
+    let mut hog = connect(s.addr, &s.ca, &[b"http/1.1"]).await.unwrap();
+    hog.write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another review waits for room instead of being read at once.
+    let started = Instant::now();
+    let good = review(
+        "ClusterImagePolicy",
+        "CREATE",
+        "u",
+        policy("v1", &["example.org"]),
+    );
+    let (status, _) = send(&s, "POST", "/validate", good).await;
+    let waited = started.elapsed();
+    let mut answer = String::new();
+    hog.read_to_string(&mut answer).await.ok();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(waited > Duration::from_millis(700), "{waited:?} {status}");
+    let metrics = harness::metrics(&s).await;
+    assert!(
+        metrics.contains("cip_webhook_admission_bad_requests_total 1"),
+        "{metrics}"
+    );
+}
+
+/// A plain-log `serve --state-dir` process; its log file and address.
+struct Process {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    ca: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    async fn start(state: &std::path::Path, extra: &[&str]) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let out = std::process::Command::new(paths::bin())
+            .args(["certs", "--dns", "localhost", "--out"])
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let log = dir.path().join("serve.log");
+        let child = tokio::process::Command::new(paths::bin())
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--metrics-listen",
+                "none",
+            ])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--tls-cert")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("tls.key"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+        Process {
+            child,
+            addr,
+            log,
+            ca,
+            _dir: dir,
+        }
+    }
+
+    fn server(&self) -> Remote {
+        Remote {
+            addr: self.addr,
+            ca: self.ca.clone(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a path, retrying until `done` holds for the body (15 s at most).
+    async fn until(&self, path: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let server = self.server();
+        loop {
+            if let Ok(Ok((_, body))) = tokio::time::timeout(
+                Duration::from_secs(2),
+                send_checked(&server, "GET", path, Vec::new()),
+            )
+            .await
+            {
+                let body = String::from_utf8_lossy(&body).into_owned();
+                if done(&body) {
+                    return body;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{path} never: {body}\n{}",
+                    self.log()
+                );
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "{path} never answered\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn copy_examples(dir: &std::path::Path) {
+    for f in [
+        "image.yaml",
+        "clusterversion.yaml",
+        "pools.yaml",
+        "p0.yaml",
+        "signed-apps.yaml",
+    ] {
+        std::fs::copy(paths::root().join("examples").join(f), dir.join(f)).unwrap();
+    }
+}
+
+async fn blocked_scope_denied(server: &Remote) -> bool {
+    let r = validate(
+        server,
+        review(
+            "ClusterImagePolicy",
+            "CREATE",
+            "kube:admin",
+            policy("v1", &["blocked.example.com/x"]),
+        ),
+    )
+    .await;
+    r["allowed"] == json!(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_never_blocks_the_server() {
+    let state = tempfile::tempdir().unwrap();
+    copy_examples(state.path());
+    let fifo = state.path().join("pipe.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink(state.path(), state.path().join("loop")).unwrap();
+    // A ConfigMap mount's second copy of every key.
+    std::fs::create_dir(state.path().join("..data")).unwrap();
+    std::fs::copy(
+        state.path().join("p0.yaml"),
+        state.path().join("..data/p0.yaml"),
+    )
+    .unwrap();
+    let p = Process::start(state.path(), &[]).await;
+    let body = p.until("/readyz", |b| b.starts_with("ok:")).await;
+    assert!(body.contains("2 ClusterImagePolicies"), "{body}");
+    let started = Instant::now();
+    p.until("/healthz", |b| b == "ok\n").await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(blocked_scope_denied(&p.server()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconsistent_state_directory_keeps_the_last_good_state() {
+    let state = tempfile::tempdir().unwrap();
+    copy_examples(state.path());
+    let p = Process::start(state.path(), &[]).await;
+    p.until("/readyz", |b| b.starts_with("ok: state from"))
+        .await;
+    let server = p.server();
+    assert!(blocked_scope_denied(&server).await);
+    let dir = state.path();
+    // A leftover copy of the Image.
+    std::fs::copy(dir.join("image.yaml"), dir.join("image-copy.yaml")).unwrap();
+    let body = p
+        .until("/readyz", |b| b.contains("the last reload was refused"))
+        .await;
+    assert!(
+        body.contains("Image \"cluster\" is given more than once"),
+        "{body}"
+    );
+    assert!(blocked_scope_denied(&server).await);
+    std::fs::remove_file(dir.join("image-copy.yaml")).unwrap();
+    // An Image with both lists: the MCO refuses it; so does the state.
+    std::fs::write(
+        dir.join("image.yaml"),
+        "apiVersion: config.openshift.io/v1\nkind: Image\nmetadata: {name: cluster}\nspec: {registrySources: {allowedRegistries: [a.io], blockedRegistries: [blocked.example.com]}}\n",
+    )
+    .unwrap();
+    p.until("/readyz", |b| {
+        b.contains("only one of AllowedRegistries or BlockedRegistries")
+    })
+    .await;
+    assert!(blocked_scope_denied(&server).await);
+    // Emptied (an unmounted ConfigMap): still the last good state.
+    for e in std::fs::read_dir(dir).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    p.until("/readyz", |b| b.contains("no object left in the directory"))
+        .await;
+    assert!(blocked_scope_denied(&server).await);
+    // Mended: the refusal is gone from /readyz.
+    copy_examples(dir);
+    let body = p.until("/readyz", |b| !b.contains("refused")).await;
+    assert!(body.starts_with("ok: state from"), "{body}");
+    assert!(p.log().contains("cluster state refused"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_a_newline_does_not_forge_a_log_line() {
+    let state = tempfile::tempdir().unwrap();
+    copy_examples(state.path());
+    let p = Process::start(state.path(), &[]).await;
+    p.until("/readyz", |b| b.starts_with("ok:")).await;
+    // A denial: what is logged at info.
+    let mut object = policy("v1", &["blocked.example.com/a"]);
+    object["metadata"]["name"] = json!("x");
+    let mut body: Value = serde_json::from_slice(&review(
+        "ClusterImagePolicy",
+        "CREATE",
+        "kube:admin",
+        object,
+    ))
+    .unwrap();
+    body["request"]["name"] =
+        json!("x\n2026-01-01T00:00:00Z  INFO forged: admission decision verdict=allowed");
+    let r = validate(&p.server(), serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(r["allowed"], false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = p.log();
+    assert!(log.contains("name=x\\n2026"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_certificate_pair_is_logged_once_and_the_exit_is_bounded() {
+    let state = tempfile::tempdir().unwrap();
+    copy_examples(state.path());
+    let mut p = Process::start(
+        state.path(),
+        &["--shutdown-grace", "1", "--shutdown-delay", "0"],
+    )
+    .await;
+    p.until("/readyz", |b| b.starts_with("ok:")).await;
+    let key = p._dir.path().join("certs/tls.key");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    for _ in 0..5 {
+        p.until("/healthz", |b| b == "ok\n").await;
+    }
+    assert_eq!(
+        p.log().matches("serving certificate not reloaded").count(),
+        1,
+        "{}",
+        p.log()
+    );
+    // A request left hanging (a body that never comes) does not keep the process past
+    // the grace period.
+    let mut hanging = connect(p.addr, &p.ca, &[b"http/1.1"]).await.unwrap();
+    hanging
+        .write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let pid = p.child.id().unwrap() as i32;
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { kill(pid, 15) };
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
+        .await
+        .expect("exited")
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_certificate_is_picked_up_whatever_its_size_and_mtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = cip_webhook::tls::generate(&["localhost".into()], 30).unwrap();
+    let b = cip_webhook::tls::generate(&["localhost".into()], 30).unwrap();
+    // The same byte counts: pad the shorter with trailing newlines, which PEM ignores.
+    let pad = |x: &str, y: &str| format!("{x}{}", "\n".repeat(y.len().saturating_sub(x.len())));
+    let (a_cert, b_cert) = (pad(&a.cert, &b.cert), pad(&b.cert, &a.cert));
+    let (a_key, b_key) = (pad(&a.key, &b.key), pad(&b.key, &a.key));
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &a_cert).unwrap();
+    std::fs::write(&key, &a_key).unwrap();
+    let reloading = cip_webhook::tls::ReloadingCert::new(&cert, &key).unwrap();
+    let first = reloading.current().cert[0].clone();
+    let mtimes: Vec<_> = [&cert, &key]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .collect();
+    std::fs::write(&cert, &b_cert).unwrap();
+    std::fs::write(&key, &b_key).unwrap();
+    for (p, t) in [&cert, &key].iter().zip(mtimes) {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    assert_eq!(
+        std::fs::metadata(&cert).unwrap().len() as usize,
+        a_cert.len()
+    );
+    let second = reloading.current().cert[0].clone();
+    assert_ne!(first, second, "the new pair is served");
+}

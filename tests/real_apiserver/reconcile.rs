@@ -1,0 +1,539 @@
+//! The reconciler in the real binary against the real API server, as its service account
+//! under the project's RBAC and admission policy: MachineConfigs and status written exactly
+//! (the server's audit log counts the writes), nothing written when nothing changed,
+//! Events and Leases as the server keeps them, one writer among replicas, namespaced
+//! ImagePolicies. (Faults on demand: `tests/simulator/reconcile.rs`.)
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use testkit::cluster::*;
+use testkit::kube::Audited;
+use testkit::upstream::{Crd, MCO_CRDS};
+
+const STATE: &[&str] = &[
+    "examples/image.yaml",
+    "examples/clusterversion.yaml",
+    "examples/pools.yaml",
+    "examples/machineconfigs/01-master-container-runtime.yaml",
+    "examples/machineconfigs/01-worker-container-runtime.yaml",
+    "examples/machineconfigs/99-master-generated-registries.yaml",
+    "examples/machineconfigs/99-worker-generated-registries.yaml",
+];
+const OURS: [&str; 4] = [
+    "99-master-generated-imagepolicies",
+    "99-master-generated-registries",
+    "99-worker-generated-imagepolicies",
+    "99-worker-generated-registries",
+];
+
+fn crds(extra: &[Crd]) -> Vec<Crd> {
+    [
+        &[Crd::ClusterImagePolicyV1, Crd::Image, Crd::ClusterVersion][..],
+        &MCO_CRDS,
+        extra,
+    ]
+    .concat()
+}
+
+async fn cluster(extra: &[&str]) -> Cluster {
+    let mut c = Cluster::real(&crds(&[])).await;
+    c.seed_files(STATE).await;
+    c.start_webhook(extra).await;
+    c
+}
+
+async fn policy_json(c: &Cluster, pool: &str) -> String {
+    let mc = c
+        .machine_config(&format!("99-{pool}-generated-registries"))
+        .await
+        .unwrap();
+    file(&mc, "/etc/containers/policy.json").unwrap_or_default()
+}
+
+fn writes<'a>(log: &'a [Audited], resource: &str) -> Vec<&'a Audited> {
+    log.iter()
+        .filter(|r| r.resource == resource && r.is_write())
+        .collect()
+}
+
+async fn all_ours_written(c: &Cluster) -> bool {
+    for n in OURS {
+        if c.machine_config(n).await.is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn ours(c: &Cluster) -> Vec<(String, Option<Value>)> {
+    let mut out = Vec::new();
+    for n in OURS {
+        out.push((n.to_string(), c.machine_config(n).await));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_become_machine_configs_and_revert() {
+    let c = cluster(&["--lease-duration", "2"]).await;
+    let mut original = Vec::new();
+    for n in [
+        "99-master-generated-registries",
+        "99-worker-generated-registries",
+    ] {
+        original.push(c.machine_config(n).await.unwrap());
+    }
+
+    // Create: the golden MachineConfigs, registries.conf kept, status Applied.
+    c.apply_ok("examples/signed-apps.yaml").await;
+    c.until("imagepolicies MachineConfigs written", all_ours_written)
+        .await;
+    c.until("status Applied", async |c: &Cluster| {
+        c.policy("signed-apps").await.unwrap()["status"]["conditions"][0]["status"] == "True"
+    })
+    .await;
+    testkit::cluster::assert_reconcile_golden("created", &ours(&c).await);
+    for pool in ["master", "worker"] {
+        let registries = c
+            .machine_config(&format!("99-{pool}-generated-registries"))
+            .await
+            .unwrap();
+        assert!(
+            file(&registries, "/etc/containers/registries.conf").is_some(),
+            "another file survives"
+        );
+        assert!(policy_json(&c, pool).await.contains("quay.io/example-org"));
+    }
+    let cip = c.policy("signed-apps").await.unwrap();
+    let applied = &cip["status"]["conditions"][0];
+    assert_eq!(applied["type"], "Applied");
+    assert_eq!(applied["observedGeneration"], 1);
+    assert_eq!(
+        applied["message"],
+        "written to the MachineConfigs of pools master, worker"
+    );
+
+    // Nothing changed: an unrelated change writes nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.api().clear_requests();
+    let mut cv = c
+        .get("config.openshift.io", "clusterversions", "", "version")
+        .await
+        .unwrap();
+    cv["metadata"]["annotations"] = json!({"touched": "yes"});
+    c.seed(cv).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = c.api().requests();
+    assert_eq!(writes(&log, "machineconfigs").len(), 0, "{log:#?}");
+    assert_eq!(writes(&log, "clusterimagepolicies").len(), 0, "{log:#?}");
+
+    // Update: one write per changed MachineConfig, one status write.
+    c.api().clear_requests();
+    let scopes = [
+        "quay.io/example-org",
+        "registry.example.com:5000/team/app",
+        "quay.io/other",
+    ];
+    c.apply_value(&signed_apps("signed-apps", &scopes)).await;
+    c.until("new scope rendered", async |c: &Cluster| {
+        let mut written = true;
+        for p in ["master", "worker"] {
+            written &= policy_json(c, p).await.contains("quay.io/other");
+        }
+        written
+            && c.machine_config("99-worker-generated-imagepolicies")
+                .await
+                .is_some_and(|m| {
+                    file(&m, "/etc/containers/registries.d/sigstore-registries.yaml")
+                        .unwrap()
+                        .contains("quay.io/other")
+                })
+    })
+    .await;
+    c.until("observedGeneration 2", async |c: &Cluster| {
+        c.policy("signed-apps").await.unwrap()["status"]["conditions"][0]["observedGeneration"] == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let log = c.api().requests();
+    let mc_writes: Vec<(&str, &str)> = writes(&log, "machineconfigs")
+        .iter()
+        .map(|r| (r.verb.as_str(), r.name.as_str()))
+        .collect();
+    assert_eq!(mc_writes.len(), 4, "{mc_writes:?}");
+    assert!(
+        mc_writes.iter().all(|(verb, _)| *verb == "update"),
+        "{mc_writes:?}"
+    );
+    let status: Vec<&Audited> = writes(&log, "clusterimagepolicies")
+        .into_iter()
+        .filter(|r| r.subresource == "status")
+        .collect();
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert!(
+        status
+            .iter()
+            .all(|r| r.user == RECONCILER_ACCOUNT && r.code == 200),
+        "{status:?}"
+    );
+    testkit::cluster::assert_reconcile_golden("updated", &ours(&c).await);
+
+    // Delete: the registries MachineConfigs get their original bytes back, ours go.
+    let run = c
+        .kubectl(&["delete", "clusterimagepolicy", "signed-apps"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("reverted", async |c: &Cluster| {
+        c.machine_config("99-master-generated-imagepolicies")
+            .await
+            .is_none()
+            && c.machine_config("99-worker-generated-imagepolicies")
+                .await
+                .is_none()
+    })
+    .await;
+    c.until("registries reverted", async |c: &Cluster| {
+        for o in &original {
+            let now = c
+                .machine_config(o["metadata"]["name"].as_str().unwrap())
+                .await
+                .unwrap();
+            if now["spec"] != o["spec"] {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_policies_get_status_and_an_event() {
+    let c = cluster(&[]).await;
+    // Stored without the webhook's judgement (as if created before the Image CR blocked it).
+    c.seed_unadmitted(signed_apps(
+        "blocked",
+        &["blocked.example.com/app", "quay.io/example-org"],
+    ))
+    .await;
+    c.until("Pending", async |c: &Cluster| {
+        c.policy("blocked").await.unwrap()["status"]["conditions"][1]["status"] == "True"
+    })
+    .await;
+    let cip = c.policy("blocked").await.unwrap();
+    let pending = &cip["status"]["conditions"][1];
+    assert_eq!(pending["reason"], "ConflictScopes");
+    assert!(
+        pending["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked.example.com/app"),
+        "{pending}"
+    );
+    c.until("event", async |c: &Cluster| {
+        !c.list("events.k8s.io", "events").await.is_empty()
+    })
+    .await;
+    let events = c.list("events.k8s.io", "events").await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["regarding"]["name"], "blocked");
+    assert_eq!(events[0]["reason"], "ConflictScopes");
+    // The API server keeps Events about cluster-scoped objects in `default`.
+    assert_eq!(events[0]["metadata"]["namespace"], "default");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["reportingController"], "cip-webhook");
+    // A new message with the same reason is a repeat: the first Event counts it.
+    c.seed_unadmitted(signed_apps(
+        "blocked",
+        &[
+            "blocked.example.com/app",
+            "blocked.example.com/other",
+            "quay.io/example-org",
+        ],
+    ))
+    .await;
+    c.until("a series", async |c: &Cluster| {
+        event_repeated(&c.list("events.k8s.io", "events").await)
+    })
+    .await;
+    assert_eq!(c.list("events.k8s.io", "events").await.len(), 1);
+    // The scope that is not blocked is written all the same.
+    assert!(policy_json(&c, "worker")
+        .await
+        .contains("quay.io/example-org"));
+    assert!(!policy_json(&c, "worker")
+        .await
+        .contains("blocked.example.com/app"));
+}
+
+async fn holder(c: &Cluster) -> Option<String> {
+    c.get(
+        "coordination.k8s.io",
+        "leases",
+        NAMESPACE,
+        "cip-webhook-reconcile",
+    )
+    .await
+    .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+/// A service account of its own for a replica, with the reconciler's roles, so that the
+/// audit log tells the replicas apart.
+async fn replica_account(c: &Cluster, name: &str) -> String {
+    for (kind, role_kind, namespace) in [
+        ("ClusterRoleBinding", "ClusterRole", None),
+        ("RoleBinding", "Role", Some(NAMESPACE)),
+    ] {
+        let mut binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": {"name": format!("replica-{name}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": "cip-webhook-reconciler"},
+            "subjects": [{"kind": "ServiceAccount", "name": format!("replica-{name}"), "namespace": NAMESPACE}]
+        });
+        if let Some(ns) = namespace {
+            binding["metadata"]["namespace"] = json!(ns);
+        }
+        c.api().ensure(binding).await;
+    }
+    format!("system:serviceaccount:{NAMESPACE}:replica-{name}")
+}
+
+/// Replicas that reconcile, each as its own service account with the reconciler's roles:
+/// the Lease decides which one writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_writes_and_a_successor_takes_over() {
+    let mut c = Cluster::real(&crds(&[])).await;
+    c.seed_files(STATE).await;
+    // No shutdown delay: the test is about the Lease, not the endpoints.
+    let args = ["--lease-duration", "2", "--shutdown-delay", "0"];
+    let a = c
+        .spawn_replica(&replica_account(&c, "a").await, "a", &args)
+        .await;
+    let b = c
+        .spawn_replica(&replica_account(&c, "b").await, "b", &args)
+        .await;
+    c.route_webhook(a.addr).await;
+    c.until("a leader", async |c: &Cluster| holder(c).await.is_some())
+        .await;
+    let first = holder(&c).await.unwrap();
+    let (leader, follower) = if first == "a" { (a, b) } else { (b, a) };
+    c.route_webhook(follower.addr).await;
+
+    c.api().clear_requests();
+    c.apply_ok("examples/signed-apps.yaml").await;
+    c.until("written", all_ours_written).await;
+    let writers: BTreeSet<String> = writes(&c.api().requests(), "machineconfigs")
+        .iter()
+        .map(|r| {
+            r.user
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim_start_matches("replica-")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        writers,
+        [leader.identity.clone()].into(),
+        "only the leader writes"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Killed without a chance to release: the follower takes over once the lease expires,
+    // and writes no MachineConfig since nothing changed.
+    c.api().clear_requests();
+    let mut leader = leader;
+    leader.child.kill().await.unwrap();
+    let killed = Instant::now();
+    c.until("takeover", async |c: &Cluster| {
+        holder(c).await.as_deref() == Some(follower.identity.as_str())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover after a crash: {takeover:?} (lease 2 s)");
+    // The lease's 2 s, a retry period, and a loaded machine's scheduling.
+    assert!(takeover <= Duration::from_secs(6), "{takeover:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = c.api().requests();
+    assert_eq!(writes(&log, "machineconfigs").len(), 0, "{log:#?}");
+
+    // SIGTERM releases the lease: a new replica takes over well before it would expire.
+    let c2 = c
+        .spawn_replica(&replica_account(&c, "c").await, "c", &args)
+        .await;
+    let status = follower.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let released = Instant::now();
+    assert_eq!(holder(&c).await, None, "released on SIGTERM");
+    c.until("c leads", async |c: &Cluster| {
+        holder(c).await.as_deref() == Some("c")
+    })
+    .await;
+    let handover = released.elapsed();
+    eprintln!("handover after SIGTERM: {handover:?}");
+    assert!(handover < Duration::from_secs(2), "{handover:?}");
+    drop(c2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_only_mode_writes_nothing() {
+    let c = cluster(&["--mode", "admission-only"]).await;
+    c.apply_ok("examples/signed-apps.yaml").await;
+    // Admission still runs: the validating webhook denies a blocked scope.
+    let blocked = signed_apps("blocked", &["blocked.example.com/app"]);
+    let run = c.apply(&c.write("blocked.json", blocked.to_string())).await;
+    assert!(
+        !run.ok && run.stderr.contains("nested inside blockedRegistries"),
+        "{run:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = c.api().requests();
+    let by_us: Vec<&Audited> = log
+        .iter()
+        .filter(|r| r.user == SERVICE_ACCOUNT && !r.resource.is_empty())
+        .collect();
+    assert!(!by_us.is_empty());
+    assert!(
+        by_us
+            .iter()
+            .all(|r| matches!(r.verb.as_str(), "list" | "watch")),
+        "{by_us:#?}"
+    );
+    for n in OURS.iter().filter(|n| n.ends_with("imagepolicies")) {
+        assert!(c.machine_config(n).await.is_none());
+    }
+    let cip = c.policy("signed-apps").await.unwrap();
+    assert!(cip.get("status").is_none(), "{cip}");
+}
+
+/// Namespaced ImagePolicies through kubectl, the webhook and the reconciler: a scope in a
+/// blocked registry is refused in the MCO's `imagePolicy` wording; one inside a cluster
+/// policy's scope is admitted with a warning and dropped (the MCO's precedence and its
+/// status); the rest becomes the namespace's policy file beside policy.json, built from the
+/// cluster's; deleting the policy removes the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_policies_become_namespace_policy_files() {
+    let mut c = Cluster::real(&crds(&[Crd::ImagePolicyV1, Crd::ImageDigestMirrorSet])).await;
+    c.seed_files(STATE).await;
+    c.start_webhook(&[]).await;
+    let run = c.kubectl(&["create", "namespace", "team-a"]).await;
+    assert!(run.ok, "{run:?}");
+    c.apply_ok("examples/signed-apps.yaml").await;
+    let bad = c.write(
+        "bad.json",
+        serde_json::to_vec(&team_policy("team-a", "bad", &["blocked.example.com/app"])).unwrap(),
+    );
+    let denied = c.apply(&bad).await;
+    assert!(
+        !denied.ok
+            && denied
+                .stderr
+                .contains("imagePolicy configured for the scope blocked.example.com/app is nested inside blockedRegistries"),
+        "{denied:?}"
+    );
+    let run = c
+        .apply_value(&team_policy(
+            "team-a",
+            "team",
+            &["quay.io/example-org/tools", "registry.example.com/team-a"],
+        ))
+        .await;
+    assert!(
+        run.stderr
+            .contains("only the cluster policy applies to these images"),
+        "{run:?}"
+    );
+    let team_file = async |c: &Cluster| {
+        c.machine_config("99-worker-generated-registries")
+            .await
+            .and_then(|mc| file(&mc, "/etc/crio/policies/team-a.json"))
+    };
+    let sigstore_yaml = async |c: &Cluster| {
+        c.machine_config("99-worker-generated-imagepolicies")
+            .await
+            .and_then(|mc| file(&mc, "/etc/containers/registries.d/sigstore-registries.yaml"))
+    };
+    // Both MachineConfigs of the pass: the namespace's file and its attachments.
+    c.until("the namespace's file", async |c: &Cluster| {
+        team_file(c).await.is_some()
+            && sigstore_yaml(c)
+                .await
+                .is_some_and(|y| y.contains("registry.example.com/team-a:"))
+    })
+    .await;
+    let team: Value = serde_json::from_str(&team_file(&c).await.unwrap()).unwrap();
+    let docker = team["transports"]["docker"].as_object().unwrap();
+    assert!(docker.contains_key("registry.example.com/team-a"));
+    // The cluster's policy.json is its base: its scopes and the blocked registry hold.
+    assert!(docker.contains_key("quay.io/example-org"));
+    assert_eq!(docker["blocked.example.com"], json!([{"type": "reject"}]));
+    assert!(!docker.contains_key("quay.io/example-org/tools"));
+    assert!(!policy_json(&c, "worker")
+        .await
+        .contains("registry.example.com/team-a"));
+    // A mirror set, watched: the mirror gets sigstore attachments too.
+    c.seed(json!({
+        "apiVersion": "config.openshift.io/v1",
+        "kind": "ImageDigestMirrorSet",
+        "metadata": {"name": "team-a"},
+        "spec": {"imageDigestMirrors": [
+            {"source": "registry.example.com/team-a", "mirrors": ["mirror.internal/team-a"]}
+        ]}
+    }))
+    .await;
+    c.until("the mirror's sigstore attachments", async |c: &Cluster| {
+        sigstore_yaml(c)
+            .await
+            .is_some_and(|y| y.contains("mirror.internal/team-a:"))
+    })
+    .await;
+    c.until("the MCO's status", async |c: &Cluster| {
+        c.image_policy("team-a", "team").await.unwrap()["status"]["conditions"][1]["reason"]
+            == "ConflictScopes"
+    })
+    .await;
+    let status = &c.image_policy("team-a", "team").await.unwrap()["status"];
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(status["conditions"][1]["status"], "False");
+    assert_eq!(
+        status["conditions"][1]["message"],
+        "has conflicting scope(s) [\"quay.io/example-org/tools\"] that equal to or nest inside existing clusterimagepolicy, only policy from clusterimagepolicy scope(s) will be applied"
+    );
+    // One stored before admission could refuse it: held back, with a Warning Event in
+    // its own namespace, where `oc describe imagepolicy` looks.
+    c.seed_unadmitted(team_policy("team-a", "held", &["blocked.example.com/app"]))
+        .await;
+    c.until("the ImagePolicy's Event", async |c: &Cluster| {
+        c.list("events.k8s.io", "events")
+            .await
+            .iter()
+            .any(|e| e["regarding"]["kind"] == "ImagePolicy")
+    })
+    .await;
+    let events = c.list("events.k8s.io", "events").await;
+    let held = events
+        .iter()
+        .find(|e| e["regarding"]["kind"] == "ImagePolicy")
+        .unwrap();
+    assert_eq!(held["metadata"]["namespace"], "team-a");
+    assert_eq!(held["regarding"]["namespace"], "team-a");
+    assert_eq!(held["regarding"]["name"], "held");
+    assert_eq!(held["type"], "Warning");
+    let run = c
+        .kubectl(&["delete", "imagepolicy", "-n", "team-a", "team", "held"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("the file removed", async |c: &Cluster| {
+        team_file(c).await.is_none()
+    })
+    .await;
+    let writers: BTreeSet<String> = writes(&c.api().requests(), "machineconfigs")
+        .iter()
+        .filter(|r| r.user != "admin")
+        .map(|r| r.user.clone())
+        .collect();
+    assert_eq!(writers, BTreeSet::from([RECONCILER_ACCOUNT.to_string()]));
+}
