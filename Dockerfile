@@ -19,7 +19,8 @@ RUN if [ "$TARGETARCH" = arm64 ] && [ "$(uname -m)" != aarch64 ]; then \
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-COPY tests/apisim ./tests/apisim
+# The workspace: its test crates and targets must exist for cargo to read the manifest.
+COPY tests ./tests
 COPY scripts/build-release.sh ./scripts/
 RUN scripts/build-release.sh | tail -1 | xargs -I{} cp {} /cip-webhook
 

@@ -131,14 +131,16 @@ async fn sigterm_keeps_serving_through_the_shutdown_delay_on_both_families() {
         answer.ends_with("200") && answer.contains(r#""allowed":true"#),
         "{answer}"
     );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    // It exits once the delay is over: never before it, and not at some later timeout
+    // (the bound is loose: a loaded 2-core machine may start the process late).
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
         .expect("exits after the delay")
         .unwrap();
     let took = stopped_at.elapsed();
     assert!(status.success(), "{status:?}");
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+        took >= Duration::from_secs(3) && took < Duration::from_secs(12),
         "{took:?}\n{}",
         std::fs::read_to_string(&log).unwrap()
     );

@@ -1,5 +1,6 @@
-//! The admission server over real TLS sockets, with a client that trusts only the
-//! generated CA, as kube-apiserver does with the caBundle.
+//! The admission server: its decisions through the router without a socket, and over
+//! real TLS sockets (with a client that trusts only the generated CA, as kube-apiserver
+//! does with the caBundle) where TLS, HTTP/2, certificates or shutdown are the point.
 
 use testkit::paths;
 use testkit::server as harness;
@@ -25,7 +26,7 @@ use cip_webhook::server::Limits;
 use harness::*;
 
 /// A v1 PublicKey policy on these scopes, as kube:admin.
-async fn validate_scopes(server: &Server, operation: &str, scopes: &[&str]) -> Value {
+async fn validate_scopes(server: &impl Admits, operation: &str, scopes: &[&str]) -> Value {
     validate(
         server,
         review(
@@ -48,7 +49,7 @@ fn assert_forbidden(response: &Value, message: &str) {
 
 #[tokio::test]
 async fn denials_carry_403_forbidden_and_the_core_message() {
-    let s = start().await;
+    let s = routed();
     let r = validate_scopes(&s, "CREATE", &["blocked.example.com/global"]).await;
     assert_forbidden(&r, "clusterimagePolicy configured for the scope blocked.example.com/global is nested inside blockedRegistries");
     let r = validate_scopes(&s, "UPDATE", &["quay.io/openshift-release-dev"]).await;
@@ -92,7 +93,7 @@ async fn denials_carry_403_forbidden_and_the_core_message() {
 
 #[tokio::test]
 async fn v1alpha1_seed_policy_is_admitted_with_a_warning_and_dry_run_gets_the_same_answer() {
-    let s = start().await;
+    let s = routed();
     let seed = serde_json::to_value(&paths::load(&["examples/p0.yaml"]).policies[0]).unwrap();
     let r = validate(
         &s,
@@ -113,7 +114,7 @@ async fn v1alpha1_seed_policy_is_admitted_with_a_warning_and_dry_run_gets_the_sa
 
 #[tokio::test]
 async fn exempt_users_get_warnings_for_payload_repositories() {
-    let s = start().await;
+    let s = routed();
     let object = policy("v1", &["quay.io/openshift-release-dev/ocp-release"]);
     let r = validate(
         &s,
@@ -148,7 +149,7 @@ async fn exempt_users_get_warnings_for_payload_repositories() {
 
 #[tokio::test]
 async fn mutation_sets_the_default_match_policy_once() {
-    let s = start().await;
+    let s = routed();
     let object = policy("v1", &["example.org/apps"]);
     let (status, bytes) = send(
         &s,
@@ -204,7 +205,7 @@ fn image(blocked: &[&str]) -> Value {
 
 #[tokio::test]
 async fn image_guard_denies_or_warns() {
-    let s = start().await;
+    let s = routed();
     let r = validate(
         &s,
         review("Image", "UPDATE", "kube:admin", image(&["example.com"])),
@@ -227,7 +228,7 @@ async fn image_guard_denies_or_warns() {
         image_guard: ImageGuard::Warn,
         ..Default::default()
     };
-    let s = start_with(warn, Limits::default(), Some(&STATE)).await;
+    let s = routed_with(warn, Limits::default(), Some(&STATE));
     let r = validate(
         &s,
         review("Image", "UPDATE", "kube:admin", image(&["example.com"])),
@@ -246,7 +247,7 @@ async fn bad_input_is_refused_without_a_crash() {
         max_body: 64 * 1024,
         ..Limits::default()
     };
-    let s = start_with(admission::Config::default(), limits, Some(&STATE)).await;
+    let s = routed_with(admission::Config::default(), limits, Some(&STATE));
     let good = review(
         "ClusterImagePolicy",
         "CREATE",
@@ -297,7 +298,7 @@ async fn bad_input_is_refused_without_a_crash() {
 
 #[tokio::test]
 async fn readiness_health_and_metrics() {
-    let s = start_with(admission::Config::default(), Limits::default(), None).await;
+    let s = routed_with(admission::Config::default(), Limits::default(), None);
     assert_eq!(
         send(&s, "GET", "/healthz", Vec::new()).await.0,
         StatusCode::OK
@@ -530,7 +531,7 @@ const ALREADY: &str = " (already so before this update, so not denied)";
 
 #[tokio::test]
 async fn policy_updates_are_denied_only_for_what_they_change() {
-    let s = start().await;
+    let s = routed();
     let blocked = "clusterimagePolicy configured for the scope blocked.example.com/app is nested inside blockedRegistries";
     let old = policy("v1", &["blocked.example.com/app", "example.org/ok"]);
     // A label-only update of a policy that already conflicts: admitted, the problem named.
@@ -580,7 +581,7 @@ async fn policy_updates_are_denied_only_for_what_they_change() {
 
 #[tokio::test]
 async fn image_updates_that_leave_the_lists_alone_are_never_denied() {
-    let s = start().await;
+    let s = routed();
     // p0 (registry.ci.openshift.org) conflicts already.
     let old = image(&["registry.ci.openshift.org"]);
     let mut ca = old.clone();
@@ -611,15 +612,14 @@ async fn image_updates_that_leave_the_lists_alone_are_never_denied() {
 
 #[tokio::test]
 async fn the_cluster_version_operator_is_never_denied() {
-    let s = start_with(
+    let s = routed_with(
         admission::Config::default(),
         Limits::default(),
         Some(&[
             "examples/clusterversion.yaml",
             "tests/fixtures/allowed-registries-image.yaml",
         ]),
-    )
-    .await;
+    );
     // The platform's own `openshift` policy, on the payload repository, outside the
     // allowed registries: every problem a warning for the CVO, all denied for an admin.
     let mut openshift = policy("v1", &["quay.io/openshift-release-dev/ocp-release"]);
@@ -655,7 +655,7 @@ async fn the_cluster_version_operator_is_never_denied() {
 
 #[tokio::test]
 async fn names_reserved_for_the_platform() {
-    let s = start().await;
+    let s = routed();
     let reserved = |name: &str| {
         format!("metadata.name: Forbidden: {name:?} is reserved for the platform: names beginning with \"openshift\" belong to policies the cluster-version operator ships")
     };
@@ -699,7 +699,7 @@ async fn names_reserved_for_the_platform() {
 
 #[tokio::test]
 async fn a_huge_review_gets_a_bounded_answer() {
-    let s = start().await;
+    let s = routed();
     // 256 bad scopes, two rules broken by each: the first 20 problems, then a count.
     let scopes: Vec<String> = (0..256).map(|i| format!("bad_{i}")).collect();
     let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
@@ -760,7 +760,7 @@ async fn an_update_is_counted_once_against_the_size_budget() {
         &options,
     ));
     assert!(snapshot.in_force.contains("big"));
-    let s = start().await;
+    let s = routed();
     s.app.set_snapshot(snapshot, "test".into());
     let mut changed = policy.clone();
     changed["metadata"]["labels"] = json!({"changed": "yes"});

@@ -125,89 +125,6 @@ fn cel_context(
     Ok(context)
 }
 
-/// ValidatingAdmissionPolicies (admissionregistration v1, GA in 1.30) as the API server
-/// runs them: each binding with a `Deny` action names a policy; a request its
-/// `matchConstraints.resourceRules` and `matchConditions` select must pass every
-/// validation, else 403 with the API server's wording. `paramKind` and the binding's
-/// `matchResources` are not modelled.
-pub fn admission_policies(
-    sim: &Sim,
-    a: &Attributes<'_>,
-    object: Option<&Value>,
-    old: Option<&Value>,
-) -> Result<(), ApiError> {
-    let policies = sim.objects_of(
-        "admissionregistration.k8s.io",
-        "validatingadmissionpolicies",
-    );
-    for binding in sim.objects_of(
-        "admissionregistration.k8s.io",
-        "validatingadmissionpolicybindings",
-    ) {
-        if !listed(&binding["spec"]["validationActions"], "Deny") {
-            continue;
-        }
-        let Some(policy) = policies
-            .iter()
-            .find(|p| p["metadata"]["name"] == binding["spec"]["policyName"])
-        else {
-            continue;
-        };
-        let spec = &policy["spec"];
-        let as_hook = json!({
-            "rules": spec["matchConstraints"]["resourceRules"],
-            "matchConditions": spec["matchConditions"],
-        });
-        let fail_open = spec["failurePolicy"] == json!("Ignore");
-        let (policy_name, binding_name) = (
-            policy["metadata"]["name"].as_str().unwrap_or_default(),
-            binding["metadata"]["name"].as_str().unwrap_or_default(),
-        );
-        let denied = |message: String| {
-            let what = match a.resource.group.as_str() {
-                "" => a.resource.plural.clone(),
-                g => format!("{}.{g}", a.resource.plural),
-            };
-            ApiError::new(
-                403,
-                "Forbidden",
-                format!(
-                    "{what} {:?} is forbidden: ValidatingAdmissionPolicy '{policy_name}' with binding '{binding_name}' denied request: {message}",
-                    a.name
-                ),
-            )
-        };
-        match matches(&as_hook, a, object, old) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) if fail_open => continue,
-            Err(e) => return Err(denied(e)),
-        }
-        let context = cel_context(a, object, old).map_err(&denied)?;
-        for validation in spec["validations"].as_array().into_iter().flatten() {
-            let expression = validation["expression"].as_str().unwrap_or_default();
-            let outcome = cel::Program::compile(expression)
-                .map_err(|e| format!("compilation failed: {e}"))
-                .and_then(|p| p.execute(&context).map_err(|e| e.to_string()));
-            let message = validation["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("failed expression: {expression}"));
-            match outcome {
-                Ok(cel::Value::Bool(true)) => {}
-                Ok(_) => return Err(denied(message)),
-                Err(_) if fail_open => {}
-                Err(e) => {
-                    return Err(denied(format!(
-                        "expression '{expression}' resulted in error: {e}"
-                    )))
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 fn review(a: &Attributes, uid: &str, object: Option<&Value>, old: Option<&Value>) -> Value {
     let t = a.resource;
     let kind = json!({"group": t.group, "version": a.version, "kind": t.kind});
@@ -516,9 +433,6 @@ pub async fn admit(
                 }
             }
         }
-    }
-    if !mutating {
-        admission_policies(sim, a, object.as_ref(), old)?;
     }
     Ok(())
 }

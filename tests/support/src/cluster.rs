@@ -236,6 +236,11 @@ impl Cluster {
         }
     }
 
+    /// The port the registered webhook configurations call.
+    pub fn webhook_port(&self) -> u16 {
+        self.webhook_port
+    }
+
     pub fn is_real(&self) -> bool {
         matches!(self.backend, Backend::Real(_))
     }

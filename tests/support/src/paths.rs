@@ -13,24 +13,25 @@ pub fn root() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-/// The `cip-webhook` binary cargo built beside the test binary (`target/<profile>/`), or
-/// `$CIP_WEBHOOK_BIN`.
+/// The `cip-webhook` binary cargo built in `target/<profile>/`, or `$CIP_WEBHOOK_BIN`.
 pub fn bin() -> PathBuf {
     if let Some(path) = std::env::var_os("CIP_WEBHOOK_BIN") {
         return PathBuf::from(path);
     }
+    // A test binary runs from target/<profile>/deps, a binary of ours from target/<profile>.
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("cip-webhook");
-    assert!(
-        bin.is_file(),
-        "{} is not built (cargo builds it for the package's tests)",
-        bin.display()
-    );
-    bin
+    let candidates = [exe.parent(), exe.parent().and_then(Path::parent)];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("cip-webhook"))
+        .find(|b| b.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "cip-webhook is not built beside {} (cargo builds it for the package's tests)",
+            exe.display()
+        )
+    })
 }
 
 pub fn free_port() -> u16 {

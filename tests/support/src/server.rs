@@ -40,16 +40,9 @@ pub fn write_pair(dir: &Path) -> String {
     g.ca_cert
 }
 
-pub async fn start_with(
-    config: admission::Config,
-    limits: Limits,
-    state: Option<&[&str]>,
-) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = write_pair(dir.path());
-    let cert = Arc::new(
-        tls::ReloadingCert::new(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap(),
-    );
+fn app_with(config: admission::Config, state: Option<&[&str]>, dir: &Path) -> Arc<App> {
+    let cert =
+        Arc::new(tls::ReloadingCert::new(&dir.join("tls.crt"), &dir.join("tls.key")).unwrap());
     let app = Arc::new(App::new(config, cert));
     if let Some(files) = state {
         let inputs = paths::load(files);
@@ -58,6 +51,18 @@ pub async fn start_with(
             "test state".into(),
         );
     }
+    app
+}
+
+/// The admission server on a loopback TLS socket.
+pub async fn start_with(
+    config: admission::Config,
+    limits: Limits,
+    state: Option<&[&str]>,
+) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_pair(dir.path());
+    let app = app_with(config, state, dir.path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -78,6 +83,35 @@ pub async fn start_with(
         stop: Some(stop),
         task,
     }
+}
+
+/// The admission router in the test process, without a socket, for tests of decisions
+/// (where TLS and HTTP are not the point).
+pub struct Routed {
+    pub app: Arc<App>,
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+pub fn routed_with(config: admission::Config, limits: Limits, state: Option<&[&str]>) -> Routed {
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path());
+    let app = app_with(config, state, dir.path());
+    let router = server::router(Arc::clone(&app), &limits);
+    Routed {
+        app,
+        router,
+        _dir: dir,
+    }
+}
+
+/// [`routed_with`] the examples' cluster state and the default limits.
+pub fn routed() -> Routed {
+    routed_with(
+        admission::Config::default(),
+        Limits::default(),
+        Some(&STATE),
+    )
 }
 
 pub trait MapOk {
@@ -160,9 +194,90 @@ impl Peer for Remote {
     }
 }
 
-/// One request on a fresh HTTP/1.1 connection.
+/// Something that answers admission requests: a server over TLS, or the router alone.
+pub trait Admits {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(StatusCode, Vec<u8>), String>>;
+}
+
+impl<T: Peer> Admits for T {
+    /// One request on a fresh HTTP/1.1 connection.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Vec<u8>), String> {
+        let tls = connect(self.addr(), self.ca(), &[b"http/1.1"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes()
+            .to_vec();
+        Ok((status, body))
+    }
+}
+
+impl Admits for Routed {
+    /// One request through the router's tower service.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Vec<u8>), String> {
+        use tower::ServiceExt;
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes()
+            .to_vec();
+        Ok((status, body))
+    }
+}
+
+/// One request, which must get an answer.
 pub async fn send(
-    server: &impl Peer,
+    server: &impl Admits,
     method: &str,
     path: &str,
     body: Vec<u8>,
@@ -174,38 +289,12 @@ pub async fn send(
 
 /// [`send`], with the failure to connect or to get an answer as an error.
 pub async fn send_checked(
-    server: &impl Peer,
+    server: &impl Admits,
     method: &str,
     path: &str,
     body: Vec<u8>,
 ) -> Result<(StatusCode, Vec<u8>), String> {
-    let tls = connect(server.addr(), server.ca(), &[b"http/1.1"])
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes()
-        .to_vec();
-    Ok((status, body))
+    server.call(method, path, body).await
 }
 
 pub fn review(kind: &str, operation: &str, user: &str, object: Value) -> Vec<u8> {
@@ -245,7 +334,7 @@ pub fn policy(version: &str, scopes: &[&str]) -> Value {
     })
 }
 
-pub async fn validate(server: &impl Peer, body: Vec<u8>) -> Value {
+pub async fn validate(server: &impl Admits, body: Vec<u8>) -> Value {
     let (status, bytes) = send(server, "POST", "/validate", body).await;
     assert_eq!(
         status,
@@ -264,7 +353,7 @@ pub async fn validate(server: &impl Peer, body: Vec<u8>) -> Value {
 }
 
 /// The AdmissionResponse of /mutate for this object.
-pub async fn mutate(server: &impl Peer, operation: &str, object: Value) -> Value {
+pub async fn mutate(server: &impl Admits, operation: &str, object: Value) -> Value {
     let (status, bytes) = send(
         server,
         "POST",
@@ -276,10 +365,27 @@ pub async fn mutate(server: &impl Peer, operation: &str, object: Value) -> Value
     serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone()
 }
 
+/// Where an in-process admission server keeps its state.
+pub trait HasApp {
+    fn app(&self) -> &Arc<App>;
+}
+
+impl HasApp for Server {
+    fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+}
+
+impl HasApp for Routed {
+    fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+}
+
 /// /metrics from the metrics port's router, without a socket.
-pub async fn metrics(s: &Server) -> String {
+pub async fn metrics(s: &impl HasApp) -> String {
     use tower::ServiceExt;
-    let response = server::ops_router(Arc::clone(&s.app))
+    let response = server::ops_router(Arc::clone(s.app()))
         .oneshot(
             Request::builder()
                 .uri("/metrics")
