@@ -14,21 +14,6 @@ use testkit::cluster::sim::*;
 use testkit::cluster::*;
 use testkit::upstream::Crd;
 
-const STATE: &[&str] = &[
-    "examples/image.yaml",
-    "examples/clusterversion.yaml",
-    "examples/pools.yaml",
-    "examples/machineconfigs/01-master-container-runtime.yaml",
-    "examples/machineconfigs/01-worker-container-runtime.yaml",
-    "examples/machineconfigs/99-master-generated-registries.yaml",
-    "examples/machineconfigs/99-worker-generated-registries.yaml",
-];
-const OURS: [&str; 4] = [
-    "99-master-generated-imagepolicies",
-    "99-master-generated-registries",
-    "99-worker-generated-imagepolicies",
-    "99-worker-generated-registries",
-];
 const KIB: usize = 1024;
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -98,7 +83,7 @@ async fn cluster(extra: &[&str], rendered: usize) -> Cluster {
         Crd::MachineConfigPool,
     ])
     .await;
-    c.seed_files(STATE).await;
+    c.seed_files(EXAMPLES).await;
     seed_cluster_bulk(c.sim(), rendered);
     c.start_webhook(extra).await;
     c

@@ -6,7 +6,6 @@
 use testkit::paths;
 use testkit::server as harness;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use harness::*;
@@ -167,27 +166,21 @@ impl Process {
             .port();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let log = dir.path().join("serve.log");
-        let child = tokio::process::Command::new(paths::bin())
-            .args([
-                "serve",
-                "--listen",
-                &addr.to_string(),
-                "--metrics-listen",
-                "none",
-            ])
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--tls-cert")
-            .arg(certs.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(certs.join("tls.key"))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut args: Vec<std::ffi::OsString> = [
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--metrics-listen",
+            "none",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        args.extend(["--state-dir".into(), state.into()]);
+        args.extend(["--tls-cert".into(), certs.join("tls.crt").into()]);
+        args.extend(["--tls-key".into(), certs.join("tls.key").into()]);
+        args.extend(extra.iter().map(Into::into));
+        let child = paths::spawn_logged(&args, &log);
         let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
         Process {
             child,

@@ -9,7 +9,7 @@ use serde_json::json;
 use testkit::cluster::*;
 use testkit::manifests::{allowed, find, kustomize, Access};
 use testkit::paths::root;
-use testkit::upstream::Crd;
+use testkit::upstream::{Crd, INPUTS_V1};
 
 /// The requests `user` made that reached an object or a collection, from the server's
 /// audit log, as RBAC names them.
@@ -61,19 +61,6 @@ fn assert_exactly(who: &str, used: &BTreeSet<Access>, rules: &BTreeSet<Access>) 
     assert!(unused.is_empty(), "{who}: rules never used: {unused:?}");
 }
 
-const ALL_INPUT_CRDS: [Crd; 10] = [
-    Crd::ClusterImagePolicyV1,
-    Crd::ImagePolicyV1,
-    Crd::Image,
-    Crd::ClusterVersion,
-    Crd::FeatureGate,
-    Crd::ImageDigestMirrorSet,
-    Crd::ImageTagMirrorSet,
-    Crd::ImageContentSourcePolicy,
-    Crd::MachineConfig,
-    Crd::MachineConfigPool,
-];
-
 async fn worker_written(c: &Cluster) -> bool {
     c.machine_config("99-worker-generated-imagepolicies")
         .await
@@ -103,7 +90,7 @@ async fn rbac_is_exactly_what_each_deployment_uses() {
     // Everything the binaries do: admission state, a policy written, one held back
     // (status and an Event), a namespace's policy (its status), the policy deleted
     // (MachineConfigs reverted), the Lease.
-    let mut c = Cluster::real(&ALL_INPUT_CRDS).await;
+    let mut c = Cluster::real(&INPUTS_V1).await;
     c.seed_files(&[
         "examples/image.yaml",
         "examples/clusterversion.yaml",

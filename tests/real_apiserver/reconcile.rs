@@ -12,22 +12,6 @@ use testkit::cluster::*;
 use testkit::kube::Audited;
 use testkit::upstream::{Crd, MCO_CRDS};
 
-const STATE: &[&str] = &[
-    "examples/image.yaml",
-    "examples/clusterversion.yaml",
-    "examples/pools.yaml",
-    "examples/machineconfigs/01-master-container-runtime.yaml",
-    "examples/machineconfigs/01-worker-container-runtime.yaml",
-    "examples/machineconfigs/99-master-generated-registries.yaml",
-    "examples/machineconfigs/99-worker-generated-registries.yaml",
-];
-const OURS: [&str; 4] = [
-    "99-master-generated-imagepolicies",
-    "99-master-generated-registries",
-    "99-worker-generated-imagepolicies",
-    "99-worker-generated-registries",
-];
-
 fn crds(extra: &[Crd]) -> Vec<Crd> {
     [
         &[Crd::ClusterImagePolicyV1, Crd::Image, Crd::ClusterVersion][..],
@@ -39,7 +23,7 @@ fn crds(extra: &[Crd]) -> Vec<Crd> {
 
 async fn cluster(extra: &[&str]) -> Cluster {
     let mut c = Cluster::real(&crds(&[])).await;
-    c.seed_files(STATE).await;
+    c.seed_files(EXAMPLES).await;
     c.start_webhook(extra).await;
     c
 }
@@ -305,7 +289,7 @@ async fn replica_account(c: &Cluster, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_writes_and_a_successor_takes_over() {
     let mut c = Cluster::real(&crds(&[])).await;
-    c.seed_files(STATE).await;
+    c.seed_files(EXAMPLES).await;
     // No shutdown delay: the test is about the Lease, not the endpoints.
     // A lease of 4 s: long enough that a loaded machine's scheduling does not blur
     // "after it expired" and "well before it would".
@@ -359,7 +343,10 @@ async fn one_leader_writes_and_a_successor_takes_over() {
     // Not before the lease could have expired (its last renewal was at most a retry
     // period, 1.3 s, before the kill), not much after: the lease, a retry period, and a
     // loaded machine's scheduling.
-    assert!(takeover >= Duration::from_secs(2) && takeover <= Duration::from_secs(9), "{takeover:?}");
+    assert!(
+        takeover >= Duration::from_secs(2) && takeover <= Duration::from_secs(9),
+        "{takeover:?}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let log = c.api().requests();
     assert_eq!(writes(&log, "machineconfigs").len(), 0, "{log:#?}");
@@ -378,7 +365,10 @@ async fn one_leader_writes_and_a_successor_takes_over() {
     .await;
     let handover = released.elapsed();
     eprintln!("handover after SIGTERM: {handover:?}");
-    assert!(handover < Duration::from_secs(3), "before the 4 s lease would expire: {handover:?}");
+    assert!(
+        handover < Duration::from_secs(3),
+        "before the 4 s lease would expire: {handover:?}"
+    );
     drop(c2);
 }
 
@@ -421,7 +411,7 @@ async fn admission_only_mode_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_policies_become_namespace_policy_files() {
     let mut c = Cluster::real(&crds(&[Crd::ImagePolicyV1, Crd::ImageDigestMirrorSet])).await;
-    c.seed_files(STATE).await;
+    c.seed_files(EXAMPLES).await;
     c.start_webhook(&[]).await;
     let run = c.kubectl(&["create", "namespace", "team-a"]).await;
     assert!(run.ok, "{run:?}");

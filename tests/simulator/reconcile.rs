@@ -11,22 +11,6 @@ use testkit::cluster::sim::*;
 use testkit::cluster::*;
 use testkit::upstream::{Crd, MCO_CRDS};
 
-const STATE: &[&str] = &[
-    "examples/image.yaml",
-    "examples/clusterversion.yaml",
-    "examples/pools.yaml",
-    "examples/machineconfigs/01-master-container-runtime.yaml",
-    "examples/machineconfigs/01-worker-container-runtime.yaml",
-    "examples/machineconfigs/99-master-generated-registries.yaml",
-    "examples/machineconfigs/99-worker-generated-registries.yaml",
-];
-const OURS: [&str; 4] = [
-    "99-master-generated-imagepolicies",
-    "99-master-generated-registries",
-    "99-worker-generated-imagepolicies",
-    "99-worker-generated-registries",
-];
-
 async fn cluster(extra: &[&str]) -> Cluster {
     let mut c = Cluster::simulated(
         &[
@@ -36,7 +20,7 @@ async fn cluster(extra: &[&str]) -> Cluster {
         .concat(),
     )
     .await;
-    c.seed_files(STATE).await;
+    c.seed_files(EXAMPLES).await;
     c.start_webhook(extra).await;
     c
 }

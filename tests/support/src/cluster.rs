@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use apisim::{Config, Simulator};
@@ -23,6 +23,26 @@ pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:cip-webhook:cip-webhook
 pub const RECONCILER_ACCOUNT: &str = "system:serviceaccount:cip-webhook:cip-webhook-reconciler";
 /// The cluster-version operator, which the webhook configurations exempt.
 pub const CVO: &str = "system:serviceaccount:openshift-cluster-version:default";
+
+/// The examples' cluster: Image, ClusterVersion, pools and the MachineConfigs of the seed's
+/// layout (nothing owns `99-<pool>-generated-registries`).
+pub const EXAMPLES: &[&str] = &[
+    "examples/image.yaml",
+    "examples/clusterversion.yaml",
+    "examples/pools.yaml",
+    "examples/machineconfigs/01-master-container-runtime.yaml",
+    "examples/machineconfigs/01-worker-container-runtime.yaml",
+    "examples/machineconfigs/99-master-generated-registries.yaml",
+    "examples/machineconfigs/99-worker-generated-registries.yaml",
+];
+
+/// The MachineConfigs the reconciler writes in the seed's layout.
+pub const OURS: [&str; 4] = [
+    "99-master-generated-imagepolicies",
+    "99-master-generated-registries",
+    "99-worker-generated-imagepolicies",
+    "99-worker-generated-registries",
+];
 
 /// Which API server a cluster runs.
 pub enum Backend {
@@ -447,19 +467,12 @@ impl Cluster {
         let kubeconfig = self.kubeconfig_for(user, &["system:serviceaccounts"]).await;
         let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = self.path(&format!("{identity}.log"));
-        let child = Command::new(bin())
-            .args(command)
-            .args(["--identity", identity])
-            .args(["--metrics-listen", &metrics_addr.to_string()])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut args: Vec<std::ffi::OsString> = command.to_vec();
+        args.extend(["--identity".into(), identity.into()]);
+        args.extend(["--metrics-listen".into(), metrics_addr.to_string().into()]);
+        args.extend(["--kubeconfig".into(), kubeconfig.into_os_string()]);
+        args.extend(extra.iter().map(Into::into));
+        let child = crate::paths::spawn_logged(&args, &log);
         Replica {
             child,
             addr: metrics_addr,

@@ -34,6 +34,19 @@ pub fn bin() -> PathBuf {
     })
 }
 
+/// `cip-webhook ARGS...` in the background, logging at info into `log`; killed when the
+/// handle is dropped.
+pub fn spawn_logged(args: &[std::ffi::OsString], log: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -218,10 +218,37 @@ impl Registry {
         run(&mut command).trim().to_string()
     }
 
+    /// A header of a response (`curl -D -` output), case-insensitively.
+    fn header(headers: &str, name: &str) -> Option<String> {
+        headers.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+        })
+    }
+
+    /// PUTs `bytes` with this content type to a URL; whether the registry took them.
+    fn put(&self, url: &str, content_type: &str, bytes: &[u8]) -> bool {
+        let file = self.dir.path().join(format!("put-{}", sha256_hex(bytes)));
+        std::fs::write(&file, bytes).unwrap();
+        Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                &format!("Content-Type: {content_type}"),
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(url)
+            .status()
+            .unwrap()
+            .success()
+    }
+
     /// Uploads a blob to `repo`.
     pub fn upload_blob(&self, repo: &str, bytes: &[u8]) -> Value {
-        let file = self.dir.path().join(format!("blob-{}", sha256_hex(bytes)));
-        std::fs::write(&file, bytes).unwrap();
         let digest = format!("sha256:{}", sha256_hex(bytes));
         let out = Command::new("curl")
             .args(["-s", "-D", "-", "-o", "/dev/null", "-X", "POST"])
@@ -229,13 +256,7 @@ impl Registry {
             .output()
             .unwrap();
         let headers = String::from_utf8_lossy(&out.stdout).into_owned();
-        let location = headers
-            .lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
-                    .map(|(_, v)| v.trim().to_string())
-            })
+        let location = Self::header(&headers, "location")
             .unwrap_or_else(|| panic!("no upload location: {headers}"));
         let location = if location.starts_with("http") {
             location
@@ -243,48 +264,19 @@ impl Registry {
             format!("http://{}{location}", self.host)
         };
         let sep = if location.contains('?') { '&' } else { '?' };
-        let out = Command::new("curl")
-            .args([
-                "-sf",
-                "-X",
-                "PUT",
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-            ])
-            .arg(format!("@{}", file.display()))
-            .arg(format!("{location}{sep}digest={digest}"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "blob upload to {repo} failed");
+        let url = format!("{location}{sep}digest={digest}");
+        assert!(
+            self.put(&url, "application/octet-stream", bytes),
+            "blob upload to {repo} failed"
+        );
         json!({"digest": digest, "size": bytes.len()})
     }
 
     /// Puts a manifest under `reference` (a tag or digest) of `repo`.
     pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, manifest: &[u8]) {
-        let file = self
-            .dir
-            .path()
-            .join(format!("manifest-{}", sha256_hex(manifest)));
-        std::fs::write(&file, manifest).unwrap();
-        let out = Command::new("curl")
-            .args([
-                "-sf",
-                "-X",
-                "PUT",
-                "-H",
-                &format!("Content-Type: {media_type}"),
-                "--data-binary",
-            ])
-            .arg(format!("@{}", file.display()))
-            .arg(format!(
-                "http://{}/v2/{repo}/manifests/{reference}",
-                self.host
-            ))
-            .output()
-            .unwrap();
+        let url = format!("http://{}/v2/{repo}/manifests/{reference}", self.host);
         assert!(
-            out.status.success(),
+            self.put(&url, media_type, manifest),
             "manifest upload to {repo}:{reference} failed"
         );
     }
@@ -300,13 +292,7 @@ impl Registry {
             ],
             &format!("/v2/{repo}/manifests/{tag}"),
         );
-        headers
-            .lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("docker-content-digest"))
-                    .map(|(_, v)| v.trim().to_string())
-            })
+        Self::header(&headers, "docker-content-digest")
             .unwrap_or_else(|| panic!("no digest for {repo_tag}: {headers}"))
     }
 

@@ -230,16 +230,23 @@ impl<T: Peer> Admits for T {
             .send_request(request)
             .await
             .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes()
-            .to_vec();
-        Ok((status, body))
+        collected(response).await
     }
+}
+
+/// A response's status and whole body.
+async fn collected<B>(response: hyper::Response<B>) -> Result<(StatusCode, Vec<u8>), String>
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Display,
+{
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, body.to_bytes().to_vec()))
 }
 
 impl Admits for Routed {
@@ -263,15 +270,7 @@ impl Admits for Routed {
             .oneshot(request)
             .await
             .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes()
-            .to_vec();
-        Ok((status, body))
+        collected(response).await
     }
 }
 

@@ -88,6 +88,20 @@ pub enum Crd {
 /// The MachineConfig and MachineConfigPool types.
 pub const MCO_CRDS: [Crd; 2] = [Crd::MachineConfig, Crd::MachineConfigPool];
 
+/// Every type the product reads, policies at v1: an OpenShift 4.21 cluster.
+pub const INPUTS_V1: [Crd; 10] = [
+    Crd::ClusterImagePolicyV1,
+    Crd::ImagePolicyV1,
+    Crd::Image,
+    Crd::ClusterVersion,
+    Crd::FeatureGate,
+    Crd::ImageDigestMirrorSet,
+    Crd::ImageTagMirrorSet,
+    Crd::ImageContentSourcePolicy,
+    Crd::MachineConfig,
+    Crd::MachineConfigPool,
+];
+
 impl Crd {
     pub const ALL: [Crd; 12] = [
         Crd::ClusterImagePolicyV1,

@@ -6,40 +6,23 @@
 //!
 //!     cargo run -p cip-testkit --bin dev-cluster [-- --v1alpha1]
 
-use testkit::cluster::{Cluster, RECONCILER_ACCOUNT};
-use testkit::upstream::Crd;
+use testkit::cluster::{Cluster, EXAMPLES, RECONCILER_ACCOUNT};
+use testkit::upstream::{Crd, INPUTS_V1};
 
 #[tokio::main]
 async fn main() {
     let v1alpha1 = std::env::args().any(|a| a == "--v1alpha1");
-    let (cip, ip) = if v1alpha1 {
-        (Crd::ClusterImagePolicyV1alpha1, Crd::ImagePolicyV1alpha1)
-    } else {
-        (Crd::ClusterImagePolicyV1, Crd::ImagePolicyV1)
-    };
-    let crds: Vec<Crd> = Crd::ALL
+    let crds: Vec<Crd> = INPUTS_V1
         .into_iter()
-        .filter(|c| {
-            !matches!(
-                c,
-                Crd::ClusterImagePolicyV1 | Crd::ClusterImagePolicyV1alpha1
-            )
+        .map(|c| match (c, v1alpha1) {
+            (Crd::ClusterImagePolicyV1, true) => Crd::ClusterImagePolicyV1alpha1,
+            (Crd::ImagePolicyV1, true) => Crd::ImagePolicyV1alpha1,
+            (c, _) => c,
         })
-        .filter(|c| !matches!(c, Crd::ImagePolicyV1 | Crd::ImagePolicyV1alpha1))
-        .chain([cip, ip])
         .collect();
     testkit::kube::versions();
     let c = Cluster::real(&crds).await;
-    c.seed_files(&[
-        "examples/image.yaml",
-        "examples/clusterversion.yaml",
-        "examples/pools.yaml",
-        "examples/machineconfigs/01-master-container-runtime.yaml",
-        "examples/machineconfigs/01-worker-container-runtime.yaml",
-        "examples/machineconfigs/99-master-generated-registries.yaml",
-        "examples/machineconfigs/99-worker-generated-registries.yaml",
-    ])
-    .await;
+    c.seed_files(EXAMPLES).await;
     let serving = c.kubeconfig_for(RECONCILER_ACCOUNT, &[]).await;
     let certs = c.path("certs");
     println!("kubeconfig (cluster-admin): {}", c.kubeconfig().display());
