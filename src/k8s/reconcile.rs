@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 use serde_json::{json, Value};
@@ -54,6 +56,10 @@ pub enum ReconcileError {
     },
     #[error("lost the lease before writing {0}")]
     NotLeader(String),
+    /// A MachineConfig of ours by name exists where our watch does not see it, and is not
+    /// ours to take back.
+    #[error("MachineConfig {name} exists and is not ours: {why}")]
+    Occupied { name: String, why: String },
 }
 
 impl ReconcileError {
@@ -64,6 +70,7 @@ impl ReconcileError {
             ReconcileError::Conflict(_) => "conflict",
             ReconcileError::Api { .. } => "api",
             ReconcileError::NotLeader(_) => "not_leader",
+            ReconcileError::Occupied { .. } => "occupied",
         }
     }
 }
@@ -203,6 +210,9 @@ pub struct Reconciler {
     /// Our writes the plan does not show yet: name → the resourceVersion we wrote over
     /// (None: we created it).
     expected: BTreeMap<String, (Option<String>, Instant)>,
+    /// MachineConfigs found occupied by something not ours: not asked about again before
+    /// the instant, which moves further out at each refusal (up to five minutes).
+    occupied: BTreeMap<String, (Instant, u32, String)>,
     /// The last duty, to log when it changes.
     duty: Option<Duty>,
 }
@@ -268,6 +278,7 @@ impl Reconciler {
             identity,
             auto,
             expected: BTreeMap::new(),
+            occupied: BTreeMap::new(),
             duty: None,
         }
     }
@@ -337,38 +348,107 @@ impl Reconciler {
             Duty::Reconcile(_) => {}
         }
         let plan = desired.plan.as_ref().map_err(|e| e.clone())?;
+        // A pool's MachineConfigs up to its first failure; the other pools and the
+        // statuses are written all the same, and the first error is returned.
+        let mut first_error = None;
         for pool in &plan.pools {
             if let Some(error) = &pool.error {
                 tracing::warn!(pool = %pool.pool, error = %error, "pool not rendered; its MachineConfigs are left alone");
                 continue;
             }
-            for change in &pool.changes {
-                if change.action == Action::Unchanged {
-                    continue;
+            if let Err(e) = self.write_pool(inputs, pool, &mut done).await {
+                if let ReconcileError::NotLeader(_) = e {
+                    return Err(e);
                 }
-                self.check_leader(&change.name)?;
-                let existing = inputs
-                    .machine_configs
-                    .iter()
-                    .find(|m| m.metadata.name == change.name);
-                self.write(
+                if let ReconcileError::Occupied { name, why } = &e {
+                    let regarding = ObjectReference {
+                        api_version: Some("machineconfiguration.openshift.io/v1".into()),
+                        kind: Some("MachineConfig".into()),
+                        name: Some(name.clone()),
+                        ..ObjectReference::default()
+                    };
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: "Occupied".into(),
+                        note: Some(format!("not written for pool {}: {why}", pool.pool)),
+                        action: EVENT_ACTION.into(),
+                        secondary: None,
+                    };
+                    self.event(event, &regarding).await;
+                    done.events += 1;
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+        let statuses = self.write_statuses(inputs, plan, &mut done).await;
+        match first_error {
+            Some(e) => Err(e),
+            None => statuses.map(|()| done),
+        }
+    }
+
+    /// A pool's changes, in the order that never leaves its nodes requiring signatures
+    /// they cannot find: sigstore attachments turned on before a policy.json requires
+    /// them, turned off after it no longer does. Stops at the first failure.
+    async fn write_pool(
+        &mut self,
+        inputs: &Inputs,
+        pool: &render::PoolPlan,
+        done: &mut Pass,
+    ) -> Result<(), ReconcileError> {
+        let attachments = render::imagepolicies_mc_name(&pool.pool);
+        let rank = |c: &&render::Change| match (c.name == attachments, c.action) {
+            (true, Action::Delete) => 2,
+            (true, _) => 0,
+            (false, _) => 1,
+        };
+        let mut changes: Vec<&render::Change> = pool
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .collect();
+        changes.sort_by_key(rank);
+        for change in changes {
+            self.check_leader(&change.name)?;
+            let existing = inputs
+                .machine_configs
+                .iter()
+                .find(|m| m.metadata.name == change.name);
+            if let Some((until, _, why)) = self.occupied.get(&change.name) {
+                if change.action == Action::Create && Instant::now() < *until {
+                    return Err(ReconcileError::Occupied {
+                        name: change.name.clone(),
+                        why: why.clone(),
+                    });
+                }
+            }
+            let written = self
+                .write(
                     change.action,
                     &change.name,
                     change.desired.as_ref(),
                     existing,
                 )
-                .await?;
-                let before = existing.and_then(|m| m.metadata.resource_version.clone());
-                self.expected
-                    .insert(change.name.clone(), (before, Instant::now()));
-                let action = change.action.as_str();
-                tracing::info!(machine_config = %change.name, pool = %pool.pool, action, "MachineConfig written");
-                self.metrics.machine_config_written(&pool.pool, action);
-                done.machine_config_writes += 1;
+                .await;
+            if let Err(ReconcileError::Occupied { name, why }) = &written {
+                let refusals = self.occupied.get(name).map_or(0, |(_, n, _)| n + 1);
+                let wait = Duration::from_secs(5)
+                    .saturating_mul(1 << refusals.min(6))
+                    .min(Duration::from_secs(300));
+                self.occupied
+                    .insert(name.clone(), (Instant::now() + wait, refusals, why.clone()));
             }
+            written?;
+            self.occupied.remove(&change.name);
+            let before = existing.and_then(|m| m.metadata.resource_version.clone());
+            self.expected
+                .insert(change.name.clone(), (before, Instant::now()));
+            let action = change.action.as_str();
+            tracing::info!(machine_config = %change.name, pool = %pool.pool, action, "MachineConfig written");
+            self.metrics.machine_config_written(&pool.pool, action);
+            done.machine_config_writes += 1;
         }
-        self.write_statuses(inputs, plan, &mut done).await?;
-        Ok(done)
+        Ok(())
     }
 
     /// `cip_webhook_policies`: what the statuses of this plan say, by kind and state.
@@ -540,10 +620,15 @@ impl Reconciler {
         let what = format!("writing MachineConfig {name}");
         match (action, desired) {
             (Action::Create, Some(mc)) => {
-                self.machine_configs
-                    .create(&pp, &to_dynamic(mc))
-                    .await
-                    .map_err(api_error(what, name))?;
+                match self.machine_configs.create(&pp, &to_dynamic(mc)).await {
+                    Ok(_) => {}
+                    // There already, out of our watch's sight (its role label removed, say):
+                    // read it, and take it back where it is ours.
+                    Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
+                        self.take_back(name, mc, &pp).await?;
+                    }
+                    Err(e) => return Err(api_error(what, name)(e)),
+                }
             }
             (Action::Update, Some(mc)) => {
                 self.machine_configs
@@ -568,6 +653,55 @@ impl Reconciler {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// A MachineConfig we meant to create exists: ours (our label, or the seed layout's
+    /// `99-<pool>-generated-registries`, which nothing else owns) is replaced with what
+    /// the plan wants, its labels restored; anything else is left alone and reported.
+    async fn take_back(
+        &self,
+        name: &str,
+        desired: &MachineConfig,
+        pp: &PostParams,
+    ) -> Result<(), ReconcileError> {
+        // By a list with a field selector: the reconciler's RBAC has list and watch, not get.
+        let what = format!("reading MachineConfig {name}");
+        let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+        let listed = self
+            .machine_configs
+            .list(&by_name)
+            .await
+            .map_err(api_error(what, name))?;
+        let occupied = |why: &str| ReconcileError::Occupied {
+            name: name.into(),
+            why: why.into(),
+        };
+        let Some(found) = listed.items.into_iter().next() else {
+            return Err(ReconcileError::Conflict(name.into()));
+        };
+        let found: MachineConfig =
+            serde_json::from_value(serde_json::to_value(&found).unwrap_or_default())
+                .map_err(|e| occupied(&format!("it does not decode as a MachineConfig: {e}")))?;
+        if mco::owned_by_mco(&found) {
+            return Err(occupied("it belongs to the machine-config-operator (its generated-by annotation or Image owner); cip-webhook never writes it"));
+        }
+        let seed_layout = name.starts_with("99-") && name.ends_with("-generated-registries");
+        if !render::is_ours(&found) && !seed_layout {
+            return Err(occupied(&format!(
+                "it lacks the label {}={} that cip-webhook's MachineConfigs carry; cip-webhook does not take over what it did not make: delete it, or label it if it is cip-webhook's",
+                render::MANAGED_BY_LABEL,
+                render::MANAGED_BY
+            )));
+        }
+        let mut back = desired.clone();
+        back.metadata.resource_version = found.metadata.resource_version.clone();
+        back.metadata.uid = found.metadata.uid.clone();
+        self.machine_configs
+            .replace(name, pp, &to_dynamic(&back))
+            .await
+            .map_err(api_error(format!("taking back MachineConfig {name}"), name))?;
+        tracing::warn!(machine_config = %name, "took back a MachineConfig of ours that the watch no longer saw (its labels had been changed); labels and content restored");
         Ok(())
     }
 
@@ -667,8 +801,8 @@ impl Reconciler {
 pub async fn run(mut reconciler: Reconciler, resync: Duration) {
     let mut desired = reconciler.desired.clone();
     let mut lease = reconciler.leadership.clone();
-    let mut backoff = Duration::from_millis(100);
     let mut retry: Option<Duration> = None;
+    let mut failing = Failing::default();
     let mut leading = false;
     loop {
         let lease_only = tokio::select! {
@@ -713,28 +847,61 @@ pub async fn run(mut reconciler: Reconciler, resync: Duration) {
                         "reconciled"
                     );
                 }
+                if failing.times > 0 {
+                    tracing::info!(after = failing.times, "reconciled again after failures");
+                }
                 (reconciler.report)(format!("leader; {}; in sync", pass.detail));
-                backoff = Duration::from_millis(100);
+                failing = Failing::default();
                 retry = None;
             }
             Err(e) => {
                 reconciler.metrics.reconciled("error", seconds);
                 reconciler.metrics.reconcile_error(e.metric_label());
-                let wait = match &e {
-                    ReconcileError::Conflict(_) => Duration::from_secs(1),
-                    _ => backoff,
-                };
                 if let ReconcileError::NotLeader(_) = e {
                     leading = false;
                 }
-                tracing::warn!(error = %e, retry_in = ?wait, "reconcile failed");
-                (reconciler.report)(format!("leader; retrying in {wait:?}: {e}"));
+                let wait = failing.next(&e);
+                (reconciler.report)(format!(
+                    "leader; retrying in {wait:?} (failed {} time(s) in a row): {e}",
+                    failing.times
+                ));
                 retry = Some(wait);
-                if !matches!(e, ReconcileError::Conflict(_)) {
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
             }
         }
+    }
+}
+
+/// Consecutive failed passes: each waits longer than the one before, and an error that
+/// only repeats is logged again at longer intervals, not at every retry.
+#[derive(Default)]
+struct Failing {
+    times: u32,
+    last: String,
+}
+
+impl Failing {
+    /// Records a failure; how long to wait before the next pass.
+    fn next(&mut self, e: &ReconcileError) -> Duration {
+        let message = e.to_string();
+        let repeat = message == self.last;
+        self.times += 1;
+        // A conflict usually ends with the other writer's change (the next desired state
+        // brings it); an object that is not ours waits for a person.
+        let (first, cap) = match e {
+            ReconcileError::Conflict(_) => (Duration::from_secs(1), Duration::from_secs(30)),
+            ReconcileError::Occupied { .. } => (Duration::from_secs(5), Duration::from_secs(300)),
+            _ => (Duration::from_millis(100), Duration::from_secs(30)),
+        };
+        let wait = first
+            .saturating_mul(1 << self.times.saturating_sub(1).min(16))
+            .min(cap);
+        if !repeat || self.times.is_power_of_two() {
+            tracing::warn!(error = %e, times = self.times, retry_in = ?wait, "reconcile failed");
+        } else {
+            tracing::debug!(error = %e, times = self.times, retry_in = ?wait, "reconcile failed again");
+        }
+        self.last = message;
+        wait
     }
 }
 

@@ -403,6 +403,7 @@ fn alerts_read_metrics_the_binary_exports() {
         "CipWebhookNotReady",
         "CipWebhookCertificateExpiring",
         "CipWebhookReconcileFailing",
+        "CipWebhookNoReconcileLeader",
         "CipWebhookPoliciesPending",
         "CipWebhookMachineConfigChurn",
     ] {

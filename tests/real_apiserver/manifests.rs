@@ -107,6 +107,14 @@ async fn rbac_is_exactly_what_each_deployment_uses() {
             &["--lease-duration", "2"],
         )
         .await;
+    // A standby beside it: it watches the Lease.
+    let standby = c
+        .spawn_reconciler(
+            RECONCILER_ACCOUNT,
+            "reconciler-1",
+            &["--lease-duration", "2"],
+        )
+        .await;
     c.apply_ok("examples/signed-apps.yaml").await;
     c.until("written", worker_written).await;
     c.seed_unadmitted(signed_apps("blocked", &["blocked.example.com/app"]))
@@ -154,6 +162,7 @@ async fn rbac_is_exactly_what_each_deployment_uses() {
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
     let log = reconciler.log();
     assert!(reconciler.terminate().await.success(), "{log}");
+    assert!(standby.terminate().await.success());
     c.stop_webhook().await;
     assert!(!log.contains("ValidatingAdmissionPolicy"), "{log}");
     // The watches end with the processes; their audit records are written then.

@@ -351,24 +351,25 @@ async fn one_leader_writes_and_a_successor_takes_over() {
     let log = c.api().requests();
     assert_eq!(writes(&log, "machineconfigs").len(), 0, "{log:#?}");
 
-    // SIGTERM releases the lease: a new replica takes over well before it would expire.
+    // SIGTERM releases the lease, and the standby, watching it, takes it at once: well
+    // before the 4 s lease would expire, and before its next retry (1.3 s).
     let c2 = c
         .spawn_replica(&replica_account(&c, "c").await, "c", &args)
         .await;
+    let sigterm = Instant::now();
+    let log = follower.log.clone();
     let status = follower.terminate().await;
     assert!(status.success(), "{status:?}");
-    let released = Instant::now();
-    assert_eq!(holder(&c).await, None, "released on SIGTERM");
+    assert!(std::fs::read_to_string(log)
+        .unwrap()
+        .contains("released the reconcile lease"));
     c.until("c leads", async |c: &Cluster| {
         holder(c).await.as_deref() == Some("c")
     })
     .await;
-    let handover = released.elapsed();
+    let handover = sigterm.elapsed();
     eprintln!("handover after SIGTERM: {handover:?}");
-    assert!(
-        handover < Duration::from_secs(3),
-        "before the 4 s lease would expire: {handover:?}"
-    );
+    assert!(handover < Duration::from_secs(3), "{handover:?}");
     drop(c2);
 }
 
@@ -530,4 +531,170 @@ async fn image_policies_become_namespace_policy_files() {
         .map(|r| r.user.clone())
         .collect();
     assert_eq!(writers, BTreeSet::from([RECONCILER_ACCOUNT.to_string()]));
+}
+
+/// Our MachineConfig out of the watch's sight (its role label removed: the server sends
+/// DELETED to a label-selector watch) is read and taken back on the next create's
+/// AlreadyExists, not retried every second as a conflict. One that is not ours (our label
+/// removed too) is left alone and reported exactly: log, /readyz, metric, Event; its pool
+/// stops there, so no node requires signatures it has no attachments for, while the other
+/// pool and the policies' statuses are written all the same, and the retries back off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_config_out_of_sight_is_taken_back_and_a_foreign_one_reported() {
+    let c = cluster(&["--lease-duration", "2"]).await;
+    c.apply_ok("examples/signed-apps.yaml").await;
+    c.until("written", all_ours_written).await;
+
+    let role = "machineconfiguration.openshift.io/role";
+    let run = c
+        .kubectl(&[
+            "label",
+            "mc",
+            "99-worker-generated-imagepolicies",
+            &format!("{role}-"),
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("taken back", async |c: &Cluster| {
+        c.machine_config("99-worker-generated-imagepolicies")
+            .await
+            .unwrap()["metadata"]["labels"][role]
+            == "worker"
+    })
+    .await;
+    assert!(
+        c.webhook_log()
+            .contains("took back a MachineConfig of ours"),
+        "{}",
+        c.webhook_log()
+    );
+
+    // Not ours any more: neither our label nor the role label.
+    let run = c
+        .kubectl(&[
+            "label",
+            "mc",
+            "99-master-generated-imagepolicies",
+            &format!("{role}-"),
+            "app.kubernetes.io/managed-by-",
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.api().clear_requests();
+    let scopes = [
+        "quay.io/example-org",
+        "registry.example.com:5000/team/app",
+        "quay.io/newteam",
+    ];
+    c.apply_value(&signed_apps("signed-apps", &scopes)).await;
+    c.until("the worker pool written", async |c: &Cluster| {
+        policy_json(c, "worker").await.contains("quay.io/newteam")
+            && c.machine_config("99-worker-generated-imagepolicies")
+                .await
+                .and_then(|m| file(&m, "/etc/containers/registries.d/sigstore-registries.yaml"))
+                .is_some_and(|y| y.contains("quay.io/newteam"))
+    })
+    .await;
+    c.until("the status written", async |c: &Cluster| {
+        c.policy("signed-apps").await.unwrap()["status"]["conditions"][0]["observedGeneration"] == 2
+    })
+    .await;
+    let readyz = c
+        .readyz_says("MachineConfig 99-master-generated-imagepolicies exists and is not ours")
+        .await;
+    assert!(
+        readyz.contains("lacks the label app.kubernetes.io/managed-by=cip-webhook"),
+        "{readyz}"
+    );
+    c.until("an Event on the MachineConfig", async |c: &Cluster| {
+        c.list("events.k8s.io", "events").await.iter().any(|e| {
+            e["reason"] == "Occupied"
+                && e["regarding"]["name"] == "99-master-generated-imagepolicies"
+        })
+    })
+    .await;
+    assert!(c
+        .metrics()
+        .await
+        .contains("cip_webhook_reconcile_errors_total{reason=\"occupied\"}"));
+    // The master pool stopped at its attachments: its policy.json does not require what
+    // its nodes could not find.
+    assert!(!policy_json(&c, "master").await.contains("quay.io/newteam"));
+    let foreign = c
+        .machine_config("99-master-generated-imagepolicies")
+        .await
+        .unwrap();
+    assert!(
+        foreign["metadata"]["labels"].get(role).is_none(),
+        "left alone: {foreign}"
+    );
+    // Backing off: a handful of attempts over 8 s, not one a second.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let attempts = c
+        .api()
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "create" && r.resource == "machineconfigs" && r.code == 409)
+        .count();
+    assert!(
+        (1..=4).contains(&attempts),
+        "{attempts} creates refused with 409"
+    );
+}
+
+/// The Lease as client-go judges it: a peer's renewTime is its own wall clock, never
+/// compared with ours. A peer an hour behind that keeps renewing keeps the lease (a
+/// comparison of clocks would take it at once); one an hour ahead that dies is replaced a
+/// lease duration after its last renewal (a comparison would wait an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_clock_skew_neither_takes_nor_keeps_its_lease() {
+    let c = Cluster::real(&crds(&[])).await;
+    c.seed_files(EXAMPLES).await;
+    let lease = |renew: &str| {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "cip-webhook-reconcile", "namespace": NAMESPACE},
+            "spec": {"holderIdentity": "skewed-peer", "leaseDurationSeconds": 4,
+                     "renewTime": renew, "leaseTransitions": 1}
+        })
+    };
+    // A MicroTime as a node whose clock is off by `hours` writes it.
+    let at = |hours: i64, seconds: i64| {
+        let t = time::OffsetDateTime::now_utc()
+            + time::Duration::hours(hours)
+            + time::Duration::seconds(seconds);
+        let t = t.replace_nanosecond(0).unwrap();
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .replace('Z', ".000000Z")
+    };
+    c.seed(lease(&at(-1, 0))).await;
+    let ours = c
+        .spawn_reconciler(RECONCILER_ACCOUNT, "ours", &["--lease-duration", "4"])
+        .await;
+    // Behind by an hour, renewing every second for 8 s (two of its durations): kept.
+    for n in 0..8 {
+        c.seed(lease(&at(-1, n))).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            holder(&c).await.as_deref(),
+            Some("skewed-peer"),
+            "after {n} s\n{}",
+            ours.log()
+        );
+    }
+    // Its last renewal written by a clock an hour ahead, then silence.
+    c.seed(lease(&at(1, 0))).await;
+    let died = Instant::now();
+    c.until("ours leads", async |c: &Cluster| {
+        holder(c).await.as_deref() == Some("ours")
+    })
+    .await;
+    let took = died.elapsed();
+    eprintln!("taken {took:?} after the peer's last renewal (lease 4 s)");
+    assert!(
+        took >= Duration::from_secs(3) && took <= Duration::from_secs(9),
+        "{took:?}"
+    );
 }
