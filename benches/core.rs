@@ -133,10 +133,13 @@ fn namespaced(policies: usize, cluster_policies: usize) -> Inputs {
             p.kind = "ImagePolicy".into();
             p.metadata.namespace = Some(format!("team-{:03}", i % namespaces));
             let registry = i % (policies / 5);
-            p.spec.as_mut().unwrap().scopes = Some(vec![format!(
-                "apps{registry}.example.com/team-{:03}/app{i}",
-                i % namespaces
-            )]);
+            p.spec.as_mut().unwrap().scopes = Some(
+                vec![format!(
+                    "apps{registry}.example.com/team-{:03}/app{i}",
+                    i % namespaces
+                )]
+                .into(),
+            );
             p.into()
         })
         .collect();

@@ -161,6 +161,18 @@ struct ServeArgs {
     /// Bytes of request bodies held at once, all connections together.
     #[arg(long, value_name = "BYTES", default_value_t = LIMITS.max_body_in_flight as u64, value_parser = clap::value_parser!(u64).range(1024..))]
     max_body_in_flight: u64,
+    /// Bytes of request bodies one peer address may hold at once.
+    #[arg(long, value_name = "BYTES", default_value_t = LIMITS.max_body_per_peer as u64, value_parser = clap::value_parser!(u64).range(65536..))]
+    max_body_per_peer: u64,
+    /// Milliseconds a request body may take to arrive after its headers (408 after).
+    #[arg(long, value_name = "MS", default_value_t = LIMITS.body_timeout.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_ms: u64,
+    /// Admission decisions computed at once (not the core count: memory is what bounds them).
+    #[arg(long, value_name = "N", default_value_t = LIMITS.max_decisions as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
+    max_decisions: u64,
+    /// Bytes the decisions in progress may take while decoding, reserved at 17 × each body.
+    #[arg(long, value_name = "BYTES", default_value_t = LIMITS.decode_budget as u64, value_parser = clap::value_parser!(u64).range(1048576..))]
+    decode_budget: u64,
     /// Seconds a request may take, body read included; also the first request's deadline
     /// on a new connection.
     #[arg(long, value_name = "SECONDS", default_value_t = LIMITS.request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
@@ -361,6 +373,10 @@ impl ServeArgs {
             limits: cip_webhook::server::Limits {
                 max_body: self.max_body as usize,
                 max_body_in_flight: self.max_body_in_flight as usize,
+                max_body_per_peer: self.max_body_per_peer as usize,
+                body_timeout: std::time::Duration::from_millis(self.body_timeout_ms),
+                max_decisions: self.max_decisions as usize,
+                decode_budget: self.decode_budget as usize,
                 request_timeout: std::time::Duration::from_secs(self.request_timeout),
                 idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
                 max_connections: self.max_connections as usize,

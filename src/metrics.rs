@@ -50,6 +50,11 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     pool: String,
     action: &'static str,
@@ -73,6 +78,10 @@ pub struct Metrics {
     bad_requests: Counter,
     latency: Histogram,
     cert_expiry: Gauge,
+    body_waits: Counter,
+    body_bytes: Gauge,
+    decision_waits: Counter,
+    shed: Family<PortLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,6 +105,30 @@ impl Default for Metrics {
             "admission_duration_seconds",
             "Time to decide an admission review, body read to response",
             latency.clone(),
+        );
+        let body_waits = Counter::default();
+        registry.register(
+            "admission_body_waits",
+            "Request bodies that waited for memory (slow or large uploads hold the body budget)",
+            body_waits.clone(),
+        );
+        let body_bytes = Gauge::default();
+        registry.register(
+            "admission_body_bytes",
+            "Bytes of request bodies held in memory while they arrive",
+            body_bytes.clone(),
+        );
+        let decision_waits = Counter::default();
+        registry.register(
+            "admission_decision_waits",
+            "Reviews that waited for a decision slot or decoding memory",
+            decision_waits.clone(),
+        );
+        let shed = Family::<PortLabels, Counter>::default();
+        registry.register(
+            "connections_shed",
+            "Connections closed to make room when every slot was taken, by port (admission, metrics)",
+            shed.clone(),
         );
         let cert_expiry = Gauge::default();
         registry.register(
@@ -173,6 +206,10 @@ impl Default for Metrics {
             bad_requests,
             latency,
             cert_expiry,
+            body_waits,
+            body_bytes,
+            decision_waits,
+            shed,
         }
     }
 }
@@ -198,6 +235,24 @@ impl Metrics {
 
     pub fn bad_request(&self) {
         self.bad_requests.inc();
+    }
+
+    pub fn body_waited(&self) {
+        self.body_waits.inc();
+    }
+
+    pub fn set_body_bytes(&self, bytes: u64) {
+        self.body_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn decision_waited(&self) {
+        self.decision_waits.inc();
+    }
+
+    /// `port` is `admission` or `metrics`.
+    pub fn connection_shed(&self, port: &'static str) {
+        self.shed.get_or_create(&PortLabels { port }).inc();
     }
 
     pub fn set_cert_expiry(&self, unix_seconds: i64) {

@@ -90,6 +90,7 @@ pub async fn run(
         Some(w) => {
             let cert = crate::tls::ReloadingCert::new(&w.tls_cert, &w.tls_key)
                 .map_err(RuntimeError::Certificate)?;
+            crate::tls::log_expiry(&w.tls_cert, cert.not_after(), unix_now());
             crate::server::App::new(w.admission.clone(), Arc::new(cert))
         }
         None => crate::server::App::without_admission(),
@@ -340,8 +341,20 @@ async fn watch_cluster(
     let mut last: Option<(std::sync::Arc<crate::desired::Desired>, String)> = None;
     // What is published already (the first wait) is shown at once.
     desired.mark_changed();
+    // Watch errors end without an event (a watch resumed where it was): the status is
+    // looked at again now and then, so /readyz stops saying "retrying" once they have.
+    let mut recheck = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                if let Some((d, status)) = last.as_mut() {
+                    let now = state_status(d, &state);
+                    if now != *status {
+                        app.set_status(now.clone());
+                        *status = now;
+                    }
+                }
+            }
             changed = desired.changed() => {
                 if changed.is_err() {
                     return;
@@ -427,6 +440,8 @@ async fn watch_state_dir(
     type Stamp = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
     let mut last: Option<Stamp> = None;
     let mut good: Option<String> = None;
+    // The last walk error logged, so that one that lasts is logged once.
+    let mut failed: Option<String> = None;
     loop {
         let (d, options, previous) = (dir.clone(), render.clone(), last.clone());
         let had_objects = good.is_some();
@@ -436,14 +451,18 @@ async fn watch_state_dir(
                 return Ok(None);
             }
             let loaded = files::load_dir(&d, &[]).map_err(|e| chain(&e));
+            for entry in loaded.iter().flat_map(|l| &l.skipped) {
+                tracing::warn!(dir = %d.display(), %entry, "state directory entry skipped");
+            }
             let checked = loaded.and_then(|loaded| state_snapshot(loaded, &options, had_objects));
             Ok(Some((stamp, checked)))
         })
         .await
         .unwrap_or_else(|e| Err(format!("reading the state panicked: {e}")));
         match attempt {
-            Ok(None) => {}
+            Ok(None) => failed = None,
             Ok(Some((stamp, Ok(snapshot)))) => {
+                failed = None;
                 let status = format!(
                     "state from {}: {} ClusterImagePolicies",
                     dir.display(),
@@ -455,6 +474,7 @@ async fn watch_state_dir(
                 last = Some(stamp);
             }
             Ok(Some((stamp, Err(why)))) => {
+                failed = None;
                 tracing::warn!(dir = %dir.display(), error = %why, "cluster state refused; the previous one serves");
                 app.set_status(match &good {
                     Some(previous) => {
@@ -465,7 +485,11 @@ async fn watch_state_dir(
                 last = Some(stamp);
             }
             Err(why) => {
+                if failed.as_ref() != Some(&why) {
+                    tracing::warn!(dir = %dir.display(), error = %why, "state directory not readable; the previous state serves");
+                }
                 app.set_status(format!("reading {}: {why}", dir.display()));
+                failed = Some(why);
                 last = None;
             }
         }
@@ -504,4 +528,10 @@ fn state_snapshot(
         Some(&plan),
         options,
     ))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

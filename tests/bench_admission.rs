@@ -252,6 +252,7 @@ async fn decision_cpu_against_a_trivial_handler() {
         router,
         cert,
         Limits::default(),
+        Arc::new(cip_webhook::metrics::Metrics::default()),
         std::future::pending(),
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -299,7 +300,8 @@ async fn decision_cpu_against_a_trivial_handler() {
             )
             .unwrap();
             p.metadata.name = format!("policy-{i:04}");
-            p.spec.as_mut().unwrap().scopes = Some(vec![format!("registry{i}.example.com/app")]);
+            p.spec.as_mut().unwrap().scopes =
+                Some(vec![format!("registry{i}.example.com/app")].into());
             Arc::new(p)
         })
         .collect();

@@ -108,7 +108,7 @@ impl ClusterFacts {
                 });
             }
         }
-        facts.insecure.clone_from(&sources.insecure_registries);
+        facts.insecure = sources.insecure_registries.to_vec();
         let mut unblockable = Vec::new();
         for reg in &sources.blocked_registries {
             let payload = match (&facts.release_repo, &facts.release_image) {

@@ -162,15 +162,152 @@ impl ClusterImagePolicy {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The CRD's `maxItems` of `spec.scopes`.
+pub const MAX_SCOPES: usize = 256;
+
+/// The master Image CRD's `maxItems` of each registry list.
+pub const MAX_REGISTRIES: usize = 1024;
+
+/// A list of strings decoded with at most `MAX` items stored and all of them counted: a
+/// list past its CRD's `maxItems` is refused for its length anyway, and a 3 MiB review of
+/// 780,000 one-letter scopes must not cost its items' worth of memory to say so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capped<const MAX: usize> {
+    items: Vec<String>,
+    total: usize,
+}
+
+impl<const MAX: usize> Capped<MAX> {
+    /// How many items the list had, stored or not.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+}
+
+impl<const MAX: usize> std::ops::Deref for Capped<MAX> {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.items
+    }
+}
+
+impl<const MAX: usize> std::ops::DerefMut for Capped<MAX> {
+    fn deref_mut(&mut self) -> &mut [String] {
+        &mut self.items
+    }
+}
+
+impl<'a, const MAX: usize> IntoIterator for &'a Capped<MAX> {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.iter()
+    }
+}
+
+impl<const MAX: usize> FromIterator<String> for Capped<MAX> {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        let mut list = Capped {
+            items: Vec::new(),
+            total: 0,
+        };
+        for item in iter {
+            list.total += 1;
+            if list.items.len() < MAX {
+                list.items.push(item);
+            }
+        }
+        list
+    }
+}
+
+impl<const MAX: usize> From<Vec<String>> for Capped<MAX> {
+    fn from(items: Vec<String>) -> Self {
+        items.into_iter().collect()
+    }
+}
+
+impl<const MAX: usize> Serialize for Capped<MAX> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.items.serialize(s)
+    }
+}
+
+impl<'de, const MAX: usize> Deserialize<'de> for Capped<MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items<const MAX: usize>;
+        impl<'de, const MAX: usize> serde::de::Visitor<'de> for Items<MAX> {
+            type Value = Capped<MAX>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut list = Capped {
+                    items: Vec::new(),
+                    total: 0,
+                };
+                loop {
+                    if list.items.len() < MAX {
+                        match seq.next_element::<String>()? {
+                            Some(item) => list.items.push(item),
+                            None => break,
+                        }
+                    } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                    list.total += 1;
+                }
+                Ok(list)
+            }
+        }
+        d.deserialize_seq(Items::<MAX>)
+    }
+}
+
+/// Decoded field by field (no `flatten`, which would buffer the whole spec first), so that
+/// the scopes past the CRD's limit are counted, never stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CipSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scopes: Option<Vec<String>>,
+    pub scopes: Option<Capped<MAX_SCOPES>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySpec>,
     #[serde(flatten)]
     pub unknown: Extra,
+}
+
+impl<'de> Deserialize<'de> for CipSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = CipSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("struct CipSpec")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<CipSpec, A::Error> {
+                let mut spec = CipSpec::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "scopes" => spec.scopes = map.next_value()?,
+                        "policy" => spec.policy = map.next_value()?,
+                        _ => {
+                            let value = map.next_value()?;
+                            spec.unknown.insert(key, value);
+                        }
+                    }
+                }
+                Ok(spec)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -320,12 +457,12 @@ pub struct ImageSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySources {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowed_registries: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub blocked_registries: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub insecure_registries: Vec<String>,
+    #[serde(default, skip_serializing_if = "<[String]>::is_empty")]
+    pub allowed_registries: Capped<MAX_REGISTRIES>,
+    #[serde(default, skip_serializing_if = "<[String]>::is_empty")]
+    pub blocked_registries: Capped<MAX_REGISTRIES>,
+    #[serde(default, skip_serializing_if = "<[String]>::is_empty")]
+    pub insecure_registries: Capped<MAX_REGISTRIES>,
 }
 
 /// One mirror rule of an ImageDigestMirrorSet / ImageTagMirrorSet (`imageDigestMirrors[]`,
@@ -636,5 +773,30 @@ impl MachineConfig {
                 None => known.push(Arc::clone(source)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 780,000 one-letter scopes: 256 stored, all counted, the rest never allocated.
+    #[test]
+    fn scopes_past_the_crds_limit_are_counted_not_stored() {
+        let mut text = String::from(r#"{"scopes":["#);
+        for i in 0..780_000 {
+            text.push_str(if i == 0 { r#""a""# } else { r#","a""# });
+        }
+        text.push_str(r#"],"policy":{},"extra":1}"#);
+        let spec: CipSpec = serde_json::from_str(&text).unwrap();
+        let scopes = spec.scopes.as_ref().unwrap();
+        assert_eq!((scopes.len(), scopes.total()), (MAX_SCOPES, 780_000));
+        assert!(spec.policy.is_some());
+        assert_eq!(spec.unknown.keys().collect::<Vec<_>>(), ["extra"]);
+        // Past the limit, an item of another type is counted, not checked.
+        let mixed: Capped<2> = serde_json::from_str(r#"["a","b",3,{}]"#).unwrap();
+        assert_eq!((mixed.len(), mixed.total()), (2, 4));
+        assert!(serde_json::from_str::<Capped<2>>(r#"[1]"#).is_err());
+        assert_eq!(serde_json::to_string(&mixed).unwrap(), r#"["a","b"]"#);
     }
 }

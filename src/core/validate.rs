@@ -11,14 +11,14 @@ use serde_json::{Map, Value};
 use crate::cluster::ClusterFacts;
 use crate::keys;
 use crate::model::{
-    CipVersion, ClusterImagePolicy, FulcioSpec, ImagePolicy, PkiSpec, PolicyKind, PublicKeySpec,
-    RootOfTrust, SignedIdentitySpec,
+    Capped, CipVersion, ClusterImagePolicy, FulcioSpec, ImagePolicy, PkiSpec, PolicyKind,
+    PublicKeySpec, RootOfTrust, SignedIdentitySpec,
 };
 use crate::policy::decode_b64;
 use crate::rules;
 use crate::scope::{self, PayloadHit};
 
-pub const MAX_SCOPES: usize = 256;
+pub use crate::model::{MAX_REGISTRIES, MAX_SCOPES};
 pub const MAX_SCOPE_LEN: usize = 512;
 pub const MAX_KEY_LEN: usize = 8192;
 pub const POLICY_TYPES: [&str; 3] = ["PublicKey", "FulcioCAWithRekor", "PKI"];
@@ -734,14 +734,14 @@ impl Walker {
 
     /// Items past the CRD's 256 are not checked one by one: the list is refused for its
     /// length anyway, and a review of 100,000 scopes must cost no more than one of 256.
-    fn scopes(&mut self, scopes: &[String]) {
-        if scopes.len() > MAX_SCOPES {
+    fn scopes(&mut self, scopes: &Capped<MAX_SCOPES>) {
+        if scopes.total() > MAX_SCOPES {
             self.error(
                 "spec.scopes",
                 Rule::TooMany,
                 format!(
                     "Too many: {}: must have at most {MAX_SCOPES} items",
-                    scopes.len()
+                    scopes.total()
                 ),
             );
         }

@@ -215,6 +215,9 @@ pub struct Reconciler {
     occupied: BTreeMap<String, (Instant, u32, String)>,
     /// The last duty, to log when it changes.
     duty: Option<Duty>,
+    /// The resourceVersion each of our MachineConfigs got from our last write: another
+    /// version in the watch, or the object gone, means someone else wrote it.
+    written: BTreeMap<String, String>,
 }
 
 fn now_seconds() -> String {
@@ -280,6 +283,7 @@ impl Reconciler {
             expected: BTreeMap::new(),
             occupied: BTreeMap::new(),
             duty: None,
+            written: BTreeMap::new(),
         }
     }
 
@@ -422,6 +426,12 @@ impl Reconciler {
                     });
                 }
             }
+            let foreign = self.foreign_change(change.action, &change.name, existing);
+            // Read before our write, which takes the changed fields' ownership back.
+            let by = match foreign {
+                Some("changed") => self.last_writer(&change.name).await,
+                _ => None,
+            };
             let written = self
                 .write(
                     change.action,
@@ -438,7 +448,14 @@ impl Reconciler {
                 self.occupied
                     .insert(name.clone(), (Instant::now() + wait, refusals, why.clone()));
             }
-            written?;
+            match written? {
+                Some(version) => self.written.insert(change.name.clone(), version),
+                None => self.written.remove(&change.name),
+            };
+            if let Some(what) = foreign {
+                self.repaired(&change.name, &pool.pool, what, by, done)
+                    .await;
+            }
             self.occupied.remove(&change.name);
             let before = existing.and_then(|m| m.metadata.resource_version.clone());
             self.expected
@@ -606,13 +623,14 @@ impl Reconciler {
                 )(e)),
             })
     }
+    /// One MachineConfig write; the resourceVersion it left (None: deleted).
     async fn write(
         &self,
         action: Action,
         name: &str,
         desired: Option<&MachineConfig>,
         existing: Option<&MachineConfig>,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<Option<String>, ReconcileError> {
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -621,21 +639,21 @@ impl Reconciler {
         match (action, desired) {
             (Action::Create, Some(mc)) => {
                 match self.machine_configs.create(&pp, &to_dynamic(mc)).await {
-                    Ok(_) => {}
+                    Ok(o) => Ok(o.metadata.resource_version),
                     // There already, out of our watch's sight (its role label removed, say):
                     // read it, and take it back where it is ours.
                     Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
-                        self.take_back(name, mc, &pp).await?;
+                        self.take_back(name, mc, &pp).await
                     }
-                    Err(e) => return Err(api_error(what, name)(e)),
+                    Err(e) => Err(api_error(what, name)(e)),
                 }
             }
-            (Action::Update, Some(mc)) => {
-                self.machine_configs
-                    .replace(name, &pp, &to_dynamic(mc))
-                    .await
-                    .map_err(api_error(what, name))?;
-            }
+            (Action::Update, Some(mc)) => self
+                .machine_configs
+                .replace(name, &pp, &to_dynamic(mc))
+                .await
+                .map(|o| o.metadata.resource_version)
+                .map_err(api_error(what, name)),
             (Action::Delete, _) => {
                 let meta = existing.map(|m| &m.metadata);
                 let dp = DeleteParams {
@@ -646,14 +664,91 @@ impl Reconciler {
                     ..Default::default()
                 };
                 match self.machine_configs.delete(name, &dp).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(api_error(what, name)(e)),
+                    Ok(_) => Ok(None),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                    Err(e) => Err(api_error(what, name)(e)),
                 }
             }
-            _ => {}
+            _ => Ok(existing.and_then(|m| m.metadata.resource_version.clone())),
         }
-        Ok(())
+    }
+
+    /// Whether a MachineConfig this leader wrote was since changed or deleted by someone
+    /// else: the watch shows another version than our write left, or none at all.
+    fn foreign_change(
+        &self,
+        action: Action,
+        name: &str,
+        existing: Option<&MachineConfig>,
+    ) -> Option<&'static str> {
+        let ours = self.written.get(name)?;
+        match (action, existing) {
+            (Action::Create, None) => Some("deleted"),
+            (Action::Update, Some(m)) if m.metadata.resource_version.as_ref() != Some(ours) => {
+                Some("changed")
+            }
+            _ => None,
+        }
+    }
+
+    /// A log line and an Event for a MachineConfig put back after someone else's change,
+    /// naming the last writer its managedFields show.
+    async fn repaired(
+        &self,
+        name: &str,
+        pool: &str,
+        what: &str,
+        by: Option<String>,
+        done: &mut Pass,
+    ) {
+        let by = by.map_or_else(String::new, |w| format!(" by {w}"));
+        let note = format!(
+            "MachineConfig {name} of pool {pool}, written by cip-webhook, was {what}{by}; restored to what the policies render (edit the policies, not the MachineConfig)"
+        );
+        tracing::warn!(machine_config = %name, pool = %pool, "{note}");
+        let regarding = ObjectReference {
+            api_version: Some("machineconfiguration.openshift.io/v1".into()),
+            kind: Some("MachineConfig".into()),
+            name: Some(name.to_string()),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: if what == "deleted" {
+                "Recreated"
+            } else {
+                "Repaired"
+            }
+            .into(),
+            note: Some(note),
+            action: EVENT_ACTION.into(),
+            secondary: None,
+        };
+        self.event(event, &regarding).await;
+        done.events += 1;
+    }
+
+    /// The field manager of the latest managedFields entry other than ours, with its
+    /// operation and time; None when it cannot be read.
+    async fn last_writer(&self, name: &str) -> Option<String> {
+        let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+        let listed = self.machine_configs.list(&by_name).await.ok()?;
+        let found = listed.items.into_iter().next()?;
+        found
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f.manager.as_deref() != Some(FIELD_MANAGER))
+            .max_by_key(|f| f.time.as_ref().map(|t| t.0))
+            .map(|f| {
+                format!(
+                    "{} ({}{})",
+                    f.manager.unwrap_or_else(|| "an unnamed manager".into()),
+                    f.operation.unwrap_or_default(),
+                    f.time.map(|t| format!(" at {}", t.0)).unwrap_or_default()
+                )
+            })
     }
 
     /// A MachineConfig we meant to create exists: ours (our label, or the seed layout's
@@ -664,7 +759,7 @@ impl Reconciler {
         name: &str,
         desired: &MachineConfig,
         pp: &PostParams,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<Option<String>, ReconcileError> {
         // By a list with a field selector: the reconciler's RBAC has list and watch, not get.
         let what = format!("reading MachineConfig {name}");
         let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
@@ -697,12 +792,13 @@ impl Reconciler {
         let mut back = desired.clone();
         back.metadata.resource_version = found.metadata.resource_version.clone();
         back.metadata.uid = found.metadata.uid.clone();
-        self.machine_configs
+        let replaced = self
+            .machine_configs
             .replace(name, pp, &to_dynamic(&back))
             .await
             .map_err(api_error(format!("taking back MachineConfig {name}"), name))?;
         tracing::warn!(machine_config = %name, "took back a MachineConfig of ours that the watch no longer saw (its labels had been changed); labels and content restored");
-        Ok(())
+        Ok(replaced.metadata.resource_version)
     }
 
     /// Standing down: where the MCO's own MachineConfig carries every scope we wrote,
@@ -728,6 +824,7 @@ impl Reconciler {
                     .iter()
                     .find(|m| &m.metadata.name == name);
                 self.write(Action::Delete, name, None, existing).await?;
+                self.written.remove(name);
                 let before = existing.and_then(|m| m.metadata.resource_version.clone());
                 self.expected.insert(name.clone(), (before, Instant::now()));
                 self.metrics.machine_config_written(&step.pool, "delete");

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -208,8 +208,14 @@ struct Slot<T> {
     synced: bool,
     /// The cluster does not serve this API (404): listed, empty.
     absent: bool,
-    last_error: Option<String>,
+    /// The watcher's last error and when it came: a watch that resumes where it was
+    /// sends no event when nothing changed, so an error is current only while its
+    /// retries keep failing (kube-runtime's backoff retries within 30 s).
+    last_error: Option<(String, Instant)>,
 }
+
+/// How long a watcher's error is reported after it came, unless another follows.
+const ERROR_CURRENT_FOR: Duration = Duration::from_secs(60);
 
 impl<T> Default for Slot<T> {
     fn default() -> Self {
@@ -236,7 +242,11 @@ impl<T: Watched> Slot<T> {
         Health {
             synced: self.synced,
             absent: self.absent,
-            last_error: self.last_error.as_deref(),
+            last_error: self
+                .last_error
+                .as_ref()
+                .filter(|(_, at)| at.elapsed() < ERROR_CURRENT_FOR)
+                .map(|(e, _)| e.as_str()),
         }
     }
 
@@ -278,7 +288,7 @@ impl<T: Watched> Slot<T> {
             }
             Err(e) => {
                 tracing::warn!(resource = source.as_str(), error = %e, "watch failed; retrying");
-                self.last_error = Some(e.to_string());
+                self.last_error = Some((e.to_string(), Instant::now()));
                 true
             }
             Ok(Event::Init) => {
@@ -809,6 +819,21 @@ mod tests {
     /// A watch event applying this object.
     fn applied(object: serde_json::Value) -> Result<Event<DynamicObject>, watcher::Error> {
         Ok(Event::Apply(serde_json::from_value(object).unwrap()))
+    }
+
+    /// A watch resumed after an outage sends nothing when nothing changed: its last error
+    /// stops being reported once its retries stop failing.
+    #[test]
+    fn a_watch_error_is_reported_while_it_lasts_and_not_after() {
+        let mut slot = Slot::<ClusterImagePolicy> {
+            synced: true,
+            last_error: Some(("Connect".into(), Instant::now())),
+            ..Slot::default()
+        };
+        assert_eq!(slot.health().last_error, Some("Connect"));
+        let past = Instant::now().checked_sub(ERROR_CURRENT_FOR + Duration::from_secs(1));
+        slot.last_error = Some(("Connect".into(), past.unwrap()));
+        assert_eq!(slot.health().last_error, None);
     }
 
     #[test]

@@ -459,16 +459,23 @@ pub fn decide(
         );
         return Answer::bad_request(message, DecisionReason::UnhandledKind);
     }
-    let exempt = config.exempt_users.contains(&request.user_info.username);
     let operation = request.operation.as_str();
+    if !matches!(operation, "CREATE" | "UPDATE" | "DELETE") {
+        // Nothing else is registered; an answer to what was never checked must not be
+        // an allow.
+        let message = format!(
+            "cip-webhook does not handle operation {:?}; the webhook configurations send CREATE, UPDATE and DELETE",
+            validate::clip(operation, 64)
+        );
+        return Answer::bad_request(message, DecisionReason::BadRequest);
+    }
+    let exempt = config.exempt_users.contains(&request.user_info.username);
     if policy_kind == Some(PolicyKind::Cluster) && endpoint == Endpoint::Validate && !exempt {
         // Whoever is not the platform may not create, change or delete its policies.
         if let Some(problem) = validate::reserved_name(&request.name) {
-            if matches!(operation, "CREATE" | "UPDATE" | "DELETE") {
-                let mut report = Report::default();
-                report.errors.push(problem);
-                return Answer::judged(report);
-            }
+            let mut report = Report::default();
+            report.errors.push(problem);
+            return Answer::judged(report);
         }
     }
     // Only the `cluster` Image is guarded, and never mutated.
@@ -534,8 +541,7 @@ pub fn decide(
     }
 }
 
-/// The most entries an Image registry list may have (the master Image CRD's maxItems).
-pub const MAX_REGISTRIES: usize = 1024;
+pub use crate::model::MAX_REGISTRIES;
 
 /// The Image `cluster` guard. An update that leaves the registry lists alone is never
 /// denied (an admin adding `additionalTrustedCA` is not answerable for someone's policy);
@@ -574,13 +580,13 @@ fn image_update(
         ("allowedRegistries", &sources.allowed_registries),
         ("blockedRegistries", &sources.blocked_registries),
     ] {
-        if list.len() > MAX_REGISTRIES {
+        if list.total() > MAX_REGISTRIES {
             let mut report = Report::default();
             report.errors.push(Problem {
                 path: format!("spec.registrySources.{field}"),
                 message: format!(
                     "Too many: {}: must have at most {MAX_REGISTRIES} items",
-                    list.len()
+                    list.total()
                 ),
                 rule: Rule::TooMany,
                 reason: validate::Reason::Invalid,

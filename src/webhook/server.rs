@@ -5,10 +5,11 @@
 //! varies) and clients are not authenticated, so nothing a client does may hold the server:
 //! every connection state has a deadline (TLS handshake, first request, headers, body,
 //! idle keep-alive, an HTTP/2 connection with no stream), the protocol comes from ALPN (no
-//! read waits to sniff it), the bodies in flight share one memory budget, and decisions
-//! run on blocking threads, a few at a time, so that a slow one gets its 408 and
-//! `/healthz` still answers. When every connection slot is taken, idle connections are
-//! closed to make room.
+//! read waits to sniff it), bodies are reserved in memory as they arrive and must arrive
+//! within `body_timeout` ([`crate::webhook::bodies`]), and decisions run a fixed few at a
+//! time within a decoding-memory budget, whatever the node's core count, so that a slow
+//! one gets its 408 and `/healthz` still answers. When every connection slot is taken,
+//! the connection idle the longest is closed to make room ([`crate::webhook::conns`]).
 //!
 //! Metrics, health and readiness are also served on a separate plain-HTTP port
 //! ([`serve_ops`]) so that a NetworkPolicy can keep the admission port open to the API
@@ -17,8 +18,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -29,22 +29,31 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, Endpoint, Snapshot};
 use crate::metrics::Metrics;
 use crate::tls::{self, ReloadingCert};
+use crate::webhook::bodies::{BodyBudget, BodyError, Peer};
+use crate::webhook::conns::{serve_connections, ConnLimits, Transport};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest request body; larger ones get 413 (the API server sends up to ~3 MiB).
     pub max_body: usize,
-    /// Request bodies held in memory at once, all connections together.
+    /// Bytes of request bodies past their first 64 KiB held in memory at once, all
+    /// connections together, reserved as the bytes arrive.
     pub max_body_in_flight: usize,
+    /// Bytes of the first 64 KiB of bodies held at once: a pool of its own, so that reviews
+    /// of ordinary size never wait behind large or slow ones.
+    pub max_small_bodies: usize,
+    /// Bytes of bodies one peer address may hold at once.
+    pub max_body_per_peer: usize,
+    /// A body must have arrived this long after its headers (the API server sends a review
+    /// at once); a slower one gets 408 and gives its memory back.
+    pub body_timeout: Duration,
     /// From the start of a request to its response, body read included.
     pub request_timeout: Duration,
     /// TLS handshake deadline for a new connection.
@@ -54,8 +63,12 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Admission decisions computed at once; the others wait (within their deadline).
+    /// Admission decisions computed at once, whatever the node's core count; the others
+    /// wait (within their deadline).
     pub max_decisions: usize,
+    /// Memory the decisions in progress may take while decoding, estimated from their body
+    /// size (see [`DECODE_FACTOR`]).
+    pub decode_budget: usize,
     /// How long in-flight requests may take to finish once the server stops accepting.
     pub shutdown_grace: Duration,
 }
@@ -65,17 +78,40 @@ impl Default for Limits {
         Limits {
             max_body: 3 * 1024 * 1024,
             max_body_in_flight: 32 * 1024 * 1024,
+            max_small_bodies: 16 * 1024 * 1024,
+            max_body_per_peer: 16 * 1024 * 1024,
+            body_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
-            max_decisions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_decisions: 4,
+            decode_budget: 64 * 1024 * 1024,
             // Past the request timeout, so a request that arrived just before the stop
             // gets its answer.
             shutdown_grace: Duration::from_secs(15),
         }
     }
 }
+
+impl Limits {
+    fn connections(&self, port: &'static str) -> ConnLimits {
+        ConnLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            first_request: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            shutdown_grace: self.shutdown_grace,
+            port,
+        }
+    }
+}
+
+/// Worst-case memory of decoding a review, per byte of its body: measured 16× for a
+/// review of 780,000 one-letter items in a field kept as JSON (an unknown field), and a
+/// body can be shaped so; the decision gate reserves this much for each review.
+pub const DECODE_FACTOR: usize = 17;
 
 /// Where the webhook configurations send reviews (manifests/base/webhooks.yaml).
 pub const VALIDATE_PATH: &str = "/validate";
@@ -95,6 +131,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// None where this process serves no admission (the reconciler's Deployment).
     pub cert: Option<Arc<ReloadingCert>>,
+    /// The admission router's body budget, for /readyz and the metrics.
+    bodies: RwLock<Option<Arc<BodyBudget>>>,
 }
 
 impl App {
@@ -116,6 +154,7 @@ impl App {
             admission,
             metrics: Arc::new(Metrics::default()),
             cert,
+            bodies: RwLock::new(None),
         }
     }
 
@@ -142,6 +181,13 @@ impl App {
         *self.reconcile.write().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
+    fn bodies(&self) -> Option<Arc<BodyBudget>> {
+        self.bodies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.snapshot
             .read()
@@ -155,19 +201,33 @@ impl App {
 struct Shared {
     app: Arc<App>,
     max_body: usize,
-    /// KiB of request bodies that may be in memory at once.
-    bodies: Arc<Semaphore>,
+    body_timeout: Duration,
+    bodies: Arc<BodyBudget>,
     decisions: Arc<Semaphore>,
+    /// KiB of decoding memory.
+    decoding: Arc<Semaphore>,
+    decode_kib: usize,
 }
 
 pub fn router(app: Arc<App>, limits: &Limits) -> Router {
     let timeout = limits.request_timeout;
     let metrics = Arc::clone(&app.metrics);
+    let bodies = Arc::new(BodyBudget::counted(
+        limits.max_body_in_flight,
+        limits.max_small_bodies,
+        limits.max_body_per_peer,
+        Some(Arc::clone(&app.metrics)),
+    ));
+    *app.bodies.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&bodies));
+    let decode_kib = kib(limits.decode_budget);
     let shared = Shared {
         app,
         max_body: limits.max_body,
-        bodies: Arc::new(Semaphore::new(kib(limits.max_body_in_flight))),
+        body_timeout: limits.body_timeout,
+        bodies,
         decisions: Arc::new(Semaphore::new(limits.max_decisions.max(1))),
+        decoding: Arc::new(Semaphore::new(decode_kib)),
+        decode_kib,
     };
     Router::new()
         .route(VALIDATE_PATH, post(validate))
@@ -206,14 +266,28 @@ async fn mutate(State(shared): State<Shared>, req: Request) -> Response {
     answer(shared, Endpoint::Mutate, req).await
 }
 
-/// A value from the request for a plain log line: control characters escaped, so that a
-/// name with a newline cannot forge another line.
+/// A value from the request for a plain log line: control characters, line and paragraph
+/// separators and bidirectional overrides escaped, so that a name can neither forge
+/// another line nor read backwards on a terminal.
 fn loggable(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().any(char::is_control) {
-        s.escape_default().to_string().into()
-    } else {
-        s.into()
+    fn hidden(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+                | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     }
+    if !s.chars().any(hidden) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
@@ -227,33 +301,31 @@ async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
         )
             .into_response();
     };
-    // Room for the body in the shared memory budget, before a byte of it is read.
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     let h2 = req.version() == axum::http::Version::HTTP_2;
     let drain = if h2 {
         shared.max_body * DRAIN_FACTOR
     } else {
         0
     };
-    if declared.is_some_and(|n| n > shared.max_body) {
-        if declared.is_some_and(|n| n <= drain) {
-            let _ = read_body(req.into_body(), 0, drain).await;
-        }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > shared.max_body && n > drain) {
         return too_large(app, shared.max_body);
     }
-    let want = kib(declared.unwrap_or(shared.max_body));
-    let Ok(_memory) = shared.bodies.acquire_many(want as u32).await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    };
-    let body = match read_body(req.into_body(), shared.max_body, drain).await {
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    let deadline = Instant::now() + shared.body_timeout;
+    let body = match shared
+        .bodies
+        .read(req.into_body(), peer, shared.max_body, drain, deadline)
+        .await
+    {
         Ok(body) => body,
-        Err(()) => return too_large(app, shared.max_body),
+        Err(e) => return body_refused(app, &e, shared.max_body),
     };
-    let Ok(_turn) = shared.decisions.acquire().await else {
+    let Some(_turn) = shared.turn(body.len()).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     };
     let small = body.len() <= INLINE_DECISION_BYTES;
@@ -330,30 +402,47 @@ const INLINE_DECISION_BYTES: usize = 16 * 1024;
 /// How many times `--max-body` an HTTP/2 body over the limit is read on and thrown away.
 const DRAIN_FACTOR: usize = 4;
 
-/// The body, up to `max` bytes. Past that it is an error, after reading on (discarding,
-/// nothing held) up to `drain` bytes in all: over HTTP/2, a response sent while the client
-/// is still sending ends the stream with a reset, and clients (curl, Go) then report a
-/// stream error instead of the 413. Past `drain` the stream is reset anyway.
-async fn read_body(body: Body, max: usize, drain: usize) -> Result<axum::body::Bytes, ()> {
-    use futures_util::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut kept = Vec::new();
-    let mut seen = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ())?;
-        seen += chunk.len();
-        if seen <= max {
-            kept.extend_from_slice(&chunk);
-        } else if seen > drain {
-            break;
-        } else {
-            kept = Vec::new();
+/// A body not read: 413 over `--max-body`, 408 too slow, 503 its peer over its share
+/// (a client may retry elsewhere), 400 the connection failed under it.
+fn body_refused(app: &App, e: &BodyError, max: usize) -> Response {
+    let (status, text) = match e {
+        BodyError::TooLarge => return too_large(app, max),
+        BodyError::TimedOut => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time\n".to_string(),
+        ),
+        BodyError::PeerOver => {
+            tracing::warn!("a peer's request bodies are over its share of memory; refused");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies in flight from this address\n".to_string(),
+            )
         }
+        BodyError::Read(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("request body not read: {}\n", loggable(e)),
+        ),
+    };
+    app.metrics.bad_request();
+    (status, text).into_response()
+}
+
+impl Shared {
+    /// A decision slot and decoding memory for a body of `len` bytes, waited for within
+    /// the request's deadline; None once the server is closing them.
+    async fn turn(&self, len: usize) -> Option<(SemaphorePermit<'_>, SemaphorePermit<'_>)> {
+        let cost = (kib(len) * DECODE_FACTOR).min(self.decode_kib) as u32;
+        if let (Ok(turn), Ok(memory)) = (
+            self.decisions.try_acquire(),
+            self.decoding.try_acquire_many(cost),
+        ) {
+            return Some((turn, memory));
+        }
+        self.app.metrics.decision_waited();
+        let turn = self.decisions.acquire().await.ok()?;
+        let memory = self.decoding.acquire_many(cost).await.ok()?;
+        Some((turn, memory))
     }
-    if seen > max {
-        return Err(());
-    }
-    Ok(kept.into())
 }
 
 fn too_large(app: &App, max: usize) -> Response {
@@ -399,6 +488,17 @@ fn ready(app: &App) -> Response {
         status.push_str("\nreconciler: ");
         status.push_str(&reconcile);
     }
+    if let Some(bodies) = app.bodies() {
+        let waits = bodies.recent_waits(Duration::from_secs(60));
+        if waits > 0 {
+            // Said, not failed: every replica would fail alike, and the API server would
+            // then have no endpoint at all.
+            status.push_str(&format!(
+                "\nrequest bodies waited for memory {waits} times in the last minute ({} bytes held): slow or large uploads",
+                bodies.held_bytes()
+            ));
+        }
+    }
     if app.is_ready() {
         (StatusCode::OK, format!("ok: {status}\n")).into_response()
     } else {
@@ -415,6 +515,9 @@ async fn metrics_page(State(app): State<Arc<App>>) -> Response {
     if let Some(cert) = &app.cert {
         app.metrics.set_cert_expiry(cert.not_after());
     }
+    if let Some(bodies) = app.bodies() {
+        app.metrics.set_body_bytes(bodies.held_bytes());
+    }
     let body = Body::from(app.metrics.encode());
     (
         [(
@@ -424,58 +527,6 @@ async fn metrics_page(State(app): State<Arc<App>>) -> Response {
         body,
     )
         .into_response()
-}
-
-/// What a connection's watchdog knows of it.
-#[derive(Default)]
-struct Activity {
-    in_flight: AtomicUsize,
-    requests: AtomicU64,
-    /// Milliseconds since the connection was accepted, at its last response.
-    last: AtomicU64,
-}
-
-/// Counts a connection's requests in flight, for its watchdog.
-#[derive(Clone)]
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-    accepted: Instant,
-}
-
-impl<S, B> tower::Service<axum::http::Request<B>> for Tracked<S>
-where
-    S: tower::Service<axum::http::Request<B>, Response = Response> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send + 'static>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let activity = Arc::clone(&self.activity);
-        let accepted = self.accepted;
-        activity.in_flight.fetch_add(1, Ordering::SeqCst);
-        activity.requests.fetch_add(1, Ordering::SeqCst);
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let result = future.await;
-            activity
-                .last
-                .store(accepted.elapsed().as_millis() as u64, Ordering::SeqCst);
-            activity.in_flight.fetch_sub(1, Ordering::SeqCst);
-            result
-        })
-    }
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
@@ -490,7 +541,15 @@ pub async fn serve(
         rustls::Error::General("no serving certificate for the admission port".into())
     })?;
     let router = router(Arc::clone(&app), &limits);
-    serve_router(listener, router, cert, limits, shutdown).await
+    serve_router(
+        listener,
+        router,
+        cert,
+        limits,
+        Arc::clone(&app.metrics),
+        shutdown,
+    )
+    .await
 }
 
 /// The admission port's stack (TLS, HTTP/1.1 and HTTP/2, connection limits, idle and
@@ -501,157 +560,13 @@ pub async fn serve_router(
     router: Router,
     cert: Arc<ReloadingCert>,
     limits: Limits,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), rustls::Error> {
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(cert)?));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.request_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(64)
-        .keep_alive_interval(limits.idle_timeout / 2)
-        .keep_alive_timeout(limits.request_timeout);
-    let (h1, h2) = (builder.clone().http1_only(), builder.http2_only());
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let open = Arc::new(AtomicUsize::new(0));
-    // Asks idle connections to go when every slot is taken.
-    let shed = Arc::new(Notify::new());
-    let (stopping, stop_rx) = watch::channel(false);
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let permit = loop {
-            if let Ok(p) = Arc::clone(&connections).try_acquire_owned() {
-                break Some(p);
-            }
-            // Every slot is taken: idle connections are asked to make room, again and
-            // again while it lasts (one busy between two asks has not heard it).
-            shed.notify_waiters();
-            tokio::select! {
-                p = Arc::clone(&connections).acquire_owned() => break Some(p.expect("the semaphore is never closed")),
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                () = &mut shutdown => break None,
-            }
-        };
-        let Some(permit) = permit else { break };
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let (h1, h2) = (h1.clone(), h2.clone());
-        let router = router.clone();
-        let limits = limits.clone();
-        let shed = Arc::clone(&shed);
-        let mut stop = stop_rx.clone();
-        let open = Arc::clone(&open);
-        open.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        open.fetch_sub(1, Ordering::SeqCst);
-                        return tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        open.fetch_sub(1, Ordering::SeqCst);
-                        return tracing::debug!(%peer, "TLS handshake timed out");
-                    }
-                };
-            let h2_negotiated = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let activity = Arc::new(Activity::default());
-            let service = hyper_util::service::TowerToHyperService::new(Tracked {
-                inner: router,
-                activity: Arc::clone(&activity),
-                accepted: Instant::now(),
-            });
-            let accepted = Instant::now();
-            let builder = if h2_negotiated { &h2 } else { &h1 };
-            let mut connection = pin!(builder.serve_connection(TokioIo::new(tls), service));
-            // Since when, and for how long, a graceful close may take.
-            let mut closing: Option<(Instant, Duration)> = None;
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                let never_asked = activity.requests.load(Ordering::SeqCst) == 0;
-                let idle = activity.in_flight.load(Ordering::SeqCst) == 0;
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = tick.tick() => {
-                        if let Some((since, allowed)) = closing {
-                            // A graceful close that does not complete (a client that
-                            // never reads) is cut.
-                            if since.elapsed() > allowed {
-                                break;
-                            }
-                            continue;
-                        }
-                        let quiet = accepted.elapsed()
-                            - Duration::from_millis(activity.last.load(Ordering::SeqCst));
-                        let limit = if never_asked {
-                            limits.request_timeout
-                        } else {
-                            limits.idle_timeout
-                        };
-                        if idle && quiet > limit {
-                            tracing::debug!(%peer, "closing an idle connection");
-                            if never_asked {
-                                break;
-                            }
-                            connection.as_mut().graceful_shutdown();
-                            closing = Some((Instant::now(), Duration::from_secs(1)));
-                        }
-                    }
-                    // Every slot is taken: a connection with nothing in flight makes room.
-                    _ = shed.notified(), if closing.is_none() && idle => {
-                        if never_asked {
-                            break;
-                        }
-                        connection.as_mut().graceful_shutdown();
-                        closing = Some((Instant::now(), Duration::from_secs(1)));
-                    }
-                    _ = stop.wait_for(|s| *s), if closing.is_none() => {
-                        if never_asked {
-                            break;
-                        }
-                        connection.as_mut().graceful_shutdown();
-                        closing = Some((Instant::now(), limits.request_timeout));
-                    }
-                }
-            }
-            open.fetch_sub(1, Ordering::SeqCst);
-        });
-    }
-    drop(listener);
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
-    let _ = stopping.send(true);
-    let deadline = Instant::now() + limits.shutdown_grace;
-    while open.load(Ordering::SeqCst) > 0 {
-        if Instant::now() >= deadline {
-            tracing::warn!("grace period over with connections still open");
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tracing::info!("all connections closed");
+    let transport = Transport::Tls(acceptor);
+    let connections = limits.connections("admission");
+    serve_connections(listener, router, transport, connections, metrics, shutdown).await;
     Ok(())
 }
 
@@ -686,44 +601,48 @@ fn ipv6_unavailable(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(97) | Some(99))
 }
 
-/// Connections the metrics port serves at once; scrapes and probes need a handful.
-const OPS_CONNECTIONS: usize = 32;
+/// The metrics port's connections: probes and scrapes need a handful, and a client that
+/// is slow to send its headers is cut after 2 s or sooner when the slots are full, so that
+/// the kubelet's probes (1 s timeout) always find room.
+fn ops_connections() -> ConnLimits {
+    ConnLimits {
+        max_connections: 64,
+        handshake_timeout: Duration::from_secs(2),
+        first_request: Duration::from_secs(2),
+        // Past Prometheus's scrape interval, so a scraper keeps its connection.
+        idle_timeout: Duration::from_secs(90),
+        request_timeout: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(1),
+        port: "metrics",
+    }
+}
 
-/// Serves [`ops_router`] over plain HTTP/1.1 until `shutdown` completes. Headers must come
-/// within 10 s and a connection lives at most a minute, so a stuck client costs a slot
-/// for a bounded time; the admission port is not affected by anything here.
+/// Serves [`ops_router`] over plain HTTP/1.1 until `shutdown` completes; nothing here
+/// touches the admission port.
 pub async fn serve_ops(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let metrics = Arc::clone(&app.metrics);
     let router = ops_router(app);
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    let slots = Arc::new(Semaphore::new(OPS_CONNECTIONS));
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => return,
-        };
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the metrics port");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let connection = builder.serve_connection(TokioIo::new(tcp), service);
-            let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
-        });
+    serve_connections(
+        listener,
+        router,
+        Transport::Plain,
+        ops_connections(),
+        metrics,
+        shutdown,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable;
+
+    #[test]
+    fn a_logged_value_cannot_break_or_reverse_a_line() {
+        assert_eq!(loggable("plain name-ü"), "plain name-ü");
+        assert_eq!(loggable("a\nb"), "a\\nb");
+        assert_eq!(loggable("a\u{2028}b"), "a\\u{2028}b");
+        assert_eq!(loggable("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
+        assert_eq!(loggable("\u{2066}é\u{2069}"), "\\u{2066}é\\u{2069}");
     }
 }

@@ -98,6 +98,33 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, i64), T
     Ok((Arc::new(certified), not_after))
 }
 
+/// How a certificate's expiry reads at `now` (Unix seconds): expired, close, or fine.
+pub fn expiry_warning(not_after: i64, now: i64) -> Option<String> {
+    const WEEK: i64 = 7 * 24 * 3600;
+    if not_after <= now {
+        Some(format!(
+            "serving certificate expired {} hours ago: the API server refuses to call this webhook (with failurePolicy Fail, every policy and Image change fails)",
+            (now - not_after) / 3600
+        ))
+    } else if not_after - now < WEEK {
+        Some(format!(
+            "serving certificate expires in {} hours",
+            (not_after - now) / 3600
+        ))
+    } else {
+        None
+    }
+}
+
+/// Logs [`expiry_warning`] (an error when expired): at start and at each reload.
+pub fn log_expiry(path: &Path, not_after: i64, now: i64) {
+    match expiry_warning(not_after, now) {
+        Some(w) if not_after <= now => tracing::error!(cert = %path.display(), not_after, "{w}"),
+        Some(w) => tracing::warn!(cert = %path.display(), not_after, "{w}"),
+        None => {}
+    }
+}
+
 impl ReloadingCert {
     pub fn new(cert_path: &Path, key_path: &Path) -> Result<ReloadingCert, TlsError> {
         let stamp = stamp([cert_path, key_path]);
@@ -128,6 +155,10 @@ impl ReloadingCert {
             match load(&self.cert_path, &self.key_path) {
                 Ok((key, not_after)) => {
                     tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate reloaded");
+                    let unix = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    log_expiry(&self.cert_path, not_after, unix);
                     *current = Current {
                         stamp: now,
                         key,
@@ -218,4 +249,21 @@ pub fn generate(dns_names: &[String], valid_days: i64) -> Result<Generated, TlsE
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::expiry_warning;
+
+    #[test]
+    fn an_expired_or_expiring_certificate_is_said() {
+        let now = 1_800_000_000;
+        assert!(expiry_warning(now - 7200, now)
+            .unwrap()
+            .contains("expired 2 hours ago"));
+        assert!(expiry_warning(now + 48 * 3600, now)
+            .unwrap()
+            .contains("expires in 48 hours"));
+        assert_eq!(expiry_warning(now + 30 * 24 * 3600, now), None);
+    }
 }

@@ -6,3 +6,4 @@ mod hostile;
 mod lifecycle;
 mod robustness;
 mod server;
+mod uploads;

@@ -100,7 +100,7 @@ fn containers_image_enforces_the_rendered_policy() {
     };
     let mut image = Image::default();
     image.metadata.name = "cluster".into();
-    image.spec.registry_sources.blocked_registries = vec![format!("{host}/blocked")];
+    image.spec.registry_sources.blocked_registries = vec![format!("{host}/blocked")].into();
     let inputs = Inputs {
         policies: vec![
             policy_object(

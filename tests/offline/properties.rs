@@ -118,7 +118,7 @@ fn image(blocked: bool) -> Option<Image> {
     blocked.then(|| {
         let mut i = Image::default();
         i.metadata.name = "cluster".into();
-        i.spec.registry_sources.blocked_registries = vec!["blocked.example.com".into()];
+        i.spec.registry_sources.blocked_registries = vec!["blocked.example.com".to_string()].into();
         i
     })
 }

@@ -561,7 +561,7 @@ fn cluster_context_rules() {
 fn image_guard_names_the_conflicting_policies() {
     let policies = paths::load(&["examples/p0.yaml", "examples/signed-apps.yaml"]).policies;
     let mut image = Image::default();
-    image.spec.registry_sources.blocked_registries = vec!["example.com".into()];
+    image.spec.registry_sources.blocked_registries = vec!["example.com".to_string()].into();
     let r = validate::validate_image_update(
         ClusterFacts::new(Some(&image), None, &[]),
         policies.iter().map(|p| &**p),
@@ -570,7 +570,7 @@ fn image_guard_names_the_conflicting_policies() {
         r.denial_message().unwrap(),
         "clusterimagePolicy configured for the scope example.com/global is nested inside blockedRegistries (ClusterImagePolicy p0)"
     );
-    image.spec.registry_sources.blocked_registries = vec!["other.example.com".into()];
+    image.spec.registry_sources.blocked_registries = vec!["other.example.com".to_string()].into();
     assert!(validate::validate_image_update(
         ClusterFacts::new(Some(&image), None, &[]),
         policies.iter().map(|p| &**p)

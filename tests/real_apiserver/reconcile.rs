@@ -540,6 +540,53 @@ async fn image_policies_become_namespace_policy_files() {
 /// stops there, so no node requires signatures it has no attachments for, while the other
 /// pool and the policies' statuses are written all the same, and the retries back off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_machine_configs_changed_or_deleted_by_others_are_restored_with_an_event_naming_who() {
+    let c = cluster(&["--lease-duration", "2"]).await;
+    c.apply_ok("examples/signed-apps.yaml").await;
+    c.until("written", all_ours_written).await;
+    let name = "99-worker-generated-imagepolicies";
+    let tamper = r#"[{"op":"replace","path":"/spec/config/storage/files/0/contents/source","value":"data:,tampered"}]"#;
+    let run = c
+        .kubectl(&["patch", "mc", name, "--type=json", "-p", tamper])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("restored", async |c: &Cluster| {
+        c.machine_config(name).await.is_some_and(|m| {
+            m["spec"]["config"]["storage"]["files"][0]["contents"]["source"] != "data:,tampered"
+        })
+    })
+    .await;
+    let event = |reason: &'static str| {
+        async move |c: &Cluster| {
+            c.list("events.k8s.io", "events")
+                .await
+                .iter()
+                .any(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+        }
+    };
+    c.until("a Repaired Event", event("Repaired")).await;
+    let events = c.list("events.k8s.io", "events").await;
+    let repaired = events.iter().find(|e| e["reason"] == "Repaired").unwrap();
+    let note = repaired["note"].as_str().unwrap();
+    assert!(
+        note.contains("was changed by kubectl-patch (Update at "),
+        "{note}"
+    );
+    let run = c.kubectl(&["delete", "mc", name]).await;
+    assert!(run.ok, "{run:?}");
+    c.until("recreated", async |c: &Cluster| {
+        c.machine_config(name).await.is_some()
+    })
+    .await;
+    c.until("a Recreated Event", event("Recreated")).await;
+    assert!(
+        c.webhook_log().contains("was deleted; restored"),
+        "{}",
+        c.webhook_log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_machine_config_out_of_sight_is_taken_back_and_a_foreign_one_reported() {
     let c = cluster(&["--lease-duration", "2"]).await;
     c.apply_ok("examples/signed-apps.yaml").await;
