@@ -4,10 +4,16 @@ could, while a prober checks that /healthz keeps answering within a second. Run 
 scripts/abuse.sh, which starts the server; standard library only.
 
 Phases: idle and half-open connections past --max-connections, slow headers, bodies that
-hold memory, huge-scope and huge-denial reviews, seeded mutated reviews, and state
-directory hazards (a FIFO, a symlink loop, deeply nested JSON, a duplicate object).
-Reports the worst /healthz latency per phase, the server's peak RSS, and fails (exit 1)
-if /healthz missed its second, the server answered 5xx, or it died."""
+hold memory, slow uploads (22 x 3 MiB declared, a byte a second) while reviews must be
+answered within the API server's 5 s, ten pathological 3 MiB reviews at once (780,000
+one-letter items, as scopes and as an unknown field) under a memory ceiling, slow-header
+clients on the metrics port while the kubelet's 1 s probes must pass, huge-scope and
+huge-denial reviews, seeded mutated reviews, and state directory hazards (a FIFO, a
+symlink loop, deeply nested JSON, a duplicate object). Reports the worst /healthz latency
+per phase, the peak RSS per phase, and fails (exit 1) if /healthz missed its second, a
+review went unanswered under slow uploads, a metrics-port probe failed, the RSS passed
+the Deployment's 256 MiB, the server answered 5xx, or it died. `--only NAME` runs the
+phases whose name starts with NAME."""
 
 import argparse
 import copy
@@ -82,6 +88,8 @@ class Watch:
     def __init__(self, target, pid, ca, work):
         self.pid = pid
         self.peak_rss = 0
+        self.phase = "start"
+        self.phase_rss = {}
         self.phase_file = os.path.join(work, "phase")
         self.results = os.path.join(work, "probes")
         self.set_phase("start")
@@ -93,6 +101,7 @@ class Watch:
         threading.Thread(target=self.rss, daemon=True).start()
 
     def set_phase(self, name):
+        self.phase = name
         with open(self.phase_file + ".tmp", "w") as f:
             f.write(name)
         os.replace(self.phase_file + ".tmp", self.phase_file)
@@ -119,7 +128,9 @@ class Watch:
                 with open(f"/proc/{self.pid}/status") as f:
                     for line in f:
                         if line.startswith("VmRSS:"):
-                            self.peak_rss = max(self.peak_rss, int(line.split()[1]))
+                            kib = int(line.split()[1])
+                            self.peak_rss = max(self.peak_rss, kib)
+                            self.phase_rss[self.phase] = max(self.phase_rss.get(self.phase, 0), kib)
             except OSError:
                 pass
             time.sleep(0.05)
@@ -217,6 +228,127 @@ def body_hogs(target, count, seconds):
         time.sleep(0.2)
     hold(held, 0)
     return count
+
+
+def slow_uploads(target, seconds, results):
+    """22 uploads declaring 3 MiB and sending a byte a second, two groups of 11 apart, while
+    50 reviews are sent as the API server would, each given 5 s: how many were answered."""
+    held = []
+
+    def group():
+        for _ in range(11):
+            try:
+                s = target.connect()
+                s.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3145728\r\n\r\n{")
+                held.append(s)
+            except OSError:
+                pass
+
+    stop = time.monotonic() + max(seconds, 6)
+
+    def trickle():
+        group()
+        time.sleep(min(5.0, seconds / 2))
+        group()
+        while time.monotonic() < stop:
+            for s in list(held):
+                try:
+                    s.sendall(b" ")
+                except OSError:
+                    held.remove(s)
+            time.sleep(1)
+
+    attacker = threading.Thread(target=trickle)
+    attacker.start()
+    time.sleep(0.5)
+    body = review_with_scopes(["example.org/apps"])
+    gap = max(seconds, 6) / 60
+
+    def worker(n):
+        for _ in range(5):
+            try:
+                status, _ = target.request("POST", "/validate", body, timeout=5)
+                results.append(status == 200)
+            except OSError:
+                results.append(False)
+            time.sleep(gap)
+
+    run_threads(worker, 10)
+    attacker.join()
+    hold(held, 0)
+    return f"{sum(results)} of {len(results)} reviews answered within 5 s"
+
+
+def pathological_reviews(target, results):
+    """Ten 3 MiB reviews of 780,000 one-letter items at once, as scopes and as an unknown
+    field (which no CRD limit bounds): the memory they cost while decoding."""
+    items = ["a"] * 780_000
+    compact = (",", ":")
+    scopes = copy.deepcopy(BASE)
+    scopes["request"]["object"]["spec"]["scopes"] = items
+    scopes = json.dumps(scopes, separators=compact).encode()
+    unknown = copy.deepcopy(BASE)
+    unknown["request"]["object"]["spec"]["x"] = items
+    unknown = json.dumps(unknown, separators=compact).encode()
+
+    def worker(n):
+        body = scopes if n % 2 == 0 else unknown
+        try:
+            status, _ = target.request("POST", "/validate", body, timeout=30)
+            results.append(status)
+        except OSError:
+            results.append(-1)
+
+    run_threads(worker, 10)
+    return f"{len(scopes) >> 20} MiB each, statuses {sorted(results)}"
+
+
+def metrics_slow_headers(port, seconds, results):
+    """40 clients trickling a request head to the metrics port, reconnecting when cut,
+    while /healthz is asked there every 100 ms with the kubelet's 1 s timeout."""
+    stop = time.monotonic() + seconds
+    held = []
+
+    def attack():
+        while time.monotonic() < stop:
+            while len(held) < 40:
+                try:
+                    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                    held.append(s)
+                except OSError:
+                    break
+            for s in list(held):
+                try:
+                    s.sendall(b"x")
+                except OSError:
+                    held.remove(s)
+                    s.close()
+            time.sleep(0.25)
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    time.sleep(0.5)
+    while time.monotonic() < stop:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=1)
+            s.settimeout(1)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            results.append(data.startswith(b"HTTP/1.1 200") and data.endswith(b"ok\n"))
+        except OSError:
+            results.append(False)
+        time.sleep(0.1)
+    attacker.join()
+    hold(held, 0)
+    return f"{sum(results)} of {len(results)} probes answered within 1 s"
 
 
 def review_with_scopes(scopes):
@@ -349,6 +481,8 @@ def main():
     p.add_argument("--phase-file", help=argparse.SUPPRESS)
     p.add_argument("--results", help=argparse.SUPPRESS)
     p.add_argument("--work", help="a directory for the prober's files")
+    p.add_argument("--metrics-port", type=int, help="the server's plain-HTTP metrics port")
+    p.add_argument("--only", help="run only the phases whose name starts with this")
     args = p.parse_args()
     if args.probe:
         return probe(args)
@@ -359,6 +493,8 @@ def main():
     answers = []
 
     def phase(name, run):
+        if args.only and not name.startswith(args.only):
+            return
         watch.set_phase(name)
         started = time.monotonic()
         detail = run()
@@ -367,6 +503,11 @@ def main():
     phase("idle connections", lambda: idle_connections(target, args.max_connections + 64, s))
     phase("slow headers", lambda: slow_headers(target, args.max_connections // 2, s))
     phase("body hogs (60 x 3 MiB)", lambda: body_hogs(target, 60, s))
+    uploads, pathological, probes = [], [], []
+    phase("slow uploads (22 x 3 MiB)", lambda: slow_uploads(target, s, uploads))
+    phase("pathological reviews (10 x 3 MiB)", lambda: pathological_reviews(target, pathological))
+    if args.metrics_port:
+        phase("metrics-port slow headers", lambda: metrics_slow_headers(args.metrics_port, s, probes))
     phase("huge reviews", lambda: huge_reviews(target, s, 4, answers))
     fuzzed = []
     phase("mutated reviews", lambda: fuzz(target, s, 4, args.seed, fuzzed))
@@ -378,8 +519,11 @@ def main():
 
     print("abuse harness (loopback)")
     for name, (took, detail) in outcomes.items():
-        print(f"  {name:<26} {took:6.1f} s   worst /healthz {per_phase.get(name, 0.0) * 1000:7.1f} ms   ({detail})")
+        rss = watch.phase_rss.get(name, 0) / 1024
+        print(f"  {name:<34} {took:6.1f} s   worst /healthz {per_phase.get(name, 0.0) * 1000:7.1f} ms   peak RSS {rss:6.1f} MiB   ({detail})")
     statuses = {}
+    for status in pathological:
+        statuses[status] = statuses.get(status, 0) + 1
     for status, _ in answers + fuzzed:
         statuses[status] = statuses.get(status, 0) + 1
     largest = max((size for _, size in answers + fuzzed), default=0)
@@ -390,6 +534,12 @@ def main():
     failed = []
     if misses:
         failed.append("/healthz missed its second")
+    if not all(uploads):
+        failed.append("reviews unanswered under slow uploads")
+    if not all(probes):
+        failed.append("metrics-port probes failed")
+    if watch.peak_rss > 256 * 1024:
+        failed.append("RSS over the Deployment's 256 MiB limit")
     if any(500 <= status < 600 for status in statuses):
         failed.append("5xx answers")
     if not alive:

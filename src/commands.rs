@@ -635,6 +635,12 @@ pub fn explain(
         }
         _ => Vec::new(),
     };
+    let note = (from.len() > 1).then(|| {
+        format!(
+            "{} policies share this scope, and the nodes require every requirement of the entry: an image needs a signature that each of them accepts (for a key rotation, sign with both keys while both policies exist)",
+            from.len()
+        )
+    });
     from.extend(explain::registry_list_origin(
         &plan.facts,
         e.matched.as_deref(),
@@ -642,7 +648,7 @@ pub fn explain(
     ));
     let text = if json {
         serde_json::to_string_pretty(
-            &json!({"pool": pool, "namespace": namespace, "policyFile": path, "policyFileFrom": source, "policyJsonFrom": source, "explanation": e, "from": from}),
+            &json!({"pool": pool, "namespace": namespace, "policyFile": path, "policyFileFrom": source, "policyJsonFrom": source, "explanation": e, "from": from, "note": note}),
         )? + "\n"
     } else {
         let mut s = String::new();
@@ -676,6 +682,9 @@ pub fn explain(
         let _ = writeln!(s, "matched:      {matched}");
         for f in &from {
             let _ = writeln!(s, "from:         {f}");
+        }
+        if let Some(note) = &note {
+            let _ = writeln!(s, "note:         {note}");
         }
         let _ = writeln!(s, "requirements (all must pass):");
         for line in cip_webhook::gojson::marshal_indent(&e.requirements).lines() {

@@ -33,6 +33,13 @@ pub fn check_public_key(pem_text: &[u8]) -> Result<(), String> {
     }
 }
 
+/// How many PEM blocks the text holds (those that decode).
+pub fn pem_blocks(pem_text: &[u8]) -> usize {
+    Pem::iter_from_buffer(pem_text)
+        .take_while(Result::is_ok)
+        .count()
+}
+
 /// Every PEM block must be a `CERTIFICATE` that parses as X.509; returns how many.
 pub fn check_certificates(pem_text: &[u8]) -> Result<usize, String> {
     let mut count = 0;

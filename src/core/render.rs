@@ -132,6 +132,10 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirror_scopes: Vec<String>,
     pub notes: Vec<String>,
+    /// The oldest policy the size budget holds back (`Kind name`): newer ones wait
+    /// behind it, so admission refuses a new one while it waits.
+    #[serde(skip)]
+    pub held_back: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -284,6 +288,7 @@ impl Plan {
             budget_bytes,
             namespaces,
             new_namespace_bytes,
+            held_back: self.held_back.clone(),
         }
     }
 
@@ -457,6 +462,7 @@ pub fn plan_with(
             * 4
             + 160,
         namespaces: BTreeSet::new(),
+        full: None,
     };
     let mut outcomes = Vec::new();
     let mut ip_outcomes = Vec::new();
@@ -627,6 +633,7 @@ pub fn plan_with(
             .collect(),
         mirror_scopes,
         notes,
+        held_back: budget.full,
     })
 }
 
@@ -685,6 +692,9 @@ struct Budget {
     /// About what a namespace's file costs before its own requirements.
     policy_bytes: usize,
     namespaces: BTreeSet<String>,
+    /// The oldest policy that did not fit: every newer one waits behind it, so that a
+    /// small newer policy never takes what an older one needs.
+    full: Option<String>,
 }
 
 impl Budget {
@@ -761,12 +771,22 @@ fn admit<'a>(
     }
     let own = growth_per_entry(valid.entry, &scopes);
     let cost = budget.cost(policy, own);
+    if let Some(first) = budget.full.as_ref().filter(|_| !scopes.is_empty()) {
+        let message = format!(
+            "held back behind {first}, the oldest policy over the size budget: policies are admitted oldest first, and a newer one never takes the room an older one needs"
+        );
+        return (
+            pending(Reason::TooLarge, message, Vec::new(), Vec::new()),
+            None,
+        );
+    }
     if budget.used + cost > budget.limit {
         let message = format!(
             "writing this policy would grow the generated MachineConfigs to about {} bytes, over the budget of {} bytes",
             budget.used + cost,
             budget.limit
         );
+        budget.full = Some(format!("{} {}", kind.as_str(), policy.key()));
         return (
             pending(Reason::TooLarge, message, Vec::new(), Vec::new()),
             None,

@@ -88,6 +88,10 @@ pub enum Rule {
     Precedence,
     /// A scope the MCO refuses because it allowed only the mirrored payload repository.
     MirroredPayload,
+    /// A `keyData` with more than one PEM block: the nodes use the first.
+    ExtraKeys,
+    /// Another policy of the same kind has this scope: both must pass on the nodes.
+    SharedScope,
 }
 
 impl Rule {
@@ -107,6 +111,8 @@ impl Rule {
             Rule::UnknownField => "UnknownField",
             Rule::NoScopes => "NoScopes",
             Rule::KeyParse => "KeyParse",
+            Rule::ExtraKeys => "ExtraKeys",
+            Rule::SharedScope => "SharedScope",
             Rule::PayloadRepository => "PayloadRepository",
             Rule::ConflictScopes => "ConflictScopes",
             Rule::TooLarge => "TooLarge",
@@ -271,6 +277,9 @@ pub struct SizeCheck {
     /// About what a new namespace's file costs: a copy of the cluster's policy.json.
     #[serde(skip)]
     pub new_namespace_bytes: usize,
+    /// The oldest policy held back by the budget: a new one would wait behind it.
+    #[serde(skip)]
+    pub held_back: Option<String>,
 }
 
 impl SizeCheck {
@@ -451,10 +460,26 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
             );
         }
         precedence(&mut w, cip, &path, s, ctx);
+        shared_scope(&mut w, cip, &path, s, ctx);
     }
     if let Some(size) = ctx.size {
         let total = size.current_bytes + size.growth(cip);
-        if total > size.budget_bytes {
+        let me = format!("{} {}", kind.as_str(), cip.key());
+        if let Some(first) = size.held_back.as_ref().filter(|f| **f != me) {
+            let message = format!(
+                "the size budget of MachineConfig {} holds back {first} already, and newer policies wait behind it (oldest first): this one would not be written; make room or shrink {first} first",
+                size.machine_config
+            );
+            w.push(
+                Severity::Error,
+                "spec",
+                Rule::TooLarge,
+                Reason::TooLarge,
+                message,
+                false,
+                None,
+            );
+        } else if total > size.budget_bytes {
             let message = format!(
                 "adding this policy would grow MachineConfig {} to about {} bytes ({:.2} MiB), over the budget of {} bytes",
                 size.machine_config,
@@ -520,6 +545,54 @@ fn precedence(w: &mut Walker, policy: &ClusterImagePolicy, path: &str, scope: &s
     }
 }
 
+/// Policies of one kind with the same scope (ImagePolicies: in one namespace) write one
+/// policy.json entry holding the requirements of both, and containers/image requires every
+/// requirement of an entry (signature/policy_eval.go): an image then needs a signature
+/// each of them accepts. Said with a warning, naming the other policies.
+fn shared_scope(
+    w: &mut Walker,
+    policy: &ClusterImagePolicy,
+    path: &str,
+    scope: &str,
+    ctx: &Context,
+) {
+    let kind = policy.policy_kind();
+    let others: Vec<String> = match kind {
+        PolicyKind::Cluster => ctx
+            .cluster_policies
+            .iter()
+            .filter(|o| o.metadata.name != policy.metadata.name)
+            .filter(|o| o.scopes().iter().any(|s| s == scope))
+            .map(|o| format!("ClusterImagePolicy {}", o.metadata.name))
+            .collect(),
+        PolicyKind::Namespaced => ctx
+            .image_policies
+            .iter()
+            .filter(|o| {
+                o.namespace() == policy.namespace() && o.metadata.name != policy.metadata.name
+            })
+            .filter(|o| o.scopes().iter().any(|s| s == scope))
+            .map(|o| format!("ImagePolicy {}", o.key()))
+            .collect(),
+    };
+    if others.is_empty() {
+        return;
+    }
+    let message = format!(
+        "scope {scope} is also a scope of {}: on the nodes both policies' requirements must pass, so an image needs a signature each of them accepts; for a key rotation, sign with both keys while both policies exist, or keep one policy per scope",
+        others.join(", ")
+    );
+    w.push(
+        Severity::Warning,
+        path,
+        Rule::SharedScope,
+        Reason::ConflictScopes,
+        message,
+        false,
+        Some(scope),
+    );
+}
+
 /// The rules that need nothing but the object: the CRD schema and CEL rules of its
 /// version, unknown `policyType`, and whether the key material parses.
 pub fn validate_object(cip: &ClusterImagePolicy) -> Report {
@@ -571,7 +644,7 @@ struct Walker {
     scope_rules_pass: Vec<bool>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Material {
     PublicKey,
     Certificates,
@@ -1044,6 +1117,28 @@ impl Walker {
             Material::PublicKey => keys::check_public_key(&bytes),
             Material::Certificates => keys::check_certificates(&bytes).map(|_| ()),
         };
+        let blocks = keys::pem_blocks(&bytes);
+        if parsed.is_ok() && material == Material::PublicKey && blocks > 1 {
+            // containers/image reads a keyData with sigstore's UnmarshalPEMToPublicKey
+            // (signature/policy_eval_sigstore.go), which decodes the first PEM block only.
+            let message = format!(
+                "holds {blocks} PEM blocks and the nodes use only the first: containers/image reads one public key from {field}, so signatures made with the other keys are refused at pull time"
+            );
+            let severity = if self.v1() {
+                Severity::Error
+            } else {
+                Severity::Warning
+            };
+            self.push(
+                severity,
+                path,
+                Rule::ExtraKeys,
+                Reason::InvalidKey,
+                message,
+                false,
+                None,
+            );
+        }
         if let Err(cause) = parsed {
             let what = match material {
                 Material::PublicKey => "a PEM public key",

@@ -74,6 +74,7 @@ impl Snapshot {
                 budget_bytes: options.size_budget,
                 namespaces: Default::default(),
                 new_namespace_bytes: 0,
+                held_back: None,
             },
         };
         let in_force = plan
@@ -512,7 +513,9 @@ pub fn decide(
                 old.and_then(|o| serde_json::from_str(o.get()).ok());
             // An update replaces the old version: what it takes of the budget is free.
             let size = match old_policy.as_ref() {
+                // Older than whatever waits: its update is judged by bytes alone.
                 Some(p) if snapshot.in_force.contains(&p.key()) => SizeCheck {
+                    held_back: None,
                     current_bytes: snapshot
                         .size
                         .current_bytes

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 
@@ -27,7 +27,7 @@ pub enum BodyError {
     TooLarge,
     /// Not all there before the deadline (a slow upload), or no memory for it by then.
     TimedOut,
-    /// Its peer already holds its share of the budget.
+    /// Its peer held its share of the budget until the deadline.
     PeerOver,
     /// The connection failed while reading it.
     Read(String),
@@ -47,18 +47,21 @@ pub struct BodyBudget {
     waits: AtomicU64,
     recent: Mutex<Vec<Instant>>,
     metrics: Option<Arc<Metrics>>,
+    /// Woken when a reservation of a peer is given back.
+    released: Notify,
 }
 
-/// A body's reservation: returned to its pools and its peer's share when dropped.
-struct Reservation<'a> {
-    budget: &'a BodyBudget,
+/// A body's reservation: returned to its pools and its peer's share when dropped, which
+/// is when its request is answered (the body is in memory until then).
+pub struct Reservation {
+    budget: Arc<BodyBudget>,
     peer: Option<IpAddr>,
     kib: usize,
     permits: Vec<OwnedSemaphorePermit>,
 }
 
-impl<'a> Reservation<'a> {
-    fn new(budget: &'a BodyBudget, peer: Option<IpAddr>) -> Reservation<'a> {
+impl Reservation {
+    fn new(budget: Arc<BodyBudget>, peer: Option<IpAddr>) -> Reservation {
         Reservation {
             budget,
             peer,
@@ -68,7 +71,7 @@ impl<'a> Reservation<'a> {
     }
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         self.permits.clear();
         self.budget
@@ -82,6 +85,8 @@ impl Drop for Reservation<'_> {
                     held.remove(&peer);
                 }
             }
+            drop(held);
+            self.budget.released.notify_waiters();
         }
     }
 }
@@ -117,6 +122,7 @@ impl BodyBudget {
             waits: AtomicU64::new(0),
             recent: Mutex::new(Vec::new()),
             metrics,
+            released: Notify::new(),
         }
     }
 
@@ -154,11 +160,41 @@ impl BodyBudget {
         recent.push(Instant::now());
     }
 
+    /// `n` more KiB of `peer`'s share, waiting until `deadline` for its own earlier bodies
+    /// to be answered: the API server's bursts pass, a peer's slow uploads only hold
+    /// up that peer's bodies.
+    async fn peer_share(&self, peer: IpAddr, n: usize, deadline: Instant) -> Result<(), BodyError> {
+        let mut counted = false;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                let mine = held.entry(peer).or_insert(0);
+                if *mine + n <= self.per_peer_kib {
+                    *mine += n;
+                    return Ok(());
+                }
+            }
+            if !counted {
+                self.waited();
+                counted = true;
+            }
+            if tokio::time::timeout_at(deadline.into(), released)
+                .await
+                .is_err()
+            {
+                return Err(BodyError::PeerOver);
+            }
+        }
+    }
+
     /// `n` more KiB for a body that holds `held` already, from the small pool while the
     /// body is within its first 64 KiB, else the large one; waiting until `deadline`.
     async fn grow(
         &self,
-        r: &mut Reservation<'_>,
+        r: &mut Reservation,
         n: usize,
         deadline: Instant,
     ) -> Result<(), BodyError> {
@@ -166,12 +202,7 @@ impl BodyBudget {
             return Ok(());
         }
         if let Some(peer) = r.peer {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            let mine = held.entry(peer).or_insert(0);
-            if *mine + n > self.per_peer_kib {
-                return Err(BodyError::PeerOver);
-            }
-            *mine += n;
+            self.peer_share(peer, n, deadline).await?;
         }
         // Counted before the wait: the Drop of the reservation gives it back either way.
         r.kib += n;
@@ -202,14 +233,14 @@ impl BodyBudget {
     /// `drain` bytes in all: over HTTP/2 a response sent while the client still sends
     /// ends the stream with a reset, and clients then report a stream error, not the 413.
     pub async fn read(
-        &self,
+        self: &Arc<Self>,
         body: Body,
         peer: Option<IpAddr>,
         max: usize,
         drain: usize,
         deadline: Instant,
-    ) -> Result<Bytes, BodyError> {
-        let mut reservation = Reservation::new(self, peer);
+    ) -> Result<(Bytes, Reservation), BodyError> {
+        let mut reservation = Reservation::new(Arc::clone(self), peer);
         let mut stream = body.into_data_stream();
         let mut kept = Vec::new();
         let mut seen = 0usize;
@@ -235,9 +266,7 @@ impl BodyBudget {
         if seen > max {
             return Err(BodyError::TooLarge);
         }
-        // The bytes are handed on; the decision's own memory is bounded by the gate on
-        // decisions, so the reservation ends here.
-        Ok(kept.into())
+        Ok((kept.into(), reservation))
     }
 }
 
@@ -251,25 +280,32 @@ mod tests {
 
     #[tokio::test]
     async fn small_bodies_do_not_wait_for_a_full_large_pool() {
-        let budget = BodyBudget::new(1024 * 1024, 1024 * 1024, 64 * 1024 * 1024);
+        let budget = Arc::new(BodyBudget::new(1024 * 1024, 1024 * 1024, 64 * 1024 * 1024));
         // Large bodies hold the whole large pool.
         let mut holders = Vec::new();
         for _ in 0..2 {
-            let mut r = Reservation::new(&budget, None);
+            let mut r = Reservation::new(Arc::clone(&budget), None);
             budget.grow(&mut r, SMALL_KIB + 512, soon()).await.unwrap();
             holders.push(r);
         }
         let small = budget
             .read(Body::from(vec![b'x'; 4000]), None, 3 << 20, 0, soon())
             .await;
-        assert_eq!(small.unwrap().len(), 4000);
+        let (bytes, held) = small.unwrap();
+        assert_eq!(bytes.len(), 4000);
+        assert_eq!(
+            budget.held_bytes(),
+            (2 * (SMALL_KIB + 512) + 4) as u64 * 1024
+        );
+        // Held until the request is answered.
+        drop(held);
         assert_eq!(budget.waits(), 0);
         // A large one now waits, and gives up at its deadline.
         let late = Instant::now() + Duration::from_millis(100);
         let large = budget
             .read(Body::from(vec![b'x'; 200 * 1024]), None, 3 << 20, 0, late)
             .await;
-        assert_eq!(large, Err(BodyError::TimedOut));
+        assert_eq!(large.map(|r| r.0), Err(BodyError::TimedOut));
         assert_eq!(budget.waits(), 1);
         drop(holders);
         assert_eq!(budget.held_bytes(), 0);
@@ -277,9 +313,9 @@ mod tests {
 
     #[tokio::test]
     async fn one_peer_holds_its_share_and_no_more() {
-        let budget = BodyBudget::new(64 << 20, 16 << 20, 256 * 1024);
+        let budget = Arc::new(BodyBudget::new(64 << 20, 16 << 20, 256 * 1024));
         let peer: IpAddr = "10.0.0.7".parse().unwrap();
-        let mut r = Reservation::new(&budget, Some(peer));
+        let mut r = Reservation::new(Arc::clone(&budget), Some(peer));
         budget.grow(&mut r, 200, soon()).await.unwrap();
         let over = budget
             .read(
@@ -287,10 +323,10 @@ mod tests {
                 Some(peer),
                 3 << 20,
                 0,
-                soon(),
+                Instant::now() + Duration::from_millis(100),
             )
             .await;
-        assert_eq!(over, Err(BodyError::PeerOver));
+        assert_eq!(over.map(|r| r.0), Err(BodyError::PeerOver));
         let other = budget
             .read(
                 Body::from(vec![b'x'; 100 * 1024]),
@@ -301,7 +337,22 @@ mod tests {
             )
             .await;
         assert!(other.is_ok());
+        // A body of the same peer waits for the earlier one to be answered.
+        let waiting = {
+            let budget = Arc::clone(&budget);
+            tokio::spawn(async move {
+                let body = Body::from(vec![b'x'; 100 * 1024]);
+                budget
+                    .read(body, Some(peer), 3 << 20, 0, soon())
+                    .await
+                    .map(|r| r.0.len())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
         drop(r);
+        assert_eq!(waiting.await.unwrap(), Ok(100 * 1024));
+        drop(other);
         assert!(budget.held.lock().unwrap().is_empty());
         assert_eq!(budget.held_bytes(), 0);
     }

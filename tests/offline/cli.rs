@@ -465,6 +465,54 @@ fn explain_knows_custom_pools_and_the_image_cr_entries() {
     );
 }
 
+/// Two policies on one scope write one entry with both requirements: explain says so, and
+/// so does `check` for the second one.
+#[test]
+fn policies_sharing_a_scope_are_said_to_be_anded() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path();
+    for f in paths::yaml_files("examples") {
+        std::fs::copy(paths::root().join(&f), input.join(f.replace('/', "_"))).unwrap();
+    }
+    let signed = std::fs::read_to_string(paths::root().join("examples/signed-apps.yaml")).unwrap();
+    let second = input.join("rotation.yaml");
+    std::fs::write(
+        &second,
+        signed.replace("name: signed-apps", "name: rotation"),
+    )
+    .unwrap();
+    let o = run(&[
+        "explain",
+        "--input",
+        input.to_str().unwrap(),
+        "quay.io/example-org/x:1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for line in [
+        "from:         ClusterImagePolicy rotation",
+        "from:         ClusterImagePolicy signed-apps",
+        "note:         2 policies share this scope, and the nodes require every requirement of the entry",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let candidate = elsewhere.path().join("rotation.yaml");
+    std::fs::rename(&second, &candidate).unwrap();
+    let o = run(&[
+        "check",
+        "--state",
+        input.to_str().unwrap(),
+        candidate.to_str().unwrap(),
+    ]);
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}{}", stderr(&o));
+    assert!(
+        text.contains("scope quay.io/example-org is also a scope of ClusterImagePolicy signed-apps: on the nodes both policies' requirements must pass"),
+        "{text}"
+    );
+}
+
 #[test]
 fn limits_that_make_no_sense_are_refused() {
     let dir = tempfile::tempdir().unwrap();

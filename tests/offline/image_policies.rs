@@ -328,6 +328,7 @@ fn namespace_files_count_against_the_size_budget() {
         budget_bytes: 1 << 20,
         namespaces: ["team-a".to_string(), "team-b".to_string()].into(),
         new_namespace_bytes: 5000,
+        held_back: None,
     };
     let cip: cip_webhook::model::ClusterImagePolicy =
         serde_json::from_value(cluster_policy("apps", &["example.com/apps"])).unwrap();

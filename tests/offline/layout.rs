@@ -197,6 +197,41 @@ fn the_budget_admits_oldest_first_and_never_evicts() {
         Condition::Applied { .. }
     ));
     assert!(too_large(condition(&plan, "aa-new")), "{plan:#?}");
+    // A still newer, smaller one that would fit waits behind it: oldest first, no greedy
+    // fill.
+    cluster
+        .policies
+        .push(sized("mm-newest", "2026-07-01T00:00:00Z", 1));
+    let plan = render::plan(&cluster, &options).unwrap();
+    let held = condition(&plan, "mm-newest");
+    assert!(too_large(held), "{plan:#?}");
+    let Condition::Pending { message, .. } = held else {
+        unreachable!()
+    };
+    assert!(
+        message.starts_with(
+            "held back behind ClusterImagePolicy aa-new, the oldest policy over the size budget"
+        ),
+        "{message}"
+    );
+    // Admission says so for a new one rather than admit what would wait.
+    let size = plan.size_check(options.size_budget);
+    let newest = sized("mm-newest", "2026-07-01T00:00:00Z", 1);
+    let facts = cip_webhook::cluster::ClusterFacts::default();
+    let ctx = cip_webhook::validate::Context {
+        size: Some(&size),
+        ..cip_webhook::validate::Context::new(&facts)
+    };
+    let denial = cip_webhook::validate::validate(&newest, &ctx)
+        .denial_message()
+        .unwrap_or_default();
+    assert!(
+        denial.contains(
+            "holds back ClusterImagePolicy aa-new already, and newer policies wait behind it"
+        ),
+        "{denial}"
+    );
+    cluster.policies.retain(|p| p.metadata.name != "mm-newest");
 
     // The MCO's own MachineConfig growing (a long registries.conf) costs ours nothing:
     // the policy in force stays.

@@ -404,6 +404,7 @@ fn alerts_read_metrics_the_binary_exports() {
         "CipWebhookCertificateExpiring",
         "CipWebhookReconcileFailing",
         "CipWebhookNoReconcileLeader",
+        "CipWebhookReviewsWaitingForMemory",
         "CipWebhookPoliciesPending",
         "CipWebhookMachineConfigChurn",
     ] {

@@ -250,6 +250,16 @@ fn public_key_rules() {
         )]
     );
     assert_eq!(r.reason(), Some(Reason::InvalidKey));
+    // Two keys: the nodes read the first only (denied on v1, a warning on v1alpha1).
+    let two = b64(format!("{pem}{pem}"));
+    let said = format!("{KP}: holds 2 PEM blocks and the nodes use only the first: containers/image reads one public key from keyData, so signatures made with the other keys are refused at pull time");
+    let r = check(&with(p.clone(), K, json!(two)));
+    assert_eq!(errors(&r), std::slice::from_ref(&said));
+    let mut alpha = with(public_key_policy("v1alpha1"), K, json!(two));
+    alpha["spec"]["policy"]["signedIdentity"] = json!({"matchPolicy": "MatchRepoDigestOrExact"});
+    let r = check(&alpha);
+    assert!(r.allowed(), "{:?}", r.denial_message());
+    assert_eq!(r.warning_messages(), [said]);
     const R: &str = "/spec/policy/rootOfTrust/publicKey/rekorKeyData";
     const RP: &str = "spec.policy.rootOfTrust.publicKey.rekorKeyData";
     assert_denied(
@@ -539,6 +549,7 @@ fn cluster_context_rules() {
         budget_bytes: 1_048_576,
         namespaces: Default::default(),
         new_namespace_bytes: 0,
+        held_back: None,
     };
     let big: Vec<String> = (0..200).map(|i| format!("r{i}.example.com")).collect();
     let r = run(
