@@ -120,7 +120,13 @@ fn print(text: &str) -> Result<()> {
 
 fn condition_line(c: &Condition) -> String {
     match c {
-        Condition::Applied { pools } => format!("Applied    pools {}", pools.join(", ")),
+        Condition::Applied { pools, warning } => match warning {
+            None => format!("Applied    pools {}", pools.join(", ")),
+            Some(w) => format!(
+                "Applied    pools {}; every pull in its scopes will fail on the nodes: {w}",
+                pools.join(", ")
+            ),
+        },
         Condition::Pending {
             reason,
             skipped,

@@ -209,8 +209,13 @@ pub struct SkippedScope {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type")]
 pub enum Condition {
-    /// Every scope is written to these pools.
-    Applied { pools: Vec<String> },
+    /// Every scope is written to these pools. `warning`: why pulls in its scopes will fail
+    /// on the nodes all the same (a v1alpha1 key that does not parse).
+    Applied {
+        pools: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warning: Option<String>,
+    },
     /// Some or all of the policy cannot take effect.
     Pending {
         reason: Reason,
@@ -323,6 +328,8 @@ impl Admitted<'_> {
 struct Valid {
     requirement: Requirement,
     entry: usize,
+    /// Key material the nodes will not accept, admitted on v1alpha1 with a warning.
+    warning: Option<String>,
 }
 
 /// What rendering learns from one policy object alone: valid, or why not.
@@ -335,7 +342,18 @@ fn check(policy: &ClusterImagePolicy) -> Checked {
     }
     let requirement = requirement(policy).map_err(|e| (Reason::Invalid, e))?;
     let entry = entry_bytes(&requirement);
-    Ok(Arc::new(Valid { requirement, entry }))
+    let keys: Vec<String> = report
+        .warnings
+        .iter()
+        .filter(|p| p.reason == Reason::InvalidKey)
+        .map(|p| p.to_string())
+        .collect();
+    let warning = (!keys.is_empty()).then(|| keys.join("; "));
+    Ok(Arc::new(Valid {
+        requirement,
+        entry,
+        warning,
+    }))
 }
 
 /// Per-policy results kept from one render to the next by a caller that renders again
@@ -516,7 +534,13 @@ pub fn plan_with(
                 .find(|o| (o.namespace.clone(), &o.name) == key)
             {
                 o.condition = overridden_condition(
-                    std::mem::replace(&mut o.condition, Condition::Applied { pools: Vec::new() }),
+                    std::mem::replace(
+                        &mut o.condition,
+                        Condition::Applied {
+                            pools: Vec::new(),
+                            warning: None,
+                        },
+                    ),
                     overridden,
                     &a.scopes,
                 );
@@ -616,7 +640,7 @@ pub fn plan_with(
         .collect();
     for outcome in outcomes.iter_mut().chain(&mut ip_outcomes) {
         match &mut outcome.condition {
-            Condition::Applied { pools } | Condition::Overridden { pools, .. } => {
+            Condition::Applied { pools, .. } | Condition::Overridden { pools, .. } => {
                 pools.clone_from(&written)
             }
             Condition::Pending { .. } => {}
@@ -798,7 +822,10 @@ fn admit<'a>(
             name: policy.metadata.name.clone(),
             namespace: policy.metadata.namespace.clone(),
             generation: policy.metadata.generation,
-            condition: Condition::Applied { pools: Vec::new() },
+            condition: Condition::Applied {
+                pools: Vec::new(),
+                warning: valid.warning.clone(),
+            },
         },
         Some(first) => {
             let reason = first.reason;

@@ -1258,6 +1258,7 @@ fn shown(v: &str) -> String {
 pub fn validate_image_update<'a>(
     facts: Result<ClusterFacts, crate::cluster::ImageConfigError>,
     policies: impl IntoIterator<Item = &'a ClusterImagePolicy>,
+    mco_renders: bool,
 ) -> Report {
     let mut report = Report::default();
     let facts = match facts {
@@ -1288,6 +1289,30 @@ pub fn validate_image_update<'a>(
                     reason: Reason::ConflictScopes,
                     standalone: true,
                 });
+            } else if let Some(message) = facts.mco_refusal(s, kind) {
+                // The same judgement a policy gets: the MCO's whole sync fails where it
+                // renders; where we render, the scope is written and this is a warning.
+                let problem = Problem {
+                    path: "spec.registrySources".into(),
+                    message: if mco_renders {
+                        format!("{message} ({} {})", kind.as_str(), policy.key())
+                    } else {
+                        format!(
+                            "{message} ({} {}); admitted because cip-webhook renders policies on this cluster",
+                            kind.as_str(),
+                            policy.key()
+                        )
+                    },
+                    rule: Rule::MirroredPayload,
+                    subject: Some(s.clone()),
+                    reason: Reason::ConflictScopes,
+                    standalone: true,
+                };
+                if mco_renders {
+                    report.errors.push(problem);
+                } else {
+                    report.warnings.push(problem);
+                }
             }
         }
     }

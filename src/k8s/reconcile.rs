@@ -100,13 +100,48 @@ pub fn conditions(outcome: &PolicyOutcome, current: Option<&Value>, now: &str) -
         }
     };
     let (applied, pending) = match &outcome.condition {
-        Condition::Applied { pools } => {
+        Condition::Applied {
+            pools,
+            warning: None,
+        } => {
             let message = written_to(pools);
             (
                 (true, "Applied", message.clone()),
                 (false, "Applied", message),
             )
         }
+        // Written, and refused at every pull: Applied says both, with a reason of its own.
+        Condition::Applied {
+            pools,
+            warning: Some(w),
+        } => {
+            let message = format!(
+                "{}, but every pull in its scopes will fail on the nodes: {w}",
+                written_to(pools)
+            );
+            (
+                (true, "InvalidKey", message.clone()),
+                (false, "InvalidKey", message),
+            )
+        }
+        // Some scopes enforced, others not: Applied is true for those, Pending for the rest.
+        Condition::Pending {
+            reason,
+            message,
+            written,
+            ..
+        } if !written.is_empty() => (
+            (
+                true,
+                "PartiallyApplied",
+                format!(
+                    "{} of the policy's scopes written ({}); the others are not: {message}",
+                    written.len(),
+                    written.join(", ")
+                ),
+            ),
+            (true, reason.as_str(), message.clone()),
+        ),
         Condition::Pending {
             reason, message, ..
         } => (
@@ -1026,10 +1061,49 @@ mod tests {
         }
     }
 
+    /// Conditions that say what is true: a policy partly written is applied for those
+    /// scopes; one written with a key the nodes cannot read is applied, and says that
+    /// every pull will fail.
+    #[test]
+    fn conditions_say_partly_written_and_failing_keys() {
+        let partly = outcome(Condition::Pending {
+            reason: Reason::ConflictScopes,
+            message: "scope(s) [\"blocked.example.com\"] skipped: blocked".into(),
+            skipped: Vec::new(),
+            written: vec!["quay.io/a".into()],
+        });
+        let c = conditions(&partly, None, "T1");
+        assert_eq!(
+            (&c[0]["status"], &c[0]["reason"]),
+            (&json!("True"), &json!("PartiallyApplied"))
+        );
+        assert!(c[0]["message"].as_str().unwrap().starts_with(
+            "1 of the policy's scopes written (quay.io/a); the others are not: scope(s)"
+        ));
+        assert_eq!(
+            (&c[1]["status"], &c[1]["reason"]),
+            (&json!("True"), &json!("ConflictScopes"))
+        );
+        let bad_key = outcome(Condition::Applied {
+            pools: vec!["worker".into()],
+            warning: Some("spec.policy.rootOfTrust.publicKey.keyData: does not decode to a PEM public key: no PEM block found".into()),
+        });
+        let c = conditions(&bad_key, None, "T1");
+        assert_eq!(
+            (&c[0]["status"], &c[0]["reason"]),
+            (&json!("True"), &json!("InvalidKey"))
+        );
+        assert_eq!(
+            c[0]["message"],
+            "written to the MachineConfigs of pools worker, but every pull in its scopes will fail on the nodes: spec.policy.rootOfTrust.publicKey.keyData: does not decode to a PEM public key: no PEM block found"
+        );
+    }
+
     #[test]
     fn conditions_keep_transition_times_that_still_hold() {
         let applied = outcome(Condition::Applied {
             pools: vec!["master".into(), "worker".into()],
+            warning: None,
         });
         let first = conditions(&applied, None, "T1");
         assert_eq!(first[0]["status"], "True");

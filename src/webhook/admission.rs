@@ -612,7 +612,7 @@ fn image_update(
             .iter()
             .chain(&snapshot.inputs.image_policies)
             .map(|p| &**p);
-        validate::validate_image_update(facts, policies)
+        validate::validate_image_update(facts, policies, snapshot.mco_renders)
     };
     let mut report = guard(&image);
     if let Some(before) = &before {

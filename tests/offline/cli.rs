@@ -513,6 +513,31 @@ fn policies_sharing_a_scope_are_said_to_be_anded() {
     );
 }
 
+/// An error names each cause once, however many layers carry it.
+#[test]
+fn errors_say_each_cause_once() {
+    let o = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "none",
+        "--state-dir",
+        "examples",
+        "--tls-cert",
+        "/nonexistent/tls.crt",
+        "--tls-key",
+        "/nonexistent/tls.key",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: loading the serving certificate: /nonexistent/tls.crt"),
+        "{err}"
+    );
+}
+
 #[test]
 fn limits_that_make_no_sense_are_refused() {
     let dir = tempfile::tempdir().unwrap();

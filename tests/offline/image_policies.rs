@@ -320,6 +320,70 @@ fn the_mirrored_payload_rule_denies_only_where_the_mco_renders() {
 
 /// A namespace's file starts as a copy of policy.json, and a cluster policy grows every
 /// namespace's file as well as policy.json.
+/// An Image update that blocks the payload's registry while a mirror serves the payload
+/// makes the MCO's whole sync fail on every other scope: judged as a new policy would be,
+/// naming the policies.
+#[test]
+fn an_image_update_that_fails_the_mcos_sync_is_judged_as_a_policy_would_be() {
+    let mut inputs = with_blocked(&["blocked.example.com"]);
+    inputs.digest_mirror_sets =
+        paths::load(&["tests/fixtures/disconnected/mirrors.yaml"]).digest_mirror_sets;
+    inputs.policies = paths::load(&["examples/p0.yaml"]).policies;
+    let old = serde_json::to_value(inputs.image.as_ref().unwrap()).unwrap();
+    let mut new = old.clone();
+    new["spec"]["registrySources"]["blockedRegistries"] = json!(["blocked.example.com", "quay.io"]);
+    new["apiVersion"] = json!("config.openshift.io/v1");
+    new["kind"] = json!("Image");
+    let where_we_render = snapshot(inputs.clone());
+    let a = ask(
+        &where_we_render,
+        Endpoint::Validate,
+        "UPDATE",
+        &new,
+        Some(&old),
+        "admin",
+    );
+    assert!(a.allowed, "{}", a.message);
+    assert!(
+        a.warnings.iter().any(|w| w.contains("fails its whole sync on any other scope (ClusterImagePolicy p0); admitted because cip-webhook renders policies on this cluster")),
+        "{:?}",
+        a.warnings
+    );
+    let version = inputs
+        .cluster_version
+        .as_ref()
+        .unwrap()
+        .current_version()
+        .unwrap()
+        .to_string();
+    inputs.feature_gate = Some(
+        serde_json::from_value(json!({
+            "metadata": {"name": "cluster"},
+            "status": {"featureGates": [{"version": version, "enabled": [{"name": "SigstoreImageVerification"}]}]}
+        }))
+        .unwrap(),
+    );
+    let where_the_mco_renders = snapshot(inputs);
+    let a = ask(
+        &where_the_mco_renders,
+        Endpoint::Validate,
+        "UPDATE",
+        &new,
+        Some(&old),
+        "admin",
+    );
+    assert!(!a.allowed);
+    assert!(
+        a.message.contains(
+            "configured for the scope example.com/global is not nested inside allowedRegistries"
+        ) && a
+            .message
+            .contains("fails its whole sync on any other scope (ClusterImagePolicy p0)"),
+        "{}",
+        a.message
+    );
+}
+
 #[test]
 fn namespace_files_count_against_the_size_budget() {
     let size = SizeCheck {

@@ -576,6 +576,7 @@ fn image_guard_names_the_conflicting_policies() {
     let r = validate::validate_image_update(
         ClusterFacts::new(Some(&image), None, &[]),
         policies.iter().map(|p| &**p),
+        false,
     );
     assert_eq!(
         r.denial_message().unwrap(),
@@ -584,7 +585,8 @@ fn image_guard_names_the_conflicting_policies() {
     image.spec.registry_sources.blocked_registries = vec!["other.example.com".to_string()].into();
     assert!(validate::validate_image_update(
         ClusterFacts::new(Some(&image), None, &[]),
-        policies.iter().map(|p| &**p)
+        policies.iter().map(|p| &**p),
+        false,
     )
     .allowed());
 }

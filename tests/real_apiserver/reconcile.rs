@@ -417,6 +417,13 @@ async fn image_policies_become_namespace_policy_files() {
     let run = c.kubectl(&["create", "namespace", "team-a"]).await;
     assert!(run.ok, "{run:?}");
     c.apply_ok("examples/signed-apps.yaml").await;
+    // Admission judges against what its watch has seen: the cluster policy first.
+    c.until("signed-apps seen", async |c: &Cluster| {
+        c.policy("signed-apps")
+            .await
+            .is_some_and(|p| p["status"]["conditions"].is_array())
+    })
+    .await;
     let bad = c.write(
         "bad.json",
         serde_json::to_vec(&team_policy("team-a", "bad", &["blocked.example.com/app"])).unwrap(),
