@@ -195,16 +195,21 @@ def slow_headers(target, count, seconds):
             held.append(s)
         except OSError:
             pass
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for s in list(held):
-            try:
-                s.sendall(b"X")
-            except OSError:
-                held.remove(s)
-        time.sleep(0.5)
+    trickle(held, b"X", time.monotonic() + seconds, 0.5)
     hold(held, 0)
     return count
+
+
+def trickle(held, data, until, every):
+    """Sends `data` on each held socket every `every` seconds until `until`, dropping the
+    sockets the server closed."""
+    while time.monotonic() < until:
+        for s in list(held):
+            try:
+                s.sendall(data)
+            except OSError:
+                held.remove(s)
+        time.sleep(every)
 
 
 def body_hogs(target, count, seconds):
@@ -246,19 +251,13 @@ def slow_uploads(target, seconds, results):
 
     stop = time.monotonic() + max(seconds, 6)
 
-    def trickle():
+    def attack():
         group()
         time.sleep(min(5.0, seconds / 2))
         group()
-        while time.monotonic() < stop:
-            for s in list(held):
-                try:
-                    s.sendall(b" ")
-                except OSError:
-                    held.remove(s)
-            time.sleep(1)
+        trickle(held, b" ", stop, 1)
 
-    attacker = threading.Thread(target=trickle)
+    attacker = threading.Thread(target=attack)
     attacker.start()
     time.sleep(0.5)
     body = review_with_scopes(["example.org/apps"])

@@ -465,28 +465,22 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
     if let Some(size) = ctx.size {
         let total = size.current_bytes + size.growth(cip);
         let me = format!("{} {}", kind.as_str(), cip.key());
-        if let Some(first) = size.held_back.as_ref().filter(|f| **f != me) {
-            let message = format!(
+        let over = match size.held_back.as_ref().filter(|f| **f != me) {
+            Some(first) => Some(format!(
                 "the size budget of MachineConfig {} holds back {first} already, and newer policies wait behind it (oldest first): this one would not be written; make room or shrink {first} first",
                 size.machine_config
-            );
-            w.push(
-                Severity::Error,
-                "spec",
-                Rule::TooLarge,
-                Reason::TooLarge,
-                message,
-                false,
-                None,
-            );
-        } else if total > size.budget_bytes {
-            let message = format!(
-                "adding this policy would grow MachineConfig {} to about {} bytes ({:.2} MiB), over the budget of {} bytes",
-                size.machine_config,
-                total,
-                total as f64 / (1024.0 * 1024.0),
-                size.budget_bytes
-            );
+            )),
+            None => (total > size.budget_bytes).then(|| {
+                format!(
+                    "adding this policy would grow MachineConfig {} to about {} bytes ({:.2} MiB), over the budget of {} bytes",
+                    size.machine_config,
+                    total,
+                    total as f64 / (1024.0 * 1024.0),
+                    size.budget_bytes
+                )
+            }),
+        };
+        if let Some(message) = over {
             w.push(
                 Severity::Error,
                 "spec",
@@ -1118,33 +1112,26 @@ impl Walker {
             Material::Certificates => keys::check_certificates(&bytes).map(|_| ()),
         };
         let blocks = keys::pem_blocks(&bytes);
-        if parsed.is_ok() && material == Material::PublicKey && blocks > 1 {
+        let problem = match parsed {
             // containers/image reads a keyData with sigstore's UnmarshalPEMToPublicKey
             // (signature/policy_eval_sigstore.go), which decodes the first PEM block only.
-            let message = format!(
-                "holds {blocks} PEM blocks and the nodes use only the first: containers/image reads one public key from {field}, so signatures made with the other keys are refused at pull time"
-            );
-            let severity = if self.v1() {
-                Severity::Error
-            } else {
-                Severity::Warning
-            };
-            self.push(
-                severity,
-                path,
+            Ok(()) if material == Material::PublicKey && blocks > 1 => Some((
                 Rule::ExtraKeys,
-                Reason::InvalidKey,
-                message,
-                false,
-                None,
-            );
-        }
-        if let Err(cause) = parsed {
-            let what = match material {
-                Material::PublicKey => "a PEM public key",
-                Material::Certificates => "PEM certificates",
-            };
-            let message = format!("does not decode to {what}: {cause}");
+                format!(
+                    "holds {blocks} PEM blocks and the nodes use only the first: containers/image reads one public key from {field}, so signatures made with the other keys are refused at pull time"
+                ),
+            )),
+            Ok(()) => None,
+            Err(cause) => {
+                let what = match material {
+                    Material::PublicKey => "a PEM public key",
+                    Material::Certificates => "PEM certificates",
+                };
+                Some((Rule::KeyParse, format!("does not decode to {what}: {cause}")))
+            }
+        };
+        if let Some((rule, message)) = problem {
+            // The v1alpha1 CRDs admitted such keys: a warning there, never a denial.
             let severity = if self.v1() {
                 Severity::Error
             } else {
@@ -1153,7 +1140,7 @@ impl Walker {
             self.push(
                 severity,
                 path,
-                Rule::KeyParse,
+                rule,
                 Reason::InvalidKey,
                 message,
                 false,

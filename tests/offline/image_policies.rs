@@ -107,6 +107,23 @@ fn snapshot(inputs: Inputs) -> Snapshot {
     Snapshot::build(&inputs, &RenderOptions::default())
 }
 
+/// The SigstoreImageVerification gate on for the cluster's version: the MCO renders.
+fn mco_renders(inputs: &mut Inputs) {
+    let version = inputs
+        .cluster_version
+        .as_ref()
+        .unwrap()
+        .current_version()
+        .unwrap()
+        .to_string();
+    let gate: FeatureGate = serde_json::from_value(json!({
+        "metadata": {"name": "cluster"},
+        "status": {"featureGates": [{"version": version, "enabled": [{"name": "SigstoreImageVerification"}]}]}
+    }))
+    .unwrap();
+    inputs.feature_gate = Some(gate);
+}
+
 fn with_blocked(blocked: &[&str]) -> Inputs {
     let mut inputs = paths::load(&["examples/clusterversion.yaml"]);
     let mut image = cip_webhook::model::Image::default();
@@ -281,19 +298,7 @@ fn the_mirrored_payload_rule_denies_only_where_the_mco_renders() {
         a.warnings
     );
 
-    let version = inputs
-        .cluster_version
-        .as_ref()
-        .unwrap()
-        .current_version()
-        .unwrap()
-        .to_string();
-    let gate: FeatureGate = serde_json::from_value(json!({
-        "metadata": {"name": "cluster"},
-        "status": {"featureGates": [{"version": version, "enabled": [{"name": "SigstoreImageVerification"}]}]}
-    }))
-    .unwrap();
-    inputs.feature_gate = Some(gate);
+    mco_renders(&mut inputs);
     let where_the_mco_renders = snapshot(inputs);
     let a = validate(
         &where_the_mco_renders,
@@ -349,20 +354,7 @@ fn an_image_update_that_fails_the_mcos_sync_is_judged_as_a_policy_would_be() {
         "{:?}",
         a.warnings
     );
-    let version = inputs
-        .cluster_version
-        .as_ref()
-        .unwrap()
-        .current_version()
-        .unwrap()
-        .to_string();
-    inputs.feature_gate = Some(
-        serde_json::from_value(json!({
-            "metadata": {"name": "cluster"},
-            "status": {"featureGates": [{"version": version, "enabled": [{"name": "SigstoreImageVerification"}]}]}
-        }))
-        .unwrap(),
-    );
+    mco_renders(&mut inputs);
     let where_the_mco_renders = snapshot(inputs);
     let a = ask(
         &where_the_mco_renders,
