@@ -448,6 +448,20 @@ fn serve_until_stopped(
     options: &cip_webhook::runtime::ServeOptions,
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
+    // A path given by hand that is not there is a typo, not a state to wait for: said at
+    // once, exit 2, instead of a process that retries or is never ready.
+    let given = match &options.state {
+        cip_webhook::runtime::StateSource::Dir(dir) => Some(("--state-dir", dir)),
+        cip_webhook::runtime::StateSource::Cluster(Some(kubeconfig)) => {
+            Some(("--kubeconfig", kubeconfig))
+        }
+        cip_webhook::runtime::StateSource::Cluster(None) => None,
+    };
+    if let Some((flag, path)) = given {
+        anyhow::Context::with_context(std::fs::metadata(path), || {
+            format!("{flag} {}", path.display())
+        })?;
+    }
     cip_webhook::runtime::serve(options, &common.options())?;
     Ok(ExitCode::SUCCESS)
 }
