@@ -347,54 +347,137 @@ pub fn check(
         Some(dir) => load_dir(dir, files)?,
         None => Loaded::default(),
     };
-    let mut docs = Vec::new();
-    let mut empty = Vec::new();
-    for f in files {
-        let found = read_file_documents(f)?;
-        if found.is_empty() {
-            empty.push(f.display().to_string());
-        }
-        docs.extend(found);
-    }
+    let input = gather(files);
     let mut old_docs = Vec::new();
     for f in opts.old {
         old_docs.extend(read_file_documents(f)?);
     }
-    let old_of = |kind: &str, key: &str| -> Option<serde_json::Value> {
-        let given = old_docs
-            .iter()
-            .find(|d| documents::kind_of(&d.value).1 == kind && documents::key_of(&d.value) == key);
-        if let Some(d) = given {
-            return Some(d.value.clone());
+    let snapshot = cluster_without(&state, &input.docs, options);
+    let mut results = Vec::new();
+    let mut skipped = Vec::new();
+    for doc in &input.docs {
+        match check_one(doc, opts, &state, &old_docs, &snapshot)? {
+            Ok(checked) => results.push(checked),
+            Err(why) => skipped.push(why),
         }
-        match kind {
-            "ClusterImagePolicy" => state
-                .inputs
-                .policies
+    }
+    let text = if json {
+        let mut items: Vec<_> = results.iter().map(check_json).collect();
+        items.extend(
+            input
+                .errors
                 .iter()
-                .find(|p| p.metadata.name == key)
-                .and_then(|p| serde_json::to_value(p).ok()),
-            "ImagePolicy" => state
-                .inputs
-                .image_policies
-                .iter()
-                .find(|p| p.key() == key)
-                .and_then(|p| serde_json::to_value(p).ok()),
-            // The Image `cluster` always exists; without one in the state, an empty one.
-            "Image" => Some(
-                state
-                    .inputs
-                    .image
-                    .as_ref()
-                    .and_then(|i| serde_json::to_value(i).ok())
-                    .unwrap_or_else(|| json!({"metadata": {"name": "cluster"}, "spec": {}})),
-            ),
-            _ => None,
+                .map(|(source, error)| json!({"source": source, "error": error})),
+        );
+        serde_json::to_string_pretty(&items)? + "\n"
+    } else {
+        let mut text: String = results.iter().map(check_text).collect();
+        for (source, error) in &input.errors {
+            let _ = writeln!(text, "{source}: error: {error}");
         }
+        text
     };
+    print(&text)?;
+    if let Some((source, error)) = input.errors.first() {
+        bail!(
+            "{} input(s) not read, the first: {source}: {error}",
+            input.errors.len()
+        );
+    }
+    let nothing = results.is_empty() || !skipped.is_empty() || !input.empty.is_empty();
+    if nothing && !opts.allow_empty {
+        let mut why: Vec<String> = skipped;
+        why.extend(input.empty.iter().map(|f| format!("{f}: no object in it")));
+        if results.is_empty() && why.is_empty() {
+            why.push("no ClusterImagePolicy, ImagePolicy or Image cluster in the files".into());
+        }
+        bail!(
+            "nothing to check in: {} (--allow-empty accepts this)",
+            why.join("; ")
+        );
+    }
+    let denied = results.iter().any(|c| !c.answer.report.allowed());
+    let warned = results.iter().any(|c| !c.answer.report.warnings.is_empty());
+    Ok(if denied || (opts.strict && warned) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
 
-    // The cluster as the webhook would see it: the policies under check are the ones
-    // being written, so they are left out of it.
+/// What `check` was given to read: the documents, the sources with nothing in them, and
+/// the sources that could not be read (each its own entry in the report, never hiding
+/// the others' verdicts).
+#[derive(Default)]
+struct Input {
+    docs: Vec<Document>,
+    empty: Vec<String>,
+    errors: Vec<(String, String)>,
+}
+
+/// `-` is standard input (kustomize output, a pipe); a directory is read recursively, as
+/// `render` reads its input; anything else is a file.
+fn gather(paths: &[PathBuf]) -> Input {
+    let mut input = Input::default();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            let read = std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), files::MAX_FILE_BYTES + 1),
+                &mut text,
+            );
+            let parsed = match read {
+                Err(e) => Err(e.to_string()),
+                Ok(n) if n as u64 > files::MAX_FILE_BYTES => Err(format!(
+                    "more than the {} bytes a manifest may have",
+                    files::MAX_FILE_BYTES
+                )),
+                Ok(_) => documents::parse_documents("-", &text).map_err(|e| e.to_string()),
+            };
+            input.add("-".into(), parsed);
+        } else if path.is_dir() {
+            match files::manifest_files(path, &[]) {
+                Ok(listing) => {
+                    for f in listing.files {
+                        let read = read_file_documents(&f).map_err(|e| format!("{e:#}"));
+                        input.add(f.display().to_string(), read);
+                    }
+                }
+                Err(e) => input.add(path.display().to_string(), Err(e.to_string())),
+            }
+        } else {
+            let read = read_file_documents(path).map_err(|e| format!("{e:#}"));
+            input.add(path.display().to_string(), read);
+        }
+    }
+    input
+}
+
+impl Input {
+    fn add(&mut self, source: String, read: Result<Vec<Document>, String>) {
+        match read {
+            Ok(docs) if docs.is_empty() => self.empty.push(source),
+            Ok(docs) => self.docs.extend(docs),
+            Err(error) => {
+                // The error names its file already; the entry names it once.
+                let prefix = format!("{source}: ");
+                let error = error.strip_prefix(&prefix).unwrap_or(&error).to_string();
+                let error = error.strip_prefix("reading ").map_or(error.clone(), |e| {
+                    e.strip_prefix(&prefix).unwrap_or(e).to_string()
+                });
+                self.errors.push((source, error));
+            }
+        }
+    }
+}
+
+/// The cluster as the webhook would see it: the policies under check are the ones
+/// being written, so they are left out of it.
+fn cluster_without(
+    state: &Loaded,
+    docs: &[Document],
+    options: &RenderOptions,
+) -> admission::Snapshot {
     let mut context = state.inputs.clone();
     let checked: Vec<(PolicyKind, String)> = docs
         .iter()
@@ -412,96 +495,113 @@ pub fn check(
         .image_policies
         .retain(|p| !checked.contains(&(PolicyKind::Namespaced, p.key())));
     let plan = render::plan(&context, options).ok();
-    let snapshot =
-        admission::Snapshot::from_plan(std::sync::Arc::new(context), plan.as_ref(), options);
-    let config = admission::Config::default();
+    admission::Snapshot::from_plan(std::sync::Arc::new(context), plan.as_ref(), options)
+}
+
+/// The earlier version of an object: from `--old`, else the object of that name in
+/// `--state` (the Image `cluster` always exists: without one there, an empty one).
+fn old_of(
+    state: &Loaded,
+    old_docs: &[Document],
+    kind: &str,
+    key: &str,
+) -> Option<serde_json::Value> {
+    let given = old_docs
+        .iter()
+        .find(|d| documents::kind_of(&d.value).1 == kind && documents::key_of(&d.value) == key);
+    if let Some(d) = given {
+        return Some(d.value.clone());
+    }
+    match kind {
+        "ClusterImagePolicy" => state
+            .inputs
+            .policies
+            .iter()
+            .find(|p| p.metadata.name == key)
+            .and_then(|p| serde_json::to_value(p).ok()),
+        "ImagePolicy" => state
+            .inputs
+            .image_policies
+            .iter()
+            .find(|p| p.key() == key)
+            .and_then(|p| serde_json::to_value(p).ok()),
+        "Image" => Some(
+            state
+                .inputs
+                .image
+                .as_ref()
+                .and_then(|i| serde_json::to_value(i).ok())
+                .unwrap_or_else(|| json!({"metadata": {"name": "cluster"}, "spec": {}})),
+        ),
+        _ => None,
+    }
+}
+
+/// One document through the mutating then the validating webhook; Err(why) for a document
+/// that is none of the kinds admission judges.
+fn check_one(
+    doc: &Document,
+    opts: &CheckOptions,
+    state: &Loaded,
+    old_docs: &[Document],
+    snapshot: &admission::Snapshot,
+) -> Result<Result<Checked, String>> {
+    let (api, kind) = documents::kind_of(&doc.value);
+    let name = documents::name_of(&doc.value).to_string();
+    let is_image = kind == "Image"
+        && name == "cluster"
+        && api.split('/').next() == Some(cip_webhook::model::CONFIG_GROUP);
+    if documents::policy_kind_of(&doc.value).is_none() && !is_image {
+        return Ok(Err(format!(
+            "{}: {api} {kind} {name:?}: not a ClusterImagePolicy, an ImagePolicy or the Image cluster",
+            doc.source
+        )));
+    }
+    let old = old_of(state, old_docs, kind, &documents::key_of(&doc.value));
+    let operation = if old.is_some() { "UPDATE" } else { "CREATE" };
     let user = if opts.exempt {
         admission::DEFAULT_EXEMPT_USER
     } else {
         "cip-webhook-check"
     };
-
-    let mut results = Vec::new();
-    let mut skipped = Vec::new();
-    for doc in &docs {
-        let (api, kind) = documents::kind_of(&doc.value);
-        let name = documents::name_of(&doc.value).to_string();
-        let is_image = kind == "Image"
-            && name == "cluster"
-            && api.split('/').next() == Some(cip_webhook::model::CONFIG_GROUP);
-        if documents::policy_kind_of(&doc.value).is_none() && !is_image {
-            skipped.push(format!(
-                "{}: {api} {kind} {name:?}: not a ClusterImagePolicy, an ImagePolicy or the Image cluster",
-                doc.source
-            ));
-            continue;
-        }
-        let old = old_of(kind, &documents::key_of(&doc.value));
-        let operation = if old.is_some() { "UPDATE" } else { "CREATE" };
-        let request = |object: &serde_json::Value| -> Result<admission::Request> {
-            let (group, version) = api.split_once('/').unwrap_or(("", api));
-            Ok(admission::Request {
-                uid: "check".into(),
-                kind: admission::GroupVersionKind {
-                    group: group.into(),
-                    version: version.into(),
-                    kind: kind.into(),
-                },
-                name: name.clone(),
-                operation: operation.into(),
-                user_info: admission::UserInfo {
-                    username: user.into(),
-                },
-                object: Some(serde_json::value::to_raw_value(object)?),
-                old_object: old
-                    .as_ref()
-                    .map(serde_json::value::to_raw_value)
-                    .transpose()?,
-                dry_run: Some(true),
-            })
-        };
-        let mut object = doc.value.clone();
-        let mutated = admission::decide(&request(&object)?, Endpoint::Mutate, &snapshot, &config);
-        if let Some(patch) = &mutated.patch {
-            let patch: json_patch::Patch = serde_json::from_value(patch.clone())?;
-            json_patch::patch(&mut object, &patch)?;
-        }
-        let answer = admission::decide(&request(&object)?, Endpoint::Validate, &snapshot, &config);
-        results.push(Checked {
-            source: doc.source.clone(),
-            kind: kind.to_string(),
-            name,
-            operation,
-            answer,
-            patch: mutated.patch,
-        });
-    }
-    let text = if json {
-        let items: Vec<_> = results.iter().map(check_json).collect();
-        serde_json::to_string_pretty(&items)? + "\n"
-    } else {
-        results.iter().map(check_text).collect()
+    let request = |object: &serde_json::Value| -> Result<admission::Request> {
+        let (group, version) = api.split_once('/').unwrap_or(("", api));
+        Ok(admission::Request {
+            uid: "check".into(),
+            kind: admission::GroupVersionKind {
+                group: group.into(),
+                version: version.into(),
+                kind: kind.into(),
+            },
+            name: name.clone(),
+            operation: operation.into(),
+            user_info: admission::UserInfo {
+                username: user.into(),
+            },
+            object: Some(serde_json::value::to_raw_value(object)?),
+            old_object: old
+                .as_ref()
+                .map(serde_json::value::to_raw_value)
+                .transpose()?,
+            dry_run: Some(true),
+        })
     };
-    print(&text)?;
-    let nothing = results.is_empty() || !skipped.is_empty() || !empty.is_empty();
-    if nothing && !opts.allow_empty {
-        let mut why: Vec<String> = skipped;
-        why.extend(empty.iter().map(|f| format!("{f}: no object in it")));
-        if results.is_empty() && why.is_empty() {
-            why.push("no ClusterImagePolicy, ImagePolicy or Image cluster in the files".into());
-        }
-        bail!(
-            "nothing to check in: {} (--allow-empty accepts this)",
-            why.join("; ")
-        );
+    let config = admission::Config::default();
+    let mut object = doc.value.clone();
+    let mutated = admission::decide(&request(&object)?, Endpoint::Mutate, snapshot, &config);
+    if let Some(patch) = &mutated.patch {
+        let patch: json_patch::Patch = serde_json::from_value(patch.clone())?;
+        json_patch::patch(&mut object, &patch)?;
     }
-    let denied = results.iter().any(|c| !c.answer.report.allowed());
-    let warned = results.iter().any(|c| !c.answer.report.warnings.is_empty());
-    Ok(if denied || (opts.strict && warned) {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    let answer = admission::decide(&request(&object)?, Endpoint::Validate, snapshot, &config);
+    Ok(Ok(Checked {
+        source: doc.source.clone(),
+        kind: kind.to_string(),
+        name,
+        operation,
+        answer,
+        patch: mutated.patch,
+    }))
 }
 
 /// One problem per line where there are several; the webhook's own message (the API

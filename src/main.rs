@@ -53,7 +53,9 @@ enum Command {
         /// as an update of the one of its kind and name, as the webhook judges updates.
         #[arg(long = "old", value_name = "FILE")]
         old: Vec<PathBuf>,
-        /// Policy (and Image cluster) files to check.
+        /// Policy (and Image cluster) files to check: `-` reads standard input (kustomize
+        /// output), a directory is read recursively. An input that cannot be read gets its
+        /// own entry; the others are still checked, and the exit is 2.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Check as the cluster-version operator: every denial is a warning.

@@ -397,14 +397,59 @@ fn check_answers_where_the_webhook_answers() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
 
-    // A missing file: said once.
+    // A missing file: its own entry, said once, and the exit says input was not read.
     let o = run(&["check", "/nonexistent/p.yaml"]);
     assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
-    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
     assert_eq!(
-        err.trim(),
-        "error: reading /nonexistent/p.yaml: No such file or directory (os error 2)"
+        stdout(&o),
+        "/nonexistent/p.yaml: error: No such file or directory (os error 2)\n"
+    );
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: 1 input(s) not read, the first: /nonexistent/p.yaml: No such file or directory (os error 2)"
+    );
+}
+
+/// GitOps inputs: a directory read recursively, standard input, and an unreadable file
+/// that hides no other file's verdict, in text and in JSON.
+#[test]
+fn check_reads_directories_and_stdin_and_reports_each_input() {
+    let o = run(&[
+        "check",
+        "--state",
+        "examples",
+        "--format",
+        "json",
+        "examples/rejected",
+        "/nonexistent.yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let items: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let items = items.as_array().unwrap();
+    let denied = items.iter().filter(|i| i["allowed"] == false).count();
+    assert!(denied >= 3, "{items:?}");
+    assert!(items.iter().any(|i| i["source"] == "/nonexistent.yaml"
+        && i["error"] == "No such file or directory (os error 2)"));
+
+    let mut child = Command::new(paths::bin())
+        .current_dir(paths::root())
+        .args(["check", "--state", "examples", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let text =
+        std::fs::read_to_string(paths::root().join("examples/rejected/blocked-registry.yaml"))
+            .unwrap()
+            .replace("name: blocked-registry", "name: piped");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("ClusterImagePolicy piped (-): denied"),
+        "{}",
+        stdout(&o)
     );
 }
 

@@ -150,9 +150,27 @@ pub fn versions() -> &'static str {
 
 impl KubeApiServer {
     /// Starts etcd and kube-apiserver and installs these CRDs; returns once the server is
-    /// ready and every CRD is established.
+    /// ready and every CRD is established. A free port taken by another process between
+    /// its probe and the bind (tests start servers side by side) means another try.
     pub async fn start(crds: &[Crd]) -> KubeApiServer {
         versions();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match KubeApiServer::attempt().await {
+                Ok(server) => {
+                    server.install_crds(crds).await;
+                    return server;
+                }
+                Err(why) if why.contains("address already in use") && tries < 4 => {
+                    eprintln!("kube-apiserver or etcd lost its port to another process; again");
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    async fn attempt() -> Result<KubeApiServer, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
         let ca = Ca::new();
@@ -250,19 +268,24 @@ impl KubeApiServer {
             tokens: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
         };
-        server.wait_ready().await;
-        server.install_crds(crds).await;
-        server
+        server.wait_ready().await?;
+        Ok(server)
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(Some(status)) = self.apiserver.try_wait() {
-                panic!("kube-apiserver exited ({status}):\n{}", self.log_tail());
+                return Err(format!(
+                    "kube-apiserver exited ({status}):\n{}",
+                    self.log_tail()
+                ));
             }
             if let Ok(Some(status)) = self.etcd.try_wait() {
-                panic!("etcd exited ({status}):\n{}", self.file("etcd.log"));
+                return Err(format!(
+                    "etcd exited ({status}):\n{}",
+                    self.file("etcd.log")
+                ));
             }
             if self
                 .client
@@ -270,7 +293,7 @@ impl KubeApiServer {
                 .await
                 .is_ok_and(|(code, _)| code == 200)
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
