@@ -364,6 +364,10 @@ async fn watch_cluster(
                     Published::Waiting(why) => app.set_status(why),
                     Published::Ready(d) => {
                         let status = state_status(&d, &state);
+                        let missing = no_cluster_version(&d.inputs);
+                        if missing.is_some() && last.as_ref().is_none_or(|(l, _)| no_cluster_version(&l.inputs).is_none()) {
+                            tracing::warn!("{}", missing.unwrap_or_default());
+                        }
                         let snapshot = if serves_admission && *changes.borrow() > d.generation {
                             fresh(&d, &state).await
                         } else {
@@ -420,11 +424,21 @@ fn state_status(d: &crate::desired::Desired, state: &crate::store::ClusterState)
             names.join(", ")
         ));
     }
+    if let Some(missing) = no_cluster_version(&d.inputs) {
+        status.push_str(&format!("; {missing}"));
+    }
     let errors = state.errors();
     if !errors.is_empty() {
         status.push_str(&format!("; retrying: {}", errors.join("; ")));
     }
     status
+}
+
+/// What a missing ClusterVersion `version` means, for /readyz and the log.
+fn no_cluster_version(inputs: &crate::render::Inputs) -> Option<&'static str> {
+    inputs.cluster_version.is_none().then_some(
+        "no ClusterVersion version: the release payload checks use the default release repositories",
+    )
 }
 
 /// Reloads the cluster state whenever a manifest under `dir` changes, reading and
@@ -463,11 +477,14 @@ async fn watch_state_dir(
             Ok(None) => failed = None,
             Ok(Some((stamp, Ok(snapshot)))) => {
                 failed = None;
-                let status = format!(
+                let mut status = format!(
                     "state from {}: {} ClusterImagePolicies",
                     dir.display(),
                     snapshot.inputs.policies.len()
                 );
+                if let Some(missing) = no_cluster_version(&snapshot.inputs) {
+                    status.push_str(&format!("; {missing}"));
+                }
                 tracing::info!("{status}");
                 app.set_snapshot(std::sync::Arc::new(snapshot), status.clone());
                 good = Some(status);

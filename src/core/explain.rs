@@ -101,10 +101,40 @@ pub fn normalize(image: &str) -> Result<(String, String), String> {
             ))
         }
         (Some(t), None) => format!("{full}:{t}"),
-        (None, Some(d)) => format!("{full}@{d}"),
+        (None, Some(d)) => {
+            check_digest(d).map_err(|e| format!("invalid image reference {image:?}: {e}"))?;
+            format!("{full}@{d}")
+        }
         (None, None) => format!("{full}:latest"),
     };
     Ok((full, identity))
+}
+
+/// A digest as go-digest's `Digest.Validate` takes it (what `ParseNormalizedNamed` calls):
+/// a known algorithm and its length of lowercase hex, with go-digest's error texts.
+fn check_digest(digest: &str) -> Result<(), &'static str> {
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return Err("invalid checksum digest format");
+    };
+    let length = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ if algorithm.is_empty() || hex.is_empty() => {
+            return Err("invalid checksum digest format")
+        }
+        _ => return Err("unsupported digest algorithm"),
+    };
+    if !hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err("invalid checksum digest format");
+    }
+    if hex.len() != length {
+        return Err("invalid checksum digest length");
+    }
+    Ok(())
 }
 
 /// The lookup order: identity, the name and its parent namespaces up to the host,
@@ -152,6 +182,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn digests_are_checked_as_go_digest_does() {
+        let ok = format!("quay.io/a@sha256:{}", "0".repeat(64));
+        assert!(normalize(&ok).is_ok());
+        for (bad, why) in [
+            ("quay.io/a@sha256:zz", "invalid checksum digest format"),
+            ("quay.io/a@sha256:abc", "invalid checksum digest length"),
+            ("quay.io/a@md5:abc", "unsupported digest algorithm"),
+        ] {
+            let e = normalize(bad).unwrap_err();
+            assert!(e.ends_with(why), "{bad}: {e}");
+        }
+        let upper = format!("quay.io/a@sha256:{}", "A".repeat(64));
+        assert!(normalize(&upper).is_err());
+    }
+
+    #[test]
     fn normalization() {
         assert_eq!(
             normalize("busybox").unwrap().1,
@@ -163,8 +209,10 @@ mod tests {
             "localhost:5000/a/b:latest"
         );
         assert_eq!(
-            normalize("quay.io/a/b@sha256:abc").unwrap().1,
-            "quay.io/a/b@sha256:abc"
+            normalize(&format!("quay.io/a/b@sha256:{}", "a".repeat(64)))
+                .unwrap()
+                .1,
+            format!("quay.io/a/b@sha256:{}", "a".repeat(64))
         );
         assert!(normalize("quay.io/a:t@sha256:abc").is_err());
         assert_eq!(

@@ -432,7 +432,19 @@ pub fn plan_with(
         });
     }
     notes.extend(pools.skipped.iter().map(|p| {
-        format!("pool {p}: not written; only built-in pools get generated MachineConfigs (custom pools inherit worker's)")
+        let worker_role: BTreeMap<String, String> =
+            [(ROLE_LABEL.to_string(), "worker".to_string())].into();
+        let inherits = inputs
+            .pools
+            .iter()
+            .find(|pool| &pool.metadata.name == p)
+            .and_then(|pool| pool.spec.machine_config_selector.as_ref())
+            .is_none_or(|s| s.matches(&worker_role));
+        if inherits {
+            format!("pool {p}: not written; only built-in pools get generated MachineConfigs (custom pools inherit worker's)")
+        } else {
+            format!("pool {p}: its machineConfigSelector selects no worker MachineConfigs, so the generated ones (worker's) never reach its nodes: they keep their own policy.json; add role worker to the selector (matchExpressions In [worker, {p}]) for the policies to apply there")
+        }
     }));
 
     // The budget is for the MachineConfig that carries our policy.json: beside the MCO

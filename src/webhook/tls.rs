@@ -24,6 +24,8 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("a certificate valid {0} days: it must be valid 1 to {MAX_VALID_DAYS} days")]
     Days(i64),
+    #[error("{0:?} is not a DNS name or IP address a client could check the certificate against")]
+    Name(String),
 }
 
 /// What identifies a version of a file: modification and change times, size and inode.
@@ -96,6 +98,26 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, i64), T
     let certified = CertifiedKey::from_der(certs, key, &default_provider())
         .map_err(|e| TlsError::Mismatch(e.to_string()))?;
     Ok((Arc::new(certified), not_after))
+}
+
+/// A name a TLS client matches: an IP address, or a DNS name (RFC 1123 labels, lowercase
+/// letters, digits and hyphens, at most 63 each and 253 in all; a leading `*.` wildcard).
+fn is_dns_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let bare = name.strip_prefix("*.").unwrap_or(name);
+    !bare.is_empty()
+        && name.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// How a certificate's expiry reads at `now` (Unix seconds): expired, close, or fine.
@@ -215,6 +237,9 @@ pub fn generate(dns_names: &[String], valid_days: i64) -> Result<Generated, TlsE
     if !(1..=MAX_VALID_DAYS).contains(&valid_days) {
         return Err(TlsError::Days(valid_days));
     }
+    if let Some(bad) = dns_names.iter().find(|n| !is_dns_name(n)) {
+        return Err(TlsError::Name(bad.clone()));
+    }
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -254,6 +279,29 @@ pub fn generate(dns_names: &[String], valid_days: i64) -> Result<Generated, TlsE
 #[cfg(test)]
 mod expiry_tests {
     use super::expiry_warning;
+
+    #[test]
+    fn only_names_a_client_can_match_are_certified() {
+        for good in [
+            "localhost",
+            "cip-webhook.cip-webhook.svc",
+            "*.example.com",
+            "10.0.0.1",
+            "::1",
+        ] {
+            assert!(super::is_dns_name(good), "{good}");
+        }
+        for bad in [
+            "bad name!",
+            "",
+            "-a.example",
+            "a..b",
+            "UPPER.example",
+            &"a".repeat(64),
+        ] {
+            assert!(!super::is_dns_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn an_expired_or_expiring_certificate_is_said() {

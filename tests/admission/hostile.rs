@@ -439,3 +439,17 @@ async fn a_rewritten_certificate_is_picked_up_whatever_its_size_and_mtime() {
     let second = reloading.current().cert[0].clone();
     assert_ne!(first, second, "the new pair is served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cluster_version_is_said_in_readyz() {
+    let state = tempfile::tempdir().unwrap();
+    copy_examples(state.path());
+    std::fs::remove_file(state.path().join("clusterversion.yaml")).unwrap();
+    let p = Process::start(state.path(), &[]).await;
+    let body = p.until("/readyz", |b| b.starts_with("ok:")).await;
+    assert!(
+        body.contains("no ClusterVersion version: the release payload checks use the default release repositories"),
+        "{body}"
+    );
+    assert!(p.log().contains("no ClusterVersion version"), "{}", p.log());
+}

@@ -132,7 +132,7 @@ fn json_reports() {
         "--input",
         "examples",
         "--output=json",
-        "quay.io/example-org/tool@sha256:0123456789abcdef0123456789abcdef",
+        "quay.io/example-org/tool@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

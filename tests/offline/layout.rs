@@ -266,3 +266,46 @@ fn the_budget_admits_oldest_first_and_never_evicts() {
         .unwrap();
     assert!(ignition::read_file(ours, POLICY_JSON_PATH).is_some());
 }
+
+/// A custom pool whose selector leaves out the worker role never gets the generated
+/// MachineConfigs: the render says so, and of one that inherits them it says that.
+#[test]
+fn a_custom_pool_that_selects_no_worker_machine_configs_is_noted() {
+    let mut cluster = openshift();
+    for (name, selector) in [
+        (
+            "infra",
+            serde_json::json!({"matchExpressions": [{"key": "machineconfiguration.openshift.io/role", "operator": "In", "values": ["worker", "infra"]}]}),
+        ),
+        (
+            "gpu",
+            serde_json::json!({"matchLabels": {"machineconfiguration.openshift.io/role": "gpu"}}),
+        ),
+    ] {
+        cluster.pools.push(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"machineConfigSelector": selector}
+            }))
+            .unwrap(),
+        );
+    }
+    let plan = render::plan(&cluster, &RenderOptions::default()).unwrap();
+    let note = |pool: &str| {
+        plan.notes
+            .iter()
+            .find(|n| n.starts_with(&format!("pool {pool}:")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        note("infra").contains("custom pools inherit worker's"),
+        "{:?}",
+        plan.notes
+    );
+    assert!(
+        note("gpu").contains("selects no worker MachineConfigs, so the generated ones (worker's) never reach its nodes"),
+        "{:?}",
+        plan.notes
+    );
+}
