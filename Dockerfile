@@ -16,7 +16,7 @@ RUN if [ "$TARGETARCH" = arm64 ] && [ "$(uname -m)" != aarch64 ]; then \
       && rm -rf /var/lib/apt/lists/* \
       && rustup target add aarch64-unknown-linux-gnu; \
     fi
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 # The workspace: its test crates and targets must exist for cargo to read the manifest.

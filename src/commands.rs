@@ -18,21 +18,6 @@ use cip_webhook::model::PolicyKind;
 use cip_webhook::policy::Policy;
 use cip_webhook::render::{self, Condition, Plan, RenderOptions};
 
-/// Lets `check` and `explain` take `--output json` (kubectl's spelling), while
-/// `render --output` stays the output directory.
-pub fn alias_output_format(mut args: Vec<String>) -> Vec<String> {
-    if matches!(args.get(1).map(String::as_str), Some("check" | "explain")) {
-        for arg in args.iter_mut().skip(2) {
-            if arg == "--output" {
-                *arg = "--format".into();
-            } else if let Some(v) = arg.strip_prefix("--output=") {
-                *arg = format!("--format={v}");
-            }
-        }
-    }
-    args
-}
-
 fn read_file_documents(path: &Path) -> Result<Vec<Document>> {
     Ok(files::read_file_documents(path)?)
 }
@@ -802,7 +787,7 @@ pub fn explain(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn certs(out: &Path, dns: &[String], days: i64) -> Result<ExitCode> {
+pub fn certs(out: &Path, dns: &[String], days: i64, json: bool) -> Result<ExitCode> {
     let generated = cip_webhook::tls::generate(dns, days)?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for (name, text) in [
@@ -818,16 +803,25 @@ pub fn certs(out: &Path, dns: &[String], days: i64) -> Result<ExitCode> {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(out.join("tls.key"), fs::Permissions::from_mode(0o600))?;
     }
-    eprintln!(
-        "wrote ca.crt, tls.crt and tls.key to {}; caBundle:",
-        out.display()
+    let ca_bundle = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &generated.ca_cert,
     );
-    println!(
-        "{}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            &generated.ca_cert
-        )
-    );
+    if json {
+        let files: Vec<String> = ["ca.crt", "tls.crt", "tls.key"]
+            .iter()
+            .map(|f| out.join(f).display().to_string())
+            .collect();
+        print(
+            &(serde_json::to_string_pretty(&json!({"files": files, "caBundle": ca_bundle}))?
+                + "\n"),
+        )?;
+    } else {
+        eprintln!(
+            "wrote ca.crt, tls.crt and tls.key to {}; caBundle:",
+            out.display()
+        );
+        println!("{ca_bundle}");
+    }
     Ok(ExitCode::SUCCESS)
 }

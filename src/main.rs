@@ -5,15 +5,25 @@ mod commands;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-/// Admission webhook and MachineConfig renderer for OpenShift ClusterImagePolicy.
+/// The version and the commit it was built from (build.rs; `unknown` outside a checkout).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CIP_WEBHOOK_COMMIT"),
+    ")"
+);
+
+/// Admission webhook and MachineConfig renderer for OpenShift ClusterImagePolicy and
+/// ImagePolicy.
 ///
 /// Offline commands work on YAML/JSON manifests with no cluster: `render` shows the
-/// MachineConfigs a set of manifests produces, `check` validates policies before they
-/// are applied (exit 1 on any denial), `explain` shows which policy applies to an image.
+/// MachineConfigs a set of manifests produces, `check` validates policies (and Image
+/// updates) before they are applied (exit 1 on any denial), `explain` shows which policy
+/// applies to an image. `serve` and `reconcile` run in the cluster.
 #[derive(Parser, Debug)]
-#[command(name = "cip-webhook", version, propagate_version = true)]
+#[command(name = "cip-webhook", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,8 +34,8 @@ enum Command {
     /// Render the generated MachineConfigs for every pool from manifests in a directory.
     ///
     /// Reads every .yaml/.yml/.json file under --input (multi-document files and Lists):
-    /// ClusterImagePolicies, the Image `cluster`, the ClusterVersion `version`,
-    /// MachineConfigPools and MachineConfigs. Writes `<name>.yaml` per generated
+    /// ClusterImagePolicies and ImagePolicies, the Image `cluster`, the ClusterVersion
+    /// `version`, mirror sets (IDMS, ITMS, ICSP), MachineConfigPools and MachineConfigs. Writes `<name>.yaml` per generated
     /// MachineConfig to --output and prints a summary. Policies the webhook would deny are
     /// reported and left out; exit 2 only when the input itself is unusable.
     Render {
@@ -37,8 +47,11 @@ enum Command {
         output: PathBuf,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        report: Output,
     },
-    /// Validate ClusterImagePolicy files and print exactly what the webhook would answer.
+    /// Validate ClusterImagePolicy, ImagePolicy and Image files: exactly what the webhook
+    /// would answer.
     ///
     /// Cluster context (Image `cluster`, ClusterVersion `version`, other policies and
     /// MachineConfigs for the size budget) comes from --state. An Image `cluster` in FILE
@@ -70,6 +83,8 @@ enum Command {
         allow_empty: bool,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        report: OutputOrFormat,
     },
     /// Serve the validating and mutating admission webhook over HTTPS.
     ///
@@ -110,7 +125,13 @@ enum Command {
         /// Days the serving certificate is valid (1 to 36500).
         #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=36500))]
         days: i64,
+        #[command(flatten)]
+        report: Output,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `cip-webhook man > cip-webhook.1`.
+    Man,
     /// Show which scope and requirements apply to an image after rendering.
     ///
     /// Uses the same lookup as containers/image: the exact reference, then each parent
@@ -130,6 +151,8 @@ enum Command {
         image: String,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        report: OutputOrFormat,
     },
 }
 
@@ -275,11 +298,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// What rendering takes: the payload repositories and the size budget.
 #[derive(Args, Debug, Clone)]
 struct Common {
-    /// Output format of the report (`--output` is an alias on `check` and `explain`).
-    #[arg(long, value_enum, default_value_t = Format::Text, alias = "output-format")]
-    format: Format,
     /// Payload repositories protected besides the one ClusterVersion names (repeatable;
     /// giving any replaces the defaults).
     #[arg(
@@ -293,6 +314,23 @@ struct Common {
     size_budget: usize,
 }
 
+/// The report's format, for commands that print one.
+#[derive(Args, Debug, Clone)]
+struct Output {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// [`Output`], also spelled `--output`/`-o` as kubectl does, where `--output` is not a
+/// directory (`check`, `explain`).
+#[derive(Args, Debug, Clone)]
+struct OutputOrFormat {
+    /// Output format.
+    #[arg(long = "output", short = 'o', visible_alias = "format", value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     Text,
@@ -300,16 +338,19 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    // `--output json` on check/explain means the format; render's --output is a directory.
-    let args: Vec<String> = std::env::args().collect();
-    let args = commands::alias_output_format(args);
-    let cli = Cli::parse_from(args);
+    let cli = Cli::parse();
     let result = match cli.command {
         Command::Render {
             input,
             output,
             common,
-        } => commands::render(&input, &output, &common.options(), common.json()),
+            report,
+        } => commands::render(
+            &input,
+            &output,
+            &common.options(),
+            report.format == Format::Json,
+        ),
         Command::Check {
             state,
             old,
@@ -318,6 +359,7 @@ fn main() -> ExitCode {
             strict,
             allow_empty,
             common,
+            report,
         } => commands::check(
             &commands::CheckOptions {
                 state: state.as_deref(),
@@ -328,7 +370,7 @@ fn main() -> ExitCode {
             },
             &files,
             &common.options(),
-            common.json(),
+            report.format == Format::Json,
         ),
         Command::Explain {
             input,
@@ -336,13 +378,14 @@ fn main() -> ExitCode {
             namespace,
             image,
             common,
+            report,
         } => commands::explain(
             &input,
             &pool,
             namespace.as_deref(),
             &image,
             &common.options(),
-            common.json(),
+            report.format == Format::Json,
         ),
         Command::Serve { serve, common } => serve_until_stopped(&serve.serve_options(), &common),
         Command::Reconcile { run, common } => match run.mode {
@@ -351,7 +394,25 @@ fn main() -> ExitCode {
             )),
             _ => serve_until_stopped(&run.options(None, None), &common),
         },
-        Command::Certs { out, dns, days } => commands::certs(&out, &dns, days),
+        Command::Certs {
+            out,
+            dns,
+            days,
+            report,
+        } => commands::certs(&out, &dns, days, report.format == Format::Json),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cip-webhook",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,
@@ -481,9 +542,5 @@ impl Common {
             extra_payload_repos: self.payload_repos.clone(),
             size_budget: self.size_budget,
         }
-    }
-
-    fn json(&self) -> bool {
-        self.format == Format::Json
     }
 }

@@ -558,6 +558,64 @@ fn policies_sharing_a_scope_are_said_to_be_anded() {
     );
 }
 
+/// The help matches the binary: the version names the commit; completions and a manual
+/// page come from the same definitions; `-o json` on check; no `--format` where nothing
+/// is printed; certs in JSON.
+#[test]
+fn the_cli_describes_itself() {
+    let o = run(&["--version"]);
+    let version = stdout(&o);
+    assert!(
+        version.starts_with("cip-webhook 0.1.0 (commit "),
+        "{version}"
+    );
+    let o = run(&["completions", "bash"]);
+    assert!(
+        o.status.success() && stdout(&o).contains("cip__webhook"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["man"]);
+    assert!(stdout(&o).contains(".SH NAME"), "{}", stderr(&o));
+    let o = run(&[
+        "check",
+        "-o",
+        "json",
+        "--state",
+        "examples",
+        "examples/p0.yaml",
+    ]);
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok(),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["serve", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let help = stdout(&run(&["check", "--help"]));
+    assert!(
+        help.contains("ClusterImagePolicy, ImagePolicy and Image files"),
+        "{help}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let o = run(&[
+        "certs",
+        "--format",
+        "json",
+        "--dns",
+        "localhost",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        report["caBundle"].as_str().is_some_and(|b| b.len() > 100),
+        "{report}"
+    );
+    assert_eq!(report["files"].as_array().unwrap().len(), 3);
+}
+
 /// An error names each cause once, however many layers carry it.
 #[test]
 fn errors_say_each_cause_once() {
