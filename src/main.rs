@@ -261,8 +261,9 @@ struct RunArgs {
     /// the cluster is rendered and written again.
     #[arg(long, value_name = "MS", default_value_t = 250)]
     settle_quiet: u64,
-    /// Milliseconds a burst may delay rendering at most.
-    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    /// Milliseconds a burst may delay rendering at most: longer than a GitOps sync takes
+    /// (a 100-object `kubectl apply` spans about 7 s), so it is written twice at most.
+    #[arg(long, value_name = "MS", default_value_t = 15000)]
     settle_max: u64,
 }
 

@@ -67,7 +67,9 @@ impl Default for Settle {
         Settle {
             debounce: Duration::from_millis(20),
             quiet: Duration::from_millis(250),
-            max: Duration::from_secs(3),
+            // A 100-object `kubectl apply` spans about 7 s, a sync at client speed longer:
+            // written at its first change and once at its end, not every few seconds.
+            max: Duration::from_secs(15),
         }
     }
 }
@@ -187,26 +189,33 @@ mod tests {
         let mut previous = Some(settle(&mut rx, timing, None).await);
         assert_eq!(start.elapsed(), timing.debounce);
 
-        // Changes every 100 ms for 10 s: the first at once, then one render per `max`.
-        let feeder = {
+        // Changes every 100 ms for 10 s (a sync at client speed): the first at once, the
+        // rest `quiet` after the last; then changes every 100 ms for 20 s: one render per
+        // `max` within it.
+        let feeder = |count: usize| {
             let tx = Arc::clone(&tx);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                for _ in 0..100 {
+                for _ in 0..count {
                     tx.send_modify(|n| *n += 1);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             })
         };
         let mut renders = Vec::new();
-        let begin = Instant::now();
-        while renders.len() < 4 {
-            rx.changed().await.unwrap();
-            previous = Some(settle(&mut rx, timing, previous).await);
-            renders.push(begin.elapsed().as_millis());
+        for (count, want) in [(100, 2), (200, 3)] {
+            let feeding = feeder(count);
+            let begin = Instant::now();
+            for _ in 0..want {
+                rx.changed().await.unwrap();
+                previous = Some(settle(&mut rx, timing, previous).await);
+                renders.push(begin.elapsed().as_millis());
+            }
+            feeding.await.unwrap();
+            assert!(!rx.has_changed().unwrap(), "{renders:?}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        feeder.abort();
-        assert_eq!(renders, [1020, 4100, 7100, 10100]);
+        assert_eq!(renders, [1020, 11150, 1020, 16100, 21150]);
 
         // An echo of the render's own writes 5 ms after it, then an edit 300 ms later:
         // the edit is not part of a burst.
