@@ -26,13 +26,25 @@ fn load_dir(dir: &Path, skip: &[PathBuf]) -> Result<Loaded> {
     Ok(files::load_dir(dir, skip)?)
 }
 
-pub fn render(
-    input: &Path,
-    output: &Path,
-    options: &RenderOptions,
-    json: bool,
-) -> Result<ExitCode> {
-    let loaded = load_dir(input, &[output.to_path_buf()])?;
+/// Where `render` reads and what it writes.
+pub struct RenderTargets<'a> {
+    pub input: &'a Path,
+    /// The MachineConfigs; none with only `--files` or `--diff`.
+    pub output: Option<&'a Path>,
+    /// The decoded node files, per pool.
+    pub files: Option<&'a Path>,
+    /// A unified diff of the node files, before and after.
+    pub diff: bool,
+}
+
+pub fn render(targets: &RenderTargets, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+    let input = targets.input;
+    let skip: Vec<PathBuf> = [targets.output, targets.files]
+        .into_iter()
+        .flatten()
+        .map(Path::to_path_buf)
+        .collect();
+    let loaded = load_dir(input, &skip)?;
     let mut plan = render::plan(&loaded.inputs, options)?;
     if let Some(p) = plan.pools.iter().find(|p| p.error.is_some()) {
         bail!(
@@ -41,6 +53,18 @@ pub fn render(
             p.error.as_deref().unwrap_or_default()
         );
     }
+    if targets.files.is_some() || targets.diff {
+        let pools = node_views(&loaded, &plan);
+        if let Some(dir) = targets.files {
+            write_node_files(dir, &pools)?;
+        }
+        if targets.diff {
+            print(&node_diff(&pools))?;
+        }
+    }
+    let Some(output) = targets.output else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let files: Vec<String> = plan
         .desired_machine_configs()
         .map(|mc| format!("{}.yaml", mc.metadata.name))
@@ -58,6 +82,104 @@ pub fn render(
     write_machine_configs(&mut plan, output)?;
     print(&report)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A pool's node files (path → contents, decoded) before and after the plan is written.
+struct NodeView {
+    pool: String,
+    before: std::collections::BTreeMap<String, String>,
+    after: std::collections::BTreeMap<String, String>,
+}
+
+/// What each pool's nodes get, merged as the MCO merges its MachineConfigs: the built-in
+/// pools and the custom ones in the input.
+fn node_views(loaded: &Loaded, plan: &Plan) -> Vec<NodeView> {
+    let after = render::machine_configs_after(&loaded.inputs, plan);
+    let mut names: Vec<String> = plan.pools.iter().map(|p| p.pool.clone()).collect();
+    names.extend(loaded.inputs.pools.iter().map(|p| p.metadata.name.clone()));
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let pool = render::find_pool(&loaded.inputs.pools, &name)?;
+            Some(NodeView {
+                before: node_files(&pool, &loaded.inputs.machine_configs),
+                after: node_files(&pool, &after),
+                pool: name,
+            })
+        })
+        .collect()
+}
+
+/// The signature-policy files a pool's nodes get from these MachineConfigs.
+fn node_files(
+    pool: &cip_webhook::model::MachineConfigPool,
+    mcs: &[cip_webhook::model::MachineConfig],
+) -> std::collections::BTreeMap<String, String> {
+    let mut paths: Vec<String> = vec![
+        POLICY_JSON_PATH.to_string(),
+        cip_webhook::ignition::SIGSTORE_YAML_PATH.to_string(),
+    ];
+    paths.extend(
+        mcs.iter()
+            .flat_map(|mc| mc.files())
+            .map(|f| f.path.clone())
+            .filter(|p| p.starts_with(cip_webhook::ignition::NAMESPACE_POLICY_DIR)),
+    );
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let (_, text) = render::node_file(pool, mcs, &path)?;
+            Some((
+                path,
+                text.unwrap_or_else(|e| format!("(does not decode: {e})\n")),
+            ))
+        })
+        .collect()
+}
+
+/// `DIR/<pool>/<path>` for every node file after the plan.
+fn write_node_files(dir: &Path, pools: &[NodeView]) -> Result<()> {
+    for view in pools {
+        for (path, text) in &view.after {
+            let target = dir.join(&view.pool).join(path.trim_start_matches('/'));
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            fs::write(&target, text).with_context(|| format!("writing {}", target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A unified diff per pool and file of what the nodes would get; empty where nothing
+/// changes.
+fn node_diff(pools: &[NodeView]) -> String {
+    let mut out = String::new();
+    for view in pools {
+        let paths: std::collections::BTreeSet<&String> =
+            view.before.keys().chain(view.after.keys()).collect();
+        for path in paths {
+            let before = view.before.get(path).map_or("", String::as_str);
+            let after = view.after.get(path).map_or("", String::as_str);
+            if before == after {
+                continue;
+            }
+            let diff = similar::TextDiff::from_lines(before, after);
+            let old = format!("a/{}{path}", view.pool);
+            let new = format!("b/{}{path}", view.pool);
+            let _ = write!(
+                out,
+                "{}",
+                diff.unified_diff().context_radius(3).header(&old, &new)
+            );
+        }
+    }
+    out
 }
 
 /// Writes every desired MachineConfig, all or nothing: each is serialized into a staging

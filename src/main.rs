@@ -43,8 +43,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         input: PathBuf,
         /// Directory to write the MachineConfigs to (created if missing).
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["files", "diff"])]
+        output: Option<PathBuf>,
+        /// Also write the files each pool's nodes get, decoded: `DIR/<pool>/etc/containers/
+        /// policy.json`, `.../registries.d/sigstore-registries.yaml`, `.../etc/crio/policies/
+        /// <namespace>.json`.
         #[arg(long, value_name = "DIR")]
-        output: PathBuf,
+        files: Option<PathBuf>,
+        /// Print what would change on each pool's nodes against the MachineConfigs in
+        /// --input, as a unified diff of the decoded files.
+        #[arg(long)]
+        diff: bool,
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
@@ -254,6 +263,10 @@ struct RunArgs {
     /// This replica's name in the Lease (defaults to the pod name, else host and pid).
     #[arg(long, value_name = "NAME", env = "POD_NAME")]
     identity: Option<String>,
+    /// Log the MachineConfig and status writes each pass calls for, without making them
+    /// and without taking the Lease (safe beside the running reconciler).
+    #[arg(long)]
+    dry_run: bool,
     /// Seconds between full reconcile passes when nothing changes.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     resync: u64,
@@ -344,11 +357,17 @@ fn main() -> ExitCode {
         Command::Render {
             input,
             output,
+            files,
+            diff,
             common,
             report,
         } => commands::render(
-            &input,
-            &output,
+            &commands::RenderTargets {
+                input: &input,
+                output: output.as_deref(),
+                files: files.as_deref(),
+                diff,
+            },
             &common.options(),
             report.format == Format::Json,
         ),
@@ -502,6 +521,7 @@ impl RunArgs {
                         duration: std::time::Duration::from_secs(self.lease_duration),
                     },
                     resync: std::time::Duration::from_secs(self.resync),
+                    dry_run: self.dry_run,
                 }
             }),
         }

@@ -39,6 +39,8 @@ pub struct ReconcileOptions {
     pub resync: std::time::Duration,
     /// Stand down where the MCO renders policies itself (`--mode auto`).
     pub auto: bool,
+    /// Log the writes a pass calls for instead of making them; no Lease.
+    pub dry_run: bool,
 }
 
 /// The admission port; absent in the reconciler's Deployment.
@@ -310,11 +312,19 @@ async fn watch_cluster(
     ));
     if let Some(options) = reconcile {
         let metrics = std::sync::Arc::clone(&app.metrics);
-        let (leadership, task) =
-            crate::lease::spawn(client.clone(), options.lease.clone(), stop, move |leader| {
-                metrics.set_leader(leader)
-            });
-        *lease_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        let leadership = if options.dry_run {
+            tracing::info!(
+                "dry run: the plan is logged, nothing is written, the Lease is left alone"
+            );
+            crate::lease::Leadership::without_lease()
+        } else {
+            let (leadership, task) =
+                crate::lease::spawn(client.clone(), options.lease.clone(), stop, move |leader| {
+                    metrics.set_leader(leader)
+                });
+            *lease_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            leadership
+        };
         let report_app = std::sync::Arc::clone(&app);
         let reconciler = crate::reconcile::Reconciler::new(
             client,
@@ -326,7 +336,8 @@ async fn watch_cluster(
             options.lease.namespace.clone(),
             options.lease.identity.clone(),
             options.auto,
-        );
+        )
+        .dry_run(options.dry_run);
         tokio::spawn(crate::reconcile::run(reconciler, options.resync));
     }
     // Admission answers from the latest desired state, with the store's current objects:

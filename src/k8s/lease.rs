@@ -43,9 +43,22 @@ impl LeaseConfig {
 #[derive(Debug, Clone)]
 pub struct Leadership {
     until: watch::Receiver<Option<Instant>>,
+    /// The sender of a leadership no Lease backs ([`Leadership::without_lease`]).
+    _own: Option<std::sync::Arc<watch::Sender<Option<Instant>>>>,
 }
 
 impl Leadership {
+    /// Leading for good, without a Lease: for a dry run, which writes nothing and so must
+    /// never take the Lease from the replica that does.
+    pub fn without_lease() -> Leadership {
+        let forever = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let (tx, until) = watch::channel(Some(forever));
+        Leadership {
+            until,
+            _own: Some(std::sync::Arc::new(tx)),
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         matches!(*self.until.borrow(), Some(t) if Instant::now() < t)
     }
@@ -312,7 +325,13 @@ pub fn spawn(
             }
         }
     });
-    (Leadership { until: rx }, task)
+    (
+        Leadership {
+            until: rx,
+            _own: None,
+        },
+        task,
+    )
 }
 
 #[cfg(test)]

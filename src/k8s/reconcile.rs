@@ -253,6 +253,8 @@ pub struct Reconciler {
     /// The resourceVersion each of our MachineConfigs got from our last write: another
     /// version in the watch, or the object gone, means someone else wrote it.
     written: BTreeMap<String, String>,
+    /// Log what would be written; write nothing.
+    dry_run: bool,
 }
 
 fn now_seconds() -> String {
@@ -319,7 +321,14 @@ impl Reconciler {
             occupied: BTreeMap::new(),
             duty: None,
             written: BTreeMap::new(),
+            dry_run: false,
         }
+    }
+
+    /// Logs the writes each pass calls for instead of making them.
+    pub fn dry_run(mut self, dry_run: bool) -> Reconciler {
+        self.dry_run = dry_run;
+        self
     }
 
     /// Policies of this kind in the version this one was read in (v1 or v1alpha1).
@@ -447,6 +456,12 @@ impl Reconciler {
             .filter(|c| c.action != Action::Unchanged)
             .collect();
         changes.sort_by_key(rank);
+        if self.dry_run {
+            for change in changes {
+                tracing::info!(machine_config = %change.name, pool = %pool.pool, action = change.action.as_str(), "dry run: would write MachineConfig");
+            }
+            return Ok(());
+        }
         for change in changes {
             self.check_leader(&change.name)?;
             let existing = inputs
@@ -583,6 +598,19 @@ impl Reconciler {
             })
             .collect();
         if writes.is_empty() {
+            return Ok(());
+        }
+        if self.dry_run {
+            for w in &writes {
+                let applied = &w.conditions[0];
+                tracing::info!(
+                    policy = %w.policy.key(),
+                    kind = w.kind.as_str(),
+                    applied = %applied["status"],
+                    reason = %applied["reason"],
+                    "dry run: would write the status"
+                );
+            }
             return Ok(());
         }
         self.check_leader("policy status")?;
@@ -840,6 +868,12 @@ impl Reconciler {
     /// ours are deleted, with a log line and an Event; elsewhere they stay, so that the
     /// nodes are never without verification.
     async fn hand_over(&mut self, inputs: &Inputs, done: &mut Pass) -> Result<(), ReconcileError> {
+        if self.dry_run {
+            for step in mco::handover(inputs).into_iter().filter(|s| s.ready()) {
+                tracing::info!(pool = %step.pool, deleted = %step.ours.join(", "), "dry run: would hand over to the machine-config-operator");
+            }
+            return Ok(());
+        }
         let mut waiting = Vec::new();
         for step in mco::handover(inputs) {
             if !step.ready() {

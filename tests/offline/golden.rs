@@ -440,3 +440,50 @@ fn render_changes_are_create_then_unchanged() {
         .flat_map(|p| &p.changes)
         .all(|c| c.action == Action::Unchanged));
 }
+
+/// `render --diff` and `--files`: what the nodes get, decoded, and what would change on
+/// them against the MachineConfigs in the input (here the seed layout's MCO template).
+#[test]
+fn node_files_and_their_diff_golden() {
+    let out = tempfile::tempdir().unwrap();
+    let files = out.path().join("files");
+    let o = std::process::Command::new(paths::bin())
+        .current_dir(paths::root())
+        .args(["render", "--input", "examples", "--diff", "--files"])
+        .arg(&files)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    paths::assert_golden(
+        "tests/golden/examples/nodes.diff",
+        &String::from_utf8(o.stdout).unwrap(),
+    );
+    let policy = std::fs::read_to_string(files.join("worker/etc/containers/policy.json")).unwrap();
+    paths::assert_golden("tests/golden/examples/worker-policy.json", &policy);
+    // Nothing to change once the output is the input: an empty diff.
+    let o = std::process::Command::new(paths::bin())
+        .current_dir(paths::root())
+        .args(["render", "--input", "examples", "--output"])
+        .arg(out.path().join("mcs"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let both = out.path().join("both");
+    std::fs::create_dir(&both).unwrap();
+    for f in paths::yaml_files("examples") {
+        if !f.contains("machineconfigs") {
+            std::fs::copy(paths::root().join(&f), both.join(f.replace('/', "_"))).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(out.path().join("mcs")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), both.join(entry.file_name())).unwrap();
+    }
+    let o = std::process::Command::new(paths::bin())
+        .args(["render", "--diff", "--input"])
+        .arg(&both)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), "");
+}

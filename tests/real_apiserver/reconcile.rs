@@ -404,6 +404,50 @@ async fn admission_only_mode_writes_nothing() {
     assert!(cip.get("status").is_none(), "{cip}");
 }
 
+/// `--dry-run` logs the plan the leader would write and writes nothing: no
+/// MachineConfig, no status, no Lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_logs_the_plan_and_writes_nothing() {
+    let c = cluster(&["--dry-run"]).await;
+    c.apply_ok("examples/signed-apps.yaml").await;
+    c.until("the plan logged", async |c: &Cluster| {
+        c.webhook_log()
+            .contains("dry run: would write MachineConfig")
+            && c.webhook_log().contains("dry run: would write the status")
+    })
+    .await;
+    let log = c.api().requests();
+    let by_us: Vec<&Audited> = log
+        .iter()
+        .filter(|r| r.user == SERVICE_ACCOUNT && !r.resource.is_empty())
+        .filter(|r| !matches!(r.verb.as_str(), "list" | "watch" | "get"))
+        .collect();
+    assert!(by_us.is_empty(), "{by_us:#?}");
+    for n in OURS.iter().filter(|n| n.ends_with("imagepolicies")) {
+        assert!(c.machine_config(n).await.is_none());
+    }
+    assert!(c
+        .policy("signed-apps")
+        .await
+        .unwrap()
+        .get("status")
+        .is_none());
+    let leases = c.list("coordination.k8s.io", "leases").await;
+    assert!(
+        !leases
+            .iter()
+            .any(|l| l["metadata"]["name"] == "cip-webhook-reconcile"),
+        "{leases:?}"
+    );
+    let logged = c.webhook_log();
+    assert!(
+        logged.contains(
+            "machine_config=99-worker-generated-imagepolicies pool=worker action=\"create\""
+        ),
+        "{logged}"
+    );
+}
+
 /// Namespaced ImagePolicies through kubectl, the webhook and the reconciler: a scope in a
 /// blocked registry is refused in the MCO's `imagePolicy` wording; one inside a cluster
 /// policy's scope is admitted with a warning and dropped (the MCO's precedence and its
