@@ -87,7 +87,7 @@ fn well_formed(o: &Value) {
 
 #[tokio::test]
 async fn overlays_render_well_formed_objects() {
-    for overlay in ["openshift", "kubernetes"] {
+    for overlay in ["openshift", "openshift-mco-renders", "kubernetes"] {
         let objects = kustomize(overlay).await;
         for o in &objects {
             well_formed(o);
@@ -110,9 +110,49 @@ fn arg<'a>(args: &'a [Value], flag: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{flag} missing"))
 }
 
+/// Where the MCO renders, no reconciler and nothing that may write a MachineConfig; on
+/// OpenShift the admission pods are system-cluster-critical.
+#[tokio::test]
+async fn the_openshift_overlays_differ_only_by_the_reconciler() {
+    let full = kustomize("openshift").await;
+    let admission_only = kustomize("openshift-mco-renders").await;
+    assert!(full
+        .iter()
+        .any(|o| o["metadata"]["name"] == "cip-webhook-reconciler"));
+    assert!(!admission_only
+        .iter()
+        .any(|o| o["metadata"]["name"] == "cip-webhook-reconciler"
+            || o["kind"] == "ValidatingAdmissionPolicy"));
+    let writes_machine_configs = admission_only
+        .iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+        .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .is_some_and(|res| res.iter().any(|x| x == "machineconfigs"))
+        })
+        .any(|r| {
+            r["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| !matches!(v.as_str(), Some("get" | "list" | "watch")))
+        });
+    assert!(!writes_machine_configs);
+    for objects in [&full, &admission_only] {
+        let deployment = find(objects, "Deployment", "cip-webhook");
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["priorityClassName"],
+            "system-cluster-critical"
+        );
+        assert!(objects.iter().any(|o| o["kind"] == "PrometheusRule"));
+    }
+}
+
 #[tokio::test]
 async fn webhook_wiring_matches_serve() {
-    for overlay in ["openshift", "kubernetes"] {
+    for overlay in ["openshift", "openshift-mco-renders", "kubernetes"] {
         let objects = kustomize(overlay).await;
         let service = find(&objects, "Service", SERVICE);
         let deployment = find(&objects, "Deployment", "cip-webhook");
@@ -166,7 +206,7 @@ async fn webhook_wiring_matches_serve() {
         let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
         assert_eq!(arg(args, "--tls-cert"), format!("{mount}/tls.crt"));
         assert_eq!(arg(args, "--tls-key"), format!("{mount}/tls.key"));
-        let issued = if overlay == "openshift" {
+        let issued = if overlay.starts_with("openshift") {
             service["metadata"]["annotations"]["service.beta.openshift.io/serving-cert-secret-name"]
                 .clone()
         } else {
@@ -185,7 +225,7 @@ async fn webhook_wiring_matches_serve() {
         ] {
             let config = find(&objects, kind, "cip-webhook");
             let injected = &config["metadata"]["annotations"];
-            if overlay == "openshift" {
+            if overlay.starts_with("openshift") {
                 assert_eq!(
                     injected["service.beta.openshift.io/inject-cabundle"],
                     "true"
@@ -314,7 +354,7 @@ async fn deployments_roll_and_drain_without_refusing_requests() {
             assert_eq!(metrics["containerPort"], listen.port());
             let scc =
                 &d["spec"]["template"]["metadata"]["annotations"]["openshift.io/required-scc"];
-            if overlay == "openshift" {
+            if overlay.starts_with("openshift") {
                 assert_eq!(scc, "restricted-v2", "{name}");
             } else {
                 assert!(scc.is_null());
@@ -409,6 +449,20 @@ fn alerts_read_metrics_the_binary_exports() {
         "CipWebhookMachineConfigChurn",
     ] {
         assert!(wanted.contains(name), "{name}");
+    }
+    // Every alert has a runbook, a heading of the README, and pages nobody at night.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for alert in &alerts {
+        let name = alert["alert"].as_str().unwrap();
+        let url = alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            url.ends_with(&format!("README.md#{}", name.to_lowercase())),
+            "{name}: {url}"
+        );
+        assert!(readme.contains(&format!("\n#### {name}\n")), "{name}");
+        assert_eq!(alert["labels"]["severity"], "warning", "{name}");
     }
     for alert in alerts {
         let expr = alert["expr"].as_str().unwrap();
