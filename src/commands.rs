@@ -426,6 +426,8 @@ pub struct CheckOptions<'a> {
     pub strict: bool,
     /// A file with nothing to check is not an error.
     pub allow_empty: bool,
+    /// Each object judged alone, not as one apply with the others before it.
+    pub separately: bool,
 }
 
 /// One object checked, and the webhook's answer to it.
@@ -459,12 +461,17 @@ pub fn check(
     for f in opts.old {
         old_docs.extend(read_file_documents(f)?);
     }
-    let snapshot = cluster_without(&state, &input.docs, options);
+    let mut snapshot = cluster_without(&state, &input.docs, options);
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for doc in &input.docs {
         match check_one(doc, opts, &state, &old_docs, &snapshot)? {
-            Ok(checked) => results.push(checked),
+            Ok(checked) => {
+                if !opts.separately && checked.answer.report.allowed() {
+                    admitted(&mut snapshot, doc);
+                }
+                results.push(checked)
+            }
             Err(why) => skipped.push(why),
         }
     }
@@ -510,6 +517,30 @@ pub fn check(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One apply: an admitted policy is in the cluster for the objects after it, its scopes
+/// beside theirs and its bytes in the size budget, as the webhook would see them.
+fn admitted(snapshot: &mut admission::Snapshot, doc: &Document) {
+    let Some(kind) = documents::policy_kind_of(&doc.value) else {
+        return;
+    };
+    let Ok(policy) =
+        serde_json::from_value::<cip_webhook::model::ClusterImagePolicy>(doc.value.clone())
+    else {
+        return;
+    };
+    let key = policy.key();
+    if snapshot.in_force.contains(&key) {
+        return;
+    }
+    snapshot.size.current_bytes += snapshot.size.growth(&policy);
+    snapshot.in_force.insert(key);
+    let inputs = std::sync::Arc::make_mut(&mut snapshot.inputs);
+    match kind {
+        PolicyKind::Cluster => inputs.policies.push(std::sync::Arc::new(policy)),
+        PolicyKind::Namespaced => inputs.image_policies.push(std::sync::Arc::new(policy)),
+    }
 }
 
 /// What `check` was given to read: the documents, the sources with nothing in them, and

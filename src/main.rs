@@ -90,6 +90,11 @@ enum Command {
         /// an empty file) is not an error.
         #[arg(long)]
         allow_empty: bool,
+        /// Judge each object alone. By default the objects are one apply, in the order
+        /// given: each admitted one is in the cluster for those after it (its scopes, its
+        /// share of the size budget), as a GitOps sync applies them.
+        #[arg(long)]
+        separately: bool,
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
@@ -378,6 +383,7 @@ fn main() -> ExitCode {
             exempt,
             strict,
             allow_empty,
+            separately,
             common,
             report,
         } => commands::check(
@@ -387,6 +393,7 @@ fn main() -> ExitCode {
                 exempt,
                 strict,
                 allow_empty,
+                separately,
             },
             &files,
             &common.options(),

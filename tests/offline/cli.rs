@@ -558,6 +558,49 @@ fn policies_sharing_a_scope_are_said_to_be_anded() {
     );
 }
 
+/// Files are judged as one apply by default: what an earlier one takes of the size budget
+/// and the scopes it writes count for the later ones; `--separately` judges each alone.
+#[test]
+fn check_judges_the_files_as_one_apply_unless_asked_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = testkit::paths::b64(include_str!("../fixtures/keys/cosign.pub"));
+    for name in ["a", "b"] {
+        let mut scopes: Vec<String> = (0..50).map(|i| format!("quay.io/{name}/app{i}")).collect();
+        scopes.push("quay.io/shared".into());
+        let doc = serde_json::json!({
+            "apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+            "metadata": {"name": name},
+            "spec": {"scopes": scopes, "policy": {
+                "rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": key}},
+                "signedIdentity": {"matchPolicy": "MatchRepoDigestOrExact"}}}
+        });
+        std::fs::write(dir.path().join(format!("{name}.json")), doc.to_string()).unwrap();
+    }
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "--state", "examples", "--size-budget", "80000"];
+        args.extend_from_slice(extra);
+        args.push(dir.path().to_str().unwrap());
+        run(&args)
+    };
+    let o = check(&[]);
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("(a.json): allowed") || text.contains("a.json): allowed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("b.json): denied: spec: adding this policy would grow"),
+        "{text}"
+    );
+    assert!(
+        text.contains("scope quay.io/shared is also a scope of ClusterImagePolicy a"),
+        "{text}"
+    );
+    let o = check(&["--separately"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
 /// The help matches the binary: the version names the commit; completions and a manual
 /// page come from the same definitions; `-o json` on check; no `--format` where nothing
 /// is printed; certs in JSON.
