@@ -839,46 +839,13 @@ pub fn explain(
     let in_namespace_file = path != POLICY_JSON_PATH;
     let policy = Policy::parse(&text).map_err(anyhow::Error::msg)?;
     let e = explain::explain(&policy, image).map_err(anyhow::Error::msg)?;
-    // The policies whose requirements the matched entry carries.
-    let writes = |o: &render::PolicyOutcome, scope: &String| match &o.condition {
-        Condition::Applied { .. } => true,
-        Condition::Pending { written, .. } | Condition::Overridden { written, .. } => {
-            written.contains(scope)
-        }
-    };
-    let mut from: Vec<String> = match &e.matched {
-        Some(scope) if !scope.is_empty() => {
-            let cluster = plan.policies.iter().filter(|o| {
-                writes(o, scope)
-                    && loaded
-                        .inputs
-                        .policies
-                        .iter()
-                        .any(|p| p.metadata.name == o.name && p.scopes().contains(scope))
-            });
-            let namespaced = plan.image_policies.iter().filter(|o| {
-                in_namespace_file
-                    && o.namespace.as_deref() == namespace
-                    && writes(o, scope)
-                    && loaded.inputs.image_policies.iter().any(|p| {
-                        p.metadata.namespace == o.namespace
-                            && p.metadata.name == o.name
-                            && p.scopes().contains(scope)
-                    })
-            });
-            cluster
-                .map(|o| format!("ClusterImagePolicy {}", o.name))
-                .chain(namespaced.map(|o| {
-                    format!(
-                        "ImagePolicy {}/{}",
-                        o.namespace.as_deref().unwrap_or_default(),
-                        o.name
-                    )
-                }))
-                .collect()
-        }
-        _ => Vec::new(),
-    };
+    let mut from = policies_behind(
+        &plan,
+        &loaded,
+        e.matched.as_deref(),
+        namespace,
+        in_namespace_file,
+    );
     let note = (from.len() > 1).then(|| {
         format!(
             "{} policies share this scope, and the nodes require every requirement of the entry: an image needs a signature that each of them accepts (for a key rotation, sign with both keys while both policies exist)",
@@ -938,6 +905,57 @@ pub fn explain(
     };
     print(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The policies whose requirements the matched entry carries: the cluster policies that
+/// write that scope, and in a namespace's file that namespace's ImagePolicies.
+fn policies_behind(
+    plan: &Plan,
+    loaded: &Loaded,
+    matched: Option<&str>,
+    namespace: Option<&str>,
+    in_namespace_file: bool,
+) -> Vec<String> {
+    let writes = |o: &render::PolicyOutcome, scope: &String| match &o.condition {
+        Condition::Applied { .. } => true,
+        Condition::Pending { written, .. } | Condition::Overridden { written, .. } => {
+            written.contains(scope)
+        }
+    };
+    match matched {
+        Some(scope) if !scope.is_empty() => {
+            let scope = &scope.to_string();
+            let cluster = plan.policies.iter().filter(|o| {
+                writes(o, scope)
+                    && loaded
+                        .inputs
+                        .policies
+                        .iter()
+                        .any(|p| p.metadata.name == o.name && p.scopes().contains(scope))
+            });
+            let namespaced = plan.image_policies.iter().filter(|o| {
+                in_namespace_file
+                    && o.namespace.as_deref() == namespace
+                    && writes(o, scope)
+                    && loaded.inputs.image_policies.iter().any(|p| {
+                        p.metadata.namespace == o.namespace
+                            && p.metadata.name == o.name
+                            && p.scopes().contains(scope)
+                    })
+            });
+            cluster
+                .map(|o| format!("ClusterImagePolicy {}", o.name))
+                .chain(namespaced.map(|o| {
+                    format!(
+                        "ImagePolicy {}/{}",
+                        o.namespace.as_deref().unwrap_or_default(),
+                        o.name
+                    )
+                }))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 pub fn certs(out: &Path, dns: &[String], days: i64, json: bool) -> Result<ExitCode> {

@@ -138,3 +138,53 @@ fn every_source_file_is_in_a_layer_its_path_names() {
         assert!(root().join(edge).is_file(), "{edge} is gone: update EDGES");
     }
 }
+
+/// The lines of each function in `text` (rustfmt's layout: a function ends at the first
+/// line that is its own indentation and `}`), by name.
+fn function_lengths(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let signature = ["pub(crate) ", "pub ", "async ", "const ", "unsafe "]
+            .iter()
+            .fold(trimmed, |t, prefix| t.strip_prefix(prefix).unwrap_or(t));
+        let Some(rest) = signature.strip_prefix("fn ") else {
+            continue;
+        };
+        if line.trim_end().ends_with(';') {
+            continue;
+        }
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let end = format!("{indent}}}");
+        if let Some(n) = lines[i + 1..].iter().position(|l| *l == end) {
+            out.push((name, n + 2));
+        }
+    }
+    out
+}
+
+/// No function in `src/` is over 150 lines: a longer one is named steps waiting to be
+/// named.
+#[test]
+fn no_function_in_src_is_over_150_lines() {
+    let mut long = Vec::new();
+    for file in rust_files(&root().join("src")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (name, lines) in function_lengths(&text) {
+            if lines > 150 {
+                long.push(format!("{}: {name} ({lines} lines)", file.display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "{long:#?}");
+    // The measure itself: a function of three lines is three lines.
+    assert_eq!(
+        function_lengths("fn a() {\n    b();\n}\n"),
+        [("a".to_string(), 3)]
+    );
+}

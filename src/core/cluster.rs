@@ -25,7 +25,8 @@ pub struct ClusterFacts {
     /// The admin's `allowedRegistries`.
     pub allowed: Vec<String>,
     /// The payload repository, once per blocked entry that covers it while a mirror
-    /// serves it: the MCO then allows it in policy.json (mco-behavior.md §3).
+    /// serves it: the MCO then allows it in policy.json (machine-config-operator,
+    /// `pkg/controller/container-runtime-config/helpers.go`, `updatePolicyJSON`).
     pub payload_allowed: Vec<String>,
     /// The blocked entries that go into policy.json as `reject`.
     pub blocked: Vec<String>,
@@ -205,7 +206,9 @@ impl ClusterFacts {
 
     /// Where the admin set no allowed list, but the MCO made one from the payload
     /// repository (a blocked registry covers it and a mirror serves it): the MCO then
-    /// fails its whole sync on every scope outside that repository (SPEC §8.6).
+    /// fails its whole sync on every scope outside that repository (its policy.json update
+    /// refuses a scope not nested in allowedRegistries, `helpers.go`), so where it renders
+    /// this is a denial and where we render a warning.
     pub fn mco_refusal(&self, scope: &str, kind: PolicyKind) -> Option<String> {
         let payload = self.payload_allowed.first()?;
         if !self.allowed.is_empty() || is_nested(scope, payload) {
@@ -298,7 +301,7 @@ mod tests {
         );
     }
 
-    /// mco-behavior.md §3: with a mirror outside the blocked registries the payload's
+    /// The MCO's `helpers.go`: with a mirror outside the blocked registries the payload's
     /// registry may be blocked; the payload repository is then allowed in policy.json, and
     /// every scope outside it is one the MCO refuses.
     #[test]

@@ -1,8 +1,9 @@
-//! Living beside the machine-config-operator (SPEC §8): which MachineConfigs are the
+//! Living beside the machine-config-operator: which MachineConfigs are the
 //! MCO's, whether the MCO renders ClusterImagePolicies itself, and whether its own
 //! output already carries what we wrote. Pure functions over the watched objects.
 //!
-//! Facts they rest on (mco-behavior.md §1, §6, §9):
+//! Facts they rest on (machine-config-operator, `pkg/controller/container-runtime-config`
+//! and `pkg/controller/render`):
 //! - The ContainerRuntimeConfig controller writes `99-<pool>-generated-registries` with
 //!   the annotation `machineconfiguration.openshift.io/generated-by-controller-version`
 //!   and an ownerReference to Image `cluster`, and rewrites it from its own inputs on
@@ -120,7 +121,9 @@ pub fn missing_scopes<'a>(mco: Option<&MachineConfig>, wanted: &'a [String]) -> 
         .collect()
 }
 
-/// What the reconciler does on this cluster, and why (SPEC §5, §8.2, §8.3).
+/// What the reconciler does on this cluster, and why: reconcile where the MCO does not
+/// render policies, stand down (handing over) where it does, nothing without the
+/// MachineConfig API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Duty {
     /// Write the MachineConfigs and the policies' status.

@@ -43,7 +43,8 @@ pub fn imagepolicies_mc_name(pool: &str) -> String {
 }
 
 /// Ours, for policy.json where the MCO owns `99-<pool>-generated-registries`: it sorts
-/// right after the MCO's, so it wins the merge on the nodes (SPEC §8.1).
+/// right after the MCO's, so it wins the merge on the nodes (the render controller merges
+/// MachineConfigs in name order, the last file of a path winning).
 pub fn registries_imagepolicies_mc_name(pool: &str) -> String {
     format!("99-{pool}-generated-registries-imagepolicies")
 }
@@ -156,7 +157,8 @@ pub struct PoolPlan {
     /// The MachineConfig that carries our policy.json: `99-<pool>-generated-registries`,
     /// or ours beside it where the MCO owns that one.
     pub policy_json_machine_config: String,
-    /// `99-<pool>-generated-registries` is the MCO's: it is never written (SPEC §8.1).
+    /// `99-<pool>-generated-registries` is the MCO's: it is never written (the MCO rewrites
+    /// it on every sync, so a second writer would never converge).
     pub beside_mco: bool,
     /// The MachineConfig that supplied the original policy.json (`None`: MCO's template).
     pub original_from: Option<String>,
@@ -419,54 +421,9 @@ pub fn plan_with(
     }
 
     let pools = select_pools(&inputs.pools);
-    let mut notes: Vec<String> = facts.notes.clone();
-    if inputs.feature_gate.is_some() {
-        let gate = mco::sigstore_gate(
-            inputs.feature_gate.as_ref(),
-            inputs.cluster_version.as_ref(),
-        );
-        notes.push(if gate.mco_renders() {
-            format!("{}: the MCO renders ClusterImagePolicies itself; serve --mode auto writes nothing here", gate.describe())
-        } else {
-            format!("{}: the MCO does not render ClusterImagePolicies; serve --mode auto writes this", gate.describe())
-        });
-    }
-    notes.extend(pools.skipped.iter().map(|p| {
-        let worker_role: BTreeMap<String, String> =
-            [(ROLE_LABEL.to_string(), "worker".to_string())].into();
-        let inherits = inputs
-            .pools
-            .iter()
-            .find(|pool| &pool.metadata.name == p)
-            .and_then(|pool| pool.spec.machine_config_selector.as_ref())
-            .is_none_or(|s| s.matches(&worker_role));
-        if inherits {
-            format!("pool {p}: not written; only built-in pools get generated MachineConfigs (custom pools inherit worker's)")
-        } else {
-            format!("pool {p}: its machineConfigSelector selects no worker MachineConfigs, so the generated ones (worker's) never reach its nodes: they keep their own policy.json; add role worker to the selector (matchExpressions In [worker, {p}]) for the policies to apply there")
-        }
-    }));
+    let mut notes = plan_notes(inputs, &facts, &pools);
 
-    // The budget is for the MachineConfig that carries our policy.json: beside the MCO
-    // that is our own (its files never count against us), else the shared one.
-    let base_size = pools
-        .selected
-        .iter()
-        .map(|p| {
-            let pool = &p.metadata.name;
-            let mut mc = match find_mc(&inputs.machine_configs, &registries_mc_name(pool)) {
-                Some(existing) if !mco::owned_by_mco(existing) => existing.clone(),
-                _ => new_machine_config(&registries_imagepolicies_mc_name(pool), pool, Vec::new()),
-            };
-            ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
-            ignition::set_namespace_files(&mut mc.spec.config, Vec::new());
-            object_size(&mc)
-        })
-        .max()
-        .unwrap_or(0)
-        + 1024;
-
-    // Oldest first, both kinds together (SPEC §8.5): a policy in force is never pushed out
+    // Oldest first, both kinds together: a policy in force is never pushed out
     // by a newer one; the newest are the ones held back when the budget runs out.
     let mut by_age: Vec<&ClusterImagePolicy> = policies
         .iter()
@@ -480,47 +437,13 @@ pub fn plan_with(
             p.key(),
         )
     });
-    let mut budget = Budget {
-        limit: options.size_budget,
-        used: base_size,
-        // A namespace's file starts as a copy of policy.json.
-        policy_bytes: update_policy_json(policy::MCO_TEMPLATE, &facts, &ScopeMap::new())
-            .ok()
-            .flatten()
-            .map_or(policy::MCO_TEMPLATE.len(), |p| p.len())
-            .div_ceil(3)
-            * 4
-            + 160,
-        namespaces: BTreeSet::new(),
-        full: None,
-    };
-    let mut outcomes = Vec::new();
-    let mut ip_outcomes = Vec::new();
-    let mut admitted: Vec<Admitted> = Vec::new();
-    let mut admitted_ips: Vec<Admitted> = Vec::new();
-    let mut kept = HashMap::with_capacity(by_age.len());
-    for policy in by_age {
-        let identity = Memo::identity(policy);
-        let checked = identity
-            .as_ref()
-            .and_then(|id| memo.checked.get(id).cloned())
-            .unwrap_or_else(|| check(policy));
-        if let Some(id) = identity {
-            kept.insert(id, checked.clone());
-        }
-        let (outcome, accepted) = admit(policy, checked, &facts, &mut budget);
-        match policy.policy_kind() {
-            PolicyKind::Cluster => {
-                outcomes.push(outcome);
-                admitted.extend(accepted);
-            }
-            PolicyKind::Namespaced => {
-                ip_outcomes.push(outcome);
-                admitted_ips.extend(accepted);
-            }
-        }
-    }
-    memo.checked = kept;
+    let mut budget = Budget::new(inputs, options, &facts, &pools);
+    let Admissions {
+        mut outcomes,
+        mut ip_outcomes,
+        mut admitted,
+        mut admitted_ips,
+    } = admit_oldest_first(by_age, &facts, &mut budget, memo);
     outcomes.sort_by(|a, b| a.name.cmp(&b.name));
     admitted.sort_by(|a, b| a.policy.metadata.name.cmp(&b.policy.metadata.name));
     let scope_map = scope_requirements(admitted.iter().map(|a| {
@@ -531,72 +454,14 @@ pub fn plan_with(
         )
     }));
 
-    // The MCO's precedence: an ImagePolicy scope equal to or inside a written cluster
-    // scope is dropped, with the MCO's own status.
     admitted_ips.sort_by_cached_key(|a| a.policy.key());
     ip_outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut namespaces: BTreeMap<String, ScopeMap> = BTreeMap::new();
-    for a in &mut admitted_ips {
-        let (kept, overridden) = split_overridden(std::mem::take(&mut a.scopes), &scope_map);
-        a.scopes = kept;
-        if !overridden.is_empty() {
-            let key = (a.policy.metadata.namespace.clone(), &a.policy.metadata.name);
-            if let Some(o) = ip_outcomes
-                .iter_mut()
-                .find(|o| (o.namespace.clone(), &o.name) == key)
-            {
-                o.condition = overridden_condition(
-                    std::mem::replace(
-                        &mut o.condition,
-                        Condition::Applied {
-                            pools: Vec::new(),
-                            warning: None,
-                        },
-                    ),
-                    overridden,
-                    &a.scopes,
-                );
-            }
-        }
-        let files = namespaces
-            .entry(a.policy.namespace().to_string())
-            .or_default();
-        for s in &a.scopes {
-            files.entry(s.as_str()).or_default().push(a.requirement());
-        }
-    }
-    namespaces.retain(|_, scopes| !scopes.is_empty());
+    apply_precedence(&mut admitted_ips, &mut ip_outcomes, &scope_map);
+    let namespaces = namespace_scope_maps(&admitted_ips);
 
     // sigstore-registries.yaml: every written scope, and every endpoint it is pulled from.
-    let registries_conf = match RegistriesConf::generate(
-        &facts.insecure,
-        &facts.registries_blocked,
-        inputs.mirrors(),
-    ) {
-        Ok(conf) => conf,
-        Err(e) => {
-            notes.push(format!(
-                    "registries.conf: {e}: the machine-config-operator fails its sync on this; mirrors get no sigstore attachments"
-                ));
-            RegistriesConf::default()
-        }
-    };
-    let policy_scopes: BTreeSet<&str> = scope_map
-        .keys()
-        .copied()
-        .chain(namespaces.values().flat_map(|m| m.keys().copied()))
-        .collect();
-    let expansion = registries_conf.sigstore_keys(policy_scopes.iter().copied());
-    notes.extend(expansion.problems);
-    let mirror_scopes: Vec<String> = expansion
-        .keys
-        .iter()
-        .filter(|k| !policy_scopes.contains(k.as_str()))
-        .cloned()
-        .collect();
-    let sigstore_yaml: Option<Arc<str>> = (!policy_scopes.is_empty()).then(|| {
-        registries_d::sigstore_registries_yaml(expansion.keys.iter().map(String::as_str)).into()
-    });
+    let (mirror_scopes, sigstore_yaml) =
+        sigstore_attachments(inputs, &facts, &scope_map, &namespaces, &mut notes);
     let written_scopes: Arc<[String]> = scope_map.keys().map(|s| s.to_string()).collect();
     let sigstore_file = sigstore_yaml
         .as_ref()
@@ -671,6 +536,224 @@ pub fn plan_with(
         notes,
         held_back: budget.full,
     })
+}
+
+/// The endpoints that get sigstore attachments (every written scope, and every endpoint it
+/// is pulled from, mirrors included) as sigstore-registries.yaml, and those beyond the
+/// scopes themselves.
+fn sigstore_attachments(
+    inputs: &Inputs,
+    facts: &ClusterFacts,
+    scope_map: &ScopeMap,
+    namespaces: &BTreeMap<String, ScopeMap>,
+    notes: &mut Vec<String>,
+) -> (Vec<String>, Option<Arc<str>>) {
+    let registries_conf = match RegistriesConf::generate(
+        &facts.insecure,
+        &facts.registries_blocked,
+        inputs.mirrors(),
+    ) {
+        Ok(conf) => conf,
+        Err(e) => {
+            notes.push(format!(
+                    "registries.conf: {e}: the machine-config-operator fails its sync on this; mirrors get no sigstore attachments"
+                ));
+            RegistriesConf::default()
+        }
+    };
+    let policy_scopes: BTreeSet<&str> = scope_map
+        .keys()
+        .copied()
+        .chain(namespaces.values().flat_map(|m| m.keys().copied()))
+        .collect();
+    let expansion = registries_conf.sigstore_keys(policy_scopes.iter().copied());
+    notes.extend(expansion.problems);
+    let mirror_scopes: Vec<String> = expansion
+        .keys
+        .iter()
+        .filter(|k| !policy_scopes.contains(k.as_str()))
+        .cloned()
+        .collect();
+    let sigstore_yaml: Option<Arc<str>> = (!policy_scopes.is_empty()).then(|| {
+        registries_d::sigstore_registries_yaml(expansion.keys.iter().map(String::as_str)).into()
+    });
+    (mirror_scopes, sigstore_yaml)
+}
+
+/// What the budget admitted of each policy, by kind.
+struct Admissions<'a> {
+    outcomes: Vec<PolicyOutcome>,
+    ip_outcomes: Vec<PolicyOutcome>,
+    admitted: Vec<Admitted<'a>>,
+    admitted_ips: Vec<Admitted<'a>>,
+}
+
+/// Each policy checked (from the memo where it is unchanged) and admitted in age order.
+fn admit_oldest_first<'a>(
+    by_age: Vec<&'a ClusterImagePolicy>,
+    facts: &ClusterFacts,
+    budget: &mut Budget,
+    memo: &mut Memo,
+) -> Admissions<'a> {
+    let mut outcomes = Vec::new();
+    let mut ip_outcomes = Vec::new();
+    let mut admitted: Vec<Admitted> = Vec::new();
+    let mut admitted_ips: Vec<Admitted> = Vec::new();
+    let mut kept = HashMap::with_capacity(by_age.len());
+    for policy in by_age {
+        let identity = Memo::identity(policy);
+        let checked = identity
+            .as_ref()
+            .and_then(|id| memo.checked.get(id).cloned())
+            .unwrap_or_else(|| check(policy));
+        if let Some(id) = identity {
+            kept.insert(id, checked.clone());
+        }
+        let (outcome, accepted) = admit(policy, checked, facts, budget);
+        match policy.policy_kind() {
+            PolicyKind::Cluster => {
+                outcomes.push(outcome);
+                admitted.extend(accepted);
+            }
+            PolicyKind::Namespaced => {
+                ip_outcomes.push(outcome);
+                admitted_ips.extend(accepted);
+            }
+        }
+    }
+    memo.checked = kept;
+    Admissions {
+        outcomes,
+        ip_outcomes,
+        admitted,
+        admitted_ips,
+    }
+}
+
+/// What the render says about the cluster before any policy: the facts' own notes, who
+/// renders policies (the FeatureGate), and the pools that get nothing of ours.
+fn plan_notes(inputs: &Inputs, facts: &ClusterFacts, pools: &PoolSelection) -> Vec<String> {
+    let mut notes: Vec<String> = facts.notes.clone();
+    if inputs.feature_gate.is_some() {
+        let gate = mco::sigstore_gate(
+            inputs.feature_gate.as_ref(),
+            inputs.cluster_version.as_ref(),
+        );
+        notes.push(if gate.mco_renders() {
+            format!("{}: the MCO renders ClusterImagePolicies itself; serve --mode auto writes nothing here", gate.describe())
+        } else {
+            format!("{}: the MCO does not render ClusterImagePolicies; serve --mode auto writes this", gate.describe())
+        });
+    }
+    notes.extend(pools.skipped.iter().map(|p| {
+        let worker_role: BTreeMap<String, String> =
+            [(ROLE_LABEL.to_string(), "worker".to_string())].into();
+        let inherits = inputs
+            .pools
+            .iter()
+            .find(|pool| &pool.metadata.name == p)
+            .and_then(|pool| pool.spec.machine_config_selector.as_ref())
+            .is_none_or(|s| s.matches(&worker_role));
+        if inherits {
+            format!("pool {p}: not written; only built-in pools get generated MachineConfigs (custom pools inherit worker's)")
+        } else {
+            format!("pool {p}: its machineConfigSelector selects no worker MachineConfigs, so the generated ones (worker's) never reach its nodes: they keep their own policy.json; add role worker to the selector (matchExpressions In [worker, {p}]) for the policies to apply there")
+        }
+    }));
+    notes
+}
+
+impl Budget {
+    /// The budget before any policy: what the MachineConfig that carries our policy.json
+    /// holds already, beside the MCO our own (its files never count against us), else the
+    /// shared one.
+    fn new(
+        inputs: &Inputs,
+        options: &RenderOptions,
+        facts: &ClusterFacts,
+        pools: &PoolSelection,
+    ) -> Budget {
+        let base_size = pools
+            .selected
+            .iter()
+            .map(|p| {
+                let pool = &p.metadata.name;
+                let mut mc = match find_mc(&inputs.machine_configs, &registries_mc_name(pool)) {
+                    Some(existing) if !mco::owned_by_mco(existing) => existing.clone(),
+                    _ => new_machine_config(
+                        &registries_imagepolicies_mc_name(pool),
+                        pool,
+                        Vec::new(),
+                    ),
+                };
+                ignition::remove_file(&mut mc.spec.config, POLICY_JSON_PATH);
+                ignition::set_namespace_files(&mut mc.spec.config, Vec::new());
+                object_size(&mc)
+            })
+            .max()
+            .unwrap_or(0)
+            + 1024;
+
+        Budget {
+            limit: options.size_budget,
+            used: base_size,
+            // A namespace's file starts as a copy of policy.json.
+            policy_bytes: update_policy_json(policy::MCO_TEMPLATE, facts, &ScopeMap::new())
+                .ok()
+                .flatten()
+                .map_or(policy::MCO_TEMPLATE.len(), |p| p.len())
+                .div_ceil(3)
+                * 4
+                + 160,
+            namespaces: BTreeSet::new(),
+            full: None,
+        }
+    }
+}
+
+/// The MCO's precedence: an ImagePolicy scope equal to or inside a written cluster scope
+/// is dropped, with the MCO's own status.
+fn apply_precedence(
+    admitted_ips: &mut [Admitted<'_>],
+    ip_outcomes: &mut [PolicyOutcome],
+    scope_map: &ScopeMap,
+) {
+    for a in admitted_ips.iter_mut() {
+        let (kept, overridden) = split_overridden(std::mem::take(&mut a.scopes), scope_map);
+        a.scopes = kept;
+        if overridden.is_empty() {
+            continue;
+        }
+        let key = (a.policy.metadata.namespace.clone(), &a.policy.metadata.name);
+        if let Some(o) = ip_outcomes
+            .iter_mut()
+            .find(|o| (o.namespace.clone(), &o.name) == key)
+        {
+            let before = std::mem::replace(
+                &mut o.condition,
+                Condition::Applied {
+                    pools: Vec::new(),
+                    warning: None,
+                },
+            );
+            o.condition = overridden_condition(before, overridden, &a.scopes);
+        }
+    }
+}
+
+/// Each namespace's scopes and their requirements, from the ImagePolicies admitted.
+fn namespace_scope_maps<'a>(admitted_ips: &'a [Admitted<'_>]) -> BTreeMap<String, ScopeMap<'a>> {
+    let mut namespaces: BTreeMap<String, ScopeMap> = BTreeMap::new();
+    for a in admitted_ips {
+        let files = namespaces
+            .entry(a.policy.namespace().to_string())
+            .or_default();
+        for s in &a.scopes {
+            files.entry(s.as_str()).or_default().push(a.requirement());
+        }
+    }
+    namespaces.retain(|_, scopes| !scopes.is_empty());
+    namespaces
 }
 
 /// The MCO's precedence (`getValidScopePolicies`): an ImagePolicy scope equal to or nested
@@ -1060,42 +1143,15 @@ fn plan_pool(
         }
     };
     plan.sigstore_yaml.clone_from(sigstore_yaml);
-    let namespace_files = if namespaces.is_empty() {
-        Vec::new()
-    } else {
-        let effective = policy_file
-            .as_ref()
-            .map_or(plan.original_policy_json.as_str(), |(json, _)| {
-                json.as_str()
-            })
-            .to_string();
-        let built = caches
-            .namespaces
-            .entry(effective)
-            .or_insert_with_key(|cluster| {
-                Ok(namespace_policy_jsons(cluster, namespaces)?
-                    .into_iter()
-                    .map(|(ns, json)| {
-                        let entry =
-                            ignition::file_entry(&ignition::namespace_policy_path(&ns), &json);
-                        (ns, Arc::new(json), entry)
-                    })
-                    .collect())
-            });
-        match built {
-            Ok(files) => {
-                plan.namespace_policies = files
-                    .iter()
-                    .map(|(ns, json, _)| (ns.clone(), Arc::clone(json)))
-                    .collect();
-                files.iter().map(|(_, _, entry)| entry.clone()).collect()
-            }
+    let policy_json = policy_file.as_ref().map(|(json, _)| json);
+    let namespace_files =
+        match pool_namespace_files(&mut plan, policy_json, namespaces, caches.namespaces) {
+            Ok(files) => files,
             Err(e) => {
-                plan.error = Some(format!("the namespaces' policy files: {e}"));
+                plan.error = Some(e);
                 return (plan, notes);
             }
-        }
-    };
+        };
 
     if target.beside_mco {
         // The MCO's MachineConfig already carries what the registry lists alone give, so
@@ -1162,6 +1218,41 @@ fn plan_pool(
         !theirs
     });
     (plan, notes)
+}
+
+/// A pool's namespace policy files: each a copy of its effective policy.json with the
+/// namespace's requirements, built once per distinct policy.json.
+fn pool_namespace_files(
+    plan: &mut PoolPlan,
+    policy_json: Option<&Arc<String>>,
+    namespaces: &BTreeMap<String, ScopeMap>,
+    cache: &mut NamespaceCache,
+) -> Result<Vec<IgnitionFile>, String> {
+    if namespaces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let effective = policy_json
+        .map_or(plan.original_policy_json.as_str(), |json| json.as_str())
+        .to_string();
+    let built = cache.entry(effective).or_insert_with_key(|cluster| {
+        Ok(namespace_policy_jsons(cluster, namespaces)?
+            .into_iter()
+            .map(|(ns, json)| {
+                let entry = ignition::file_entry(&ignition::namespace_policy_path(&ns), &json);
+                (ns, Arc::new(json), entry)
+            })
+            .collect())
+    });
+    match built {
+        Ok(files) => {
+            plan.namespace_policies = files
+                .iter()
+                .map(|(ns, json, _)| (ns.clone(), Arc::clone(json)))
+                .collect();
+            Ok(files.iter().map(|(_, _, entry)| entry.clone()).collect())
+        }
+        Err(e) => Err(format!("the namespaces' policy files: {e}")),
+    }
 }
 
 /// Carries our label.
@@ -1263,7 +1354,7 @@ pub fn find_pool(pools: &[MachineConfigPool], name: &str) -> Option<MachineConfi
 /// What a pool's nodes get at `path`: the pool's MachineConfigs merged as the MCO's
 /// render controller merges them, the last one naming the path winning. A custom pool
 /// takes the `worker` role's MachineConfigs first, then its own, each group by name
-/// (mco-behavior.md §6). Returns the MachineConfig and the contents; `None` where no
+/// (the MCO's `pkg/controller/render`). Returns the MachineConfig and the contents; `None` where no
 /// MachineConfig writes the path. The MCO's own rendered merges are left out.
 pub fn node_file(
     pool: &MachineConfigPool,

@@ -54,7 +54,8 @@ impl Reason {
 }
 
 /// Which check found a problem: the CRD's structural schema, one of its CEL rules (by the
-/// ids of api-facts.md §3.1), or a check beyond the CRD.
+/// ids this crate gives the `x-kubernetes-validations` of openshift/api's CRDs, in their
+/// order: S1–S3 on scopes, U1–U3 the policyType unions, …), or a check beyond the CRD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
     /// A field of the wrong JSON type.
@@ -438,7 +439,7 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
                 Some(s),
             );
         } else if let Some(message) = ctx.facts.mco_refusal(s, kind) {
-            // SPEC §8.6: only the MCO fails on this; where we render, it is written.
+            // Only the MCO fails on this; where we render, it is written.
             let severity = if ctx.mco_renders {
                 Severity::Error
             } else {
@@ -499,7 +500,7 @@ pub fn validate(cip: &ClusterImagePolicy, ctx: &Context) -> Report {
     }
 }
 
-/// The MCO's precedence (api-facts.md): an ImagePolicy scope equal to or nested inside a
+/// The MCO's precedence (`getValidScopePolicies`, `helpers.go`): an ImagePolicy scope equal to or nested inside a
 /// ClusterImagePolicy scope is dropped; only the cluster policy applies to those images.
 /// Both sides are told, with a warning.
 fn precedence(w: &mut Walker, policy: &ClusterImagePolicy, path: &str, scope: &str, ctx: &Context) {
@@ -593,8 +594,8 @@ pub fn validate_object(cip: &ClusterImagePolicy) -> Report {
     walk(cip).report
 }
 
-/// The API server's answer to a name reserved for the platform (api-facts.md §2: names
-/// beginning with `openshift` are for system use; the cluster-version operator ships
+/// The API server's answer to a name reserved for the platform (openshift/api's
+/// ClusterImagePolicy: names beginning with `openshift` are for system use; the cluster-version operator ships
 /// `openshift`). Whoever may write them is exempt and never asks.
 pub fn reserved_name(name: &str) -> Option<Problem> {
     name.starts_with("openshift").then(|| Problem {

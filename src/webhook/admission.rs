@@ -37,7 +37,7 @@ pub struct Snapshot {
     pub size: SizeCheck,
     pub options: RenderOptions,
     /// The MCO renders policies on this cluster (FeatureGate): what its sync would fail on
-    /// is denied, not just warned about (SPEC §8.6).
+    /// is denied, not just warned about.
     pub mco_renders: bool,
 }
 

@@ -373,7 +373,7 @@ fn disconnected_render_golden() {
     );
 }
 
-/// mco-behavior.md §3: a blocked registry covering the payload repository stays blocked
+/// The MCO's `helpers.go`: a blocked registry covering the payload repository stays blocked
 /// where a mirror serves the payload, and the payload repository is allowed.
 #[test]
 fn a_blocked_payload_registry_with_a_mirror() {

@@ -1,7 +1,7 @@
 //! Admission of namespaced ImagePolicies and of what mirrors change: the CRD's rules
 //! (shared with ClusterImagePolicy), the MCO's `imagePolicy` wording, its precedence as
 //! warnings on both sides, ratcheting and exempt users, the size of namespace files, and
-//! the mirrored-payload rule that only the MCO fails on (SPEC §8.6).
+//! the mirrored-payload rule that only the MCO fails on.
 
 use testkit::paths;
 
@@ -277,7 +277,7 @@ fn image_updates_name_the_image_policies_they_conflict_with() {
     );
 }
 
-/// mco-behavior.md §3: a blocked registry covering the payload, with a mirror for the
+/// The MCO's `helpers.go`: a blocked registry covering the payload, with a mirror for the
 /// payload, makes the MCO allow only the payload repository and fail on every other scope.
 #[test]
 fn the_mirrored_payload_rule_denies_only_where_the_mco_renders() {

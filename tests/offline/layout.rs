@@ -1,5 +1,6 @@
 //! Where the output goes on a cluster whose MCO owns `99-<pool>-generated-registries`
-//! (SPEC §8.1), and the size budget that never evicts a policy in force (§8.5).
+//! (beside the MCO's own, never in it), and the size budget that never evicts a policy in
+//! force.
 
 use testkit::paths;
 

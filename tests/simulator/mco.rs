@@ -1,4 +1,4 @@
-//! cip-webhook beside a stand-in machine-config-operator (SPEC §8): both converge with
+//! cip-webhook beside a stand-in machine-config-operator: both converge with
 //! no further writes, the nodes get our policy.json and the MCO's registries.conf, a
 //! revert leaves exactly the MCO's view; where the MCO renders policies we write nothing,
 //! and an upgrade that turns its rendering on is handed over with no node view, at any

@@ -1,5 +1,5 @@
 //! A stand-in for the machine-config-operator beside cip-webhook in the simulator: the
-//! image-config half of its ContainerRuntimeConfig controller (mco-behavior.md §1, §4–§6)
+//! image-config half of its ContainerRuntimeConfig controller (machine-config-operator, `pkg/controller/container-runtime-config`)
 //! and the merge its render controller does for the nodes.
 //!
 //! Like the MCO it owns `99-<pool>-generated-registries` (annotation, ownerReference to
@@ -164,7 +164,7 @@ impl Controller {
                 .zip(&requirements)
                 .map(|(p, r)| (p.metadata.name.as_str(), p.scopes(), r)),
         );
-        // One conflicting scope fails the whole sync (mco-behavior.md §3).
+        // One conflicting scope fails the whole sync (the MCO's `helpers.go`).
         for scope in scopes.keys() {
             if let Some(message) =
                 facts.registry_conflict(scope, cip_webhook::model::PolicyKind::Cluster)
