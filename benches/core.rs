@@ -7,11 +7,11 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 
-use cip_webhook::cluster::ClusterFacts;
-use cip_webhook::documents;
-use cip_webhook::model::ClusterImagePolicy;
-use cip_webhook::render::{self, Inputs, RenderOptions};
-use cip_webhook::validate::{self, Context};
+use cip_core::cluster::ClusterFacts;
+use cip_core::documents;
+use cip_core::model::ClusterImagePolicy;
+use cip_core::render::{self, Inputs, RenderOptions};
+use cip_core::validate::{self, Context};
 
 const SCOPES_PER_POLICY: usize = 5;
 
@@ -199,7 +199,7 @@ fn bench_validate(c: &mut Criterion) {
 /// validation against the snapshot, the response encoded. The HTTP and TLS cost is in
 /// `scripts/load-test.sh`.
 fn bench_review(c: &mut Criterion) {
-    use cip_webhook::admission::{self, Config, Endpoint, Snapshot};
+    use cip_webhook::webhook::admission::{self, Config, Endpoint, Snapshot};
     let snapshot = Snapshot::build(&cluster(), &RenderOptions::default());
     let body = serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1",

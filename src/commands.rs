@@ -9,14 +9,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
-use cip_webhook::admission::{self, Endpoint};
-use cip_webhook::documents::{self, Document, Loaded};
-use cip_webhook::explain;
+use cip_core::documents::{self, Document, Loaded};
+use cip_core::explain;
+use cip_core::ignition::POLICY_JSON_PATH;
+use cip_core::model::PolicyKind;
+use cip_core::policy::Policy;
+use cip_core::render::{self, Condition, Plan, RenderOptions};
 use cip_webhook::files;
-use cip_webhook::ignition::POLICY_JSON_PATH;
-use cip_webhook::model::PolicyKind;
-use cip_webhook::policy::Policy;
-use cip_webhook::render::{self, Condition, Plan, RenderOptions};
+use cip_webhook::webhook::admission::{self, Endpoint};
 
 fn read_file_documents(path: &Path) -> Result<Vec<Document>> {
     Ok(files::read_file_documents(path)?)
@@ -114,18 +114,18 @@ fn node_views(loaded: &Loaded, plan: &Plan) -> Vec<NodeView> {
 
 /// The signature-policy files a pool's nodes get from these MachineConfigs.
 fn node_files(
-    pool: &cip_webhook::model::MachineConfigPool,
-    mcs: &[cip_webhook::model::MachineConfig],
+    pool: &cip_core::model::MachineConfigPool,
+    mcs: &[cip_core::model::MachineConfig],
 ) -> std::collections::BTreeMap<String, String> {
     let mut paths: Vec<String> = vec![
         POLICY_JSON_PATH.to_string(),
-        cip_webhook::ignition::SIGSTORE_YAML_PATH.to_string(),
+        cip_core::ignition::SIGSTORE_YAML_PATH.to_string(),
     ];
     paths.extend(
         mcs.iter()
             .flat_map(|mc| mc.files())
             .map(|f| f.path.clone())
-            .filter(|p| p.starts_with(cip_webhook::ignition::NAMESPACE_POLICY_DIR)),
+            .filter(|p| p.starts_with(cip_core::ignition::NAMESPACE_POLICY_DIR)),
     );
     paths.sort();
     paths.dedup();
@@ -203,7 +203,7 @@ fn write_machine_configs(plan: &mut Plan, output: &Path) -> Result<()> {
             };
             let staged = stage.join(&name);
             let text =
-                cip_webhook::yaml::to_string(&mc).with_context(|| format!("encoding {name}"))?;
+                cip_core::yaml::to_string(&mc).with_context(|| format!("encoding {name}"))?;
             fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
             writes.push(name);
         }
@@ -526,7 +526,7 @@ fn admitted(snapshot: &mut admission::Snapshot, doc: &Document) {
         return;
     };
     let Ok(policy) =
-        serde_json::from_value::<cip_webhook::model::ClusterImagePolicy>(doc.value.clone())
+        serde_json::from_value::<cip_core::model::ClusterImagePolicy>(doc.value.clone())
     else {
         return;
     };
@@ -688,7 +688,7 @@ fn check_one(
     let name = documents::name_of(&doc.value).to_string();
     let is_image = kind == "Image"
         && name == "cluster"
-        && api.split('/').next() == Some(cip_webhook::model::CONFIG_GROUP);
+        && api.split('/').next() == Some(cip_core::model::CONFIG_GROUP);
     if documents::policy_kind_of(&doc.value).is_none() && !is_image {
         return Ok(Err(format!(
             "{}: {api} {kind} {name:?}: not a ClusterImagePolicy, an ImagePolicy or the Image cluster",
@@ -818,7 +818,7 @@ pub fn explain(
     };
     let after = render::machine_configs_after(&loaded.inputs, &plan);
     let namespace_file = namespace.and_then(|ns| {
-        let path = cip_webhook::ignition::namespace_policy_path(ns);
+        let path = cip_core::ignition::namespace_policy_path(ns);
         render::node_file(&pool_object, &after, &path).map(|found| (path, found))
     });
     let (path, source, text) = match namespace_file {
@@ -832,7 +832,7 @@ pub fn explain(
             None => (
                 POLICY_JSON_PATH.to_string(),
                 "the MCO template".to_string(),
-                cip_webhook::policy::MCO_TEMPLATE.to_string(),
+                cip_core::policy::MCO_TEMPLATE.to_string(),
             ),
         },
     };
@@ -898,7 +898,7 @@ pub fn explain(
             let _ = writeln!(s, "note:         {note}");
         }
         let _ = writeln!(s, "requirements (all must pass):");
-        for line in cip_webhook::gojson::marshal_indent(&e.requirements).lines() {
+        for line in cip_core::gojson::marshal_indent(&e.requirements).lines() {
             let _ = writeln!(s, "  {line}");
         }
         s
@@ -959,7 +959,7 @@ fn policies_behind(
 }
 
 pub fn certs(out: &Path, dns: &[String], days: i64, json: bool) -> Result<ExitCode> {
-    let generated = cip_webhook::tls::generate(dns, days)?;
+    let generated = cip_webhook::webhook::tls::generate(dns, days)?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for (name, text) in [
         ("ca.crt", &generated.ca_cert),

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::documents::{self, Document, LoadError, Loaded};
+use cip_core::documents::{self, Document, LoadError, Loaded};
 
 /// Directories below the top one followed at most.
 pub const MAX_DEPTH: usize = 16;

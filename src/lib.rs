@@ -13,8 +13,8 @@
 //! - Edges shared by all: [`runtime`] wires `serve` and `reconcile` together, [`files`]
 //!   reads manifest directories, [`metrics`] is the Prometheus registry.
 //!
-//! The modules are also re-exported at the crate root (`cip_webhook::render`, ...), the
-//! paths the binary and the tests use.
+//! Imports name their layer: `cip_core::render`, `crate::webhook::admission`,
+//! `crate::k8s::reconcile` (`tests/architecture.rs` holds the direction).
 
 /// The pure core, its own crate (`src/core/Cargo.toml`) so that no I/O crate can reach it.
 pub use cip_core as core;
@@ -23,10 +23,3 @@ pub mod k8s;
 pub mod metrics;
 pub mod runtime;
 pub mod webhook;
-
-pub use crate::core::{
-    cluster, documents, explain, gojson, ignition, keys, mco, model, policy, policy_json,
-    registries_conf, registries_d, render, rules, scope, validate, yaml,
-};
-pub use crate::k8s::{desired, lease, reconcile, store};
-pub use crate::webhook::{admission, server, tls};

@@ -189,11 +189,11 @@ struct ServeArgs {
     /// Users never denied anything, only warned: the platform's own writers (repeatable;
     /// giving any replaces the default). Keep the webhook configurations' matchConditions
     /// in step.
-    #[arg(long = "exempt-user", value_name = "USER", default_values_t = [cip_webhook::admission::DEFAULT_EXEMPT_USER.to_string()])]
+    #[arg(long = "exempt-user", value_name = "USER", default_values_t = [cip_webhook::webhook::admission::DEFAULT_EXEMPT_USER.to_string()])]
     exempt_users: Vec<String>,
     /// What to do with an Image `cluster` update that conflicts with existing policies.
-    #[arg(long, value_enum, default_value_t = cip_webhook::admission::ImageGuard::Deny)]
-    image_guard: cip_webhook::admission::ImageGuard,
+    #[arg(long, value_enum, default_value_t = ImageGuard::Deny)]
+    image_guard: ImageGuard,
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, value_name = "BYTES", default_value_t = LIMITS.max_body as u64, value_parser = clap::value_parser!(u64).range(1024..))]
     max_body: u64,
@@ -301,7 +301,7 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
 }
 
 /// The server's defaults, shown by --help.
-static LIMITS: std::sync::LazyLock<cip_webhook::server::Limits> =
+static LIMITS: std::sync::LazyLock<cip_webhook::webhook::server::Limits> =
     std::sync::LazyLock::new(Default::default);
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,11 +325,11 @@ struct Common {
     #[arg(
         long = "payload-repo",
         value_name = "REPO",
-        default_values_t = cip_webhook::cluster::DEFAULT_EXTRA_PAYLOAD_REPOS.map(String::from)
+        default_values_t = cip_core::cluster::DEFAULT_EXTRA_PAYLOAD_REPOS.map(String::from)
     )]
     payload_repos: Vec<String>,
     /// Largest generated MachineConfig accepted, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = cip_webhook::render::DEFAULT_SIZE_BUDGET)]
+    #[arg(long, value_name = "BYTES", default_value_t = cip_core::render::DEFAULT_SIZE_BUDGET)]
     size_budget: usize,
 }
 
@@ -348,6 +348,24 @@ struct OutputOrFormat {
     /// Output format.
     #[arg(long = "output", short = 'o', visible_alias = "format", value_enum, default_value_t = Format::Text)]
     format: Format,
+}
+
+/// `--image-guard`: the library's `ImageGuard`, spelled for the command line.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ImageGuard {
+    /// Refuse Image updates that conflict with existing policies.
+    Deny,
+    /// Admit them with a warning naming the policies.
+    Warn,
+}
+
+impl From<ImageGuard> for cip_webhook::webhook::admission::ImageGuard {
+    fn from(guard: ImageGuard) -> Self {
+        match guard {
+            ImageGuard::Deny => Self::Deny,
+            ImageGuard::Warn => Self::Warn,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -473,11 +491,11 @@ impl ServeArgs {
             listen: self.listen,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
-            admission: cip_webhook::admission::Config {
+            admission: cip_webhook::webhook::admission::Config {
                 exempt_users: self.exempt_users.clone(),
-                image_guard: self.image_guard,
+                image_guard: self.image_guard.into(),
             },
-            limits: cip_webhook::server::Limits {
+            limits: cip_webhook::webhook::server::Limits {
                 max_body: self.max_body as usize,
                 max_body_in_flight: self.max_body_in_flight as usize,
                 max_body_per_peer: self.max_body_per_peer as usize,
@@ -513,7 +531,7 @@ impl RunArgs {
                 None => cip_webhook::runtime::StateSource::Cluster(self.kubeconfig.clone()),
             },
             log_json: self.log_format == LogFormat::Json,
-            settle: cip_webhook::desired::Settle {
+            settle: cip_webhook::k8s::desired::Settle {
                 quiet: std::time::Duration::from_millis(self.settle_quiet),
                 max: std::time::Duration::from_millis(self.settle_max),
                 ..Default::default()
@@ -521,7 +539,7 @@ impl RunArgs {
             reconcile: (self.mode != Mode::AdmissionOnly).then(|| {
                 cip_webhook::runtime::ReconcileOptions {
                     auto: self.mode == Mode::Auto,
-                    lease: cip_webhook::lease::LeaseConfig {
+                    lease: cip_webhook::k8s::lease::LeaseConfig {
                         namespace: self.namespace.clone(),
                         name: self.lease_name.clone(),
                         identity: self.identity.clone().unwrap_or_else(default_identity),
@@ -565,8 +583,8 @@ fn default_identity() -> String {
 }
 
 impl Common {
-    fn options(&self) -> cip_webhook::render::RenderOptions {
-        cip_webhook::render::RenderOptions {
+    fn options(&self) -> cip_core::render::RenderOptions {
+        cip_core::render::RenderOptions {
             extra_payload_repos: self.payload_repos.clone(),
             size_budget: self.size_budget,
         }

@@ -8,14 +8,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::admission::Decision;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     kind: &'static str,
     operation: &'static str,
     verdict: &'static str,
     reason: &'static str,
+}
+
+/// An answered review, as the request counter labels it.
+pub struct Review<'a> {
+    pub kind: &'a str,
+    pub operation: &'a str,
+    pub verdict: &'static str,
+    pub reason: &'static str,
 }
 
 /// Label values come from a fixed set, whatever a caller puts in a review: a bounded
@@ -215,19 +221,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn observe(&self, decision: &Decision, seconds: f64) {
+    /// One answered review: its kind and operation as the request said (anything else
+    /// counts as `other`), the verdict and the reason of the decision.
+    pub fn observe(&self, review: Review<'_>, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                kind: known(
-                    &decision.kind,
-                    &["ClusterImagePolicy", "ImagePolicy", "Image"],
-                ),
-                operation: known(
-                    &decision.operation,
-                    &["CREATE", "UPDATE", "DELETE", "CONNECT"],
-                ),
-                verdict: decision.verdict.as_str(),
-                reason: decision.reason.as_str(),
+                kind: known(review.kind, &["ClusterImagePolicy", "ImagePolicy", "Image"]),
+                operation: known(review.operation, &["CREATE", "UPDATE", "DELETE", "CONNECT"]),
+                verdict: review.verdict,
+                reason: review.reason,
             })
             .inc();
         self.latency.observe(seconds);
@@ -287,7 +289,7 @@ impl Metrics {
 
     /// One series per duty, the current one at 1.
     pub fn set_duty(&self, current: &'static str) {
-        for duty in crate::mco::Duty::LABELS {
+        for duty in cip_core::mco::Duty::LABELS {
             self.duty
                 .get_or_create(&DutyLabels { duty })
                 .set(i64::from(duty == current));
@@ -330,7 +332,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::Verdict;
 
     #[test]
     fn request_labels_stay_within_a_fixed_set() {
@@ -340,18 +341,13 @@ mod tests {
             ("Secret", "CREATE"),
             ("Whatever", "PATCH"),
         ] {
-            let decision = Decision {
-                uid: "u".into(),
-                kind: kind.into(),
-                name: "n".into(),
-                operation: operation.into(),
-                user: "me".into(),
-                dry_run: false,
-                verdict: Verdict::Denied,
-                reason: crate::admission::DecisionReason::UnhandledKind,
-                message: None,
+            let review = Review {
+                kind,
+                operation,
+                verdict: "denied",
+                reason: "UnhandledKind",
             };
-            metrics.observe(&decision, 0.001);
+            metrics.observe(review, 0.001);
         }
         let text = metrics.encode();
         let series = |labels: &str| {

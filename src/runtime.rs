@@ -5,15 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::desired::{Published, Settle};
-use crate::documents::Loaded;
 use crate::files;
-use crate::render::{self, RenderOptions};
+use crate::k8s::desired::{Published, Settle};
+use cip_core::documents::Loaded;
+use cip_core::render::{self, RenderOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("loading the serving certificate: {0}")]
-    Certificate(#[source] crate::tls::TlsError),
+    Certificate(#[source] crate::webhook::tls::TlsError),
     #[error("starting the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("listening on {addr}: {source}")]
@@ -35,7 +35,7 @@ pub enum StateSource {
 
 #[derive(Clone)]
 pub struct ReconcileOptions {
-    pub lease: crate::lease::LeaseConfig,
+    pub lease: crate::k8s::lease::LeaseConfig,
     pub resync: std::time::Duration,
     /// Stand down where the MCO renders policies itself (`--mode auto`).
     pub auto: bool,
@@ -48,8 +48,8 @@ pub struct WebhookOptions {
     pub listen: std::net::SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
-    pub admission: crate::admission::Config,
-    pub limits: crate::server::Limits,
+    pub admission: crate::webhook::admission::Config,
+    pub limits: crate::webhook::server::Limits,
     /// Between SIGTERM and closing the listener: not ready, still serving.
     pub shutdown_delay: std::time::Duration,
 }
@@ -90,32 +90,33 @@ pub async fn run(
     use std::sync::Arc;
     let app = Arc::new(match &opts.webhook {
         Some(w) => {
-            let cert = crate::tls::ReloadingCert::new(&w.tls_cert, &w.tls_key)
+            let cert = crate::webhook::tls::ReloadingCert::new(&w.tls_cert, &w.tls_key)
                 .map_err(RuntimeError::Certificate)?;
-            crate::tls::log_expiry(&w.tls_cert, cert.not_after(), unix_now());
-            crate::server::App::new(w.admission.clone(), Arc::new(cert))
+            crate::webhook::tls::log_expiry(&w.tls_cert, cert.not_after(), unix_now());
+            crate::webhook::server::App::new(w.admission.clone(), Arc::new(cert))
         }
-        None => crate::server::App::without_admission(),
+        None => crate::webhook::server::App::without_admission(),
     });
     {
         let listener = match &opts.webhook {
             Some(w) => {
-                let listener =
-                    crate::server::bind(w.listen).map_err(|source| RuntimeError::Listen {
+                let listener = crate::webhook::server::bind(w.listen).map_err(|source| {
+                    RuntimeError::Listen {
                         addr: w.listen,
                         source,
-                    })?;
+                    }
+                })?;
                 tracing::info!(listen = %local(&listener), "serving admission webhook");
                 Some(listener)
             }
             None => None,
         };
         if let Some(addr) = opts.metrics_listen {
-            let ops = crate::server::bind(addr)
+            let ops = crate::webhook::server::bind(addr)
                 .map_err(|source| RuntimeError::Listen { addr, source })?;
             tracing::info!(listen = %local(&ops), "serving /metrics, /healthz and /readyz");
             // Answers until the process exits: probes and a last scrape see the stop.
-            tokio::spawn(crate::server::serve_ops(
+            tokio::spawn(crate::webhook::server::serve_ops(
                 ops,
                 Arc::clone(&app),
                 std::future::pending(),
@@ -164,7 +165,7 @@ pub async fn run(
         };
         match (listener, &opts.webhook) {
             (Some(listener), Some(w)) => {
-                crate::server::serve(listener, Arc::clone(&app), w.limits.clone(), stopped)
+                crate::webhook::server::serve(listener, Arc::clone(&app), w.limits.clone(), stopped)
                     .await
                     .map_err(RuntimeError::Serve)?
             }
@@ -275,7 +276,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// Keeps the admission snapshot in step with the cluster. Until every watcher has listed,
 /// /readyz says what it waits for; errors are retried for ever, never fatal.
 async fn watch_cluster(
-    app: std::sync::Arc<crate::server::App>,
+    app: std::sync::Arc<crate::webhook::server::App>,
     kubeconfig: Option<PathBuf>,
     render: RenderOptions,
     reconcile: Option<ReconcileOptions>,
@@ -283,7 +284,7 @@ async fn watch_cluster(
     stop: tokio::sync::watch::Receiver<bool>,
     lease_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 ) {
-    use crate::store::ClusterState;
+    use crate::k8s::store::ClusterState;
     let retry = std::time::Duration::from_secs(2);
     let client = loop {
         let attempt = async {
@@ -304,7 +305,7 @@ async fn watch_cluster(
     let (desired_tx, mut desired) = tokio::sync::watch::channel(Published::Waiting(
         "waiting for the first list of the cluster state".into(),
     ));
-    tokio::spawn(crate::desired::run(
+    tokio::spawn(crate::k8s::desired::run(
         std::sync::Arc::clone(&state),
         render,
         settle,
@@ -316,17 +317,19 @@ async fn watch_cluster(
             tracing::info!(
                 "dry run: the plan is logged, nothing is written, the Lease is left alone"
             );
-            crate::lease::Leadership::without_lease()
+            crate::k8s::lease::Leadership::without_lease()
         } else {
-            let (leadership, task) =
-                crate::lease::spawn(client.clone(), options.lease.clone(), stop, move |leader| {
-                    metrics.set_leader(leader)
-                });
+            let (leadership, task) = crate::k8s::lease::spawn(
+                client.clone(),
+                options.lease.clone(),
+                stop,
+                move |leader| metrics.set_leader(leader),
+            );
             *lease_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
             leadership
         };
         let report_app = std::sync::Arc::clone(&app);
-        let reconciler = crate::reconcile::Reconciler::new(
+        let reconciler = crate::k8s::reconcile::Reconciler::new(
             client,
             std::sync::Arc::clone(&state),
             desired.clone(),
@@ -338,7 +341,7 @@ async fn watch_cluster(
             options.auto,
         )
         .dry_run(options.dry_run);
-        tokio::spawn(crate::reconcile::run(reconciler, options.resync));
+        tokio::spawn(crate::k8s::reconcile::run(reconciler, options.resync));
     }
     // Admission answers from the latest desired state, with the store's current objects:
     // a render waits for a burst to settle (up to --settle-max), and an Image update must
@@ -349,7 +352,7 @@ async fn watch_cluster(
     const FRESH: std::time::Duration = std::time::Duration::from_millis(10);
     let serves_admission = app.cert.is_some();
     let mut changes = state.subscribe();
-    let mut last: Option<(std::sync::Arc<crate::desired::Desired>, String)> = None;
+    let mut last: Option<(std::sync::Arc<crate::k8s::desired::Desired>, String)> = None;
     // What is published already (the first wait) is shown at once.
     desired.mark_changed();
     // Watch errors end without an event (a watch resumed where it was): the status is
@@ -410,9 +413,9 @@ async fn watch_cluster(
 /// The published snapshot with the store's objects as they are now, built on a blocking
 /// thread (it copies every policy).
 async fn fresh(
-    d: &std::sync::Arc<crate::desired::Desired>,
-    state: &std::sync::Arc<crate::store::ClusterState>,
-) -> std::sync::Arc<crate::admission::Snapshot> {
+    d: &std::sync::Arc<crate::k8s::desired::Desired>,
+    state: &std::sync::Arc<crate::k8s::store::ClusterState>,
+) -> std::sync::Arc<crate::webhook::admission::Snapshot> {
     let (d, state) = (std::sync::Arc::clone(d), std::sync::Arc::clone(state));
     let published = std::sync::Arc::clone(&d.snapshot);
     tokio::task::spawn_blocking(move || match state.admission_inputs() {
@@ -423,7 +426,10 @@ async fn fresh(
     .unwrap_or(published)
 }
 
-fn state_status(d: &crate::desired::Desired, state: &crate::store::ClusterState) -> String {
+fn state_status(
+    d: &crate::k8s::desired::Desired,
+    state: &crate::k8s::store::ClusterState,
+) -> String {
     let mut status = format!(
         "cluster state: {} ClusterImagePolicies",
         d.inputs.policies.len()
@@ -446,7 +452,7 @@ fn state_status(d: &crate::desired::Desired, state: &crate::store::ClusterState)
 }
 
 /// What a missing ClusterVersion `version` means, for /readyz and the log.
-fn no_cluster_version(inputs: &crate::render::Inputs) -> Option<&'static str> {
+fn no_cluster_version(inputs: &cip_core::render::Inputs) -> Option<&'static str> {
     inputs.cluster_version.is_none().then_some(
         "no ClusterVersion version: the release payload checks use the default release repositories",
     )
@@ -458,7 +464,7 @@ fn no_cluster_version(inputs: &crate::render::Inputs) -> Option<&'static str> {
 /// why: it fails neither open (a duplicate that turns off the size check, an Image the MCO
 /// would refuse, a directory emptied by an unmounted ConfigMap) nor silently.
 async fn watch_state_dir(
-    app: std::sync::Arc<crate::server::App>,
+    app: std::sync::Arc<crate::webhook::server::App>,
     dir: PathBuf,
     render: RenderOptions,
 ) {
@@ -532,7 +538,7 @@ fn state_snapshot(
     loaded: Loaded,
     options: &RenderOptions,
     had_objects: bool,
-) -> Result<crate::admission::Snapshot, String> {
+) -> Result<crate::webhook::admission::Snapshot, String> {
     if let Some((source, name, e)) = loaded.undecodable.first() {
         return Err(format!("{source}: policy {name:?} does not decode: {e}"));
     }
@@ -551,7 +557,7 @@ fn state_snapshot(
         return Err("no object left in the directory".to_string());
     }
     let inputs = std::sync::Arc::new(loaded.inputs);
-    Ok(crate::admission::Snapshot::from_plan(
+    Ok(crate::webhook::admission::Snapshot::from_plan(
         inputs,
         Some(&plan),
         options,

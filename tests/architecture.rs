@@ -188,3 +188,122 @@ fn no_function_in_src_is_over_150_lines() {
         [("a".to_string(), 3)]
     );
 }
+
+/// The code of a source file without its tests and comments: what it imports.
+fn code_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let before_tests = text.split("#[cfg(test)]").next().unwrap_or_default();
+    before_tests
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Imports name their layer and point one way: the edges (`k8s`, `webhook`) never import
+/// each other, `metrics` and `files` import neither, only `runtime.rs` wires them, and
+/// nothing in the library derives a command-line trait.
+#[test]
+fn layers_import_in_one_direction() {
+    let src = root().join("src");
+    let rules: [(&str, &[&str]); 4] = [
+        ("k8s", &["crate::webhook"]),
+        ("webhook", &["crate::k8s"]),
+        ("metrics.rs", &["crate::webhook", "crate::k8s"]),
+        ("files.rs", &["crate::webhook", "crate::k8s"]),
+    ];
+    let mut wrong = Vec::new();
+    for (place, forbidden) in rules {
+        let path = src.join(place);
+        let files = if path.is_dir() {
+            rust_files(&path)
+        } else {
+            vec![path]
+        };
+        for file in files {
+            let code = code_of(&file);
+            for f in forbidden {
+                if code.contains(f) {
+                    wrong.push(format!("{} imports {f}", file.display()));
+                }
+            }
+        }
+    }
+    for file in rust_files(&src) {
+        let name = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        if name == "main.rs" {
+            continue;
+        }
+        let code = code_of(&file);
+        if code.contains("clap::") || code.contains("ValueEnum") {
+            wrong.push(format!("{name} knows the command line"));
+        }
+    }
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    if lib.lines().any(|l| l.starts_with("pub use crate::")) {
+        wrong.push("lib.rs re-exports modules at the root".into());
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// The core's modules import each other without a cycle.
+#[test]
+fn the_core_has_no_import_cycle() {
+    let core = root().join("src/core");
+    let mut graph = std::collections::BTreeMap::new();
+    for file in rust_files(&core) {
+        let module = file.file_stem().unwrap().to_string_lossy().to_string();
+        if module == "lib" {
+            continue;
+        }
+        let code = code_of(&file);
+        let deps: std::collections::BTreeSet<String> = code
+            .match_indices("crate::")
+            .map(|(i, _)| {
+                code[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|d| *d != module && !d.is_empty())
+            .collect();
+        graph.insert(module, deps);
+    }
+    // Depth-first, with the path so far: a module met again on its own path is a cycle.
+    fn visit(
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        let here = path.last().unwrap().clone();
+        for next in graph.get(&here).into_iter().flatten() {
+            if let Some(i) = path.iter().position(|m| m == next) {
+                let mut cycle = path[i..].to_vec();
+                cycle.push(next.clone());
+                return Some(cycle);
+            }
+            if done.contains(next) {
+                continue;
+            }
+            path.push(next.clone());
+            if let Some(cycle) = visit(graph, path, done) {
+                return Some(cycle);
+            }
+            path.pop();
+        }
+        done.insert(here);
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for module in graph.keys() {
+        let mut path = vec![module.clone()];
+        if let Some(cycle) = visit(&graph, &mut path, &mut done) {
+            panic!("import cycle: {}", cycle.join(" -> "));
+        }
+    }
+    assert!(graph.len() > 10, "{graph:?}");
+}

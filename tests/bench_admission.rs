@@ -22,10 +22,10 @@ use axum::routing::post;
 use base64::Engine;
 use serde_json::json;
 
-use cip_webhook::admission::{self, ReviewOut, Snapshot, REVIEW_API_VERSION};
-use cip_webhook::render::RenderOptions;
-use cip_webhook::server::{serve, serve_router, App, Limits};
-use cip_webhook::tls::ReloadingCert;
+use cip_core::render::RenderOptions;
+use cip_webhook::webhook::admission::{self, ReviewOut, Snapshot, REVIEW_API_VERSION};
+use cip_webhook::webhook::server::{serve, serve_router, App, Limits};
+use cip_webhook::webhook::tls::ReloadingCert;
 
 /// The baseline: what every answer needs and nothing else.
 async fn trivial(body: Bytes) -> axum::response::Response {
@@ -294,7 +294,7 @@ async fn decision_cpu_against_a_trivial_handler() {
 
     inputs.policies = (0..1000)
         .map(|i| {
-            let mut p: cip_webhook::model::ClusterImagePolicy = serde_json::from_value(
+            let mut p: cip_core::model::ClusterImagePolicy = serde_json::from_value(
                 serde_json::from_str::<serde_json::Value>(&body).unwrap()["request"]["object"]
                     .clone(),
             )

@@ -202,7 +202,7 @@ async fn latency_burst_and_memory() {
         .unwrap();
     let client = kube::Client::try_from(config).unwrap();
     let resource =
-        cip_webhook::store::policy_resource(cip_webhook::model::PolicyKind::Cluster, "v1");
+        cip_webhook::k8s::store::policy_resource(cip_core::model::PolicyKind::Cluster, "v1");
     let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client, &resource);
     let mut latencies = Vec::new();
     let mut writes_per_change = Vec::new();

@@ -105,7 +105,7 @@ impl ClusterFacts {
             {
                 return Err(ImageConfigError::InvalidEntry {
                     list,
-                    entry: crate::validate::clip(bad, crate::validate::MAX_ECHOED),
+                    entry: crate::text::clip(bad, crate::text::MAX_ECHOED),
                 });
             }
         }

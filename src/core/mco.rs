@@ -17,9 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ignition::{self, POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
+use crate::inputs::Inputs;
 use crate::model::{ClusterVersion, FeatureGate, MachineConfig, ROLE_LABEL};
+use crate::names as render;
 use crate::policy::Policy;
-use crate::render::{self, Inputs};
 
 pub const GENERATED_BY_ANNOTATION: &str =
     "machineconfiguration.openshift.io/generated-by-controller-version";

@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::cluster::{ClusterFacts, ImageConfigError, DEFAULT_EXTRA_PAYLOAD_REPOS};
+use crate::cluster::{ClusterFacts, ImageConfigError};
 use crate::ignition::{self, POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
 use crate::mco;
 use crate::model::{
-    ClusterImagePolicy, ClusterVersion, FeatureGate, IgnitionFile, Image, ImageContentSourcePolicy,
-    ImageDigestMirrorSet, ImagePolicy, ImageTagMirrorSet, LabelSelector, MachineConfig,
-    MachineConfigPool, MachineConfigSpec, ObjectMeta, PolicyKind, MC_API_VERSION, ROLE_LABEL,
+    ClusterImagePolicy, IgnitionFile, ImagePolicy, LabelSelector, MachineConfig, MachineConfigPool,
+    MachineConfigSpec, ObjectMeta, PolicyKind, MC_API_VERSION, ROLE_LABEL,
 };
 use crate::policy::{self, Requirement};
 use crate::policy_json::{entry_bytes, growth_per_entry};
@@ -21,90 +20,18 @@ pub use crate::policy_json::{
     estimated_growth, namespace_policy_jsons, requirement, scope_requirements, update_policy_json,
     ScopeMap,
 };
-use crate::registries_conf::{MirrorObjects, RegistriesConf};
+use crate::registries_conf::RegistriesConf;
 use crate::registries_d;
 use crate::validate::{self, Reason, SizeCheck};
 
-/// Marks the MachineConfigs this tool created, so it only ever deletes its own.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "cip-webhook";
-/// Default MachineConfig budget: etcd refuses objects over 1.5 MiB, and the pool's
-/// rendered MachineConfig carries every file of every MachineConfig besides ours.
-pub const DEFAULT_SIZE_BUDGET: usize = 1024 * 1024;
 const BUILT_IN_LABEL: &str = "machineconfiguration.openshift.io/mco-built-in";
 const BUILT_IN_POOLS: [&str; 3] = ["master", "worker", "arbiter"];
 
-pub fn registries_mc_name(pool: &str) -> String {
-    format!("99-{pool}-generated-registries")
-}
-
-pub fn imagepolicies_mc_name(pool: &str) -> String {
-    format!("99-{pool}-generated-imagepolicies")
-}
-
-/// Ours, for policy.json where the MCO owns `99-<pool>-generated-registries`: it sorts
-/// right after the MCO's, so it wins the merge on the nodes (the render controller merges
-/// MachineConfigs in name order, the last file of a path winning).
-pub fn registries_imagepolicies_mc_name(pool: &str) -> String {
-    format!("99-{pool}-generated-registries-imagepolicies")
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RenderOptions {
-    pub extra_payload_repos: Vec<String>,
-    pub size_budget: usize,
-}
-
-impl Default for RenderOptions {
-    fn default() -> Self {
-        RenderOptions {
-            extra_payload_repos: DEFAULT_EXTRA_PAYLOAD_REPOS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            size_budget: DEFAULT_SIZE_BUDGET,
-        }
-    }
-}
-
-/// Everything rendering reads, as plain data.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Inputs {
-    /// Shared with the cluster store that keeps them (thousands, each with key material).
-    pub policies: Vec<Arc<ClusterImagePolicy>>,
-    pub image: Option<Image>,
-    pub cluster_version: Option<ClusterVersion>,
-    pub pools: Vec<MachineConfigPool>,
-    pub machine_configs: Vec<MachineConfig>,
-    /// FeatureGate `cluster`: whether the MCO renders policies itself (`serve --mode auto`).
-    pub feature_gate: Option<FeatureGate>,
-    /// Namespaced policies: each namespace gets `/etc/crio/policies/<namespace>.json`.
-    pub image_policies: Vec<Arc<ImagePolicy>>,
-    /// Mirrors: each mirror of a policy scope gets sigstore attachments too.
-    pub digest_mirror_sets: Vec<ImageDigestMirrorSet>,
-    pub tag_mirror_sets: Vec<ImageTagMirrorSet>,
-    pub content_source_policies: Vec<ImageContentSourcePolicy>,
-}
-
-impl Inputs {
-    pub fn mirrors(&self) -> MirrorObjects<'_> {
-        MirrorObjects {
-            digest: &self.digest_mirror_sets,
-            tag: &self.tag_mirror_sets,
-            content_source: &self.content_source_policies,
-        }
-    }
-
-    /// The cluster facts as rendering sees them (mirrors included).
-    pub fn facts(&self, options: &RenderOptions) -> Result<ClusterFacts, ImageConfigError> {
-        ClusterFacts::with_mirrors(
-            self.image.as_ref(),
-            self.cluster_version.as_ref(),
-            &options.extra_payload_repos,
-            self.mirrors(),
-        )
-    }
-}
+pub use crate::inputs::{Inputs, RenderOptions, DEFAULT_SIZE_BUDGET};
+pub use crate::names::{
+    imagepolicies_mc_name, is_ours, registries_imagepolicies_mc_name, registries_mc_name,
+    MANAGED_BY, MANAGED_BY_LABEL,
+};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum RenderError {
@@ -1253,11 +1180,6 @@ fn pool_namespace_files(
         }
         Err(e) => Err(format!("the namespaces' policy files: {e}")),
     }
-}
-
-/// Carries our label.
-pub fn is_ours(mc: &MachineConfig) -> bool {
-    mc.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
 }
 
 /// A MachineConfig of ours holding exactly these files: the existing one with its files

@@ -383,23 +383,11 @@ pub fn without_position(e: &serde_json::Error) -> String {
     clip(&bare, MAX_ECHOED)
 }
 
-/// The most of a requester's own text a message quotes back.
-pub const MAX_ECHOED: usize = 512;
+pub use crate::text::{clip, MAX_ECHOED};
 
 /// A requester's value quoted in a message, clipped to [`MAX_ECHOED`].
 fn echo(v: &str) -> String {
     format!("{:?}", clip(v, MAX_ECHOED))
-}
-
-/// `text` cut to `max` characters, saying how long it was.
-pub fn clip(text: &str, max: usize) -> String {
-    let count = text.chars().count();
-    if count <= max {
-        text.to_string()
-    } else {
-        let head: String = text.chars().take(max).collect();
-        format!("{head}… ({count} characters)")
-    }
 }
 
 /// Every rule: the object's own (see [`validate_object`]) plus the cluster context.

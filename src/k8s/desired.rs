@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::admission::Snapshot;
-use crate::render::{self, Inputs, Plan, RenderError, RenderOptions};
-use crate::store::{ClusterState, Source};
+use crate::k8s::store::{ClusterState, Source};
+use cip_core::render::{self, Inputs, Plan, RenderError, RenderOptions};
+use cip_core::snapshot::Snapshot;
 
 /// Everything derived from one snapshot of the cluster.
 #[derive(Debug)]

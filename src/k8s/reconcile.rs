@@ -23,13 +23,13 @@ use kube::Client;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::desired::{Desired, Published};
-use crate::lease::Leadership;
-use crate::mco::{self, Duty};
+use crate::k8s::desired::{Desired, Published};
+use crate::k8s::lease::Leadership;
+use crate::k8s::store::{self, ClusterState};
 use crate::metrics::Metrics;
-use crate::model::{ClusterImagePolicy, MachineConfig, PolicyKind};
-use crate::render::{self, Action, Condition, Inputs, PolicyOutcome};
-use crate::store::{self, ClusterState};
+use cip_core::mco::{self, Duty};
+use cip_core::model::{ClusterImagePolicy, MachineConfig, PolicyKind};
+use cip_core::render::{self, Action, Condition, Inputs, PolicyOutcome};
 
 pub const FIELD_MANAGER: &str = "cip-webhook";
 /// The API server's limits on an Event's note and reportingInstance, in bytes.
@@ -1074,7 +1074,7 @@ impl Failing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::Reason;
+    use cip_core::validate::Reason;
 
     /// The API server counts an Event's note in bytes; a cut never splits a character.
     #[test]

@@ -22,12 +22,12 @@ use kube::Client;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::model::{
+use cip_core::model::{
     ClusterImagePolicy, ClusterVersion, FeatureGate, Image, ImageContentSourcePolicy,
     ImageDigestMirrorSet, ImageTagMirrorSet, MachineConfig, MachineConfigPool, ObjectMeta,
     PolicyKind, CONFIG_GROUP,
 };
-use crate::render::{
+use cip_core::render::{
     imagepolicies_mc_name, registries_imagepolicies_mc_name, registries_mc_name, Inputs,
 };
 
@@ -487,7 +487,7 @@ pub async fn policy_version(
 
 /// Only role-labelled MachineConfigs are watched: the MCO's `rendered-<pool>-<hash>`
 /// merges carry no role label, and there are hundreds of them at hundreds of KiB each.
-pub const MACHINE_CONFIG_SELECTOR: &str = crate::model::ROLE_LABEL;
+pub const MACHINE_CONFIG_SELECTOR: &str = cip_core::model::ROLE_LABEL;
 
 /// Of those, only the ones the renderer reads are kept (others can be large): the ones
 /// that put a policy.json on the nodes (where the original comes from), and the
@@ -495,7 +495,7 @@ pub const MACHINE_CONFIG_SELECTOR: &str = crate::model::ROLE_LABEL;
 fn relevant_mc(name: &str, mc: &MachineConfig) -> bool {
     mc.files()
         .iter()
-        .any(|f| f.path == crate::ignition::POLICY_JSON_PATH)
+        .any(|f| f.path == cip_core::ignition::POLICY_JSON_PATH)
         || generated_mc(name)
 }
 

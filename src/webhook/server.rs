@@ -33,11 +33,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{self, Endpoint, Snapshot};
 use crate::metrics::Metrics;
-use crate::tls::{self, ReloadingCert};
+use crate::webhook::admission::{self, Endpoint, Snapshot};
 use crate::webhook::bodies::{BodyBudget, BodyError, Peer};
 use crate::webhook::conns::{serve_connections, ConnLimits, Transport};
+use crate::webhook::tls::{self, ReloadingCert};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -357,7 +357,7 @@ async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
     match decided {
         Ok(Ok((body, decision))) => {
             app.metrics
-                .observe(&decision, start.elapsed().as_secs_f64());
+                .observe(decision.review(), start.elapsed().as_secs_f64());
             // What an operator acts on is logged at info: denials and warnings. A plain
             // admission is counted (`cip_webhook_admission_requests_total`) and logged at
             // debug: a decision line costs about as much as the decision (11.5 µs for a

@@ -13,8 +13,8 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use cip_webhook::admission;
-use cip_webhook::server::Limits;
+use cip_webhook::webhook::admission;
+use cip_webhook::webhook::server::Limits;
 
 fn limits() -> Limits {
     Limits {
@@ -407,8 +407,8 @@ extern "C" {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_certificate_is_picked_up_whatever_its_size_and_mtime() {
     let dir = tempfile::tempdir().unwrap();
-    let a = cip_webhook::tls::generate(&["localhost".into()], 30).unwrap();
-    let b = cip_webhook::tls::generate(&["localhost".into()], 30).unwrap();
+    let a = cip_webhook::webhook::tls::generate(&["localhost".into()], 30).unwrap();
+    let b = cip_webhook::webhook::tls::generate(&["localhost".into()], 30).unwrap();
     // The same byte counts: pad the shorter with trailing newlines, which PEM ignores.
     let pad = |x: &str, y: &str| format!("{x}{}", "\n".repeat(y.len().saturating_sub(x.len())));
     let (a_cert, b_cert) = (pad(&a.cert, &b.cert), pad(&b.cert, &a.cert));
@@ -416,7 +416,7 @@ async fn a_rewritten_certificate_is_picked_up_whatever_its_size_and_mtime() {
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, &a_cert).unwrap();
     std::fs::write(&key, &a_key).unwrap();
-    let reloading = cip_webhook::tls::ReloadingCert::new(&cert, &key).unwrap();
+    let reloading = cip_webhook::webhook::tls::ReloadingCert::new(&cert, &key).unwrap();
     let first = reloading.current().cert[0].clone();
     let mtimes: Vec<_> = [&cert, &key]
         .iter()

@@ -6,8 +6,8 @@ use testkit::paths;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use cip_webhook::admission::{self, Config, Endpoint, Snapshot};
-use cip_webhook::render::RenderOptions;
+use cip_core::render::RenderOptions;
+use cip_webhook::webhook::admission::{self, Config, Endpoint, Snapshot};
 
 fn snapshot() -> Snapshot {
     let inputs = paths::load(&[
@@ -343,8 +343,8 @@ fn mangled_manifests_never_panic_the_loader() {
             // Deep nesting, in YAML's flow style and JSON's.
             let deep = format!("{}1{}", "{a: ".repeat(nest), "}".repeat(nest));
             for candidate in [String::from_utf8_lossy(&bytes).into_owned(), deep] {
-                if let Ok(docs) = cip_webhook::documents::parse_documents("fuzz.yaml", &candidate) {
-                    let _ = cip_webhook::documents::load(&docs);
+                if let Ok(docs) = cip_core::documents::parse_documents("fuzz.yaml", &candidate) {
+                    let _ = cip_core::documents::load(&docs);
                 }
             }
             Ok(())

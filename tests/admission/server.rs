@@ -20,9 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use cip_webhook::admission::{self, ImageGuard, Snapshot};
-use cip_webhook::render::RenderOptions;
-use cip_webhook::server::Limits;
+use cip_core::render::RenderOptions;
+use cip_webhook::webhook::admission::{self, ImageGuard, Snapshot};
+use cip_webhook::webhook::server::Limits;
 use harness::*;
 
 /// A v1 PublicKey policy on these scopes, as kube:admin.
@@ -749,14 +749,14 @@ async fn an_update_is_counted_once_against_the_size_budget() {
     inputs
         .policies
         .push(serde_json::from_value(policy.clone()).unwrap());
-    let growth = cip_webhook::render::estimated_growth(&inputs.policies[2]);
+    let growth = cip_core::render::estimated_growth(&inputs.policies[2]);
     let options = RenderOptions {
         size_budget: 20 * 1024 + growth * 3 / 2,
         ..RenderOptions::default()
     };
     let snapshot = Arc::new(Snapshot::from_plan(
         Arc::new(inputs.clone()),
-        cip_webhook::render::plan(&inputs, &options).ok().as_ref(),
+        cip_core::render::plan(&inputs, &options).ok().as_ref(),
         &options,
     ));
     assert!(snapshot.in_force.contains("big"));

@@ -18,8 +18,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use cip_webhook::admission;
-use cip_webhook::server::{self, App, Limits};
+use cip_webhook::webhook::admission;
+use cip_webhook::webhook::server::{self, App, Limits};
 
 fn good_review() -> Vec<u8> {
     review(

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use cip_webhook::render::{self, RenderOptions};
+use cip_core::render::{self, RenderOptions};
 use testkit::paths;
 
 #[test]

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use cip_webhook::model::{ClusterImagePolicy, Image, ImageDigestMirrorSet, MirrorRule};
-use cip_webhook::render::{self, Condition, Inputs, Plan, RenderOptions};
+use cip_core::model::{ClusterImagePolicy, Image, ImageDigestMirrorSet, MirrorRule};
+use cip_core::render::{self, Condition, Inputs, Plan, RenderOptions};
 use testkit::mco::node_view;
 use testkit::paths::{b64, cosign_pub};
 use testkit::registry::{openssl_key, Node, Registry, SigningKey};
@@ -289,7 +289,7 @@ fn containers_image_finds_signatures_through_a_mirror() {
     let mut scope_only = files.clone();
     scope_only.insert(
         "/etc/containers/registries.d/sigstore-registries.yaml".into(),
-        cip_webhook::registries_d::sigstore_registries_yaml([source]),
+        cip_core::registries_d::sigstore_registries_yaml([source]),
     );
     let d = node(work.path(), "scope-only", &scope_only).pull(None, &image);
     assert!(

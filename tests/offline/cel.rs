@@ -10,8 +10,8 @@ use kube::core::cel::{compile_schema, validate_compiled, CompiledSchema};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use cip_webhook::cluster::ClusterFacts;
-use cip_webhook::validate::{self, Context};
+use cip_core::cluster::ClusterFacts;
+use cip_core::validate::{self, Context};
 use testkit::cases;
 use testkit::paths::b64;
 use testkit::upstream::Crd;
@@ -198,7 +198,7 @@ fn issuer_divergences_follow_go() {
         ("http://a.0", true),
     ] {
         assert_eq!(
-            cip_webhook::rules::is_request_uri(issuer),
+            cip_core::rules::is_request_uri(issuer),
             go_accepts,
             "{issuer:?}"
         );

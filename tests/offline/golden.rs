@@ -5,12 +5,12 @@ use testkit::paths;
 
 use std::process::Command;
 
-use cip_webhook::cluster::ClusterFacts;
+use cip_core::cluster::ClusterFacts;
 use std::collections::BTreeMap;
 
-use cip_webhook::model::{Image, ImageContentSourcePolicy, ImageTagMirrorSet, RegistrySources};
-use cip_webhook::policy::MCO_TEMPLATE;
-use cip_webhook::render::{self, Action, Inputs, RenderOptions};
+use cip_core::model::{Image, ImageContentSourcePolicy, ImageTagMirrorSet, RegistrySources};
+use cip_core::policy::MCO_TEMPLATE;
+use cip_core::render::{self, Action, Inputs, RenderOptions};
 
 const CRS: &str = "tests/fixtures/mco/policies.yaml";
 
@@ -106,7 +106,7 @@ fn tv3_policies_on_one_scope_merge_in_name_order() {
 #[test]
 fn tv5_sigstore_registries_yaml() {
     let policies = paths::policies(&[CRS], &["test-cr0", "test-cr1"]);
-    let yaml = cip_webhook::registries_d::sigstore_registries_yaml(
+    let yaml = cip_core::registries_d::sigstore_registries_yaml(
         policies.iter().flat_map(|p| p.scopes()).map(String::as_str),
     );
     paths::assert_golden("tests/golden/mco/tv5.sigstore-registries.yaml", &yaml);
@@ -259,7 +259,7 @@ fn tv9_conflicting_scopes_are_skipped_and_reported() {
     else {
         panic!("expected Pending: {:?}", plan.policies[0]);
     };
-    assert_eq!(*reason, cip_webhook::validate::Reason::ConflictScopes);
+    assert_eq!(*reason, cip_core::validate::Reason::ConflictScopes);
     assert_eq!(
         skipped[0].message,
         "clusterimagePolicy configured for the scope allowed.io/policysigned is not nested inside allowedRegistries"

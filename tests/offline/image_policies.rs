@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use cip_webhook::admission::{self, Config, Endpoint, Snapshot, DEFAULT_EXEMPT_USER};
-use cip_webhook::model::{FeatureGate, ImagePolicy};
-use cip_webhook::render::{Inputs, RenderOptions};
-use cip_webhook::validate::SizeCheck;
+use cip_core::model::{FeatureGate, ImagePolicy};
+use cip_core::render::{Inputs, RenderOptions};
+use cip_core::validate::SizeCheck;
+use cip_webhook::webhook::admission::{self, Config, Endpoint, Snapshot, DEFAULT_EXEMPT_USER};
 
 fn signed_apps() -> Value {
     let text = std::fs::read_to_string(paths::root().join("examples/signed-apps.yaml")).unwrap();
@@ -126,7 +126,7 @@ fn mco_renders(inputs: &mut Inputs) {
 
 fn with_blocked(blocked: &[&str]) -> Inputs {
     let mut inputs = paths::load(&["examples/clusterversion.yaml"]);
-    let mut image = cip_webhook::model::Image::default();
+    let mut image = cip_core::model::Image::default();
     image.metadata.name = "cluster".into();
     image.spec.registry_sources.blocked_registries =
         blocked.iter().map(|s| s.to_string()).collect();
@@ -386,9 +386,9 @@ fn namespace_files_count_against_the_size_budget() {
         new_namespace_bytes: 5000,
         held_back: None,
     };
-    let cip: cip_webhook::model::ClusterImagePolicy =
+    let cip: cip_core::model::ClusterImagePolicy =
         serde_json::from_value(cluster_policy("apps", &["example.com/apps"])).unwrap();
-    let own = cip_webhook::render::estimated_growth(&cip);
+    let own = cip_core::render::estimated_growth(&cip);
     assert!(own > 0);
     assert_eq!(size.growth(&cip), own * 3);
     let existing: ImagePolicy =
@@ -413,7 +413,7 @@ fn namespace_files_count_against_the_size_budget() {
         size_budget: probe.size.current_bytes + probe.size.growth(&second) - 1,
         ..Default::default()
     };
-    let plan = cip_webhook::render::plan(&inputs, &options).unwrap();
+    let plan = cip_core::render::plan(&inputs, &options).unwrap();
     assert!(
         plan.image_policies[0].condition.takes_effect(),
         "{:?}",

@@ -6,11 +6,11 @@ use testkit::paths;
 
 use std::sync::Arc;
 
-use cip_webhook::ignition::{self, POLICY_JSON_PATH};
-use cip_webhook::mco;
-use cip_webhook::model::{ClusterImagePolicy, MachineConfig};
-use cip_webhook::render::{self, Action, Condition, Inputs, Plan, RenderOptions};
-use cip_webhook::validate::Reason;
+use cip_core::ignition::{self, POLICY_JSON_PATH};
+use cip_core::mco;
+use cip_core::model::{ClusterImagePolicy, MachineConfig};
+use cip_core::render::{self, Action, Condition, Inputs, Plan, RenderOptions};
+use cip_core::validate::Reason;
 
 const DIR: &str = "tests/fixtures/openshift-cluster";
 
@@ -218,12 +218,12 @@ fn the_budget_admits_oldest_first_and_never_evicts() {
     // Admission says so for a new one rather than admit what would wait.
     let size = plan.size_check(options.size_budget);
     let newest = sized("mm-newest", "2026-07-01T00:00:00Z", 1);
-    let facts = cip_webhook::cluster::ClusterFacts::default();
-    let ctx = cip_webhook::validate::Context {
+    let facts = cip_core::cluster::ClusterFacts::default();
+    let ctx = cip_core::validate::Context {
         size: Some(&size),
-        ..cip_webhook::validate::Context::new(&facts)
+        ..cip_core::validate::Context::new(&facts)
     };
-    let denial = cip_webhook::validate::validate(&newest, &ctx)
+    let denial = cip_core::validate::validate(&newest, &ctx)
         .denial_message()
         .unwrap_or_default();
     assert!(

@@ -216,11 +216,11 @@ async fn webhook_wiring_matches_serve() {
         for (kind, path) in [
             (
                 "ValidatingWebhookConfiguration",
-                cip_webhook::server::VALIDATE_PATH,
+                cip_webhook::webhook::server::VALIDATE_PATH,
             ),
             (
                 "MutatingWebhookConfiguration",
-                cip_webhook::server::MUTATE_PATH,
+                cip_webhook::webhook::server::MUTATE_PATH,
             ),
         ] {
             let config = find(&objects, kind, "cip-webhook");
@@ -249,7 +249,7 @@ async fn webhook_wiring_matches_serve() {
                 let conditions = hook["matchConditions"].as_array().unwrap();
                 let cvo = format!(
                     "request.userInfo.username != '{}'",
-                    cip_webhook::admission::DEFAULT_EXEMPT_USER
+                    cip_webhook::webhook::admission::DEFAULT_EXEMPT_USER
                 );
                 assert!(
                     conditions.iter().any(|c| c["expression"] == cvo),

@@ -9,9 +9,9 @@ use base64::Engine;
 use proptest::prelude::*;
 use serde_json::json;
 
-use cip_webhook::model::{ClusterImagePolicy, Image};
-use cip_webhook::policy::Policy;
-use cip_webhook::render::{self, Action, Inputs, Plan, RenderOptions};
+use cip_core::model::{ClusterImagePolicy, Image};
+use cip_core::policy::Policy;
+use cip_core::render::{self, Action, Inputs, Plan, RenderOptions};
 
 const SCOPES: [&str; 12] = [
     "example.com",
@@ -95,7 +95,7 @@ fn with_mirrors(inputs: &mut Inputs, on: bool) {
         return;
     }
     let mirrors = paths::load(&["tests/fixtures/disconnected/mirrors.yaml"]);
-    let rule = |source: &str, mirror: &str| cip_webhook::model::MirrorRule {
+    let rule = |source: &str, mirror: &str| cip_core::model::MirrorRule {
         source: source.into(),
         mirrors: vec![mirror.into()],
         mirror_source_policy: None,
@@ -151,7 +151,7 @@ fn mco_untouched(inputs: &Inputs, plan: &Plan) -> Result<(), TestCaseError> {
             .iter()
             .find(|m| m.metadata.name == change.name);
         prop_assert!(
-            !existing.is_some_and(cip_webhook::mco::owned_by_mco),
+            !existing.is_some_and(cip_core::mco::owned_by_mco),
             "{} is the MCO's",
             change.name
         );

@@ -5,9 +5,9 @@ use testkit::paths;
 
 use serde_json::{json, Value};
 
-use cip_webhook::cluster::ClusterFacts;
-use cip_webhook::model::{ClusterVersion, Image, Release};
-use cip_webhook::validate::{self, Context, Reason, Report, SizeCheck};
+use cip_core::cluster::ClusterFacts;
+use cip_core::model::{ClusterVersion, Image, Release};
+use cip_core::validate::{self, Context, Reason, Report, SizeCheck};
 
 use testkit::paths::b64;
 
@@ -503,7 +503,7 @@ fn cluster(image_lists: (&[&str], &[&str])) -> ClusterFacts {
         image: "registry.build05.ci.openshift.org/ci-ln/release@sha256:0123".into(),
         version: "4.20.0".into(),
     });
-    let extras: Vec<String> = cip_webhook::cluster::DEFAULT_EXTRA_PAYLOAD_REPOS
+    let extras: Vec<String> = cip_core::cluster::DEFAULT_EXTRA_PAYLOAD_REPOS
         .map(String::from)
         .to_vec();
     ClusterFacts::new(Some(&image), Some(&cv), &extras).unwrap()

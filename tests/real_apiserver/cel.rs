@@ -13,8 +13,8 @@ use testkit::kube::KubeApiServer;
 use testkit::paths::b64;
 use testkit::upstream::Crd;
 
-use cip_webhook::cluster::ClusterFacts;
-use cip_webhook::validate::{self, Context, Rule};
+use cip_core::cluster::ClusterFacts;
+use cip_core::validate::{self, Context, Rule};
 
 /// Cases per family and version: enough to reach both verdicts of every rule.
 const PER_FAMILY: usize = 100;

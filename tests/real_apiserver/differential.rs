@@ -470,7 +470,7 @@ async fn fake_webhook() -> (std::net::SocketAddr, String) {
     use hyper_util::rt::TokioIo;
     use rustls::pki_types::pem::PemObject;
 
-    let generated = cip_webhook::tls::generate(&["127.0.0.1".to_string()], 1).unwrap();
+    let generated = cip_webhook::webhook::tls::generate(&["127.0.0.1".to_string()], 1).unwrap();
     let chain =
         vec![rustls::pki_types::CertificateDer::from_pem_slice(generated.cert.as_bytes()).unwrap()];
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(generated.key.as_bytes()).unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apisim::{Logged, Simulator};
-use cip_webhook::ignition::{POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
+use cip_core::ignition::{POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
 use serde_json::{json, Value};
 use testkit::cluster::sim::*;
 use testkit::cluster::*;

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apisim::{Handle, Simulator};
-use cip_webhook::cluster::ClusterFacts;
-use cip_webhook::ignition;
-use cip_webhook::model::{ClusterImagePolicy, ClusterVersion, Image};
-use cip_webhook::policy::MCO_TEMPLATE;
-use cip_webhook::registries_d;
-use cip_webhook::render;
+use cip_core::cluster::ClusterFacts;
+use cip_core::ignition;
+use cip_core::model::{ClusterImagePolicy, ClusterVersion, Image};
+use cip_core::policy::MCO_TEMPLATE;
+use cip_core::registries_d;
+use cip_core::render;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -167,7 +167,7 @@ impl Controller {
         // One conflicting scope fails the whole sync (the MCO's `helpers.go`).
         for scope in scopes.keys() {
             if let Some(message) =
-                facts.registry_conflict(scope, cip_webhook::model::PolicyKind::Cluster)
+                facts.registry_conflict(scope, cip_core::model::PolicyKind::Cluster)
             {
                 return Err(format!("could not Create/Update MachineConfig: could not update policy json with new changes: {message}"));
             }
@@ -194,7 +194,7 @@ impl Controller {
                 "metadata": {
                     "name": name,
                     "labels": {"machineconfiguration.openshift.io/role": pool},
-                    "annotations": {cip_webhook::mco::GENERATED_BY_ANNOTATION: "stand-in-mco"},
+                    "annotations": {cip_core::mco::GENERATED_BY_ANNOTATION: "stand-in-mco"},
                     "ownerReferences": [{"apiVersion": "config.openshift.io/v1", "kind": "Image",
                         "name": "cluster", "uid": image_value["metadata"]["uid"]}],
                 },
@@ -310,14 +310,14 @@ pub fn current_view(sim: &Simulator, pool: &str) -> BTreeMap<String, String> {
 pub fn verifies(view: &BTreeMap<String, String>, scope: &str) -> bool {
     let policy = view
         .get(ignition::POLICY_JSON_PATH)
-        .and_then(|t| cip_webhook::policy::Policy::parse(t).ok());
+        .and_then(|t| cip_core::policy::Policy::parse(t).ok());
     let signed = policy.is_some_and(|p| {
         p.transports
             .get("docker")
             .and_then(|d| d.get(scope))
             .is_some_and(|reqs| {
                 reqs.iter()
-                    .any(|r| matches!(r, cip_webhook::policy::Requirement::SigstoreSigned(_)))
+                    .any(|r| matches!(r, cip_core::policy::Requirement::SigstoreSigned(_)))
             })
     });
     let attachments = view

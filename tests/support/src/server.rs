@@ -17,10 +17,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use cip_webhook::admission::{self, Snapshot};
-use cip_webhook::render::RenderOptions;
-use cip_webhook::server::{self, App, Limits};
-use cip_webhook::tls;
+use cip_core::render::RenderOptions;
+use cip_webhook::webhook::admission::{self, Snapshot};
+use cip_webhook::webhook::server::{self, App, Limits};
+use cip_webhook::webhook::tls;
 
 use crate::paths;
 
