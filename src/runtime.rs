@@ -329,18 +329,18 @@ async fn watch_cluster(
             leadership
         };
         let report_app = std::sync::Arc::clone(&app);
-        let reconciler = crate::k8s::reconcile::Reconciler::new(
+        let reconciler = crate::k8s::reconcile::Reconciler::new(crate::k8s::reconcile::Context {
             client,
-            std::sync::Arc::clone(&state),
-            desired.clone(),
-            std::sync::Arc::clone(&app.metrics),
-            std::sync::Arc::new(move |status| report_app.set_reconcile_status(status)),
+            state: std::sync::Arc::clone(&state),
+            desired: desired.clone(),
+            metrics: std::sync::Arc::clone(&app.metrics),
+            report: std::sync::Arc::new(move |status| report_app.set_reconcile_status(status)),
             leadership,
-            options.lease.namespace.clone(),
-            options.lease.identity.clone(),
-            options.auto,
-        )
-        .dry_run(options.dry_run);
+            namespace: options.lease.namespace.clone(),
+            identity: options.lease.identity.clone(),
+            auto: options.auto,
+            dry_run: options.dry_run,
+        });
         tokio::spawn(crate::k8s::reconcile::run(reconciler, options.resync));
     }
     // Admission answers from the latest desired state, with the store's current objects:

@@ -288,19 +288,39 @@ struct StatusWrite<'a> {
     was_pending: Option<String>,
 }
 
+/// What the reconciler is given by the runtime: the cluster, what to write, where to
+/// report, and who it is.
+pub struct Context {
+    pub client: Client,
+    pub state: Arc<ClusterState>,
+    pub desired: watch::Receiver<Published>,
+    pub metrics: Arc<Metrics>,
+    /// Where the pass's outcome is said (`/readyz`).
+    pub report: Report,
+    pub leadership: Leadership,
+    /// The Lease's namespace (the Events' too).
+    pub namespace: String,
+    pub identity: String,
+    /// `--mode auto`: stand down where the MCO renders policies itself.
+    pub auto: bool,
+    /// Log the writes instead of making them.
+    pub dry_run: bool,
+}
+
 impl Reconciler {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: Client,
-        state: Arc<ClusterState>,
-        desired: watch::Receiver<Published>,
-        metrics: Arc<Metrics>,
-        report: Report,
-        leadership: Leadership,
-        namespace: String,
-        identity: String,
-        auto: bool,
-    ) -> Reconciler {
+    pub fn new(context: Context) -> Reconciler {
+        let Context {
+            client,
+            state,
+            desired,
+            metrics,
+            report,
+            leadership,
+            namespace,
+            identity,
+            auto,
+            dry_run,
+        } = context;
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some(truncated(&identity, EVENT_INSTANCE_LIMIT).to_string()),
@@ -321,14 +341,8 @@ impl Reconciler {
             occupied: BTreeMap::new(),
             duty: None,
             written: BTreeMap::new(),
-            dry_run: false,
+            dry_run,
         }
-    }
-
-    /// Logs the writes each pass calls for instead of making them.
-    pub fn dry_run(mut self, dry_run: bool) -> Reconciler {
-        self.dry_run = dry_run;
-        self
     }
 
     /// Policies of this kind in the version this one was read in (v1 or v1alpha1).
