@@ -209,7 +209,7 @@ struct ServeArgs {
     /// Admission decisions computed at once (not the core count: memory is what bounds them).
     #[arg(long, value_name = "N", default_value_t = LIMITS.max_decisions as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
     max_decisions: u64,
-    /// Bytes the decisions in progress may take while decoding, reserved at 20 × each body.
+    /// Bytes the decisions in progress may take while decoding, reserved at 29 × each body.
     #[arg(long, value_name = "BYTES", default_value_t = LIMITS.decode_budget as u64, value_parser = clap::value_parser!(u64).range(1048576..))]
     decode_budget: u64,
     /// Seconds a request may take, body read included; also the first request's deadline

@@ -227,16 +227,8 @@ pub struct Pass {
 pub type Report = Arc<dyn Fn(String) + Send + Sync>;
 
 pub struct Reconciler {
-    pub state: Arc<ClusterState>,
-    pub desired: watch::Receiver<Published>,
-    pub metrics: Arc<Metrics>,
-    pub report: Report,
-    pub leadership: Leadership,
-    pub namespace: String,
-    pub identity: String,
-    /// `--mode auto`: stand down where the MCO renders policies itself.
-    pub auto: bool,
-    client: Client,
+    /// What the runtime gave it.
+    ctx: Context,
     machine_configs: Api<DynamicObject>,
     /// kube's recorder: an Event lands in the namespace of the object it is about
     /// (`default` for cluster-scoped ones, as the API server requires), and a repeat within
@@ -253,8 +245,6 @@ pub struct Reconciler {
     /// The resourceVersion each of our MachineConfigs got from our last write: another
     /// version in the watch, or the object gone, means someone else wrote it.
     written: BTreeMap<String, String>,
-    /// Log what would be written; write nothing.
-    dry_run: bool,
 }
 
 fn now_seconds() -> String {
@@ -271,6 +261,16 @@ fn truncated(s: &str, limit: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// An Event's `regarding` for one of the MachineConfigs (cluster-scoped).
+fn machine_config_ref(name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(cip_core::model::MC_API_VERSION.into()),
+        kind: Some("MachineConfig".into()),
+        name: Some(name.to_string()),
+        ..ObjectReference::default()
+    }
 }
 
 fn to_dynamic(mc: &MachineConfig) -> DynamicObject {
@@ -308,40 +308,19 @@ pub struct Context {
 }
 
 impl Reconciler {
-    pub fn new(context: Context) -> Reconciler {
-        let Context {
-            client,
-            state,
-            desired,
-            metrics,
-            report,
-            leadership,
-            namespace,
-            identity,
-            auto,
-            dry_run,
-        } = context;
+    pub fn new(ctx: Context) -> Reconciler {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
-            instance: Some(truncated(&identity, EVENT_INSTANCE_LIMIT).to_string()),
+            instance: Some(truncated(&ctx.identity, EVENT_INSTANCE_LIMIT).to_string()),
         };
         Reconciler {
-            machine_configs: Api::all_with(client.clone(), &store::machine_config_resource()),
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            state,
-            desired,
-            metrics,
-            report,
-            leadership,
-            namespace,
-            identity,
-            auto,
+            machine_configs: Api::all_with(ctx.client.clone(), &store::machine_config_resource()),
+            recorder: Recorder::new(ctx.client.clone(), reporter),
+            ctx,
             expected: BTreeMap::new(),
             occupied: BTreeMap::new(),
             duty: None,
             written: BTreeMap::new(),
-            dry_run,
         }
     }
 
@@ -350,9 +329,9 @@ impl Reconciler {
         let version = policy.api_version.rsplit('/').next().unwrap_or("v1");
         let resource = store::policy_resource(kind, version);
         match kind {
-            PolicyKind::Cluster => Api::all_with(self.client.clone(), &resource),
+            PolicyKind::Cluster => Api::all_with(self.ctx.client.clone(), &resource),
             PolicyKind::Namespaced => {
-                Api::namespaced_with(self.client.clone(), policy.namespace(), &resource)
+                Api::namespaced_with(self.ctx.client.clone(), policy.namespace(), &resource)
             }
         }
     }
@@ -378,7 +357,7 @@ impl Reconciler {
     }
 
     fn check_leader(&self, what: &str) -> Result<(), ReconcileError> {
-        if self.leadership.is_leader() {
+        if self.ctx.leadership.is_leader() {
             Ok(())
         } else {
             Err(ReconcileError::NotLeader(what.to_string()))
@@ -394,10 +373,10 @@ impl Reconciler {
             return Ok(done);
         }
         let absent: Vec<&str> = desired.absent.iter().map(|s| s.as_str()).collect();
-        let duty = mco::duty(self.auto, inputs, &absent);
+        let duty = mco::duty(self.ctx.auto, inputs, &absent);
         if self.duty.as_ref() != Some(&duty) {
             tracing::info!(duty = duty.label(), detail = %duty.describe(), "reconcile duty");
-            self.metrics.set_duty(duty.label());
+            self.ctx.metrics.set_duty(duty.label());
             self.duty = Some(duty.clone());
         }
         done.detail = duty.describe();
@@ -423,12 +402,7 @@ impl Reconciler {
                     return Err(e);
                 }
                 if let ReconcileError::Occupied { name, why } = &e {
-                    let regarding = ObjectReference {
-                        api_version: Some("machineconfiguration.openshift.io/v1".into()),
-                        kind: Some("MachineConfig".into()),
-                        name: Some(name.clone()),
-                        ..ObjectReference::default()
-                    };
+                    let regarding = machine_config_ref(name);
                     let event = Event {
                         type_: EventType::Warning,
                         reason: "Occupied".into(),
@@ -470,7 +444,7 @@ impl Reconciler {
             .filter(|c| c.action != Action::Unchanged)
             .collect();
         changes.sort_by_key(rank);
-        if self.dry_run {
+        if self.ctx.dry_run {
             for change in changes {
                 tracing::info!(machine_config = %change.name, pool = %pool.pool, action = change.action.as_str(), "dry run: would write MachineConfig");
             }
@@ -526,7 +500,7 @@ impl Reconciler {
                 .insert(change.name.clone(), (before, Instant::now()));
             let action = change.action.as_str();
             tracing::info!(machine_config = %change.name, pool = %pool.pool, action, "MachineConfig written");
-            self.metrics.machine_config_written(&pool.pool, action);
+            self.ctx.metrics.machine_config_written(&pool.pool, action);
             done.machine_config_writes += 1;
         }
         Ok(())
@@ -547,7 +521,7 @@ impl Reconciler {
             .image_policies
             .iter()
             .map(|o| ("ImagePolicy", state(o)));
-        self.metrics.set_policies(cluster.chain(namespaced));
+        self.ctx.metrics.set_policies(cluster.chain(namespaced));
     }
 
     /// Every status that differs from the store's current one, `STATUS_CONCURRENCY` at a
@@ -560,7 +534,7 @@ impl Reconciler {
         done: &mut Pass,
     ) -> Result<(), ReconcileError> {
         self.count_policies(plan);
-        let statuses = self.state.policy_statuses();
+        let statuses = self.ctx.state.policy_statuses();
         let now = now_seconds();
         let by_key: BTreeMap<(PolicyKind, String), &ClusterImagePolicy> = inputs
             .policies
@@ -614,7 +588,7 @@ impl Reconciler {
         if writes.is_empty() {
             return Ok(());
         }
-        if self.dry_run {
+        if self.ctx.dry_run {
             for w in &writes {
                 let applied = &w.conditions[0];
                 tracing::info!(
@@ -641,7 +615,7 @@ impl Reconciler {
         for (result, w) in results {
             match result {
                 Ok(()) => {
-                    self.metrics.status_written();
+                    self.ctx.metrics.status_written();
                     done.status_writes += 1;
                     if let Condition::Pending {
                         reason, message, ..
@@ -783,12 +757,7 @@ impl Reconciler {
             "MachineConfig {name} of pool {pool}, written by cip-webhook, was {what}{by}; restored to what the policies render (edit the policies, not the MachineConfig)"
         );
         tracing::warn!(machine_config = %name, pool = %pool, "{note}");
-        let regarding = ObjectReference {
-            api_version: Some("machineconfiguration.openshift.io/v1".into()),
-            kind: Some("MachineConfig".into()),
-            name: Some(name.to_string()),
-            ..ObjectReference::default()
-        };
+        let regarding = machine_config_ref(name);
         let event = Event {
             type_: EventType::Warning,
             reason: if what == "deleted" {
@@ -882,7 +851,7 @@ impl Reconciler {
     /// ours are deleted, with a log line and an Event; elsewhere they stay, so that the
     /// nodes are never without verification.
     async fn hand_over(&mut self, inputs: &Inputs, done: &mut Pass) -> Result<(), ReconcileError> {
-        if self.dry_run {
+        if self.ctx.dry_run {
             for step in mco::handover(inputs).into_iter().filter(|s| s.ready()) {
                 tracing::info!(pool = %step.pool, deleted = %step.ours.join(", "), "dry run: would hand over to the machine-config-operator");
             }
@@ -910,7 +879,9 @@ impl Reconciler {
                 self.written.remove(name);
                 let before = existing.and_then(|m| m.metadata.resource_version.clone());
                 self.expected.insert(name.clone(), (before, Instant::now()));
-                self.metrics.machine_config_written(&step.pool, "delete");
+                self.ctx
+                    .metrics
+                    .machine_config_written(&step.pool, "delete");
                 done.machine_config_writes += 1;
             }
             let message = format!(
@@ -979,8 +950,8 @@ impl Reconciler {
 /// is won, after a failure (with backoff; a conflict waits for the next desired state,
 /// which the other writer's change brings), and every `resync` regardless.
 pub async fn run(mut reconciler: Reconciler, resync: Duration) {
-    let mut desired = reconciler.desired.clone();
-    let mut lease = reconciler.leadership.clone();
+    let mut desired = reconciler.ctx.desired.clone();
+    let mut lease = reconciler.ctx.leadership.clone();
     let mut retry: Option<Duration> = None;
     let mut failing = Failing::default();
     let mut leading = false;
@@ -990,13 +961,13 @@ pub async fn run(mut reconciler: Reconciler, resync: Duration) {
             r = lease.updated() => { if !r { return } true }
             _ = tokio::time::sleep(retry.unwrap_or(resync)) => false,
         };
-        let now_leading = reconciler.leadership.is_leader();
+        let now_leading = reconciler.ctx.leadership.is_leader();
         let flipped = now_leading != leading;
         leading = now_leading;
         if !leading {
-            (reconciler.report)(format!(
+            (reconciler.ctx.report)(format!(
                 "standby; {} does not hold the lease",
-                reconciler.identity
+                reconciler.ctx.identity
             ));
             continue;
         }
@@ -1012,12 +983,12 @@ pub async fn run(mut reconciler: Reconciler, resync: Duration) {
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(pass) if pass.waiting => {
-                reconciler.metrics.reconciled("waiting", seconds);
+                reconciler.ctx.metrics.reconciled("waiting", seconds);
                 // The next desired state shows our writes; this is only a fallback.
                 retry = Some(Duration::from_secs(1));
             }
             Ok(pass) => {
-                reconciler.metrics.reconciled("ok", seconds);
+                reconciler.ctx.metrics.reconciled("ok", seconds);
                 if pass.machine_config_writes + pass.status_writes > 0 {
                     tracing::info!(
                         machine_configs = pass.machine_config_writes,
@@ -1030,18 +1001,18 @@ pub async fn run(mut reconciler: Reconciler, resync: Duration) {
                 if failing.times > 0 {
                     tracing::info!(after = failing.times, "reconciled again after failures");
                 }
-                (reconciler.report)(format!("leader; {}; in sync", pass.detail));
+                (reconciler.ctx.report)(format!("leader; {}; in sync", pass.detail));
                 failing = Failing::default();
                 retry = None;
             }
             Err(e) => {
-                reconciler.metrics.reconciled("error", seconds);
-                reconciler.metrics.reconcile_error(e.metric_label());
+                reconciler.ctx.metrics.reconciled("error", seconds);
+                reconciler.ctx.metrics.reconcile_error(e.metric_label());
                 if let ReconcileError::NotLeader(_) = e {
                     leading = false;
                 }
                 let wait = failing.next(&e);
-                (reconciler.report)(format!(
+                (reconciler.ctx.report)(format!(
                     "leader; retrying in {wait:?} (failed {} time(s) in a row): {e}",
                     failing.times
                 ));
