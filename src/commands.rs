@@ -958,6 +958,52 @@ fn policies_behind(
     }
 }
 
+pub struct VerifyArgs<'a> {
+    pub input: &'a Path,
+    pub pool: &'a str,
+    pub namespace: Option<&'a str>,
+    pub arch: &'a str,
+    pub authfile: Option<&'a Path>,
+    pub image: &'a str,
+}
+
+/// `verify`: renders the input, then fetches and judges on a small runtime of its own.
+pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+    let loaded = load_dir(args.input, &[])?;
+    let plan = render::plan(&loaded.inputs, options)?;
+    let node = cip_webhook::verify::node_view(&loaded.inputs, &plan, args.pool, args.namespace)
+        .map_err(anyhow::Error::msg)?;
+    let authfile = match args.authfile {
+        Some(path) => {
+            Some(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let client =
+        cip_webhook::registry::Client::new(plan.facts.insecure.clone(), authfile.as_deref())
+            .map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut memo = cip_sigstore::judge::Memo::default();
+    let outcome = runtime
+        .block_on(cip_webhook::verify::verify(
+            &node, args.image, args.arch, &client, &mut memo,
+        ))
+        .map_err(anyhow::Error::msg)?;
+    let text = if json {
+        let mut value = serde_json::to_value(&outcome)?;
+        value["pool"] = json!(args.pool);
+        value["namespace"] = json!(args.namespace);
+        value["registryRequests"] = json!(client.requests());
+        serde_json::to_string_pretty(&value)? + "\n"
+    } else {
+        cip_webhook::verify::text(&outcome, args.pool, args.namespace)
+    };
+    print(&text)?;
+    Ok(ExitCode::from(outcome.exit_code()))
+}
+
 pub fn certs(out: &Path, dns: &[String], days: i64, json: bool) -> Result<ExitCode> {
     let generated = cip_webhook::webhook::tls::generate(dns, days)?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

@@ -168,6 +168,33 @@ enum Command {
         #[command(flatten)]
         report: OutputOrFormat,
     },
+    /// Decide an image as CRI-O on a pool would: the policy.json entry, the pull source
+    /// (mirrors first), the instance for the architecture, the sigstore attachment and each
+    /// signature layer, checked as containers/image checks them. Exit 0 pulled (accepted or
+    /// no signature required), 1 refused, 2 unusable input, 3 unknown (a registry error, a
+    /// missing credential, or a case this tool does not decide: never reported as refused).
+    Verify {
+        /// Directory of manifests to render (as for `render --input`).
+        #[arg(long, value_name = "DIR")]
+        input: PathBuf,
+        #[arg(long, default_value = "worker")]
+        pool: String,
+        /// The pod's namespace: its `/etc/crio/policies/<namespace>.json` where one exists.
+        #[arg(long, value_name = "NAMESPACE")]
+        namespace: Option<String>,
+        /// The node's architecture, for multi-arch images.
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        /// containers-auth.json with registry credentials.
+        #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+        authfile: Option<PathBuf>,
+        /// The image as a pod names it, e.g. `quay.io/org/app:v1` or `busybox`.
+        image: String,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        report: OutputOrFormat,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -429,6 +456,27 @@ fn main() -> ExitCode {
             &pool,
             namespace.as_deref(),
             &image,
+            &common.options(),
+            report.format == Format::Json,
+        ),
+        Command::Verify {
+            input,
+            pool,
+            namespace,
+            arch,
+            authfile,
+            image,
+            common,
+            report,
+        } => commands::verify(
+            &commands::VerifyArgs {
+                input: &input,
+                pool: &pool,
+                namespace: namespace.as_deref(),
+                arch: &arch,
+                authfile: authfile.as_deref(),
+                image: &image,
+            },
             &common.options(),
             report.format == Format::Json,
         ),

@@ -41,6 +41,11 @@ impl Bytes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The bytes this holds (stored as canonical base64, so decoding cannot fail).
+    pub fn raw(&self) -> Vec<u8> {
+        decode_b64(&self.0).unwrap_or_default()
+    }
 }
 
 impl fmt::Debug for Bytes {

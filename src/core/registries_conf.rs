@@ -661,6 +661,15 @@ impl Reference {
     /// already in canonical form (`docker.io/busybox` is not: it means
     /// `docker.io/library/busybox`).
     pub fn parse_named(text: &str) -> Result<Reference, String> {
+        let parsed = Reference::parse_normalized(text)?;
+        if parsed.to_string() != text {
+            return Err("repository name must be canonical".into());
+        }
+        Ok(parsed)
+    }
+
+    /// `reference.ParseNormalizedNamed`: `busybox` is `docker.io/library/busybox`.
+    pub fn parse_normalized(text: &str) -> Result<Reference, String> {
         if text.len() == 64 && text.bytes().all(|b| matches!(b, b'a'..=b'f' | b'0'..=b'9')) {
             return Err(format!(
                 "invalid repository name ({text}), cannot specify 64-byte hexadecimal strings"
@@ -671,11 +680,7 @@ impl Reference {
         if remote.to_lowercase() != remote {
             return Err("invalid reference format: repository name must be lowercase".into());
         }
-        let parsed = Reference::parse(&format!("{domain}/{remainder}"))?;
-        if parsed.to_string() != text {
-            return Err("repository name must be canonical".into());
-        }
-        Ok(parsed)
+        Reference::parse(&format!("{domain}/{remainder}"))
     }
 }
 

@@ -6,6 +6,7 @@
 mod fixtures;
 mod ignition;
 mod pulls;
+mod verify;
 
 /// The containers/image this suite runs, as the program reports it; the pin says which.
 #[test]

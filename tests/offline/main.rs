@@ -10,3 +10,4 @@ mod layout;
 mod manifests;
 mod properties;
 mod validation;
+mod verify_registry;

@@ -306,8 +306,21 @@ impl Registry {
         identity: &str,
         key_pem_file: &Path,
     ) {
+        self.attach_openssl_signature_for(repo, digest, digest, identity, key_pem_file);
+    }
+
+    /// As [`Registry::attach_openssl_signature`], with the payload naming `signed_digest`
+    /// while the attachment sits under `digest`'s tag (a signature for another manifest).
+    pub fn attach_openssl_signature_for(
+        &self,
+        repo: &str,
+        digest: &str,
+        signed_digest: &str,
+        identity: &str,
+        key_pem_file: &Path,
+    ) {
         let payload = format!(
-            r#"{{"critical":{{"identity":{{"docker-reference":"{identity}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+            r#"{{"critical":{{"identity":{{"docker-reference":"{identity}"}},"image":{{"docker-manifest-digest":"{signed_digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
         );
         let payload_file = self
             .dir
@@ -338,6 +351,34 @@ impl Registry {
             "application/vnd.oci.image.manifest.v1+json",
             manifest.to_string().as_bytes(),
         );
+    }
+}
+
+impl Registry {
+    /// A two-platform image (amd64, arm64) under `repo:tag` as an OCI index over images
+    /// pushed by digest; returns (index digest, amd64 digest).
+    pub fn push_index(&self, repo: &str, tag: &str) -> (String, String) {
+        let mut entries = Vec::new();
+        let mut amd64 = String::new();
+        for arch in ["amd64", "arm64"] {
+            let layout = self.oci_layout(&format!("{}-{arch}", repo.replace('/', "-")), arch);
+            let digest = self.push(&layout, &format!("{repo}:{arch}"), None, None);
+            let (_, manifest) = self.curl(
+                &["-H", "Accept: application/vnd.oci.image.manifest.v1+json"],
+                &format!("/v2/{repo}/manifests/{digest}"),
+            );
+            if arch == "amd64" {
+                amd64 = digest.clone();
+            }
+            entries.push(json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest, "size": manifest.len(),
+                "platform": {"architecture": arch, "os": "linux"}}));
+        }
+        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+        let bytes = index.to_string().into_bytes();
+        self.put_manifest(repo, tag, "application/vnd.oci.image.index.v1+json", &bytes);
+        (format!("sha256:{}", sha256_hex(&bytes)), amd64)
     }
 }
 

@@ -1,0 +1,752 @@
+//! A pull's verdict under one policy.json entry, as containers/image's
+//! `PolicyContext.IsRunningImageAllowed` gives it (`signature/policy_eval.go`): every
+//! requirement must pass; a `sigstoreSigned` requirement passes when one signature layer
+//! passes every check of `signature/policy_eval_sigstore.go`. The caller passes what a
+//! node would fetch (the instance manifest and the attachment's layers); nothing here
+//! reads a registry, a file or the clock.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use cip_core::policy::{Requirement, SigstoreSigned};
+use cip_core::registries_conf::Reference;
+
+use crate::identity;
+use crate::keys::{self, Check, PublicKey};
+use crate::payload;
+
+/// `signature.SigstoreSignatureMIMEType`.
+pub const SIGNATURE_MIME_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// `signature.SigstoreSignatureAnnotationKey`.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+
+/// One layer of a sigstore attachment (`<repo>:sha256-<hex>.sig`), as fetched.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Layer {
+    pub digest: String,
+    pub media_type: String,
+    #[serde(with = "b64")]
+    pub payload: Vec<u8>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", content = "reason", rename_all = "lowercase")]
+pub enum Verdict {
+    Accepted,
+    Refused(String),
+    /// What this port cannot decide as containers/image does.
+    Unknown(String),
+}
+
+impl Verdict {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Refused(_) => "refused",
+            Verdict::Unknown(_) => "unknown",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Verdict::Accepted => "",
+            Verdict::Refused(r) | Verdict::Unknown(r) => r,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerVerdict {
+    pub digest: String,
+    /// `None` for an attachment that is not a signature (skipped, as Go skips it).
+    pub verdict: Option<Verdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequirementVerdict {
+    /// The requirement's `type`.
+    pub requirement: String,
+    pub verdict: Verdict,
+    pub layers: Vec<LayerVerdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EntryVerdict {
+    pub verdict: Verdict,
+    /// True when the entry passed without looking at any signature.
+    pub no_signature_required: bool,
+    pub requirements: Vec<RequirementVerdict>,
+}
+
+/// What the pull needs besides the manifest: signatures.
+pub fn needs_signatures(requirements: &[Requirement]) -> bool {
+    requirements
+        .iter()
+        .any(|r| matches!(r, Requirement::SigstoreSigned(_) | Requirement::SignedBy(_)))
+}
+
+/// Signature checks already made, keyed by (key, payload, signature): a preview that
+/// meets the same layer again does not verify it again.
+#[derive(Default)]
+pub struct Memo {
+    checks: HashMap<(PublicKey, Vec<u8>, Vec<u8>), Check>,
+}
+
+impl Memo {
+    fn verify(&mut self, key: &PublicKey, message: &[u8], signature: &[u8]) -> Check {
+        let k = (key.clone(), message.to_vec(), signature.to_vec());
+        if let Some(c) = self.checks.get(&k) {
+            return c.clone();
+        }
+        let c = key.verify(message, signature);
+        self.checks.insert(k, c.clone());
+        c
+    }
+
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+}
+
+/// The image as the node pulls it.
+pub struct Pull<'a> {
+    /// The reference as written in the pod, through the docker transport.
+    pub intended: &'a Reference,
+    /// The manifest of the instance the node runs.
+    pub manifest: &'a [u8],
+    /// The attachment's layers; empty when there is none or attachments are off.
+    pub layers: &'a [Layer],
+}
+
+/// `PolicyContext.IsRunningImageAllowed` over one entry's requirements.
+pub fn judge(requirements: &[Requirement], pull: &Pull, memo: &mut Memo) -> EntryVerdict {
+    if requirements.is_empty() {
+        return EntryVerdict {
+            verdict: Verdict::Refused(
+                "List of verification policy requirements must not be empty".into(),
+            ),
+            no_signature_required: false,
+            requirements: Vec::new(),
+        };
+    }
+    let results: Vec<RequirementVerdict> = requirements
+        .iter()
+        .map(|r| judge_requirement(r, pull, memo))
+        .collect();
+    let refused = results
+        .iter()
+        .find(|r| matches!(r.verdict, Verdict::Refused(_)));
+    let unknown = results
+        .iter()
+        .find(|r| matches!(r.verdict, Verdict::Unknown(_)));
+    let verdict = match (refused, unknown) {
+        (Some(r), _) => r.verdict.clone(),
+        (None, Some(u)) => u.verdict.clone(),
+        (None, None) => Verdict::Accepted,
+    };
+    EntryVerdict {
+        no_signature_required: verdict == Verdict::Accepted && !needs_signatures(requirements),
+        verdict,
+        requirements: results,
+    }
+}
+
+fn judge_requirement(
+    requirement: &Requirement,
+    pull: &Pull,
+    memo: &mut Memo,
+) -> RequirementVerdict {
+    let (name, verdict, layers) = match requirement {
+        Requirement::InsecureAcceptAnything => {
+            ("insecureAcceptAnything", Verdict::Accepted, Vec::new())
+        }
+        Requirement::Reject => (
+            "reject",
+            Verdict::Refused(format!(
+                "Running image docker://{} is rejected by policy.",
+                pull.intended
+            )),
+            Vec::new(),
+        ),
+        Requirement::SignedBy(_) => (
+            "signedBy",
+            Verdict::Unknown("signedBy (GPG) requirements are not checked by this tool".into()),
+            Vec::new(),
+        ),
+        Requirement::SigstoreSigned(s) => {
+            let (verdict, layers) = sigstore_signed(s, pull, memo);
+            ("sigstoreSigned", verdict, layers)
+        }
+    };
+    RequirementVerdict {
+        requirement: name.to_string(),
+        verdict,
+        layers,
+    }
+}
+
+/// `prSigstoreSigned.isRunningImageAllowed`: accepted at the first layer that passes;
+/// otherwise every signature layer's reason.
+fn sigstore_signed(
+    requirement: &SigstoreSigned,
+    pull: &Pull,
+    memo: &mut Memo,
+) -> (Verdict, Vec<LayerVerdict>) {
+    let mut layers = Vec::new();
+    let mut reasons = Vec::new();
+    let mut unknown = None;
+    let mut others = 0;
+    for layer in pull.layers {
+        if layer.media_type != SIGNATURE_MIME_TYPE {
+            others += 1;
+            layers.push(LayerVerdict {
+                digest: layer.digest.clone(),
+                verdict: None,
+            });
+            continue;
+        }
+        let verdict = signature_accepted(requirement, pull, layer, memo);
+        layers.push(LayerVerdict {
+            digest: layer.digest.clone(),
+            verdict: Some(verdict.clone()),
+        });
+        match verdict {
+            Verdict::Accepted => return (Verdict::Accepted, layers),
+            Verdict::Refused(r) => reasons.push(r),
+            Verdict::Unknown(r) => {
+                unknown.get_or_insert(r);
+            }
+        }
+    }
+    if let Some(why) = unknown {
+        return (Verdict::Unknown(why), layers);
+    }
+    let verdict = match reasons.len() {
+        0 if others == 0 => "A signature was required, but no signature exists".to_string(),
+        0 => format!("A signature was required, but no signature exists (0 non-sigstore signatures, {others} sigstore non-signature attachments)"),
+        1 => reasons.remove(0),
+        _ => format!(
+            "None of the signatures were accepted, reasons: {}",
+            reasons.join("; ")
+        ),
+    };
+    (Verdict::Refused(verdict), layers)
+}
+
+/// The trust root's public keys (`prepareTrustRoot`), or why none can be had.
+fn trust_keys(requirement: &SigstoreSigned) -> Result<Vec<PublicKey>, Verdict> {
+    let unsupported =
+        |what: &str| Verdict::Unknown(format!("{what} is not yet supported by this tool"));
+    if requirement.fulcio.is_some() {
+        return Err(unsupported("a Fulcio (keyless) root of trust"));
+    }
+    if requirement.pki.is_some() {
+        return Err(unsupported("a PKI root of trust"));
+    }
+    let has_rekor = requirement
+        .rekor_public_key_data
+        .as_ref()
+        .is_some_and(|b| !b.is_empty())
+        || requirement
+            .rekor_public_key_datas
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
+        || requirement
+            .rekor_public_key_path
+            .as_ref()
+            .is_some_and(|p| !p.is_empty())
+        || requirement
+            .rekor_public_key_paths
+            .as_ref()
+            .is_some_and(|v| !v.is_empty());
+    if has_rekor {
+        return Err(unsupported("a public key with a Rekor key"));
+    }
+    if requirement.key_path.as_ref().is_some_and(|p| !p.is_empty())
+        || requirement
+            .key_paths
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
+    {
+        return Err(Verdict::Unknown(
+            "the key is read from a file on the node (keyPath)".into(),
+        ));
+    }
+    let datas: Vec<Vec<u8>> = match (&requirement.key_data, &requirement.key_datas) {
+        (Some(one), None) if !one.is_empty() => vec![one.raw()],
+        (None, Some(many)) if !many.is_empty() => many.iter().map(|b| b.raw()).collect(),
+        (Some(one), Some(many)) if !one.is_empty() && !many.is_empty() => {
+            return Err(Verdict::Refused(
+                r#"Internal inconsistency: more than one of "keyPath", "keyPaths", "keyData", "keyDatas" specified"#.into(),
+            ))
+        }
+        _ => {
+            return Err(Verdict::Refused(
+                "Internal inconsistency: A public key, Fulcio, or PKI must be specified.".into(),
+            ))
+        }
+    };
+    datas
+        .iter()
+        .enumerate()
+        .map(|(i, pem)| {
+            keys::parse_pem(pem)
+                .map_err(|e| Verdict::Refused(format!("parsing public key {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// `prSigstoreSigned.isSignatureAccepted` for a public-key root of trust, then
+/// `internal.VerifySigstorePayload`: the annotation, its base64, the cryptographic check
+/// against each key, the payload, the manifest digest, the identity — in that order.
+fn signature_accepted(
+    requirement: &SigstoreSigned,
+    pull: &Pull,
+    layer: &Layer,
+    memo: &mut Memo,
+) -> Verdict {
+    let keys = match trust_keys(requirement) {
+        Ok(keys) => keys,
+        Err(verdict) => return verdict,
+    };
+    let Some(b64) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
+        return Verdict::Refused(format!("missing {SIGNATURE_ANNOTATION} annotation"));
+    };
+    let signature = match decode_go_std_base64(b64) {
+        Ok(s) => s,
+        Err(e) => return Verdict::Refused(format!("base64 decoding: {e}")),
+    };
+    let mut failures = Vec::new();
+    let mut unknown = None;
+    let mut valid = false;
+    for key in &keys {
+        match memo.verify(key, &layer.payload, &signature) {
+            Check::Valid => {
+                valid = true;
+                break;
+            }
+            Check::Invalid(why) => failures.push(why),
+            Check::Unknown(why) => {
+                unknown.get_or_insert(why);
+            }
+        }
+    }
+    if !valid {
+        if let Some(why) = unknown {
+            return Verdict::Unknown(why);
+        }
+        return Verdict::Refused(format!(
+            "cryptographic signature verification failed: {}",
+            failures.join(", ")
+        ));
+    }
+    let parsed = match payload::parse(&layer.payload) {
+        Ok(p) => p,
+        Err(e) => return Verdict::Refused(e),
+    };
+    if let Some(verdict) = digest_mismatch(pull.manifest, &parsed.docker_manifest_digest) {
+        return verdict;
+    }
+    if !identity::matches(
+        &requirement.signed_identity,
+        pull.intended,
+        &parsed.docker_reference,
+    ) {
+        return Verdict::Refused(format!(
+            "Signature for identity {:?} is not accepted",
+            parsed.docker_reference
+        ));
+    }
+    Verdict::Accepted
+}
+
+/// `manifest.MatchesDigest`: the SHA-256 of the manifest, compared as text. A schema 1
+/// manifest (whose digest strips its JWS signatures) is not judged here.
+fn digest_mismatch(manifest: &[u8], signed: &str) -> Option<Verdict> {
+    if is_schema1(manifest) {
+        return Some(Verdict::Unknown(
+            "the image has a Docker schema 1 manifest, whose digest this tool does not compute"
+                .into(),
+        ));
+    }
+    let actual = sha256(manifest);
+    (actual != signed)
+        .then(|| Verdict::Refused(format!("Signature for digest {signed} does not match")))
+}
+
+fn is_schema1(manifest: &[u8]) -> bool {
+    match crate::gojson::parse(manifest) {
+        Ok(crate::gojson::Value::Object(members)) => members
+            .iter()
+            .any(|(k, v)| k == "schemaVersion" && *v == crate::gojson::Value::Number("1".into())),
+        _ => false,
+    }
+}
+
+/// `sha256:<hex>` of the bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    )
+}
+
+/// The bytes' digest with the algorithm `expected` names (go-digest's `Algorithm.FromBytes`).
+pub fn digest_as(expected: &str, bytes: &[u8]) -> String {
+    let (name, algorithm) = match expected.split_once(':').map(|(a, _)| a) {
+        Some("sha384") => ("sha384", &ring::digest::SHA384),
+        Some("sha512") => ("sha512", &ring::digest::SHA512),
+        _ => ("sha256", &ring::digest::SHA256),
+    };
+    format!(
+        "{name}:{}",
+        hex(ring::digest::digest(algorithm, bytes).as_ref())
+    )
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Go's `base64.StdEncoding.DecodeString`: padding required, `\r` and `\n` skipped,
+/// non-zero trailing bits accepted.
+pub fn decode_go_std_base64(text: &str) -> Result<Vec<u8>, String> {
+    let clean: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+    cip_core::policy::decode_b64(&clean).map_err(|e| match e {
+        base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => {
+            format!("illegal base64 data at input byte {at}")
+        }
+        _ => format!("illegal base64 data at input byte {}", clean.len()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::tests::{p256, sign};
+    use base64::Engine;
+    use cip_core::policy::{Bytes, SignedIdentity};
+
+    struct Case {
+        signer: ring::signature::EcdsaKeyPair,
+        key_pem: String,
+        manifest: Vec<u8>,
+        intended: Reference,
+    }
+
+    fn case() -> Case {
+        let (signer, key_pem) = p256();
+        Case {
+            signer,
+            key_pem,
+            manifest:
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#
+                    .to_vec(),
+            intended: identity::pulled_reference("quay.io/org/app:v1").unwrap(),
+        }
+    }
+
+    impl Case {
+        fn digest(&self) -> String {
+            format!(
+                "sha256:{}",
+                hex(ring::digest::digest(&ring::digest::SHA256, &self.manifest).as_ref())
+            )
+        }
+
+        fn payload(&self, reference: &str, digest: &str) -> Vec<u8> {
+            format!(
+                r#"{{"critical":{{"identity":{{"docker-reference":"{reference}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+            )
+            .into_bytes()
+        }
+
+        fn layer(&self, payload: Vec<u8>) -> Layer {
+            let sig = sign(&self.signer, &payload);
+            layer_with(
+                payload,
+                Some(base64::engine::general_purpose::STANDARD.encode(sig)),
+            )
+        }
+
+        fn good_layer(&self) -> Layer {
+            self.layer(self.payload("quay.io/org/app:v1", &self.digest()))
+        }
+
+        fn requirement(&self) -> Requirement {
+            key_requirement(&self.key_pem)
+        }
+
+        fn judge(&self, requirements: &[Requirement], layers: &[Layer]) -> Verdict {
+            let pull = Pull {
+                intended: &self.intended,
+                manifest: &self.manifest,
+                layers,
+            };
+            judge(requirements, &pull, &mut Memo::default()).verdict
+        }
+    }
+
+    fn layer_with(payload: Vec<u8>, signature: Option<String>) -> Layer {
+        let mut annotations = BTreeMap::new();
+        if let Some(s) = signature {
+            annotations.insert(SIGNATURE_ANNOTATION.to_string(), s);
+        }
+        Layer {
+            digest: format!(
+                "sha256:{}",
+                hex(ring::digest::digest(&ring::digest::SHA256, &payload).as_ref())
+            ),
+            media_type: SIGNATURE_MIME_TYPE.into(),
+            payload,
+            annotations,
+        }
+    }
+
+    fn key_requirement(pem: &str) -> Requirement {
+        Requirement::SigstoreSigned(Box::new(SigstoreSigned {
+            key_data: Some(Bytes::from_raw(pem.as_bytes())),
+            ..Default::default()
+        }))
+    }
+
+    fn refused_with(v: &Verdict, text: &str) -> bool {
+        matches!(v, Verdict::Refused(r) if r.contains(text))
+    }
+
+    #[test]
+    fn a_good_signature_is_accepted() {
+        let c = case();
+        assert_eq!(
+            c.judge(&[c.requirement()], &[c.good_layer()]),
+            Verdict::Accepted
+        );
+    }
+
+    #[test]
+    fn no_signature_is_refused() {
+        let c = case();
+        let v = c.judge(&[c.requirement()], &[]);
+        assert!(
+            refused_with(&v, "A signature was required, but no signature exists"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_layer_that_is_not_a_signature_is_skipped() {
+        let c = case();
+        let mut layer = c.good_layer();
+        layer.media_type = "application/vnd.dev.sigstore.bundle+json".into();
+        let v = c.judge(&[c.requirement()], &[layer]);
+        assert!(
+            refused_with(&v, "1 sigstore non-signature attachments"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_annotation_is_refused() {
+        let c = case();
+        let mut layer = c.good_layer();
+        layer.annotations.clear();
+        let v = c.judge(&[c.requirement()], &[layer]);
+        assert!(
+            refused_with(&v, "missing dev.cosignproject.cosign/signature annotation"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn bad_base64_is_refused() {
+        let c = case();
+        let mut layer = c.good_layer();
+        let sig = layer.annotations.get_mut(SIGNATURE_ANNOTATION).unwrap();
+        sig.pop();
+        let v = c.judge(&[c.requirement()], &[layer.clone()]);
+        assert!(refused_with(&v, "base64 decoding"), "{v:?}");
+        // Line breaks inside the base64 are skipped, as Go's decoder skips them.
+        let mut wrapped = c.good_layer();
+        let sig = wrapped.annotations.get_mut(SIGNATURE_ANNOTATION).unwrap();
+        sig.insert(10, '\n');
+        assert_eq!(c.judge(&[c.requirement()], &[wrapped]), Verdict::Accepted);
+    }
+
+    #[test]
+    fn another_keys_signature_is_refused() {
+        let c = case();
+        let (_, other_pem) = p256();
+        let v = c.judge(&[key_requirement(&other_pem)], &[c.good_layer()]);
+        assert!(
+            refused_with(&v, "cryptographic signature verification failed"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_that_does_not_parse_refuses_every_signature() {
+        let c = case();
+        let v = c.judge(&[key_requirement("not a key")], &[c.good_layer()]);
+        assert!(
+            refused_with(&v, "parsing public key 1: PEM decoding failed"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_signed_payload_that_does_not_parse_is_refused() {
+        let c = case();
+        let mut payload = c.payload("quay.io/org/app:v1", &c.digest());
+        payload.extend_from_slice(b" x");
+        let v = c.judge(&[c.requirement()], &[c.layer(payload)]);
+        assert!(refused_with(&v, "after top-level value"), "{v:?}");
+    }
+
+    #[test]
+    fn another_manifest_digest_is_refused() {
+        let c = case();
+        let other = format!("sha256:{}", "a".repeat(64));
+        let v = c.judge(
+            &[c.requirement()],
+            &[c.layer(c.payload("quay.io/org/app:v1", &other))],
+        );
+        assert!(refused_with(&v, "does not match"), "{v:?}");
+    }
+
+    #[test]
+    fn another_identity_is_refused() {
+        let c = case();
+        let v = c.judge(
+            &[c.requirement()],
+            &[c.layer(c.payload("quay.io/org/app", &c.digest()))],
+        );
+        assert!(
+            refused_with(
+                &v,
+                "Signature for identity \"quay.io/org/app\" is not accepted"
+            ),
+            "{v:?}"
+        );
+        let mut repo = c.requirement();
+        if let Requirement::SigstoreSigned(s) = &mut repo {
+            s.signed_identity = SignedIdentity::MatchRepository;
+        }
+        assert_eq!(
+            c.judge(
+                &[repo],
+                &[c.layer(c.payload("quay.io/org/app", &c.digest()))]
+            ),
+            Verdict::Accepted
+        );
+    }
+
+    #[test]
+    fn one_good_layer_among_bad_ones_is_enough() {
+        let c = case();
+        let bad = c.layer(c.payload("quay.io/org/other:v1", &c.digest()));
+        assert_eq!(
+            c.judge(&[c.requirement()], &[bad.clone(), c.good_layer()]),
+            Verdict::Accepted
+        );
+        let v = c.judge(&[c.requirement()], &[bad.clone(), bad]);
+        assert!(
+            refused_with(&v, "None of the signatures were accepted"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn every_requirement_must_pass() {
+        let c = case();
+        let (_, other_pem) = p256();
+        // Two policies on one scope: both keys must have signed.
+        let v = c.judge(
+            &[c.requirement(), key_requirement(&other_pem)],
+            &[c.good_layer()],
+        );
+        assert!(
+            refused_with(&v, "cryptographic signature verification failed"),
+            "{v:?}"
+        );
+        let v = c.judge(
+            &[Requirement::InsecureAcceptAnything, Requirement::Reject],
+            &[],
+        );
+        assert!(refused_with(&v, "is rejected by policy"), "{v:?}");
+        let v = c.judge(&[], &[]);
+        assert!(refused_with(&v, "must not be empty"), "{v:?}");
+        let pull = Pull {
+            intended: &c.intended,
+            manifest: &c.manifest,
+            layers: &[],
+        };
+        let free = judge(
+            &[Requirement::InsecureAcceptAnything],
+            &pull,
+            &mut Memo::default(),
+        );
+        assert!(free.no_signature_required && free.verdict == Verdict::Accepted);
+    }
+
+    #[test]
+    fn what_is_not_ported_is_unknown_never_refused() {
+        let c = case();
+        let keyless = Requirement::SigstoreSigned(Box::new(SigstoreSigned {
+            fulcio: Some(Default::default()),
+            ..Default::default()
+        }));
+        let v = c.judge(std::slice::from_ref(&keyless), &[c.good_layer()]);
+        assert!(
+            matches!(&v, Verdict::Unknown(r) if r.contains("not yet supported")),
+            "{v:?}"
+        );
+        // With no signature at all, containers/image refuses before looking at the root.
+        assert!(refused_with(
+            &c.judge(std::slice::from_ref(&keyless), &[]),
+            "no signature exists"
+        ));
+        // An unknown requirement beside a refusal: refused.
+        assert!(matches!(
+            c.judge(&[keyless, Requirement::Reject], &[c.good_layer()]),
+            Verdict::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn a_repeated_check_is_memoized() {
+        let c = case();
+        let layer = c.good_layer();
+        let pull = Pull {
+            intended: &c.intended,
+            manifest: &c.manifest,
+            layers: std::slice::from_ref(&layer),
+        };
+        let mut memo = Memo::default();
+        judge(&[c.requirement()], &pull, &mut memo);
+        judge(&[c.requirement()], &pull, &mut memo);
+        assert_eq!(memo.len(), 1);
+    }
+}

@@ -1,0 +1,413 @@
+//! `verify`'s fetch rules against an in-process registry on loopback that misbehaves on
+//! demand: each fault gives its own verdict, and every registry error is `unknown`, never
+//! `refused`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use serde_json::json;
+
+use cip_core::policy::Policy;
+use cip_core::registries_conf::{MirrorObjects, RegistriesConf};
+use cip_sigstore::judge::Memo;
+use cip_webhook::registry::Client;
+use cip_webhook::verify::{verify, NodeView, Outcome};
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+
+#[derive(Default)]
+struct Fake {
+    /// (repo, reference) → (content type, body).
+    manifests: HashMap<(String, String), (String, Vec<u8>)>,
+    blobs: HashMap<String, Vec<u8>>,
+    /// Path suffix → status returned instead (e.g. `.sig` → 500).
+    faults: Vec<(String, StatusCode)>,
+    /// Answer 429 with `Retry-After: 1` to the first manifest request.
+    throttle_once: bool,
+    /// Require a bearer token got from `/token`.
+    token: bool,
+    /// Require Basic credentials.
+    basic: bool,
+}
+
+struct Registry {
+    fake: Mutex<Fake>,
+    requests: AtomicUsize,
+    host: Mutex<String>,
+}
+
+type Shared = Arc<Registry>;
+
+async fn token(State(r): State<Shared>) -> Response {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    (
+        [("content-type", "application/json")],
+        json!({"token": "t0k"}).to_string(),
+    )
+        .into_response()
+}
+
+async fn manifest(
+    State(r): State<Shared>,
+    Path((repo, reference)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    let host = r.host.lock().unwrap().clone();
+    let mut f = r.fake.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if f.token && auth != "Bearer t0k" {
+        let challenge = format!(r#"Bearer realm="http://{host}/token",service="fake""#);
+        return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+    }
+    if f.basic && auth.is_empty() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Basic realm=\"fake\"")],
+        )
+            .into_response();
+    }
+    if f.throttle_once {
+        f.throttle_once = false;
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
+    }
+    if let Some((_, status)) = f
+        .faults
+        .iter()
+        .find(|(suffix, _)| reference.ends_with(suffix.as_str()))
+    {
+        return (*status, "fault").into_response();
+    }
+    match f.manifests.get(&(repo.replace("%2F", "/"), reference)) {
+        Some((ct, body)) => ([("content-type", ct.clone())], body.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+                .to_string(),
+        )
+            .into_response(),
+    }
+}
+
+async fn blob(State(r): State<Shared>, Path((_, digest)): Path<(String, String)>) -> Response {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    match r.fake.lock().unwrap().blobs.get(&digest) {
+        Some(b) => Bytes::from(b.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn start(fake: Fake) -> (Shared, String) {
+    let shared = Arc::new(Registry {
+        fake: Mutex::new(fake),
+        requests: AtomicUsize::new(0),
+        host: Mutex::default(),
+    });
+    let app = axum::Router::new()
+        .route("/token", axum::routing::get(token))
+        .route(
+            "/v2/org/{repo}/manifests/{reference}",
+            axum::routing::get(manifest),
+        )
+        .route("/v2/org/{repo}/blobs/{digest}", axum::routing::get(blob))
+        .with_state(Arc::clone(&shared));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    *shared.host.lock().unwrap() = host.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (shared, host)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    cip_sigstore::judge::sha256(bytes)
+}
+
+struct Signer {
+    pair: EcdsaKeyPair,
+    pem: String,
+}
+
+fn signer() -> Signer {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let prefix = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let der = [&prefix[..], pair.public_key().as_ref()].concat();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    Signer {
+        pair,
+        pem: format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"),
+    }
+}
+
+/// A registry holding `org/app:v1`, signed by `s` for `host/org/app:v1`; returns its
+/// image digest.
+fn signed_image(f: &mut Fake, s: &Signer, host: &str) -> String {
+    let image = json!({"schemaVersion": 2, "mediaType": OCI, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2}, "layers": []}).to_string().into_bytes();
+    let digest = sha256(&image);
+    f.manifests
+        .insert(("app".into(), "v1".into()), (OCI.into(), image.clone()));
+    f.manifests
+        .insert(("app".into(), digest.clone()), (OCI.into(), image));
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{host}/org/app:v1"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    )
+    .into_bytes();
+    let sig = s.pair.sign(&SystemRandom::new(), &payload).unwrap();
+    let payload_digest = sha256(&payload);
+    f.blobs.insert(payload_digest.clone(), payload.clone());
+    let attachment = json!({"schemaVersion": 2, "mediaType": OCI,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": payload_digest, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": base64::engine::general_purpose::STANDARD.encode(sig.as_ref())}}]});
+    f.manifests.insert(
+        ("app".into(), format!("{}.sig", digest.replace(':', "-"))),
+        (OCI.into(), attachment.to_string().into_bytes()),
+    );
+    digest
+}
+
+fn node(host: &str, key_pem: &str) -> NodeView {
+    let policy = Policy::parse(
+        &json!({"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": {
+            format!("{host}/org"): [{"type": "sigstoreSigned", "keyData": base64::engine::general_purpose::STANDARD.encode(key_pem),
+                                      "signedIdentity": {"type": "matchRepoDigestOrExact"}}]}}})
+        .to_string(),
+    )
+    .unwrap();
+    NodeView {
+        policy,
+        policy_file: "/etc/containers/policy.json".into(),
+        attachments: BTreeSet::from([format!("{host}/org")]),
+        registries: RegistriesConf::generate(&[host.to_string()], &[], MirrorObjects::default())
+            .unwrap(),
+    }
+}
+
+/// One `verify` of `host/org/app:v1` against a registry set up by `setup`.
+async fn run(
+    setup: impl FnOnce(&mut Fake, &Signer, &str),
+    authfile: Option<&str>,
+) -> (Outcome, usize) {
+    let s = signer();
+    let (shared, host) = start(Fake::default()).await;
+    setup(&mut shared.fake.lock().unwrap(), &s, &host);
+    let client = Client::new(vec![host.clone()], authfile).unwrap();
+    let outcome = verify(
+        &node(&host, &s.pem),
+        &format!("{host}/org/app:v1"),
+        "amd64",
+        &client,
+        &mut Memo::default(),
+    )
+    .await
+    .unwrap();
+    (outcome, shared.requests.load(Ordering::SeqCst))
+}
+
+fn is(o: &Outcome, verdict: &str, reason: &str) -> bool {
+    o.verdict == verdict && o.reason.contains(reason)
+}
+
+#[tokio::test]
+async fn a_signed_image_behind_a_token_is_accepted_in_six_requests_at_most() {
+    let (o, requests) = run(
+        |f, s, host| {
+            signed_image(f, s, host);
+            f.token = true;
+        },
+        None,
+    )
+    .await;
+    assert!(is(&o, "accepted", ""), "{o:?}");
+    assert_eq!(o.layers.len(), 1);
+    // https tried first on an insecure registry costs no request here (the handshake
+    // fails); then 401, token, manifest, attachment, blob.
+    assert!(requests <= 6, "{requests} requests");
+}
+
+#[tokio::test]
+async fn no_attachment_is_unsigned() {
+    let (o, _) = run(
+        |f, s, host| {
+            signed_image(f, s, host);
+            f.manifests.retain(|(_, r), _| !r.ends_with(".sig"));
+        },
+        None,
+    )
+    .await;
+    assert!(is(&o, "refused", "no signature exists"), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_server_error_on_the_attachment_is_unknown() {
+    let (o, _) = run(
+        |f, s, host| {
+            signed_image(f, s, host);
+            f.faults
+                .push((".sig".into(), StatusCode::INTERNAL_SERVER_ERROR));
+        },
+        None,
+    )
+    .await;
+    assert!(is(&o, "unknown", "500"), "{o:?}");
+    assert_eq!(o.exit_code(), 3);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_once() {
+    let (o, _) = run(
+        |f, s, host| {
+            signed_image(f, s, host);
+            f.throttle_once = true;
+        },
+        None,
+    )
+    .await;
+    assert!(is(&o, "accepted", ""), "{o:?}");
+}
+
+#[tokio::test]
+async fn an_attachment_of_another_media_type_is_unknown() {
+    let (o, _) = run(
+        |f, s, host| {
+            signed_image(f, s, host);
+            for ((_, r), (ct, _)) in f.manifests.iter_mut() {
+                if r.ends_with(".sig") {
+                    *ct = "application/vnd.docker.distribution.manifest.v2+json".into();
+                }
+            }
+        },
+        None,
+    )
+    .await;
+    assert!(
+        is(
+            &o,
+            "unknown",
+            "unexpected MIME type for sigstore attachment manifest"
+        ),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_blob_that_does_not_match_its_digest_is_unknown() {
+    let (o, _) = run(
+        |f, s, host| {
+            signed_image(f, s, host);
+            for b in f.blobs.values_mut() {
+                b.push(b' ');
+            }
+        },
+        None,
+    )
+    .await;
+    assert!(is(&o, "unknown", "digest mismatch"), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_blob_over_4_mib_is_unknown() {
+    let (o, _) = run(
+        |f, s, host| {
+            signed_image(f, s, host);
+            for b in f.blobs.values_mut() {
+                b.resize(5 << 20, b' ');
+            }
+        },
+        None,
+    )
+    .await;
+    assert!(is(&o, "unknown", "limit"), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_manifest_that_does_not_match_the_pulled_digest_is_unknown() {
+    let s = signer();
+    let (shared, host) = start(Fake::default()).await;
+    let digest = signed_image(&mut shared.fake.lock().unwrap(), &s, &host);
+    shared
+        .fake
+        .lock()
+        .unwrap()
+        .manifests
+        .get_mut(&("app".into(), digest.clone()))
+        .unwrap()
+        .1
+        .push(b' ');
+    let client = Client::new(vec![host.clone()], None).unwrap();
+    let o = verify(
+        &node(&host, &s.pem),
+        &format!("{host}/org/app@{digest}"),
+        "amd64",
+        &client,
+        &mut Memo::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        is(&o, "unknown", "does not match provided manifest digest"),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_needs_credentials() {
+    let setup = |f: &mut Fake, s: &Signer, host: &str| {
+        signed_image(f, s, host);
+        f.basic = true;
+    };
+    let (o, _) = run(setup, None).await;
+    assert!(is(&o, "unknown", "no credentials"), "{o:?}");
+    let authfile = |host: &str| json!({"auths": {host: {"auth": "dTpw"}}}).to_string();
+    // The auth file is keyed by the registry's host; built once the port is known.
+    let s = signer();
+    let (shared, host) = start(Fake::default()).await;
+    setup(&mut shared.fake.lock().unwrap(), &s, &host);
+    let client = Client::new(vec![host.clone()], Some(&authfile(&host))).unwrap();
+    let o = verify(
+        &node(&host, &s.pem),
+        &format!("{host}/org/app:v1"),
+        "amd64",
+        &client,
+        &mut Memo::default(),
+    )
+    .await
+    .unwrap();
+    assert!(is(&o, "accepted", ""), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_registry_that_is_down_is_unknown() {
+    let s = signer();
+    let host = format!("127.0.0.1:{}", testkit::paths::free_port());
+    let client = Client::new(vec![host.clone()], None).unwrap();
+    let o = verify(
+        &node(&host, &s.pem),
+        &format!("{host}/org/app:v1"),
+        "amd64",
+        &client,
+        &mut Memo::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        is(&o, "unknown", "no pull source served the manifest"),
+        "{o:?}"
+    );
+}
