@@ -839,9 +839,9 @@ pub fn explain(
     let in_namespace_file = path != POLICY_JSON_PATH;
     let policy = Policy::parse(&text).map_err(anyhow::Error::msg)?;
     let e = explain::explain(&policy, image).map_err(anyhow::Error::msg)?;
-    let mut from = policies_behind(
+    let mut from = explain::policies_behind(
         &plan,
-        &loaded,
+        &loaded.inputs,
         e.matched.as_deref(),
         namespace,
         in_namespace_file,
@@ -907,57 +907,6 @@ pub fn explain(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The policies whose requirements the matched entry carries: the cluster policies that
-/// write that scope, and in a namespace's file that namespace's ImagePolicies.
-fn policies_behind(
-    plan: &Plan,
-    loaded: &Loaded,
-    matched: Option<&str>,
-    namespace: Option<&str>,
-    in_namespace_file: bool,
-) -> Vec<String> {
-    let writes = |o: &render::PolicyOutcome, scope: &String| match &o.condition {
-        Condition::Applied { .. } => true,
-        Condition::Pending { written, .. } | Condition::Overridden { written, .. } => {
-            written.contains(scope)
-        }
-    };
-    match matched {
-        Some(scope) if !scope.is_empty() => {
-            let scope = &scope.to_string();
-            let cluster = plan.policies.iter().filter(|o| {
-                writes(o, scope)
-                    && loaded
-                        .inputs
-                        .policies
-                        .iter()
-                        .any(|p| p.metadata.name == o.name && p.scopes().contains(scope))
-            });
-            let namespaced = plan.image_policies.iter().filter(|o| {
-                in_namespace_file
-                    && o.namespace.as_deref() == namespace
-                    && writes(o, scope)
-                    && loaded.inputs.image_policies.iter().any(|p| {
-                        p.metadata.namespace == o.namespace
-                            && p.metadata.name == o.name
-                            && p.scopes().contains(scope)
-                    })
-            });
-            cluster
-                .map(|o| format!("ClusterImagePolicy {}", o.name))
-                .chain(namespaced.map(|o| {
-                    format!(
-                        "ImagePolicy {}/{}",
-                        o.namespace.as_deref().unwrap_or_default(),
-                        o.name
-                    )
-                }))
-                .collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
 pub struct VerifyArgs<'a> {
     pub input: &'a Path,
     pub pool: &'a str,
@@ -985,10 +934,10 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut memo = cip_sigstore::judge::Memo::default();
+    let memo = std::sync::Mutex::default();
     let outcome = runtime
         .block_on(cip_webhook::verify::verify(
-            &node, args.image, args.arch, &client, &mut memo,
+            &node, args.image, args.arch, &client, &memo,
         ))
         .map_err(anyhow::Error::msg)?;
     let text = if json {
@@ -1002,6 +951,164 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
     };
     print(&text)?;
     Ok(ExitCode::from(outcome.exit_code()))
+}
+
+pub struct PreviewArgs<'a> {
+    pub input: &'a Path,
+    pub images: Option<&'a Path>,
+    pub pods: Option<&'a Path>,
+    pub proposed: &'a [PathBuf],
+    pub pool: &'a str,
+    pub arch: &'a str,
+    pub authfile: Option<&'a Path>,
+    pub attachments: Option<&'a Path>,
+}
+
+/// One state of the cluster: its inputs, plan and each namespace's node view.
+struct State {
+    inputs: cip_core::inputs::Inputs,
+    plan: Plan,
+    views: cip_webhook::preview::Views,
+}
+
+fn preview_state(
+    docs: &[Document],
+    running: &[cip_webhook::preview::Running],
+    pool: &str,
+    options: &RenderOptions,
+) -> Result<State> {
+    let loaded = documents::load(docs)?;
+    let plan = render::plan(&loaded.inputs, options)?;
+    let mut views = cip_webhook::preview::Views::new();
+    let namespaces: std::collections::BTreeSet<Option<String>> = running
+        .iter()
+        .map(|r| r.namespace.clone())
+        .chain([None])
+        .collect();
+    for ns in namespaces {
+        let view = cip_webhook::verify::node_view(&loaded.inputs, &plan, pool, ns.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        views.insert(ns, view);
+    }
+    Ok(State {
+        inputs: loaded.inputs,
+        plan,
+        views,
+    })
+}
+
+/// The input's documents with the proposed files applied: an object of the same kind and
+/// name is replaced, a new one added.
+fn proposed_documents(input: Vec<Document>, proposed: &[PathBuf]) -> Result<Vec<Document>> {
+    let mut added = Vec::new();
+    for path in proposed {
+        added.extend(read_file_documents(path)?);
+    }
+    let id = |d: &Document| {
+        (
+            documents::kind_of(&d.value).1.to_string(),
+            documents::key_of(&d.value),
+        )
+    };
+    let replaced: std::collections::BTreeSet<_> = added.iter().map(id).collect();
+    Ok(input
+        .into_iter()
+        .filter(|d| !replaced.contains(&id(d)))
+        .chain(added)
+        .collect())
+}
+
+/// `preview`: the running images judged under the input, and under the proposal.
+pub fn preview(args: &PreviewArgs, options: &RenderOptions, json: bool) -> Result<ExitCode> {
+    use cip_webhook::preview::{self as p, Cached, ImageReport};
+    let running = match (args.images, args.pods) {
+        (Some(path), None) => p::parse_image_list(
+            &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        (None, Some(path)) => p::parse_pods(
+            &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        _ => bail!("give one of --images FILE and --pods FILE"),
+    }
+    .map_err(anyhow::Error::msg)?;
+    let (docs, _) = files::dir_documents(args.input, &[])?;
+    let current = preview_state(&docs, &running, args.pool, options)?;
+    let after = if args.proposed.is_empty() {
+        None
+    } else {
+        let merged = proposed_documents(docs, args.proposed)?;
+        Some(preview_state(&merged, &running, args.pool, options)?)
+    };
+    let authfile = match args.authfile {
+        Some(path) => {
+            Some(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let mut insecure = current.plan.facts.insecure.clone();
+    if let Some(a) = &after {
+        insecure.extend(a.plan.facts.insecure.iter().cloned());
+    }
+    let client = cip_webhook::registry::Client::new(insecure, authfile.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let cache = Cached::new(Some(client));
+    if let Some(path) = args.attachments.filter(|p| p.exists()) {
+        cache
+            .load(&fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let memo = std::sync::Mutex::default();
+    let (before, proposed) = runtime.block_on(async {
+        let before = p::judge_all(&running, &current.views, args.arch, &cache, &memo).await;
+        let proposed = match &after {
+            Some(a) => Some(p::judge_all(&running, &a.views, args.arch, &cache, &memo).await),
+            None => None,
+        };
+        (before, proposed)
+    });
+    if let Some(path) = args.attachments {
+        fs::write(path, cache.save()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let state = after.as_ref().unwrap_or(&current);
+    let mut proposed = proposed.map(Vec::into_iter);
+    let reports: Vec<ImageReport> = running
+        .iter()
+        .zip(before)
+        .map(|(r, current)| {
+            let proposed = proposed.as_mut().and_then(Iterator::next);
+            let o = proposed.as_ref().unwrap_or(&current);
+            let policies = explain::policies_behind(
+                &state.plan,
+                &state.inputs,
+                o.entry.as_deref(),
+                r.namespace.as_deref(),
+                o.policy_file != POLICY_JSON_PATH,
+            );
+            ImageReport {
+                running: r.clone(),
+                current,
+                proposed,
+                policies,
+            }
+        })
+        .collect();
+    let tallies = p::tally(&reports);
+    let requests = cache.inner().map_or(0, |c| c.requests());
+    let code = p::exit_code(&reports);
+    let text = if json {
+        serde_json::to_string_pretty(&json!({
+            "pool": args.pool, "images": reports, "policies": tallies,
+            "registryRequests": requests, "exitCode": code,
+        }))? + "\n"
+    } else {
+        p::text(&reports, &tallies, requests)
+    };
+    print(&text)?;
+    Ok(ExitCode::from(code))
 }
 
 pub fn certs(out: &Path, dns: &[String], days: i64, json: bool) -> Result<ExitCode> {

@@ -157,14 +157,23 @@ pub fn read_file_documents(path: &Path) -> Result<Vec<Document>, FilesError> {
 }
 
 pub fn load_dir(dir: &Path, skip: &[PathBuf]) -> Result<Loaded, FilesError> {
+    let (docs, skipped) = dir_documents(dir, skip)?;
+    let mut loaded = documents::load(&docs)?;
+    loaded.skipped = skipped;
+    Ok(loaded)
+}
+
+/// Every document of the manifest files under `dir`, and the files passed over.
+pub fn dir_documents(
+    dir: &Path,
+    skip: &[PathBuf],
+) -> Result<(Vec<documents::Document>, Vec<String>), FilesError> {
     let listing = manifest_files(dir, skip)?;
     let mut docs = Vec::new();
     for f in &listing.files {
         docs.extend(read_file_documents(f)?);
     }
-    let mut loaded = documents::load(&docs)?;
-    loaded.skipped = listing.skipped;
-    Ok(loaded)
+    Ok((docs, listing.skipped))
 }
 
 /// Moves the staged files `writes` (in `stage`) to `output`, and the files `deletes` out

@@ -21,6 +21,7 @@ pub use cip_core as core;
 pub mod files;
 pub mod k8s;
 pub mod metrics;
+pub mod preview;
 pub mod registry;
 pub mod runtime;
 pub mod verify;

@@ -195,6 +195,44 @@ enum Command {
         #[command(flatten)]
         report: OutputOrFormat,
     },
+    /// Judge every running image as `verify` does, under the policies in `--input` and,
+    /// with `--proposed`, after those files are applied: per policy, the images covered,
+    /// accepted, refused at next pull, unknown and newly refused. Exit 1 when an image would
+    /// be refused (with `--proposed`: newly refused), else 3 when some are unknown, else 0.
+    Preview {
+        /// Directory of manifests to render (as for `render --input`).
+        #[arg(long, value_name = "DIR")]
+        input: PathBuf,
+        /// `[namespace] image [imageID]` lines.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "pods",
+            required_unless_present = "pods"
+        )]
+        images: Option<PathBuf>,
+        /// `kubectl get pods -A -o json` output: each container status's image and imageID.
+        #[arg(long, value_name = "FILE")]
+        pods: Option<PathBuf>,
+        /// Manifests to apply on top of `--input` (same kind and name replaces).
+        #[arg(long, value_name = "FILE")]
+        proposed: Vec<PathBuf>,
+        #[arg(long, default_value = "worker")]
+        pool: String,
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        /// containers-auth.json with registry credentials.
+        #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+        authfile: Option<PathBuf>,
+        /// Manifests and signatures fetched, read first if the file exists and written
+        /// back: a later run needs no registry for what it holds.
+        #[arg(long, value_name = "FILE")]
+        attachments: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        report: OutputOrFormat,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -476,6 +514,31 @@ fn main() -> ExitCode {
                 arch: &arch,
                 authfile: authfile.as_deref(),
                 image: &image,
+            },
+            &common.options(),
+            report.format == Format::Json,
+        ),
+        Command::Preview {
+            input,
+            images,
+            pods,
+            proposed,
+            pool,
+            arch,
+            authfile,
+            attachments,
+            common,
+            report,
+        } => commands::preview(
+            &commands::PreviewArgs {
+                input: &input,
+                images: images.as_deref(),
+                pods: pods.as_deref(),
+                proposed: &proposed,
+                pool: &pool,
+                arch: &arch,
+                authfile: authfile.as_deref(),
+                attachments: attachments.as_deref(),
             },
             &common.options(),
             report.format == Format::Json,

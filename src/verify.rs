@@ -7,6 +7,7 @@
 //! `Unknown`, never a refusal.
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -127,6 +128,11 @@ impl Outcome {
         }
     }
 
+    /// An image reference that cannot be judged at all.
+    pub fn unusable(image: &str, policy_file: &str, why: String) -> Outcome {
+        Outcome::new(image, policy_file).unknown(why)
+    }
+
     fn decided(mut self, verdict: &Verdict) -> Outcome {
         self.verdict = verdict.word().to_string();
         self.reason = verdict.reason().to_string();
@@ -152,7 +158,20 @@ pub async fn verify<S: Source>(
     image: &str,
     arch: &str,
     source: &S,
-    memo: &mut Memo,
+    memo: &Mutex<Memo>,
+) -> Result<Outcome, String> {
+    verify_pinned(node, image, None, arch, source, memo).await
+}
+
+/// As [`verify`], reading the manifest the node runs (`pinned`: a container status's
+/// `imageID` digest) rather than what the tag names now.
+pub async fn verify_pinned<S: Source>(
+    node: &NodeView,
+    image: &str,
+    pinned: Option<&str>,
+    arch: &str,
+    source: &S,
+    memo: &Mutex<Memo>,
 ) -> Result<Outcome, String> {
     let intended = cip_sigstore::identity::pulled_reference(image)?;
     let e = explain::explain(&node.policy, image)?;
@@ -165,11 +184,11 @@ pub async fn verify<S: Source>(
             manifest: &[],
             layers: &[],
         };
-        let verdict = judge::judge(&e.requirements, &pull, memo);
+        let verdict = judge::judge(&e.requirements, &pull, &mut lock(memo));
         out.no_signature_required = verdict.no_signature_required;
         return Ok(out.decided(&verdict.verdict));
     }
-    let fetched = match fetch(node, &intended, arch, source, &mut out).await {
+    let fetched = match fetch(node, &intended, pinned, arch, source, &mut out).await {
         Ok(f) => f,
         Err(why) => return Ok(out.unknown(why)),
     };
@@ -178,9 +197,13 @@ pub async fn verify<S: Source>(
         manifest: &fetched.manifest,
         layers: &fetched.layers,
     };
-    let verdict = judge::judge(&e.requirements, &pull, memo);
+    let verdict = judge::judge(&e.requirements, &pull, &mut lock(memo));
     out.layers = layer_outcomes(&verdict);
     Ok(out.decided(&verdict.verdict))
+}
+
+fn lock(memo: &Mutex<Memo>) -> std::sync::MutexGuard<'_, Memo> {
+    memo.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn requirement_type(r: &Requirement) -> String {
@@ -237,18 +260,27 @@ const INDEX_TYPES: [&str; 2] = [
 async fn fetch<S: Source>(
     node: &NodeView,
     intended: &Reference,
+    pinned: Option<&str>,
     arch: &str,
     source: &S,
     out: &mut Outcome,
 ) -> Result<Fetched, String> {
-    let sources = match node.registries.find_registry(&intended.name) {
-        Some(registry) => registry.pull_sources(intended)?,
+    let wanted = match pinned {
+        Some(digest) => Reference {
+            name: intended.name.clone(),
+            tag: None,
+            digest: Some(digest.to_string()),
+        },
+        None => intended.clone(),
+    };
+    let sources = match node.registries.find_registry(&wanted.name) {
+        Some(registry) => registry.pull_sources(&wanted)?,
         None => vec![(
             cip_core::registries_conf::Endpoint {
                 location: String::new(),
                 pull_from: None,
             },
-            intended.clone(),
+            wanted.clone(),
         )],
     };
     let reference = |r: &Reference| r.digest.clone().or(r.tag.clone()).unwrap_or_default();

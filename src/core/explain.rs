@@ -4,7 +4,9 @@
 
 use serde::Serialize;
 
+use crate::inputs::Inputs;
 use crate::policy::{Policy, Requirement};
+use crate::render::Plan;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -175,6 +177,55 @@ pub fn explain(policy: &Policy, image: &str) -> Result<Explanation, String> {
         matched,
         requirements,
     })
+}
+
+/// The policies whose requirements the matched entry carries: the cluster policies that
+/// write that scope, and in a namespace's file that namespace's ImagePolicies.
+pub fn policies_behind(
+    plan: &Plan,
+    inputs: &Inputs,
+    matched: Option<&str>,
+    namespace: Option<&str>,
+    in_namespace_file: bool,
+) -> Vec<String> {
+    let writes = |o: &crate::render::PolicyOutcome, scope: &String| match &o.condition {
+        crate::render::Condition::Applied { .. } => true,
+        crate::render::Condition::Pending { written, .. }
+        | crate::render::Condition::Overridden { written, .. } => written.contains(scope),
+    };
+    match matched {
+        Some(scope) if !scope.is_empty() => {
+            let scope = &scope.to_string();
+            let cluster = plan.policies.iter().filter(|o| {
+                writes(o, scope)
+                    && inputs
+                        .policies
+                        .iter()
+                        .any(|p| p.metadata.name == o.name && p.scopes().contains(scope))
+            });
+            let namespaced = plan.image_policies.iter().filter(|o| {
+                in_namespace_file
+                    && o.namespace.as_deref() == namespace
+                    && writes(o, scope)
+                    && inputs.image_policies.iter().any(|p| {
+                        p.metadata.namespace == o.namespace
+                            && p.metadata.name == o.name
+                            && p.scopes().contains(scope)
+                    })
+            });
+            cluster
+                .map(|o| format!("ClusterImagePolicy {}", o.name))
+                .chain(namespaced.map(|o| {
+                    format!(
+                        "ImagePolicy {}/{}",
+                        o.namespace.as_deref().unwrap_or_default(),
+                        o.name
+                    )
+                }))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ async fn run(
         &format!("{host}/org/app:v1"),
         "amd64",
         &client,
-        &mut Memo::default(),
+        &std::sync::Mutex::new(Memo::default()),
     )
     .await
     .unwrap();
@@ -356,7 +356,7 @@ async fn a_manifest_that_does_not_match_the_pulled_digest_is_unknown() {
         &format!("{host}/org/app@{digest}"),
         "amd64",
         &client,
-        &mut Memo::default(),
+        &std::sync::Mutex::new(Memo::default()),
     )
     .await
     .unwrap();
@@ -385,7 +385,7 @@ async fn basic_auth_needs_credentials() {
         &format!("{host}/org/app:v1"),
         "amd64",
         &client,
-        &mut Memo::default(),
+        &std::sync::Mutex::new(Memo::default()),
     )
     .await
     .unwrap();
@@ -402,7 +402,7 @@ async fn a_registry_that_is_down_is_unknown() {
         &format!("{host}/org/app:v1"),
         "amd64",
         &client,
-        &mut Memo::default(),
+        &std::sync::Mutex::new(Memo::default()),
     )
     .await
     .unwrap();
@@ -410,4 +410,138 @@ async fn a_registry_that_is_down_is_unknown() {
         is(&o, "unknown", "no pull source served the manifest"),
         "{o:?}"
     );
+}
+
+async fn cli(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cip-webhook"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cip(name: &str, scope: &str, key_pem: &str) -> String {
+    json!({"apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy", "metadata": {"name": name},
+           "spec": {"scopes": [scope], "policy": {"rootOfTrust": {"policyType": "PublicKey",
+                    "publicKey": {"keyData": base64::engine::general_purpose::STANDARD.encode(key_pem)}}}}})
+    .to_string()
+}
+
+/// `verify` and `preview` from the command line: a signed image accepted, an unsigned one
+/// refused; a proposal that requires another key newly refuses the signed one; the saved
+/// attachments let a second run judge the same with the registry gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_before_and_after_a_proposal() {
+    let s = signer();
+    let (shared, host) = start(Fake::default()).await;
+    let digest = signed_image(&mut shared.fake.lock().unwrap(), &s, &host);
+    {
+        let mut f = shared.fake.lock().unwrap();
+        let image = f.manifests[&("app".to_string(), "v1".to_string())].clone();
+        f.manifests.insert(("bare".into(), "v1".into()), image);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(
+        input.join("image.yaml"),
+        json!({"apiVersion": "config.openshift.io/v1", "kind": "Image", "metadata": {"name": "cluster"},
+               "spec": {"registrySources": {"insecureRegistries": [host]}}})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        input.join("team.yaml"),
+        cip("team", &format!("{host}/org/app"), &s.pem),
+    )
+    .unwrap();
+    let other = signer();
+    let proposed = dir.path().join("proposed.yaml");
+    std::fs::write(&proposed, cip("team", &format!("{host}/org"), &other.pem)).unwrap();
+    let images = dir.path().join("images.txt");
+    std::fs::write(
+        &images,
+        format!(
+            "team-a {host}/org/app:v1 {host}/org/app@{digest}\n# a comment\n{host}/org/bare:v1\n"
+        ),
+    )
+    .unwrap();
+
+    let input_s = input.to_str().unwrap();
+    let (code, v, err) = cli(&[
+        "verify",
+        "--format",
+        "json",
+        "--input",
+        input_s,
+        &format!("{host}/org/app:v1"),
+    ])
+    .await;
+    assert_eq!(
+        (code, v["verdict"].as_str()),
+        (0, Some("accepted")),
+        "{v} {err}"
+    );
+
+    let attachments = dir.path().join("attachments.json");
+    let args = |proposal: bool| {
+        let mut a = vec![
+            "preview",
+            "--format",
+            "json",
+            "--input",
+            input_s,
+            "--images",
+            images.to_str().unwrap(),
+            "--attachments",
+            attachments.to_str().unwrap(),
+        ];
+        if proposal {
+            a.extend(["--proposed", proposed.to_str().unwrap()]);
+        }
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| async move {
+        cli(&a.iter().map(String::as_str).collect::<Vec<_>>()).await
+    };
+    // Under the input alone: the signed image passes, the other is outside the scope.
+    let (code, v, err) = run(args(false)).await;
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(v["policies"][0]["covered"], 1, "{v}");
+    assert_eq!(v["policies"][0]["accepted"], 1, "{v}");
+    // The proposal widens the scope to the namespace and swaps the key: both refused, newly.
+    let (code, v, err) = run(args(true)).await;
+    assert_eq!(code, 1, "{v} {err}");
+    let team = &v["policies"][0];
+    assert_eq!(
+        (team["covered"].as_u64(), team["newlyRefused"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+    assert!(
+        team["examples"][0]
+            .as_str()
+            .unwrap()
+            .contains("newly refused"),
+        "{v}"
+    );
+    // The same from the saved attachments, with the registry answering nothing.
+    let before = shared.requests.load(Ordering::SeqCst);
+    shared
+        .fake
+        .lock()
+        .unwrap()
+        .faults
+        .push((String::new(), StatusCode::INTERNAL_SERVER_ERROR));
+    let (code, again, err) = run(args(true)).await;
+    assert_eq!(code, 1, "{again} {err}");
+    assert_eq!(again["policies"], v["policies"]);
+    assert_eq!(again["registryRequests"], 0, "{again}");
+    assert_eq!(shared.requests.load(Ordering::SeqCst), before);
 }
