@@ -920,8 +920,9 @@ pub struct VerifyArgs<'a> {
 pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<ExitCode> {
     let loaded = load_dir(args.input, &[])?;
     let plan = render::plan(&loaded.inputs, options)?;
-    let node = cip_webhook::verify::node_view(&loaded.inputs, &plan, args.pool, args.namespace)
-        .map_err(anyhow::Error::msg)?;
+    let node =
+        cip_webhook::pull::verify::node_view(&loaded.inputs, &plan, args.pool, args.namespace)
+            .map_err(anyhow::Error::msg)?;
     let authfile = match args.authfile {
         Some(path) => {
             Some(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
@@ -929,14 +930,14 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
         None => None,
     };
     let client =
-        cip_webhook::registry::Client::new(plan.facts.insecure.clone(), authfile.as_deref())
+        cip_webhook::pull::registry::Client::new(plan.facts.insecure.clone(), authfile.as_deref())
             .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let memo = std::sync::Mutex::default();
     let outcome = runtime
-        .block_on(cip_webhook::verify::verify(
+        .block_on(cip_webhook::pull::verify::verify(
             &node, args.image, args.arch, &client, &memo,
         ))
         .map_err(anyhow::Error::msg)?;
@@ -947,7 +948,7 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
         value["registryRequests"] = json!(client.requests());
         serde_json::to_string_pretty(&value)? + "\n"
     } else {
-        cip_webhook::verify::text(&outcome, args.pool, args.namespace)
+        cip_webhook::pull::verify::text(&outcome, args.pool, args.namespace)
     };
     print(&text)?;
     Ok(ExitCode::from(outcome.exit_code()))
@@ -968,25 +969,25 @@ pub struct PreviewArgs<'a> {
 struct State {
     inputs: cip_core::inputs::Inputs,
     plan: Plan,
-    views: cip_webhook::preview::Views,
+    views: cip_webhook::pull::preview::Views,
 }
 
 fn preview_state(
     docs: &[Document],
-    running: &[cip_webhook::preview::Running],
+    running: &[cip_webhook::pull::preview::Running],
     pool: &str,
     options: &RenderOptions,
 ) -> Result<State> {
     let loaded = documents::load(docs)?;
     let plan = render::plan(&loaded.inputs, options)?;
-    let mut views = cip_webhook::preview::Views::new();
+    let mut views = cip_webhook::pull::preview::Views::new();
     let namespaces: std::collections::BTreeSet<Option<String>> = running
         .iter()
         .map(|r| r.namespace.clone())
         .chain([None])
         .collect();
     for ns in namespaces {
-        let view = cip_webhook::verify::node_view(&loaded.inputs, &plan, pool, ns.as_deref())
+        let view = cip_webhook::pull::verify::node_view(&loaded.inputs, &plan, pool, ns.as_deref())
             .map_err(anyhow::Error::msg)?;
         views.insert(ns, view);
     }
@@ -1020,7 +1021,7 @@ fn proposed_documents(input: Vec<Document>, proposed: &[PathBuf]) -> Result<Vec<
 
 /// `preview`: the running images judged under the input, and under the proposal.
 pub fn preview(args: &PreviewArgs, options: &RenderOptions, json: bool) -> Result<ExitCode> {
-    use cip_webhook::preview::{self as p, Cached, ImageReport};
+    use cip_webhook::pull::preview::{self as p, Cached, ImageReport};
     let running = match (args.images, args.pods) {
         (Some(path), None) => p::parse_image_list(
             &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -1049,7 +1050,7 @@ pub fn preview(args: &PreviewArgs, options: &RenderOptions, json: bool) -> Resul
     if let Some(a) = &after {
         insecure.extend(a.plan.facts.insecure.iter().cloned());
     }
-    let client = cip_webhook::registry::Client::new(insecure, authfile.as_deref())
+    let client = cip_webhook::pull::registry::Client::new(insecure, authfile.as_deref())
         .map_err(anyhow::Error::msg)?;
     let cache = Cached::new(Some(client));
     if let Some(path) = args.attachments.filter(|p| p.exists()) {

@@ -10,6 +10,9 @@
 //! - [`k8s`] (`src/k8s/`): the cluster side: the watch store that decodes each object once
 //!   (`store`), the one render per settled change (`desired`), the Lease (`lease`) and the
 //!   lease-gated writer of the plan's differences (`reconcile`).
+//! - [`pull`] (`src/pull/`): pulls judged before they happen: a registry client, `verify`
+//!   and `preview`, over the pure `cip_sigstore` crate (`src/sigstore/`), which ports
+//!   containers/image's signature checks.
 //! - Edges shared by all: [`runtime`] wires `serve` and `reconcile` together, [`files`]
 //!   reads manifest directories, [`metrics`] is the Prometheus registry.
 //!
@@ -21,8 +24,6 @@ pub use cip_core as core;
 pub mod files;
 pub mod k8s;
 pub mod metrics;
-pub mod preview;
-pub mod registry;
+pub mod pull;
 pub mod runtime;
-pub mod verify;
 pub mod webhook;

@@ -18,8 +18,8 @@ use serde_json::json;
 use cip_core::policy::Policy;
 use cip_core::registries_conf::{MirrorObjects, RegistriesConf};
 use cip_sigstore::judge::Memo;
-use cip_webhook::registry::Client;
-use cip_webhook::verify::{verify, NodeView, Outcome};
+use cip_webhook::pull::registry::Client;
+use cip_webhook::pull::verify::{verify, NodeView, Outcome};
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 

@@ -18,7 +18,7 @@ use cip_core::registries_conf::{Reference, RegistriesConf};
 use cip_core::render::{self, Inputs, Plan};
 use cip_sigstore::judge::{self, EntryVerdict, Layer, Memo, Pull, Verdict};
 
-use crate::registry::{FetchError, Source, MAX_SIGNATURE};
+use crate::pull::registry::{FetchError, Source, MAX_SIGNATURE};
 
 /// What the nodes of one pool hold, as far as a pull's verdict goes.
 pub struct NodeView {

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use cip_sigstore::judge::Memo;
 
-use crate::registry::{FetchError, Manifest, Source};
-use crate::verify::{verify_pinned, NodeView, Outcome};
+use crate::pull::registry::{FetchError, Manifest, Source};
+use crate::pull::verify::{verify_pinned, NodeView, Outcome};
 
 /// One container image as it runs: its pod's namespace, the image as written, and the
 /// digest it runs (from `imageID`).
