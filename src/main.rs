@@ -21,7 +21,9 @@ const VERSION: &str = concat!(
 /// Offline commands work on YAML/JSON manifests with no cluster: `render` shows the
 /// MachineConfigs a set of manifests produces, `check` validates policies (and Image
 /// updates) before they are applied (exit 1 on any denial), `explain` shows which policy
-/// applies to an image. `serve` and `reconcile` run in the cluster.
+/// applies to an image. `verify` and `preview` say which images CRI-O would refuse under
+/// the policies, reading manifests and signatures from the registries. `serve` and
+/// `reconcile` run in the cluster.
 #[derive(Parser, Debug)]
 #[command(name = "cip-webhook", version = VERSION, propagate_version = true)]
 struct Cli {
@@ -168,11 +170,13 @@ enum Command {
         #[command(flatten)]
         report: OutputOrFormat,
     },
-    /// Decide an image as CRI-O on a pool would: the policy.json entry, the pull source
-    /// (mirrors first), the instance for the architecture, the sigstore attachment and each
-    /// signature layer, checked as containers/image checks them. Exit 0 pulled (accepted or
-    /// no signature required), 1 refused, 2 unusable input, 3 unknown (a registry error, a
-    /// missing credential, or a case this tool does not decide: never reported as refused).
+    /// Decide whether CRI-O on a pool would pull an image, signatures checked
+    ///
+    /// As containers/image decides: the policy.json entry, the pull source (mirrors first),
+    /// the instance for the architecture, the sigstore attachment and each signature layer.
+    /// Exit 0 pulled (accepted or no signature required), 1 refused, 2 unusable input, 3
+    /// unknown (a registry error, a missing credential, or a case this tool does not decide:
+    /// never reported as refused).
     Verify {
         /// Directory of manifests to render (as for `render --input`).
         #[arg(long, value_name = "DIR")]
@@ -195,10 +199,12 @@ enum Command {
         #[command(flatten)]
         report: OutputOrFormat,
     },
-    /// Judge every running image as `verify` does, under the policies in `--input` and,
-    /// with `--proposed`, after those files are applied: per policy, the images covered,
-    /// accepted, refused at next pull, unknown and newly refused. Exit 1 when an image would
-    /// be refused (with `--proposed`: newly refused), else 3 when some are unknown, else 0.
+    /// Judge every running image as `verify` does, before and after proposed changes
+    ///
+    /// Under the policies in `--input` and, with `--proposed`, after those files are
+    /// applied: per policy, the images covered, accepted, refused at next pull, unknown and
+    /// newly refused. Exit 1 when an image would be refused (with `--proposed`: newly
+    /// refused), else 3 when some are unknown, else 0.
     Preview {
         /// Directory of manifests to render (as for `render --input`).
         #[arg(long, value_name = "DIR")]

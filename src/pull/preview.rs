@@ -356,11 +356,11 @@ pub fn tally(reports: &[ImageReport]) -> Vec<PolicyTally> {
                     .running
                     .namespace
                     .as_deref()
-                    .map(|n| format!("{n}/"))
+                    .map(|n| format!(" (namespace {n})"))
                     .unwrap_or_default();
                 let mark = if newly { "newly refused: " } else { "" };
                 t.examples
-                    .push(format!("{mark}{ns}{}: {}", r.running.image, after.reason));
+                    .push(format!("{mark}{}{ns}: {}", r.running.image, after.reason));
             }
         }
     }
@@ -391,7 +391,7 @@ pub fn text(reports: &[ImageReport], tallies: &[PolicyTally], requests: usize) -
     let proposal = reports.iter().any(|r| r.proposed.is_some());
     let _ = writeln!(
         s,
-        "{} images{}",
+        "{} image(s){}",
         reports.len(),
         if proposal {
             ", judged before and after the proposed files"
@@ -402,7 +402,7 @@ pub fn text(reports: &[ImageReport], tallies: &[PolicyTally], requests: usize) -
     for t in tallies {
         let _ = write!(
             s,
-            "{}: covers {} running images: {} accepted, {} refused at next pull, {} unknown",
+            "{}: covers {} running image(s): {} accepted, {} refused at next pull, {} unknown",
             t.policy, t.covered, t.accepted, t.refused, t.unknown
         );
         if proposal {
@@ -414,7 +414,7 @@ pub fn text(reports: &[ImageReport], tallies: &[PolicyTally], requests: usize) -
         }
     }
     let outside = reports.iter().filter(|r| r.policies.is_empty()).count();
-    let _ = writeln!(s, "outside every policy: {outside} images");
+    let _ = writeln!(s, "outside every policy: {outside} image(s)");
     let unknown: Vec<&ImageReport> = reports
         .iter()
         .filter(|r| r.proposed.as_ref().unwrap_or(&r.current).verdict == "unknown")

@@ -833,3 +833,55 @@ fn check_judges_image_policies() {
         "{text}"
     );
 }
+
+/// docs/cli-help.md is the binary's own `--help` for every command: the docs and the
+/// binary cannot disagree (`UPDATE_GOLDEN=1` regenerates it).
+#[test]
+fn the_cli_help_document_is_the_binarys_help() {
+    let commands = [
+        "render",
+        "check",
+        "explain",
+        "verify",
+        "preview",
+        "serve",
+        "reconcile",
+        "certs",
+        "completions",
+        "man",
+    ];
+    let mut doc = String::from(
+        "# `cip-webhook --help`, per command\n\nGenerated from the binary (`UPDATE_GOLDEN=1 cargo test --test offline the_cli_help`); the prose is in [cli.md](cli.md).\n",
+    );
+    let top = run(&["--help"]);
+    doc.push_str(&format!(
+        "\n## cip-webhook\n\n```text\n{}```\n",
+        String::from_utf8_lossy(&top.stdout)
+    ));
+    for command in commands {
+        let out = run(&[command, "--help"]);
+        assert!(out.status.success(), "{command} --help: {}", stderr(&out));
+        doc.push_str(&format!(
+            "\n## cip-webhook {command}\n\n```text\n{}```\n",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    // Every command the binary has is in the list above.
+    for line in String::from_utf8_lossy(&top.stdout)
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+    {
+        let Some(name) = line.split_whitespace().next() else {
+            break;
+        };
+        if name == "help" || !line.starts_with("  ") {
+            continue;
+        }
+        assert!(
+            commands.contains(&name),
+            "{name} is missing from docs/cli-help.md's list"
+        );
+    }
+    testkit::paths::assert_golden("docs/cli-help.md", &doc);
+}

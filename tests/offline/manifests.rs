@@ -450,15 +450,15 @@ fn alerts_read_metrics_the_binary_exports() {
     ] {
         assert!(wanted.contains(name), "{name}");
     }
-    // Every alert has a runbook, a heading of the README, and pages nobody at night.
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    // Every alert has a runbook, a heading of the operations guide, and pages nobody at night.
+    let readme = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
     for alert in &alerts {
         let name = alert["alert"].as_str().unwrap();
         let url = alert["annotations"]["runbook_url"]
             .as_str()
             .unwrap_or_default();
         assert!(
-            url.ends_with(&format!("README.md#{}", name.to_lowercase())),
+            url.ends_with(&format!("docs/operations.md#{}", name.to_lowercase())),
             "{name}: {url}"
         );
         assert!(readme.contains(&format!("\n#### {name}\n")), "{name}");
