@@ -237,8 +237,64 @@ fn bench_review(c: &mut Criterion) {
     });
 }
 
+/// One P-256 signature layer judged under a public-key requirement: cold (a fresh memo:
+/// key parse, ECDSA check, payload parse, digest, identity) and repeated (memoized check).
+fn bench_judge(c: &mut Criterion) {
+    use cip_sigstore::judge::{self, Layer, Memo, Pull};
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let prefix = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        b64(&[&prefix[..], pair.public_key().as_ref()].concat())
+    );
+    let manifest = br#"{"schemaVersion":2}"#.to_vec();
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"quay.io/org/app:v1"}},"image":{{"docker-manifest-digest":"{}"}},"type":"cosign container image signature"}},"optional":{{"creator":"bench","timestamp":1700000000}}}}"#,
+        judge::sha256(&manifest)
+    )
+    .into_bytes();
+    let sig = pair.sign(&rng, &payload).unwrap();
+    let layer = Layer {
+        digest: judge::sha256(&payload),
+        media_type: judge::SIGNATURE_MIME_TYPE.into(),
+        payload,
+        annotations: [(judge::SIGNATURE_ANNOTATION.to_string(), b64(sig.as_ref()))].into(),
+    };
+    let requirement: cip_core::policy::Requirement = serde_json::from_value(json!({
+        "type": "sigstoreSigned", "keyData": b64(pem.as_bytes()),
+        "signedIdentity": {"type": "matchRepoDigestOrExact"}}))
+    .unwrap();
+    let intended = cip_sigstore::identity::pulled_reference("quay.io/org/app:v1").unwrap();
+    let pull = Pull {
+        intended: &intended,
+        manifest: &manifest,
+        layers: std::slice::from_ref(&layer),
+    };
+    let requirements = [requirement];
+    assert_eq!(
+        judge::judge(&requirements, &pull, &mut Memo::default()).verdict,
+        judge::Verdict::Accepted
+    );
+    c.bench_function("judge one P-256 layer", |b| {
+        b.iter(|| judge::judge(&requirements, &pull, &mut Memo::default()))
+    });
+    let mut memo = Memo::default();
+    c.bench_function("judge one P-256 layer, memoized", |b| {
+        b.iter(|| judge::judge(&requirements, &pull, &mut memo))
+    });
+}
+
 criterion_group!(
     benches,
+    bench_judge,
     bench_render,
     bench_render_cluster_budget,
     bench_namespaced,

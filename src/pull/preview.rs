@@ -281,7 +281,9 @@ impl<S: Source + Send + Sync> Source for Cached<S> {
 /// The nodes' view for each namespace that has its own policy file, and `None` for the rest.
 pub type Views = BTreeMap<Option<String>, NodeView>;
 
-/// Every running image judged under `views`; one outcome per image, in order.
+/// Every running image judged under `views`; one outcome per image, in order. Images are
+/// taken round-robin across registries, so that one registry's limit of 4 fetches does not
+/// leave the others idle while the window is full of its images.
 pub async fn judge_all<S: Source + Send + Sync>(
     images: &[Running],
     views: &Views,
@@ -289,20 +291,47 @@ pub async fn judge_all<S: Source + Send + Sync>(
     source: &S,
     memo: &Mutex<Memo>,
 ) -> Vec<Outcome> {
-    futures_util::stream::iter(images)
-        .map(|r| async move {
-            let view = views
-                .get(&r.namespace)
-                .or_else(|| views.get(&None))
-                .expect("the cluster-wide view is always there");
-            match verify_pinned(view, &r.image, r.digest.as_deref(), arch, source, memo).await {
-                Ok(o) => o,
-                Err(why) => Outcome::unusable(&r.image, &view.policy_file, why),
-            }
-        })
-        .buffered(32)
-        .collect()
-        .await
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; images.len()];
+    let judged: Vec<(usize, Outcome)> =
+        futures_util::stream::iter(round_robin(images))
+            .map(|i| async move {
+                let r = &images[i];
+                let view = views
+                    .get(&r.namespace)
+                    .or_else(|| views.get(&None))
+                    .expect("the cluster-wide view is always there");
+                let outcome =
+                    match verify_pinned(view, &r.image, r.digest.as_deref(), arch, source, memo)
+                        .await
+                    {
+                        Ok(o) => o,
+                        Err(why) => Outcome::unusable(&r.image, &view.policy_file, why),
+                    };
+                (i, outcome)
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    for (i, o) in judged {
+        outcomes[i] = Some(o);
+    }
+    outcomes.into_iter().flatten().collect()
+}
+
+/// Indexes of `images`, alternating between the registries they name.
+fn round_robin(images: &[Running]) -> Vec<usize> {
+    let mut by_host: BTreeMap<&str, std::collections::VecDeque<usize>> = BTreeMap::new();
+    for (i, r) in images.iter().enumerate() {
+        let host = r.image.split('/').next().unwrap_or_default();
+        by_host.entry(host).or_default().push_back(i);
+    }
+    let mut order = Vec::with_capacity(images.len());
+    while order.len() < images.len() {
+        for queue in by_host.values_mut() {
+            order.extend(queue.pop_front());
+        }
+    }
+    order
 }
 
 /// One policy's tally.

@@ -36,6 +36,8 @@ struct Fake {
     token: bool,
     /// Require Basic credentials.
     basic: bool,
+    /// Added before every answer.
+    latency: std::time::Duration,
 }
 
 struct Registry {
@@ -46,8 +48,16 @@ struct Registry {
 
 type Shared = Arc<Registry>;
 
+async fn delay(r: &Registry) {
+    let latency = r.fake.lock().unwrap().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
 async fn token(State(r): State<Shared>) -> Response {
     r.requests.fetch_add(1, Ordering::SeqCst);
+    delay(&r).await;
     (
         [("content-type", "application/json")],
         json!({"token": "t0k"}).to_string(),
@@ -61,6 +71,7 @@ async fn manifest(
     headers: HeaderMap,
 ) -> Response {
     r.requests.fetch_add(1, Ordering::SeqCst);
+    delay(&r).await;
     let host = r.host.lock().unwrap().clone();
     let mut f = r.fake.lock().unwrap();
     let auth = headers
@@ -102,6 +113,7 @@ async fn manifest(
 
 async fn blob(State(r): State<Shared>, Path((_, digest)): Path<(String, String)>) -> Response {
     r.requests.fetch_add(1, Ordering::SeqCst);
+    delay(&r).await;
     match r.fake.lock().unwrap().blobs.get(&digest) {
         Some(b) => Bytes::from(b.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -158,14 +170,19 @@ fn signer() -> Signer {
 /// A registry holding `org/app:v1`, signed by `s` for `host/org/app:v1`; returns its
 /// image digest.
 fn signed_image(f: &mut Fake, s: &Signer, host: &str) -> String {
-    let image = json!({"schemaVersion": 2, "mediaType": OCI, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2}, "layers": []}).to_string().into_bytes();
+    signed_image_in(f, s, host, "app")
+}
+
+/// As [`signed_image`], for `org/<repo>:v1` (its own manifest and digest).
+fn signed_image_in(f: &mut Fake, s: &Signer, host: &str, repo: &str) -> String {
+    let image = json!({"schemaVersion": 2, "mediaType": OCI, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2}, "layers": [], "annotations": {"repo": repo}}).to_string().into_bytes();
     let digest = sha256(&image);
     f.manifests
-        .insert(("app".into(), "v1".into()), (OCI.into(), image.clone()));
+        .insert((repo.into(), "v1".into()), (OCI.into(), image.clone()));
     f.manifests
-        .insert(("app".into(), digest.clone()), (OCI.into(), image));
+        .insert((repo.into(), digest.clone()), (OCI.into(), image));
     let payload = format!(
-        r#"{{"critical":{{"identity":{{"docker-reference":"{host}/org/app:v1"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+        r#"{{"critical":{{"identity":{{"docker-reference":"{host}/org/{repo}:v1"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
     )
     .into_bytes();
     let sig = s.pair.sign(&SystemRandom::new(), &payload).unwrap();
@@ -176,7 +193,7 @@ fn signed_image(f: &mut Fake, s: &Signer, host: &str) -> String {
         "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": payload_digest, "size": payload.len(),
                     "annotations": {"dev.cosignproject.cosign/signature": base64::engine::general_purpose::STANDARD.encode(sig.as_ref())}}]});
     f.manifests.insert(
-        ("app".into(), format!("{}.sig", digest.replace(':', "-"))),
+        (repo.into(), format!("{}.sig", digest.replace(':', "-"))),
         (OCI.into(), attachment.to_string().into_bytes()),
     );
     digest
@@ -544,4 +561,164 @@ async fn preview_before_and_after_a_proposal() {
     assert_eq!(again["policies"], v["policies"]);
     assert_eq!(again["registryRequests"], 0, "{again}");
     assert_eq!(shared.requests.load(Ordering::SeqCst), before);
+}
+
+/// A registry holding `n` signed images `org/app-<i>:v1`; each one's (image, digest).
+fn many_signed(f: &mut Fake, s: &Signer, host: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let repo = format!("app-{i}");
+            let digest = signed_image_in(f, s, host, &repo);
+            (format!("{host}/org/{repo}:v1"), digest)
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Benchmarks, not tests: `cargo test --release --test offline bench_verify -- --ignored
+/// --nocapture`. One verification over loopback with a reused client and as a cold
+/// process, and the requests it makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_verify_over_loopback() {
+    let s = signer();
+    let (shared, host) = start(Fake::default()).await;
+    {
+        let mut f = shared.fake.lock().unwrap();
+        signed_image(&mut f, &s, &host);
+        f.token = true;
+    }
+    let view = node(&host, &s.pem);
+    let image = format!("{host}/org/app:v1");
+    let client = Client::new(vec![host.clone()], None).unwrap();
+    let memo = std::sync::Mutex::new(Memo::default());
+    let before = shared.requests.load(Ordering::SeqCst);
+    let o = verify(&view, &image, "amd64", &client, &memo)
+        .await
+        .unwrap();
+    assert_eq!(o.verdict, "accepted");
+    println!(
+        "bench: first verification: {} requests sent ({} reached the registry, token included)",
+        client.requests(),
+        shared.requests.load(Ordering::SeqCst) - before
+    );
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = std::time::Instant::now();
+        let o = verify(&view, &image, "amd64", &client, &memo)
+            .await
+            .unwrap();
+        times.push(t.elapsed());
+        assert_eq!(o.verdict, "accepted");
+    }
+    println!(
+        "bench: verify with a reused client: median {:?} over 200",
+        median(times)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("image.yaml"),
+        json!({"apiVersion": "config.openshift.io/v1", "kind": "Image", "metadata": {"name": "cluster"},
+               "spec": {"registrySources": {"insecureRegistries": [host]}}}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        cip("p", &format!("{host}/org"), &s.pem),
+    )
+    .unwrap();
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let t = std::time::Instant::now();
+        let (code, v, err) = cli(&[
+            "verify",
+            "--format",
+            "json",
+            "--input",
+            dir.path().to_str().unwrap(),
+            &image,
+        ])
+        .await;
+        times.push(t.elapsed());
+        assert_eq!(code, 0, "{v} {err}");
+    }
+    println!(
+        "bench: verify as a cold process: median {:?} over 30",
+        median(times)
+    );
+}
+
+/// `preview` of 2,000 image digests behind 50 ms of latency per request, on two registries
+/// (1,000 each) and on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_verify_preview_of_2000_images() {
+    let s = signer();
+    for registries in [2usize, 1] {
+        let mut running = Vec::new();
+        let mut hosts = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..registries {
+            let (shared, host) = start(Fake::default()).await;
+            let images = many_signed(
+                &mut shared.fake.lock().unwrap(),
+                &s,
+                &host,
+                2000 / registries,
+            );
+            shared.fake.lock().unwrap().latency = std::time::Duration::from_millis(50);
+            running.extend(images.into_iter().map(|(image, digest)| {
+                cip_webhook::pull::preview::Running {
+                    namespace: None,
+                    image,
+                    digest: Some(digest),
+                }
+            }));
+            hosts.push(host);
+            servers.push(shared);
+        }
+        let key = base64::engine::general_purpose::STANDARD.encode(&s.pem);
+        let scopes: serde_json::Map<String, serde_json::Value> = hosts
+            .iter()
+            .map(|h| {
+                (
+                    format!("{h}/org"),
+                    json!([{"type": "sigstoreSigned", "keyData": key}]),
+                )
+            })
+            .collect();
+        let view = NodeView {
+            policy: Policy::parse(&json!({"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": scopes}}).to_string()).unwrap(),
+            policy_file: "/etc/containers/policy.json".into(),
+            attachments: hosts.iter().map(|h| format!("{h}/org")).collect(),
+            registries: RegistriesConf::generate(&hosts, &[], MirrorObjects::default()).unwrap(),
+        };
+        let views = cip_webhook::pull::preview::Views::from([(None, view)]);
+        let cache = cip_webhook::pull::preview::Cached::new(Some(
+            Client::new(hosts.clone(), None).unwrap(),
+        ));
+        let memo = std::sync::Mutex::new(Memo::default());
+        let t = std::time::Instant::now();
+        let outcomes =
+            cip_webhook::pull::preview::judge_all(&running, &views, "amd64", &cache, &memo).await;
+        let took = t.elapsed();
+        let accepted = outcomes.iter().filter(|o| o.verdict == "accepted").count();
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .unwrap_or_default()
+            .to_string();
+        println!(
+            "bench: preview of {} digests on {registries} registr{} behind 50 ms: {took:?}, {accepted} accepted, {} requests; test process {rss}",
+            running.len(),
+            if registries == 1 { "y" } else { "ies" },
+            cache.inner().unwrap().requests()
+        );
+        assert_eq!(accepted, running.len());
+    }
 }
