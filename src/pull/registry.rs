@@ -348,7 +348,8 @@ impl Source for Client {
             .api(host, repo, &path, MAX_MANIFEST)
             .await
             .map_err(FetchError::Failed)?;
-        let what = format!("{host}/{repo}:{reference}");
+        let sep = if reference.contains(':') { '@' } else { ':' };
+        let what = format!("{host}/{repo}{sep}{reference}");
         if r.status == StatusCode::NOT_FOUND && manifest_unknown(&r.body) {
             return Err(FetchError::NotFound(what));
         }

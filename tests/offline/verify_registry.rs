@@ -722,3 +722,127 @@ async fn bench_verify_preview_of_2000_images() {
         assert_eq!(accepted, running.len());
     }
 }
+
+/// Through a digest mirror, as a node pulls: the mirror serves the manifest, so the
+/// signature is read there (the source is never asked); a mirror that serves the image
+/// but not its `.sig` makes the image unsigned; a mirror that lacks the image is passed
+/// over for the source. And a namespace's ImagePolicy decides in its own policy file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_and_namespace_policy_files() {
+    let s = signer();
+    let (source, source_host) = start(Fake::default()).await;
+    let (mirror, mirror_host) = start(Fake::default()).await;
+    let digest = signed_image(&mut source.fake.lock().unwrap(), &s, &source_host);
+    // The mirror holds the same image and the source's attachment, as `oc mirror` copies them.
+    {
+        let from = source.fake.lock().unwrap();
+        let mut to = mirror.fake.lock().unwrap();
+        to.manifests = from.manifests.clone();
+        to.blobs = from.blobs.clone();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path();
+    let docs = [
+        json!({"apiVersion": "config.openshift.io/v1", "kind": "Image", "metadata": {"name": "cluster"},
+               "spec": {"registrySources": {"insecureRegistries": [source_host, mirror_host]}}}),
+        json!({"apiVersion": "config.openshift.io/v1", "kind": "ImageDigestMirrorSet", "metadata": {"name": "m"},
+               "spec": {"imageDigestMirrors": [{"source": format!("{source_host}/org"), "mirrors": [format!("{mirror_host}/org")]}]}}),
+        serde_json::from_str(&cip("p", &format!("{source_host}/org"), &s.pem)).unwrap(),
+    ];
+    for (i, d) in docs.iter().enumerate() {
+        std::fs::write(input.join(format!("{i}.yaml")), d.to_string()).unwrap();
+    }
+    let by_digest = format!("{source_host}/org/app@{digest}");
+    let verify = |image: String, extra: Vec<String>| async move {
+        let mut args = vec![
+            "verify".to_string(),
+            "--format".into(),
+            "json".into(),
+            "--input".into(),
+            input.display().to_string(),
+        ];
+        args.extend(extra);
+        args.push(image);
+        cli(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+    };
+    let source_before = source.requests.load(Ordering::SeqCst);
+    let (code, v, err) = verify(by_digest.clone(), vec![]).await;
+    assert_eq!(
+        (code, v["verdict"].as_str()),
+        (0, Some("accepted")),
+        "{v} {err}"
+    );
+    assert_eq!(
+        v["source"],
+        format!("{mirror_host}/org/app@{digest}"),
+        "{v}"
+    );
+    assert_eq!(
+        source.requests.load(Ordering::SeqCst),
+        source_before,
+        "the source was asked"
+    );
+    // A tag pull does not use a digest-only mirror.
+    let (_, v, _) = verify(format!("{source_host}/org/app:v1"), vec![]).await;
+    assert_eq!(v["source"], format!("{source_host}/org/app:v1"), "{v}");
+    // The mirror without the signature: unsigned, although the source has one.
+    mirror
+        .fake
+        .lock()
+        .unwrap()
+        .manifests
+        .retain(|(_, r), _| !r.ends_with(".sig"));
+    let (code, v, err) = verify(by_digest.clone(), vec![]).await;
+    assert_eq!(code, 1, "{v} {err}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no signature exists"),
+        "{v}"
+    );
+    // The mirror without the image: passed over, the source serves it and its signature.
+    mirror.fake.lock().unwrap().manifests.clear();
+    let (code, v, err) = verify(by_digest.clone(), vec![]).await;
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(
+        v["source"],
+        format!("{source_host}/org/app@{digest}"),
+        "{v}"
+    );
+    assert!(
+        v["skippedSources"][0]
+            .as_str()
+            .unwrap()
+            .contains("manifest unknown"),
+        "{v}"
+    );
+
+    // A namespace's ImagePolicy (the cluster policy gone: one inside it would be dropped,
+    // as the MCO drops it): its file refuses what policy.json lets through unsigned.
+    std::fs::remove_file(input.join("2.yaml")).unwrap();
+    let other = signer();
+    let team = json!({"apiVersion": "config.openshift.io/v1", "kind": "ImagePolicy",
+        "metadata": {"name": "team", "namespace": "team-a"},
+        "spec": {"scopes": [format!("{source_host}/org/app")], "policy": {"rootOfTrust": {"policyType": "PublicKey",
+                 "publicKey": {"keyData": base64::engine::general_purpose::STANDARD.encode(&other.pem)}}}}});
+    std::fs::write(input.join("team.yaml"), team.to_string()).unwrap();
+    let (code, v, err) = verify(
+        by_digest.clone(),
+        vec!["--namespace".into(), "team-a".into()],
+    )
+    .await;
+    assert_eq!(code, 1, "{v} {err}");
+    assert_eq!(v["policyFile"], "/etc/crio/policies/team-a.json", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cryptographic signature verification failed"),
+        "{v}"
+    );
+    let (code, v, err) = verify(by_digest, vec!["--namespace".into(), "team-b".into()]).await;
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(v["policyFile"], "/etc/containers/policy.json", "{v}");
+    assert_eq!(v["noSignatureRequired"], true, "{v}");
+}
