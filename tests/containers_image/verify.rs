@@ -1,6 +1,7 @@
 //! `verify` against containers/image on the same registry: for every case of a matrix
-//! (who signed, for which identity, on the index or the instance, by tag or by digest,
-//! under each signedIdentity policy) our verdict and `civerify decide`'s agree.
+//! (who signed, with which kind of key, for which identity, on the index or the instance,
+//! by tag or by digest, under each signedIdentity policy) our verdict and
+//! `civerify decide`'s agree.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,16 +9,20 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use testkit::paths::{b64, cosign_pub};
-use testkit::registry::{decide, openssl_key, Registry, SigningKey};
+use testkit::registry::{decide, openssl_key, openssl_keypair, Registry, SigningKey};
 
 /// Repositories under the registry, each holding one way of being signed.
 const TEAM_REPOS: [&str; 4] = ["team", "other", "unsigned", "elsewhere"];
 const OPENSSL_REPOS: [&str; 5] = ["nameonly", "exact", "badigest", "index", "instance"];
+/// Signed with openssl keys of the other kinds sigstore verifies, one policy each.
+const KEY_KINDS: [&str; 3] = ["rsa", "p384", "ed25519"];
 
 struct Fixture {
     registry: Registry,
     work: tempfile::TempDir,
     team: SigningKey,
+    /// (kind, public key PEM) per openssl key.
+    other_keys: Vec<(String, String)>,
     /// Each repo's digest of the image the node pulls (the amd64 instance for indexes).
     digests: Vec<(String, String)>,
 }
@@ -85,10 +90,24 @@ fn fixture() -> Fixture {
         &openssl_key(),
     );
     digests.push(("instance".into(), amd64));
+    let mut other_keys = Vec::new();
+    for kind in KEY_KINDS {
+        let (private, public) = openssl_keypair(work.path(), kind);
+        let d = registry.push(&layout, &format!("{kind}/app:v1"), None, None);
+        registry.attach_openssl_signature(
+            &format!("{kind}/app"),
+            &d,
+            &format!("{host}/{kind}/app:v1"),
+            &private,
+        );
+        digests.push((kind.to_string(), d));
+        other_keys.push((kind.to_string(), public));
+    }
     Fixture {
         registry,
         work,
         team,
+        other_keys,
         digests,
     }
 }
@@ -114,11 +133,14 @@ fn input(f: &Fixture, mode: &str, identity: &Value) -> (PathBuf, PathBuf) {
     let image = json!({"apiVersion": "config.openshift.io/v1", "kind": "Image",
         "metadata": {"name": "cluster"},
         "spec": {"registrySources": {"insecureRegistries": [host]}}});
-    let docs = [
+    let mut docs = vec![
         image,
         policy("team", host, &TEAM_REPOS, &f.team.public_pem, identity),
         policy("openssl", host, &OPENSSL_REPOS, &cosign_pub(), identity),
     ];
+    for (kind, public) in &f.other_keys {
+        docs.push(policy(kind, host, &[kind.as_str()], public, identity));
+    }
     for (i, doc) in docs.iter().enumerate() {
         std::fs::write(input.join(format!("{i}.yaml")), doc.to_string()).unwrap();
     }

@@ -327,13 +327,27 @@ impl Registry {
             .path()
             .join(format!("payload-{}", sha256_hex(payload.as_bytes())));
         std::fs::write(&payload_file, &payload).unwrap();
-        let out = Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(key_pem_file)
-            .arg(&payload_file)
-            .output()
-            .expect("openssl is installed");
-        assert!(out.status.success());
+        // Ed25519 signs the message itself; the others a SHA-256 digest of it.
+        let ed25519 = key_pem_file.to_string_lossy().contains("ed25519");
+        let mut command = Command::new("openssl");
+        if ed25519 {
+            command
+                .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+                .arg(key_pem_file)
+                .arg("-in")
+                .arg(&payload_file);
+        } else {
+            command
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(key_pem_file)
+                .arg(&payload_file);
+        }
+        let out = command.output().expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let signature = crate::paths::b64(&out.stdout);
         let payload_blob = self.upload_blob(repo, payload.as_bytes());
         let config = self.upload_blob(repo, b"{}");
@@ -463,6 +477,35 @@ pub fn decide(
         verdict: v["verdict"].as_str().unwrap().to_string(),
         message: v["message"].as_str().unwrap().to_string(),
     }
+}
+
+/// A private key made by openssl (`rsa`, `p384` or `ed25519`, also its file name), and
+/// its public half as PEM.
+pub fn openssl_keypair(dir: &Path, kind: &str) -> (PathBuf, String) {
+    let private = dir.join(format!("{kind}.key"));
+    let args: &[&str] = match kind {
+        "rsa" => &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+        "p384" => &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+        ],
+        "ed25519" => &["genpkey", "-algorithm", "ed25519"],
+        other => panic!("no key kind {other}"),
+    };
+    run(Command::new("openssl").args(args).arg("-out").arg(&private));
+    let public = run(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private));
+    (private, public)
 }
 
 /// The test key that signs with openssl (tests/fixtures/keys/cosign.key, P-256).
