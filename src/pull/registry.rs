@@ -188,11 +188,7 @@ impl Client {
         path: &str,
         limit: usize,
     ) -> Result<Response, String> {
-        let endpoint = if host == "docker.io" {
-            "registry-1.docker.io"
-        } else {
-            host
-        };
+        let endpoint = endpoint_of(host);
         let known = self
             .schemes
             .lock()
@@ -380,6 +376,8 @@ impl Source for Client {
             .await
             .map_err(FetchError::Failed)?;
         let mut hops = 0;
+        let scheme = lock(&self.schemes).get(host).copied().unwrap_or("https");
+        let mut origin = format!("{scheme}://{}", endpoint_of(host));
         while r.status.is_redirection() {
             hops += 1;
             let location = r
@@ -390,9 +388,11 @@ impl Source for Client {
             if hops > 10 || location.is_empty() {
                 return Err(FetchError::Failed(format!("{what}: too many redirects")));
             }
+            let url = resolve(&origin, location);
+            origin = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
             // Storage redirects are pre-signed: no registry credentials go there.
             r = self
-                .send(location, None, MAX_SIGNATURE)
+                .send(&url, None, MAX_SIGNATURE)
                 .await
                 .map_err(FetchError::Failed)?;
         }
@@ -405,6 +405,30 @@ impl Source for Client {
         }
         Ok(r.body)
     }
+}
+
+/// A redirect's `Location` against the origin (`scheme://host`) that sent it.
+fn resolve(origin: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else if location.starts_with('/') {
+        format!("{origin}{location}")
+    } else {
+        format!("{origin}/{location}")
+    }
+}
+
+/// Docker Hub's API lives on another host than its name.
+fn endpoint_of(host: &str) -> &str {
+    if host == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        host
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `isManifestUnknownError` on a 404: `MANIFEST_UNKNOWN`, `UNKNOWN` with a "not found"
@@ -525,6 +549,19 @@ fn parse_authfile(text: Option<&str>) -> Result<HashMap<String, (String, String)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_resolve_against_their_origin() {
+        let o = "http://127.0.0.1:5000";
+        assert_eq!(
+            resolve(o, "/v2/a/blobs/x"),
+            "http://127.0.0.1:5000/v2/a/blobs/x"
+        );
+        assert_eq!(
+            resolve(o, "https://s3.example/b?sig=1"),
+            "https://s3.example/b?sig=1"
+        );
+    }
 
     #[test]
     fn challenges() {

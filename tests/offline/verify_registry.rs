@@ -38,6 +38,8 @@ struct Fake {
     basic: bool,
     /// Added before every answer.
     latency: std::time::Duration,
+    /// Answer blob requests with a relative redirect to `/storage/<digest>`.
+    redirect_blobs: bool,
 }
 
 struct Registry {
@@ -114,6 +116,17 @@ async fn manifest(
 async fn blob(State(r): State<Shared>, Path((_, digest)): Path<(String, String)>) -> Response {
     r.requests.fetch_add(1, Ordering::SeqCst);
     delay(&r).await;
+    if r.fake.lock().unwrap().redirect_blobs {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", format!("/storage/{digest}"))],
+        )
+            .into_response();
+    }
+    stored(State(r), Path(digest)).await
+}
+
+async fn stored(State(r): State<Shared>, Path(digest): Path<String>) -> Response {
     match r.fake.lock().unwrap().blobs.get(&digest) {
         Some(b) => Bytes::from(b.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -133,6 +146,7 @@ async fn start(fake: Fake) -> (Shared, String) {
             axum::routing::get(manifest),
         )
         .route("/v2/org/{repo}/blobs/{digest}", axum::routing::get(blob))
+        .route("/storage/{digest}", axum::routing::get(stored))
         .with_state(Arc::clone(&shared));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
@@ -256,6 +270,19 @@ async fn a_signed_image_behind_a_token_is_accepted_in_six_requests_at_most() {
     // https tried first on an insecure registry costs no request here (the handshake
     // fails); then 401, token, manifest, attachment, blob.
     assert!(requests <= 6, "{requests} requests");
+}
+
+#[tokio::test]
+async fn blob_redirects_are_followed() {
+    let (o, _) = run(
+        |f, s, host| {
+            signed_image(f, s, host);
+            f.redirect_blobs = true;
+        },
+        None,
+    )
+    .await;
+    assert!(is(&o, "accepted", ""), "{o:?}");
 }
 
 #[tokio::test]
