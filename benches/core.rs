@@ -241,20 +241,9 @@ fn bench_review(c: &mut Criterion) {
 /// key parse, ECDSA check, payload parse, digest, identity) and repeated (memoized check).
 fn bench_judge(c: &mut Criterion) {
     use cip_sigstore::judge::{self, Layer, Memo, Pull};
-    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
     let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-    let pair =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let prefix = [
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
+    let (pair, pem) = testkit::signing::p256();
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        b64(&[&prefix[..], pair.public_key().as_ref()].concat())
-    );
     let manifest = br#"{"schemaVersion":2}"#.to_vec();
     let payload = format!(
         r#"{{"critical":{{"identity":{{"docker-reference":"quay.io/org/app:v1"}},"image":{{"docker-manifest-digest":"{}"}},"type":"cosign container image signature"}},"optional":{{"creator":"bench","timestamp":1700000000}}}}"#,

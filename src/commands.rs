@@ -817,25 +817,8 @@ pub fn explain(
         );
     };
     let after = render::machine_configs_after(&loaded.inputs, &plan);
-    let namespace_file = namespace.and_then(|ns| {
-        let path = cip_core::ignition::namespace_policy_path(ns);
-        render::node_file(&pool_object, &after, &path).map(|found| (path, found))
-    });
-    let (path, source, text) = match namespace_file {
-        Some((path, (mc, text))) => (path, mc, text.map_err(anyhow::Error::msg)?),
-        None => match render::node_file(&pool_object, &after, POLICY_JSON_PATH) {
-            Some((mc, text)) => (
-                POLICY_JSON_PATH.to_string(),
-                mc,
-                text.map_err(anyhow::Error::msg)?,
-            ),
-            None => (
-                POLICY_JSON_PATH.to_string(),
-                "the MCO template".to_string(),
-                cip_core::policy::MCO_TEMPLATE.to_string(),
-            ),
-        },
-    };
+    let (path, source, text) =
+        render::node_policy_file(&pool_object, &after, namespace).map_err(anyhow::Error::msg)?;
     let in_namespace_file = path != POLICY_JSON_PATH;
     let policy = Policy::parse(&text).map_err(anyhow::Error::msg)?;
     let e = explain::explain(&policy, image).map_err(anyhow::Error::msg)?;

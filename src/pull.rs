@@ -5,3 +5,9 @@
 pub mod preview;
 pub mod registry;
 pub mod verify;
+
+/// A mutex's guard, also after a panic elsewhere poisoned it: the data are caches and
+/// counters, valid at every step.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -703,7 +703,7 @@ fn split_docker_domain(name: &str) -> (String, String) {
 }
 
 /// go-digest `Digest.Validate` with the algorithms containers/image links in.
-fn validate_digest(digest: &str) -> Result<(), String> {
+pub fn validate_digest(digest: &str) -> Result<(), String> {
     const FORMAT: &str = "invalid checksum digest format";
     let Some((algorithm, encoded)) = digest
         .split_once(':')

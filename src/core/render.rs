@@ -1273,6 +1273,34 @@ pub fn find_pool(pools: &[MachineConfigPool], name: &str) -> Option<MachineConfi
         .find(|p| p.metadata.name == name)
 }
 
+/// The signature policy CRI-O reads for a pod in `namespace` on a node of `pool`: the
+/// namespace's own file where its ImagePolicies made one, else policy.json, else the MCO's
+/// template. Returns (path, the MachineConfig it comes from, contents).
+pub fn node_policy_file(
+    pool: &MachineConfigPool,
+    mcs: &[MachineConfig],
+    namespace: Option<&str>,
+) -> Result<(String, String, String), String> {
+    let namespace_file = namespace.and_then(|ns| {
+        let path = ignition::namespace_policy_path(ns);
+        node_file(pool, mcs, &path).map(|found| (path, found))
+    });
+    let (path, (mc, text)) = match namespace_file {
+        Some(found) => found,
+        None => match node_file(pool, mcs, POLICY_JSON_PATH) {
+            Some(found) => (POLICY_JSON_PATH.to_string(), found),
+            None => {
+                return Ok((
+                    POLICY_JSON_PATH.to_string(),
+                    "the MCO template".to_string(),
+                    policy::MCO_TEMPLATE.to_string(),
+                ))
+            }
+        },
+    };
+    Ok((path, mc, text?))
+}
+
 /// What a pool's nodes get at `path`: the pool's MachineConfigs merged as the MCO's
 /// render controller merges them, the last one naming the path winning. A custom pool
 /// takes the `worker` role's MachineConfigs first, then its own, each group by name

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use cip_sigstore::judge::Memo;
 
+use crate::pull::lock;
 use crate::pull::registry::{FetchError, Manifest, Source};
 use crate::pull::verify::{verify_pinned, NodeView, Outcome};
 
@@ -94,7 +95,7 @@ pub fn parse_pods(text: &str) -> Result<Vec<Running>, String> {
 /// The `sha256:<hex>` an `imageID` names (`repo@sha256:…`, `docker-pullable://…`, or bare).
 fn image_id_digest(id: &str) -> Option<String> {
     let digest = id.rsplit('@').next()?;
-    cip_sigstore::payload::check_digest(digest).ok()?;
+    cip_core::registries_conf::validate_digest(digest).ok()?;
     Some(digest.to_string())
 }
 
@@ -184,10 +185,6 @@ impl<S: Source> Cached<S> {
         let all = self.all.acquire().await.expect("never closed");
         (all, host_permit)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn saved<T>(

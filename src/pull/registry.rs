@@ -18,6 +18,8 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::pull::lock;
+
 /// `iolimits.MaxManifestBodySize`.
 pub const MAX_MANIFEST: usize = 4 << 20;
 /// `iolimits.MaxSignatureBodySize`.
@@ -189,12 +191,7 @@ impl Client {
         limit: usize,
     ) -> Result<Response, String> {
         let endpoint = endpoint_of(host);
-        let known = self
-            .schemes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-            .copied();
+        let known = lock(&self.schemes).get(host).copied();
         let schemes: Vec<&'static str> = match known {
             Some(s) => vec![s],
             None if self.is_insecure(host) => vec!["https", "http"],
@@ -205,10 +202,7 @@ impl Client {
             let url = format!("{scheme}://{endpoint}{path}");
             match self.authorized(host, repo, &url, limit).await {
                 Ok(response) => {
-                    self.schemes
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(host.to_string(), scheme);
+                    lock(&self.schemes).insert(host.to_string(), scheme);
                     return Ok(response);
                 }
                 Err(e) => last = e,
@@ -225,12 +219,7 @@ impl Client {
         limit: usize,
     ) -> Result<Response, String> {
         let key = (host.to_string(), repo.to_string());
-        let mut authorization = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
+        let mut authorization = lock(&self.tokens).get(&key).cloned();
         let mut challenged = false;
         let mut waited = false;
         loop {
@@ -245,10 +234,7 @@ impl Client {
                         .unwrap_or_default()
                         .to_string();
                     let value = self.answer_challenge(&header, host, repo).await?;
-                    self.tokens
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key.clone(), value.clone());
+                    lock(&self.tokens).insert(key.clone(), value.clone());
                     authorization = Some(value);
                 }
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE if !waited => {
@@ -425,10 +411,6 @@ fn endpoint_of(host: &str) -> &str {
     } else {
         host
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `isManifestUnknownError` on a 404: `MANIFEST_UNKNOWN`, `UNKNOWN` with a "not found"

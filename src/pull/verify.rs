@@ -12,12 +12,13 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use cip_core::explain;
-use cip_core::ignition::{namespace_policy_path, POLICY_JSON_PATH, SIGSTORE_YAML_PATH};
+use cip_core::ignition::SIGSTORE_YAML_PATH;
 use cip_core::policy::{Policy, Requirement};
 use cip_core::registries_conf::{Reference, RegistriesConf};
 use cip_core::render::{self, Inputs, Plan};
 use cip_sigstore::judge::{self, EntryVerdict, Layer, Memo, Pull, Verdict};
 
+use crate::pull::lock;
 use crate::pull::registry::{FetchError, Source, MAX_SIGNATURE};
 
 /// What the nodes of one pool hold, as far as a pull's verdict goes.
@@ -48,26 +49,12 @@ pub fn node_view(
     let pool_object = render::find_pool(&inputs.pools, pool)
         .ok_or_else(|| format!("no pool {pool:?} in the input"))?;
     let after = render::machine_configs_after(inputs, plan);
-    let file = |path: &str| -> Result<Option<String>, String> {
-        render::node_file(&pool_object, &after, path)
-            .map(|(_, text)| text)
-            .transpose()
-    };
-    let namespace_file = match namespace {
-        Some(ns) => file(&namespace_policy_path(ns))?.map(|t| (namespace_policy_path(ns), t)),
-        None => None,
-    };
-    let (policy_file, text) = match namespace_file {
-        Some(found) => found,
-        None => (
-            POLICY_JSON_PATH.to_string(),
-            file(POLICY_JSON_PATH)?.unwrap_or_else(|| cip_core::policy::MCO_TEMPLATE.to_string()),
-        ),
-    };
+    let (policy_file, _, text) = render::node_policy_file(&pool_object, &after, namespace)?;
     let policy = Policy::parse(&text).map_err(|e| format!("{policy_file}: {e}"))?;
-    let attachments = file(SIGSTORE_YAML_PATH)?
-        .map(|t| cip_core::registries_d::scopes(&t))
-        .unwrap_or_default();
+    let attachments = match render::node_file(&pool_object, &after, SIGSTORE_YAML_PATH) {
+        Some((_, text)) => cip_core::registries_d::scopes(&text?),
+        None => BTreeSet::new(),
+    };
     let registries = RegistriesConf::generate(
         &plan.facts.insecure,
         &plan.facts.registries_blocked,
@@ -200,10 +187,6 @@ pub async fn verify_pinned<S: Source>(
     let verdict = judge::judge(&e.requirements, &pull, &mut lock(memo));
     out.layers = layer_outcomes(&verdict);
     Ok(out.decided(&verdict.verdict))
-}
-
-fn lock(memo: &Mutex<Memo>) -> std::sync::MutexGuard<'_, Memo> {
-    memo.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn requirement_type(r: &Requirement) -> String {
@@ -419,7 +402,7 @@ async fn attachment_layers<S: Source>(
         .map_err(|e| format!("parsing manifest {host}/{repo}:{tag}: {e}"))?;
     let mut layers = Vec::new();
     for d in manifest.layers {
-        cip_sigstore::payload::check_digest(&d.digest)
+        cip_core::registries_conf::validate_digest(&d.digest)
             .map_err(|e| format!("invalid digest {:?}: {e}", d.digest))?;
         let payload = source
             .blob(host, repo, &d.digest)

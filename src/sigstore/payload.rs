@@ -5,6 +5,8 @@
 //! `creator` is a string and `timestamp` an integer, the type
 //! `cosign container image signature`, and a digest go-digest parses.
 
+use cip_core::registries_conf::validate_digest;
+
 use crate::gojson::{self, Value};
 
 /// 2^63: int64 holds [-2^63, 2^63).
@@ -55,7 +57,7 @@ pub fn parse(data: &[u8]) -> Result<Payload, String> {
         .go_string("docker-manifest-digest")?
         .unwrap_or("")
         .to_string();
-    check_digest(&digest)
+    validate_digest(&digest)
         .map_err(|e| format!("invalid docker-manifest-digest value {digest:?}: {e}"))?;
     let reference = exact_fields(identity, &["docker-reference"])?[0]
         .go_string("docker-reference")?
@@ -120,29 +122,6 @@ fn go_token(value: &Value) -> String {
         Value::Array(_) | Value::Nested { object: false, .. } => "'['".into(),
         Value::Object(_) | Value::Nested { .. } => "'{'".into(),
     }
-}
-
-/// go-digest's `Parse` with the algorithms containers/image links in.
-pub fn check_digest(digest: &str) -> Result<(), String> {
-    let Some((algorithm, hex)) = digest.split_once(':') else {
-        return Err("invalid checksum digest format".into());
-    };
-    if algorithm.is_empty() || hex.is_empty() {
-        return Err("invalid checksum digest format".into());
-    }
-    let size = match algorithm {
-        "sha256" => 64,
-        "sha384" => 96,
-        "sha512" => 128,
-        _ => return Err("unsupported digest algorithm".into()),
-    };
-    if hex.len() != size {
-        return Err("invalid checksum digest length".into());
-    }
-    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err("invalid checksum digest format".into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

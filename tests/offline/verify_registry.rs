@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use ring::signature::EcdsaKeyPair;
 use serde_json::json;
 
 use cip_core::policy::Policy;
@@ -165,20 +165,8 @@ struct Signer {
 }
 
 fn signer() -> Signer {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-    let pair =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let prefix = [
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    let der = [&prefix[..], pair.public_key().as_ref()].concat();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    Signer {
-        pair,
-        pem: format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"),
-    }
+    let (pair, pem) = testkit::signing::p256();
+    Signer { pair, pem }
 }
 
 /// A registry holding `org/app:v1`, signed by `s` for `host/org/app:v1`; returns its
@@ -230,6 +218,15 @@ fn node(host: &str, key_pem: &str) -> NodeView {
     }
 }
 
+/// `verify` of `image` on `host`'s registry under a policy for `host/org` with `key_pem`.
+async fn verify_on(host: &str, key_pem: &str, image: &str, authfile: Option<&str>) -> Outcome {
+    let client = Client::new(vec![host.to_string()], authfile).unwrap();
+    let memo = std::sync::Mutex::new(Memo::default());
+    verify(&node(host, key_pem), image, "amd64", &client, &memo)
+        .await
+        .unwrap()
+}
+
 /// One `verify` of `host/org/app:v1` against a registry set up by `setup`.
 async fn run(
     setup: impl FnOnce(&mut Fake, &Signer, &str),
@@ -238,16 +235,7 @@ async fn run(
     let s = signer();
     let (shared, host) = start(Fake::default()).await;
     setup(&mut shared.fake.lock().unwrap(), &s, &host);
-    let client = Client::new(vec![host.clone()], authfile).unwrap();
-    let outcome = verify(
-        &node(&host, &s.pem),
-        &format!("{host}/org/app:v1"),
-        "amd64",
-        &client,
-        &std::sync::Mutex::new(Memo::default()),
-    )
-    .await
-    .unwrap();
+    let outcome = verify_on(&host, &s.pem, &format!("{host}/org/app:v1"), authfile).await;
     (outcome, shared.requests.load(Ordering::SeqCst))
 }
 
@@ -394,16 +382,7 @@ async fn a_manifest_that_does_not_match_the_pulled_digest_is_unknown() {
         .unwrap()
         .1
         .push(b' ');
-    let client = Client::new(vec![host.clone()], None).unwrap();
-    let o = verify(
-        &node(&host, &s.pem),
-        &format!("{host}/org/app@{digest}"),
-        "amd64",
-        &client,
-        &std::sync::Mutex::new(Memo::default()),
-    )
-    .await
-    .unwrap();
+    let o = verify_on(&host, &s.pem, &format!("{host}/org/app@{digest}"), None).await;
     assert!(
         is(&o, "unknown", "does not match provided manifest digest"),
         "{o:?}"
@@ -423,16 +402,13 @@ async fn basic_auth_needs_credentials() {
     let s = signer();
     let (shared, host) = start(Fake::default()).await;
     setup(&mut shared.fake.lock().unwrap(), &s, &host);
-    let client = Client::new(vec![host.clone()], Some(&authfile(&host))).unwrap();
-    let o = verify(
-        &node(&host, &s.pem),
+    let o = verify_on(
+        &host,
+        &s.pem,
         &format!("{host}/org/app:v1"),
-        "amd64",
-        &client,
-        &std::sync::Mutex::new(Memo::default()),
+        Some(&authfile(&host)),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(is(&o, "accepted", ""), "{o:?}");
 }
 
@@ -440,16 +416,7 @@ async fn basic_auth_needs_credentials() {
 async fn a_registry_that_is_down_is_unknown() {
     let s = signer();
     let host = format!("127.0.0.1:{}", testkit::paths::free_port());
-    let client = Client::new(vec![host.clone()], None).unwrap();
-    let o = verify(
-        &node(&host, &s.pem),
-        &format!("{host}/org/app:v1"),
-        "amd64",
-        &client,
-        &std::sync::Mutex::new(Memo::default()),
-    )
-    .await
-    .unwrap();
+    let o = verify_on(&host, &s.pem, &format!("{host}/org/app:v1"), None).await;
     assert!(
         is(&o, "unknown", "no pull source served the manifest"),
         "{o:?}"

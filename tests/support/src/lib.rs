@@ -23,4 +23,5 @@ pub mod mco;
 pub mod paths;
 pub mod registry;
 pub mod server;
+pub mod signing;
 pub mod upstream;
