@@ -1,6 +1,7 @@
 //! Core speed: render 1,000 and 10,000 scopes; render namespaced ImagePolicies with
 //! mirror sets (issue 14: 1,000 over 100 namespaces plus 200 IDMS entries, and halves and
 //! doubles of it for linearity); validate one policy.
+//! One signature layer judged: public key, Fulcio with Rekor, PKI.
 //! `cargo bench --bench core`; figures go in the issue notes.
 
 use base64::Engine;
@@ -266,6 +267,7 @@ fn bench_judge(c: &mut Criterion) {
         intended: &intended,
         manifest: &manifest,
         layers: std::slice::from_ref(&layer),
+        now: 0,
     };
     let requirements = [requirement];
     assert_eq!(
@@ -281,9 +283,86 @@ fn bench_judge(c: &mut Criterion) {
     });
 }
 
+/// One Fulcio layer (chain, SET, payload signature) and one PKI layer (chain at the
+/// current time), each judged cold (trust roots parsed, every check made).
+fn bench_judge_keyless(c: &mut Criterion) {
+    use cip_sigstore::judge::{self, Memo, Pull};
+    use testkit::keyless::{payload, Ca, Leaf, Rekor};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let now = 1_800_000_000;
+    let manifest = br#"{"schemaVersion":2}"#.to_vec();
+    let body = payload("quay.io/org/app:v1", &judge::sha256(&manifest));
+    let intended = cip_sigstore::identity::pulled_reference("quay.io/org/app:v1").unwrap();
+    let root = Ca::root("root", now - 86_400 * 365, now + 86_400 * 365);
+    let inter = root.intermediate("intermediate", now - 86_400 * 30, now + 86_400 * 30);
+    let chain = format!("{}{}", inter.pem, root.pem);
+    let rekor = Rekor::new();
+    let layer = |leaf: &Leaf, set: bool| {
+        let (cert, key) = inter.leaf(leaf);
+        let sig = testkit::keyless::sign(&key, &body);
+        let mut annotations = std::collections::BTreeMap::from([
+            (judge::SIGNATURE_ANNOTATION.to_string(), sig.clone()),
+            (testkit::keyless::CERTIFICATE.to_string(), cert.clone()),
+            (testkit::keyless::CHAIN.to_string(), chain.clone()),
+        ]);
+        if set {
+            annotations.insert(
+                testkit::keyless::BUNDLE.to_string(),
+                rekor.bundle(&cert, &sig, &body, now - 3_000),
+            );
+        }
+        judge::Layer {
+            digest: judge::sha256(&body),
+            media_type: judge::SIGNATURE_MIME_TYPE.into(),
+            payload: body.clone(),
+            annotations,
+        }
+    };
+    let fulcio_layer = layer(
+        &Leaf::fulcio("me@example.com", "https://issuer", now - 3_060),
+        true,
+    );
+    let pki_layer = layer(
+        &Leaf::pki("me@example.com", "me.example.com", now - 60, now + 86_400),
+        false,
+    );
+    let fulcio: cip_core::policy::Requirement = serde_json::from_value(json!({
+        "type": "sigstoreSigned", "rekorPublicKeyData": b64(rekor.public_pem.as_bytes()),
+        "fulcio": {"caData": b64(root.pem.as_bytes()), "oidcIssuer": "https://issuer", "subjectEmail": "me@example.com"},
+        "signedIdentity": {"type": "matchRepoDigestOrExact"}}))
+    .unwrap();
+    let pki: cip_core::policy::Requirement = serde_json::from_value(json!({
+        "type": "sigstoreSigned", "pki": {"caRootsData": b64(root.pem.as_bytes()),
+        "subjectEmail": "me@example.com", "subjectHostname": "me.example.com"},
+        "signedIdentity": {"type": "matchRepoDigestOrExact"}}))
+    .unwrap();
+    for (name, requirement, layer) in [
+        (
+            "judge one Fulcio layer (chain, SET, signature)",
+            fulcio,
+            fulcio_layer,
+        ),
+        ("judge one PKI layer (chain, signature)", pki, pki_layer),
+    ] {
+        let pull = Pull {
+            intended: &intended,
+            manifest: &manifest,
+            layers: std::slice::from_ref(&layer),
+            now,
+        };
+        let requirements = [requirement];
+        let verdict = judge::judge(&requirements, &pull, &mut Memo::default()).verdict;
+        assert_eq!(verdict, judge::Verdict::Accepted, "{name}");
+        c.bench_function(name, |b| {
+            b.iter(|| judge::judge(&requirements, &pull, &mut Memo::default()))
+        });
+    }
+}
+
 criterion_group!(
     benches,
     bench_judge,
+    bench_judge_keyless,
     bench_render,
     bench_render_cluster_budget,
     bench_namespaced,

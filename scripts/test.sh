@@ -41,7 +41,7 @@ scripts/e2e.sh
 stage "release build"
 # The image's build, with the image's flags: a static binary that runs the main job.
 bin=$(scripts/build-release.sh | tail -1)
-ldd "$bin" 2>&1 | grep -qE "statically linked|not a dynamic executable" || { echo "$bin is not static" >&2; exit 1; }
+ldd "$bin" 2>&1 | grep -E "statically linked|not a dynamic executable" >/dev/null || { echo "$bin is not static" >&2; exit 1; }
 out=$(mktemp -d)
 "$bin" render --input examples --output "$out" >/dev/null
 for f in tests/golden/examples/*.yaml; do cmp "$f" "$out/$(basename "$f")"; done

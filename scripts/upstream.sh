@@ -40,7 +40,9 @@ if [ "$mode" = --path ]; then
 fi
 
 # Version of a required module, as go.mod pins it.
-pinned() { sed 's|//.*||' "$1/go.mod" | awk -v m="$2" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }'; }
+# One process reads the file: a reader that quits early would kill its writer with SIGPIPE
+# (exit 141 under pipefail).
+pinned() { awk -v m="$2" '{ sub(/\/\/.*/, "") } $1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$1/go.mod"; }
 
 # build MODULE BUILD-FUNCTION: runs the function in tests/upstream/MODULE with $out set, once.
 build() {
@@ -88,6 +90,6 @@ done
 
 if [ -z "$mode" ] || [ "$mode" = --versions ]; then
   kube=$(built kube)
-  kubectl=$("$kube/kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | head -1)
+  kubectl=$("$kube/kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | sed -n 1p)
   echo "$("$kube/kube-apiserver" --version | sed 's/^Kubernetes/kube-apiserver/'), etcd $("$kube/etcd" --version | awk 'NR==1{print $3}'), kubectl $kubectl, $("$(built civerify)/civerify" version)"
 fi

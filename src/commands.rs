@@ -896,16 +896,29 @@ pub struct VerifyArgs<'a> {
     pub namespace: Option<&'a str>,
     pub arch: &'a str,
     pub authfile: Option<&'a Path>,
+    pub openshift_version: Option<&'a str>,
     pub image: &'a str,
+}
+
+/// The clock the PKI checks use, read once per command at the edge.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `verify`: renders the input, then fetches and judges on a small runtime of its own.
 pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<ExitCode> {
     let loaded = load_dir(args.input, &[])?;
     let plan = render::plan(&loaded.inputs, options)?;
-    let node =
-        cip_webhook::pull::verify::node_view(&loaded.inputs, &plan, args.pool, args.namespace)
-            .map_err(anyhow::Error::msg)?;
+    let node = cip_webhook::pull::verify::node_view(
+        &loaded.inputs,
+        &plan,
+        args.pool,
+        args.namespace,
+        unix_now(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let authfile = match args.authfile {
         Some(path) => {
             Some(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
@@ -919,11 +932,18 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
         .enable_all()
         .build()?;
     let memo = std::sync::Mutex::default();
-    let outcome = runtime
+    let mut outcome = runtime
         .block_on(cip_webhook::pull::verify::verify(
             &node, args.image, args.arch, &client, &memo,
         ))
         .map_err(anyhow::Error::msg)?;
+    let openshift = args.openshift_version.map(str::to_string).or_else(|| {
+        let cv = loaded.inputs.cluster_version.as_ref()?;
+        cv.current_version().map(str::to_string)
+    });
+    if let Some(version) = openshift {
+        outcome.version_notes(&node, &version);
+    }
     let text = if json {
         let mut value = serde_json::to_value(&outcome)?;
         value["pool"] = json!(args.pool);
@@ -963,17 +983,10 @@ fn preview_state(
 ) -> Result<State> {
     let loaded = documents::load(docs)?;
     let plan = render::plan(&loaded.inputs, options)?;
-    let mut views = cip_webhook::pull::preview::Views::new();
-    let namespaces: std::collections::BTreeSet<Option<String>> = running
-        .iter()
-        .map(|r| r.namespace.clone())
-        .chain([None])
-        .collect();
-    for ns in namespaces {
-        let view = cip_webhook::pull::verify::node_view(&loaded.inputs, &plan, pool, ns.as_deref())
+    let namespaces: Vec<Option<String>> = running.iter().map(|r| r.namespace.clone()).collect();
+    let views =
+        cip_webhook::pull::preview::views(&loaded.inputs, &plan, pool, &namespaces, unix_now())
             .map_err(anyhow::Error::msg)?;
-        views.insert(ns, view);
-    }
     Ok(State {
         inputs: loaded.inputs,
         plan,
@@ -1080,7 +1093,7 @@ pub fn preview(args: &PreviewArgs, options: &RenderOptions, json: bool) -> Resul
             }
         })
         .collect();
-    let tallies = p::tally(&reports);
+    let tallies = p::tally(&reports, unix_now());
     let requests = cache.inner().map_or(0, |c| c.requests());
     let code = p::exit_code(&reports);
     let text = if json {

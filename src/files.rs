@@ -256,6 +256,21 @@ pub fn dir_stamp(dir: &Path) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>, 
         .collect()
 }
 
+/// An error and its sources on one line, as anyhow's `{:#}` prints a chain.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,9 @@
 //! - [`pull`] (`src/pull/`): pulls judged before they happen: a registry client, `verify`
 //!   and `preview`, over the pure `cip_sigstore` crate (`src/sigstore/`), which ports
 //!   containers/image's signature checks.
-//! - Edges shared by all: [`runtime`] wires `serve` and `reconcile` together, [`files`]
-//!   reads manifest directories, [`metrics`] is the Prometheus registry.
+//! - Edges shared by all: [`runtime`] wires `serve` and `reconcile` together and owns the
+//!   process's [`state`], [`files`] reads manifest directories (and [`statedir`] keeps the
+//!   state from one current), [`metrics`] is the Prometheus registry.
 //!
 //! Imports name their layer: `cip_core::render`, `crate::webhook::admission`,
 //! `crate::k8s::reconcile` (`tests/architecture.rs` holds the direction).
@@ -22,8 +23,11 @@
 /// The pure core, its own crate (`src/core/Cargo.toml`) so that no I/O crate can reach it.
 pub use cip_core as core;
 pub mod files;
+pub mod impact;
 pub mod k8s;
 pub mod metrics;
 pub mod pull;
 pub mod runtime;
+pub mod state;
+pub mod statedir;
 pub mod webhook;

@@ -192,6 +192,10 @@ enum Command {
         /// containers-auth.json with registry credentials.
         #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
         authfile: Option<PathBuf>,
+        /// The nodes' OpenShift release (e.g. 4.18), to say when the entry needs a newer
+        /// containers/image than it ships; default: the ClusterVersion in --input.
+        #[arg(long, value_name = "VERSION")]
+        openshift_version: Option<String>,
         /// The image as a pod names it, e.g. `quay.io/org/app:v1` or `busybox`.
         image: String,
         #[command(flatten)]
@@ -265,6 +269,18 @@ struct ServeArgs {
     /// What to do with an Image `cluster` update that conflicts with existing policies.
     #[arg(long, value_enum, default_value_t = ImageGuard::Deny)]
     image_guard: ImageGuard,
+    /// Warn at policy writes about the running images they would newly refuse, judged
+    /// from the copy at this URL (the reconciler's `/running-images`); no registry is
+    /// asked. Where this process also reconciles, its own judgement serves without it.
+    #[arg(long, value_name = "URL")]
+    running_images_from: Option<String>,
+    /// The CA bundle that signs the `--running-images-from` endpoint's certificate.
+    #[arg(long, value_name = "FILE", requires = "running_images_from")]
+    running_images_ca: Option<PathBuf>,
+    /// A bearer token file presented to the `--running-images-from` endpoint (re-read
+    /// at each fetch: projected service-account tokens rotate).
+    #[arg(long, value_name = "FILE", requires = "running_images_from")]
+    running_images_token: Option<PathBuf>,
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, value_name = "BYTES", default_value_t = LIMITS.max_body as u64, value_parser = clap::value_parser!(u64).range(1024..))]
     max_body: u64,
@@ -311,9 +327,22 @@ struct RunArgs {
     /// --state-dir), the in-cluster service account (or $KUBECONFIG) is used.
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
-    /// Plain-HTTP address for /metrics, /healthz and /readyz (`none` turns it off).
+    /// Address for /metrics, /healthz and /readyz (`none` turns it off); plain HTTP
+    /// unless --metrics-tls-cert is given.
     #[arg(long, value_name = "ADDR", default_value = "[::]:9090", value_parser = parse_listen)]
     metrics_listen: Listen,
+    /// PEM certificate for the metrics port (OpenShift's service CA issues it); reloaded
+    /// when the file changes.
+    #[arg(long, value_name = "FILE", requires = "metrics_tls_key")]
+    metrics_tls_cert: Option<PathBuf>,
+    /// PEM private key for --metrics-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "metrics_tls_cert")]
+    metrics_tls_key: Option<PathBuf>,
+    /// Serve /metrics only to a bearer token the API server authenticates (TokenReview)
+    /// and allows to `get` the non-resource URL /metrics (SubjectAccessReview), as
+    /// OpenShift's monitoring scrapes; /healthz and /readyz stay open for the kubelet.
+    #[arg(long)]
+    metrics_auth: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
@@ -346,6 +375,18 @@ struct RunArgs {
     /// Seconds between full reconcile passes when nothing changes.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     resync: u64,
+    /// Judge the images running in pods under the policies in force (the lease holder
+    /// only; it reads pods, nodes and openshift-config/pull-secret, and fetches manifests
+    /// and signatures from the registries) and write each policy's RunningImagesAccepted
+    /// condition.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    running_images: bool,
+    /// Seconds between running-images passes when nothing changes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    running_images_interval: u64,
+    /// Seconds at least between two writes of one policy's RunningImagesAccepted.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    running_images_write_interval: u64,
     /// Milliseconds without a change that end a burst of changes (a GitOps sync) before
     /// the cluster is rendered and written again.
     #[arg(long, value_name = "MS", default_value_t = 250)]
@@ -509,6 +550,7 @@ fn main() -> ExitCode {
             namespace,
             arch,
             authfile,
+            openshift_version,
             image,
             common,
             report,
@@ -519,6 +561,7 @@ fn main() -> ExitCode {
                 namespace: namespace.as_deref(),
                 arch: &arch,
                 authfile: authfile.as_deref(),
+                openshift_version: openshift_version.as_deref(),
                 image: &image,
             },
             &common.options(),
@@ -626,6 +669,14 @@ impl ServeArgs {
                 ..LIMITS.clone()
             },
             shutdown_delay: std::time::Duration::from_secs(self.shutdown_delay),
+            running_images_from: self.running_images_from.clone().map(|url| {
+                cip_webhook::impact::CopyFrom {
+                    url,
+                    ca: self.running_images_ca.clone(),
+                    token: self.running_images_token.clone(),
+                    every: std::time::Duration::from_secs(30),
+                }
+            }),
         };
         self.run.options(Some(webhook), self.state_dir.clone())
     }
@@ -643,6 +694,11 @@ impl RunArgs {
                 Listen::At(addr) => Some(addr),
                 Listen::Off => None,
             },
+            metrics_tls: self
+                .metrics_tls_cert
+                .clone()
+                .zip(self.metrics_tls_key.clone()),
+            metrics_auth: self.metrics_auth,
             state: match state_dir {
                 Some(dir) => cip_webhook::runtime::StateSource::Dir(dir),
                 None => cip_webhook::runtime::StateSource::Cluster(self.kubeconfig.clone()),
@@ -664,6 +720,15 @@ impl RunArgs {
                     },
                     resync: std::time::Duration::from_secs(self.resync),
                     dry_run: self.dry_run,
+                    running_images: self.running_images.then(|| {
+                        cip_webhook::impact::ImpactOptions {
+                            interval: std::time::Duration::from_secs(self.running_images_interval),
+                            min_write_interval: std::time::Duration::from_secs(
+                                self.running_images_write_interval,
+                            ),
+                            ..Default::default()
+                        }
+                    }),
                 }
             }),
         }

@@ -88,6 +88,107 @@ pub struct Metrics {
     body_bytes: Gauge,
     decision_waits: Counter,
     shed: Family<PortLabels, Counter>,
+    pub impact: ImpactMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The running-images pass. No policy name in a label: a cluster with a thousand
+/// policies keeps a fixed number of series; the conditions name the policies.
+pub struct ImpactMetrics {
+    images: Family<VerdictLabels, Gauge>,
+    refusing: Gauge,
+    registry_requests: Family<OutcomeLabels, Counter>,
+    cache_bytes: Gauge,
+    last_pass: Gauge,
+    pass_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ImpactMetrics {
+    fn register(registry: &mut Registry) -> ImpactMetrics {
+        let m = ImpactMetrics {
+            images: Family::default(),
+            refusing: Gauge::default(),
+            registry_requests: Family::default(),
+            cache_bytes: Gauge::default(),
+            last_pass: Gauge::default(),
+            pass_seconds: Gauge::default(),
+        };
+        registry.register(
+            "running_images",
+            "Distinct running images (pool, namespace, image, digest) by verdict under the policies in force: refused means at the next pull",
+            m.images.clone(),
+        );
+        registry.register(
+            "policies_refusing_running_images",
+            "Policies under which at least one running image would be refused at its next pull",
+            m.refusing.clone(),
+        );
+        registry.register(
+            "registry_requests",
+            "Manifest and blob fetches of the running-images pass, by outcome (hit: answered from the cache)",
+            m.registry_requests.clone(),
+        );
+        registry.register(
+            "attachment_cache_bytes",
+            "Bytes held by the running-images pass's cache of manifests and signatures",
+            m.cache_bytes.clone(),
+        );
+        registry.register(
+            "running_images_last_pass_timestamp_seconds",
+            "When the last running-images pass ended (Unix seconds)",
+            m.last_pass.clone(),
+        );
+        registry.register(
+            "running_images_pass_duration_seconds",
+            "How long the last running-images pass took",
+            m.pass_seconds.clone(),
+        );
+        m
+    }
+
+    /// One pass's figures: distinct images by verdict, policies refusing some.
+    pub fn passed(
+        &self,
+        verdicts: (usize, usize, usize),
+        refusing: usize,
+        ended_at: i64,
+        seconds: f64,
+    ) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for (verdict, n) in [
+            ("accepted", verdicts.0),
+            ("refused", verdicts.1),
+            ("unknown", verdicts.2),
+        ] {
+            self.images
+                .get_or_create(&VerdictLabels { verdict })
+                .set(count(n));
+        }
+        self.refusing.set(count(refusing));
+        self.last_pass.set(ended_at);
+        self.pass_seconds.set(seconds);
+    }
+
+    /// Requests since the last call, by outcome (`ok`, `not_found`, `error`, `hit`).
+    pub fn requested(&self, outcome: &'static str, n: usize) {
+        self.registry_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(n as u64);
+    }
+
+    pub fn set_cache_bytes(&self, bytes: usize) {
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
 }
 
 impl Default for Metrics {
@@ -197,7 +298,9 @@ impl Default for Metrics {
             "1 while /readyz answers 200 (cluster state loaded, not shutting down)",
             ready.clone(),
         );
+        let impact = ImpactMetrics::register(&mut registry);
         Metrics {
+            impact,
             duty,
             policies,
             ready,

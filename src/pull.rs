@@ -2,6 +2,8 @@
 //! as CRI-O on a pool would ([`verify`]), and every running image under the policies in
 //! force and proposed ([`preview`]). The judging itself is `cip_sigstore`'s, pure.
 
+pub mod cache;
+pub mod impact;
 pub mod preview;
 pub mod registry;
 pub mod verify;

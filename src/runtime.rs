@@ -5,10 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::files;
+use crate::files::chain;
 use crate::k8s::desired::{Published, Settle};
-use cip_core::documents::Loaded;
-use cip_core::render::{self, RenderOptions};
+use cip_core::render::RenderOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -23,6 +22,10 @@ pub enum RuntimeError {
     },
     #[error("serving admission: {0}")]
     Serve(#[source] rustls::Error),
+    #[error("loading the metrics port's certificate: {0}")]
+    MetricsCertificate(#[source] crate::webhook::tls::TlsError),
+    #[error("--metrics-auth: {0}")]
+    MetricsAuth(String),
 }
 
 /// Where `serve` learns the cluster state.
@@ -41,6 +44,8 @@ pub struct ReconcileOptions {
     pub auto: bool,
     /// Log the writes a pass calls for instead of making them; no Lease.
     pub dry_run: bool,
+    /// The running-images pass (None: off).
+    pub running_images: Option<crate::impact::ImpactOptions>,
 }
 
 /// The admission port; absent in the reconciler's Deployment.
@@ -52,11 +57,18 @@ pub struct WebhookOptions {
     pub limits: crate::webhook::server::Limits,
     /// Between SIGTERM and closing the listener: not ready, still serving.
     pub shutdown_delay: std::time::Duration,
+    /// The lease holder's running-images judgement, copied for warnings at policy writes.
+    pub running_images_from: Option<crate::impact::CopyFrom>,
 }
 
 pub struct ServeOptions {
     pub webhook: Option<WebhookOptions>,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The metrics port's certificate and key (OpenShift's service CA issues them); None:
+    /// plain HTTP.
+    pub metrics_tls: Option<(PathBuf, PathBuf)>,
+    /// `/metrics` only for a bearer token the cluster allows to `get /metrics`.
+    pub metrics_auth: bool,
     pub state: StateSource,
     pub log_json: bool,
     /// None: admission only.
@@ -88,14 +100,22 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
     use std::sync::Arc;
+    // The process's state: the servers below read it, the watchers and the stop change it.
+    let state = Arc::new(crate::state::ProcessState::new(opts.webhook.is_some()));
     let app = Arc::new(match &opts.webhook {
         Some(w) => {
             let cert = crate::webhook::tls::ReloadingCert::new(&w.tls_cert, &w.tls_key)
                 .map_err(RuntimeError::Certificate)?;
             crate::webhook::tls::log_expiry(&w.tls_cert, cert.not_after(), unix_now());
-            crate::webhook::server::App::new(w.admission.clone(), Arc::new(cert))
+            crate::webhook::server::App::with_state(
+                w.admission.clone(),
+                Some(Arc::new(cert)),
+                Arc::clone(&state),
+            )
         }
-        None => crate::webhook::server::App::without_admission(),
+        None => {
+            crate::webhook::server::App::with_state(Default::default(), None, Arc::clone(&state))
+        }
     });
     {
         let listener = match &opts.webhook {
@@ -112,17 +132,30 @@ pub async fn run(
             None => None,
         };
         if let Some(addr) = opts.metrics_listen {
+            let security = ops_security(opts).await?;
             let ops = crate::webhook::server::bind(addr)
                 .map_err(|source| RuntimeError::Listen { addr, source })?;
-            tracing::info!(listen = %local(&ops), "serving /metrics, /healthz and /readyz");
+            tracing::info!(
+                listen = %local(&ops),
+                tls = security.cert.is_some(),
+                token_auth = security.access.is_some(),
+                "serving /metrics, /healthz and /readyz"
+            );
             // Answers until the process exits: probes and a last scrape see the stop.
-            tokio::spawn(crate::webhook::server::serve_ops(
-                ops,
-                Arc::clone(&app),
-                std::future::pending(),
-            ));
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                let served = crate::webhook::server::serve_ops_with(
+                    ops,
+                    app,
+                    security,
+                    std::future::pending(),
+                );
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "the metrics port stopped");
+                }
+            });
         }
-        let state_app = Arc::clone(&app);
+        let watched = Arc::clone(&state);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let lease_task = Arc::new(std::sync::Mutex::new(None));
         match &opts.state {
@@ -130,23 +163,29 @@ pub async fn run(
                 if opts.reconcile.is_some() {
                     tracing::info!("state from files: admission only, nothing is written");
                 }
-                tokio::spawn(watch_state_dir(state_app, dir.clone(), render.clone()))
+                tokio::spawn(crate::statedir::watch(watched, dir.clone(), render.clone()))
             }
             StateSource::Cluster(kubeconfig) => tokio::spawn(watch_cluster(
-                state_app,
+                watched,
                 kubeconfig.clone(),
                 render.clone(),
-                opts.reconcile.clone(),
-                opts.settle,
+                ClusterTasks {
+                    reconcile: opts.reconcile.clone(),
+                    copy_from: opts
+                        .webhook
+                        .as_ref()
+                        .and_then(|w| w.running_images_from.clone()),
+                    settle: opts.settle,
+                },
                 stop_rx.clone(),
                 Arc::clone(&lease_task),
             )),
         };
         let delay = opts.webhook.as_ref().map(|w| w.shutdown_delay);
-        let stopping_app = Arc::clone(&app);
+        let stopping = Arc::clone(&state);
         tokio::spawn(async move {
             stop.await;
-            stopping_app.begin_shutdown();
+            stopping.begin_shutdown();
             if let Some(delay) = delay.filter(|d| !d.is_zero()) {
                 tracing::info!(
                     delay_seconds = delay.as_secs_f64(),
@@ -177,6 +216,68 @@ pub async fn run(
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
         Ok(())
+    }
+}
+
+/// The metrics port's TLS and `/metrics` access, from the options.
+async fn ops_security(
+    opts: &ServeOptions,
+) -> Result<crate::webhook::server::OpsSecurity, RuntimeError> {
+    use std::sync::Arc;
+    let cert = match &opts.metrics_tls {
+        Some((cert, key)) => {
+            let loaded = crate::webhook::tls::ReloadingCert::new(cert, key)
+                .map_err(RuntimeError::MetricsCertificate)?;
+            crate::webhook::tls::log_expiry(cert, loaded.not_after(), unix_now());
+            Some(Arc::new(loaded))
+        }
+        None => None,
+    };
+    let mut copy_access: Option<Arc<dyn crate::webhook::server::MetricsAccess>> = None;
+    let access: Option<Arc<dyn crate::webhook::server::MetricsAccess>> = if opts.metrics_auth {
+        let StateSource::Cluster(kubeconfig) = &opts.state else {
+            return Err(RuntimeError::MetricsAuth(
+                "needs the cluster to review tokens; not with --state-dir".into(),
+            ));
+        };
+        let client = kube_client(kubeconfig.as_deref())
+            .await
+            .map_err(RuntimeError::MetricsAuth)?;
+        let copy = crate::k8s::access::TokenAccess::for_path(client.clone(), "/running-images");
+        copy_access = Some(Arc::new(ClusterAccess(copy)));
+        Some(Arc::new(ClusterAccess(
+            crate::k8s::access::TokenAccess::new(client),
+        )))
+    } else {
+        None
+    };
+    Ok(crate::webhook::server::OpsSecurity {
+        cert,
+        access,
+        copy_access,
+    })
+}
+
+/// The cluster's answer on a scraper's token, for the ops router.
+struct ClusterAccess(crate::k8s::access::TokenAccess);
+
+impl crate::webhook::server::MetricsAccess for ClusterAccess {
+    fn check(
+        &self,
+        token: String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = crate::webhook::server::Access> + Send + '_>,
+    > {
+        use crate::k8s::access::Decision;
+        use crate::webhook::server::Access;
+        Box::pin(async move {
+            match self.0.check(&token).await {
+                Decision::Allowed => Access::Allowed,
+                Decision::Unauthenticated => Access::Unauthenticated,
+                Decision::Forbidden(why) => Access::Forbidden(why),
+                Decision::Unavailable(why) => Access::Unavailable(why),
+            }
+        })
     }
 }
 
@@ -258,33 +359,31 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> 
     kube::Client::try_from(config).map_err(|e| chain(&e))
 }
 
-/// An error and its sources on one line, as anyhow's `{:#}` prints a chain.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+/// What runs beside the cluster watches.
+struct ClusterTasks {
+    /// None: admission only.
+    reconcile: Option<ReconcileOptions>,
+    /// Admission's copy of the lease holder's running-images judgement.
+    copy_from: Option<crate::impact::CopyFrom>,
+    settle: Settle,
 }
 
 /// Keeps the admission snapshot in step with the cluster. Until every watcher has listed,
 /// /readyz says what it waits for; errors are retried for ever, never fatal.
 async fn watch_cluster(
-    app: std::sync::Arc<crate::webhook::server::App>,
+    app: std::sync::Arc<crate::state::ProcessState>,
     kubeconfig: Option<PathBuf>,
     render: RenderOptions,
-    reconcile: Option<ReconcileOptions>,
-    settle: Settle,
+    tasks: ClusterTasks,
     stop: tokio::sync::watch::Receiver<bool>,
     lease_task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 ) {
     use crate::k8s::store::ClusterState;
+    let ClusterTasks {
+        reconcile,
+        copy_from,
+        settle,
+    } = tasks;
     let retry = std::time::Duration::from_secs(2);
     let client = loop {
         let attempt = async {
@@ -302,15 +401,24 @@ async fn watch_cluster(
         }
     };
     let state = ClusterState::spawn(client.clone());
-    let (desired_tx, mut desired) = tokio::sync::watch::channel(Published::Waiting(
+    let (desired_tx, desired) = tokio::sync::watch::channel(Published::Waiting(
         "waiting for the first list of the cluster state".into(),
     ));
     tokio::spawn(crate::k8s::desired::run(
         std::sync::Arc::clone(&state),
-        render,
+        render.clone(),
         settle,
         desired_tx,
     ));
+    if let Some(from) = copy_from {
+        let state = std::sync::Arc::clone(&app);
+        tokio::spawn(crate::impact::follow(
+            from,
+            desired.clone(),
+            render.clone(),
+            state,
+        ));
+    }
     if let Some(options) = reconcile {
         let metrics = std::sync::Arc::clone(&app.metrics);
         let leadership = if options.dry_run {
@@ -328,13 +436,32 @@ async fn watch_cluster(
             *lease_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
             leadership
         };
-        let report_app = std::sync::Arc::clone(&app);
+        if let Some(mut impact) = options.running_images.clone().filter(|_| !options.dry_run) {
+            impact.render = render.clone();
+            impact.serves_admission = app.serves_admission();
+            let previews = std::sync::Arc::clone(&app);
+            tokio::spawn(crate::impact::run(
+                client.clone(),
+                desired.clone(),
+                leadership.clone(),
+                std::sync::Arc::clone(&app.metrics),
+                options.lease.identity.clone(),
+                impact,
+                Box::new(move |copy, bytes| {
+                    if copy.is_some() {
+                        previews.set_preview(copy);
+                    }
+                    previews.set_running_images(bytes);
+                }),
+            ));
+        }
+        let reporting = std::sync::Arc::clone(&app);
         let reconciler = crate::k8s::reconcile::Reconciler::new(crate::k8s::reconcile::Context {
             client,
             state: std::sync::Arc::clone(&state),
             desired: desired.clone(),
             metrics: std::sync::Arc::clone(&app.metrics),
-            report: std::sync::Arc::new(move |status| report_app.set_reconcile_status(status)),
+            report: std::sync::Arc::new(move |status| reporting.set_reconcile_status(status)),
             leadership,
             namespace: options.lease.namespace.clone(),
             identity: options.lease.identity.clone(),
@@ -343,225 +470,23 @@ async fn watch_cluster(
         });
         tokio::spawn(crate::k8s::reconcile::run(reconciler, options.resync));
     }
-    // Admission answers from the latest desired state, with the store's current objects:
-    // a render waits for a burst to settle (up to --settle-max), and an Image update must
-    // not be judged against policies missing from it. The objects are refreshed within
-    // FRESH of a change, off the async workers; what needs the render (the size budget,
-    // the policies in force) follows with the next one. A process that serves no
-    // admission (the reconciler's Deployment) skips the refresh.
-    const FRESH: std::time::Duration = std::time::Duration::from_millis(10);
-    let serves_admission = app.cert.is_some();
-    let mut changes = state.subscribe();
-    let mut last: Option<(std::sync::Arc<crate::k8s::desired::Desired>, String)> = None;
-    // What is published already (the first wait) is shown at once.
-    desired.mark_changed();
-    // Watch errors end without an event (a watch resumed where it was): the status is
-    // looked at again now and then, so /readyz stops saying "retrying" once they have.
-    let mut recheck = tokio::time::interval(std::time::Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            _ = recheck.tick() => {
-                if let Some((d, status)) = last.as_mut() {
-                    let now = state_status(d, &state);
-                    if now != *status {
-                        app.set_status(now.clone());
-                        *status = now;
-                    }
-                }
-            }
-            changed = desired.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let published = desired.borrow_and_update().clone();
-                match published {
-                    Published::Waiting(why) => app.set_status(why),
-                    Published::Ready(d) => {
-                        let status = state_status(&d, &state);
-                        let missing = no_cluster_version(&d.inputs);
-                        if missing.is_some() && last.as_ref().is_none_or(|(l, _)| no_cluster_version(&l.inputs).is_none()) {
-                            tracing::warn!("{}", missing.unwrap_or_default());
-                        }
-                        let snapshot = if serves_admission && *changes.borrow() > d.generation {
-                            fresh(&d, &state).await
-                        } else {
-                            std::sync::Arc::clone(&d.snapshot)
-                        };
-                        app.set_snapshot(snapshot, status.clone());
-                        last = Some((d, status));
-                    }
-                }
-            }
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                changes.borrow_and_update();
-                if !serves_admission {
-                    continue;
-                }
-                tokio::time::sleep(FRESH).await;
-                changes.borrow_and_update();
-                if let Some((d, status)) = &last {
-                    app.set_snapshot(fresh(d, &state).await, status.clone());
-                }
-            }
-        }
-    }
+    // Admission answers from the latest desired state, with the store's current objects.
+    let sink: std::sync::Arc<dyn crate::k8s::feed::Sink> = app;
+    crate::k8s::feed::run(state, desired, sink).await;
 }
 
-/// The published snapshot with the store's objects as they are now, built on a blocking
-/// thread (it copies every policy).
-async fn fresh(
-    d: &std::sync::Arc<crate::k8s::desired::Desired>,
-    state: &std::sync::Arc<crate::k8s::store::ClusterState>,
-) -> std::sync::Arc<crate::webhook::admission::Snapshot> {
-    let (d, state) = (std::sync::Arc::clone(d), std::sync::Arc::clone(state));
-    let published = std::sync::Arc::clone(&d.snapshot);
-    tokio::task::spawn_blocking(move || match state.admission_inputs() {
-        Some(inputs) => std::sync::Arc::new(d.snapshot.with_inputs(std::sync::Arc::new(inputs))),
-        None => std::sync::Arc::clone(&d.snapshot),
-    })
-    .await
-    .unwrap_or(published)
-}
+impl crate::k8s::feed::Sink for crate::state::ProcessState {
+    fn serves_admission(&self) -> bool {
+        crate::state::ProcessState::serves_admission(self)
+    }
 
-fn state_status(
-    d: &crate::k8s::desired::Desired,
-    state: &crate::k8s::store::ClusterState,
-) -> String {
-    let mut status = format!(
-        "cluster state: {} ClusterImagePolicies",
-        d.inputs.policies.len()
-    );
-    if !d.absent.is_empty() {
-        let names: Vec<&str> = d.absent.iter().map(|s| s.as_str()).collect();
-        status.push_str(&format!(
-            "; not served by this cluster (treated as empty): {}",
-            names.join(", ")
-        ));
+    fn snapshot(&self, snapshot: std::sync::Arc<cip_core::snapshot::Snapshot>, status: String) {
+        self.set_snapshot(snapshot, status);
     }
-    if let Some(missing) = no_cluster_version(&d.inputs) {
-        status.push_str(&format!("; {missing}"));
-    }
-    let errors = state.errors();
-    if !errors.is_empty() {
-        status.push_str(&format!("; retrying: {}", errors.join("; ")));
-    }
-    status
-}
 
-/// What a missing ClusterVersion `version` means, for /readyz and the log.
-fn no_cluster_version(inputs: &cip_core::render::Inputs) -> Option<&'static str> {
-    inputs.cluster_version.is_none().then_some(
-        "no ClusterVersion version: the release payload checks use the default release repositories",
-    )
-}
-
-/// Reloads the cluster state whenever a manifest under `dir` changes, reading and
-/// parsing on a blocking thread so that no request waits for it. A state that cannot be
-/// right is refused and the last good one keeps serving, with /readyz and the log saying
-/// why: it fails neither open (a duplicate that turns off the size check, an Image the MCO
-/// would refuse, a directory emptied by an unmounted ConfigMap) nor silently.
-async fn watch_state_dir(
-    app: std::sync::Arc<crate::webhook::server::App>,
-    dir: PathBuf,
-    render: RenderOptions,
-) {
-    type Stamp = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
-    let mut last: Option<Stamp> = None;
-    let mut good: Option<String> = None;
-    // The last walk error logged, so that one that lasts is logged once.
-    let mut failed: Option<String> = None;
-    loop {
-        let (d, options, previous) = (dir.clone(), render.clone(), last.clone());
-        let had_objects = good.is_some();
-        let attempt = tokio::task::spawn_blocking(move || {
-            let stamp = files::dir_stamp(&d).map_err(|e| format!("{e:#}"))?;
-            if previous.as_ref() == Some(&stamp) {
-                return Ok(None);
-            }
-            let loaded = files::load_dir(&d, &[]).map_err(|e| chain(&e));
-            for entry in loaded.iter().flat_map(|l| &l.skipped) {
-                tracing::warn!(dir = %d.display(), %entry, "state directory entry skipped");
-            }
-            let checked = loaded.and_then(|loaded| state_snapshot(loaded, &options, had_objects));
-            Ok(Some((stamp, checked)))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("reading the state panicked: {e}")));
-        match attempt {
-            Ok(None) => failed = None,
-            Ok(Some((stamp, Ok(snapshot)))) => {
-                failed = None;
-                let mut status = format!(
-                    "state from {}: {} ClusterImagePolicies",
-                    dir.display(),
-                    snapshot.inputs.policies.len()
-                );
-                if let Some(missing) = no_cluster_version(&snapshot.inputs) {
-                    status.push_str(&format!("; {missing}"));
-                }
-                tracing::info!("{status}");
-                app.set_snapshot(std::sync::Arc::new(snapshot), status.clone());
-                good = Some(status);
-                last = Some(stamp);
-            }
-            Ok(Some((stamp, Err(why)))) => {
-                failed = None;
-                tracing::warn!(dir = %dir.display(), error = %why, "cluster state refused; the previous one serves");
-                app.set_status(match &good {
-                    Some(previous) => {
-                        format!("{previous}, kept: the last reload was refused: {why}")
-                    }
-                    None => format!("state from {} refused: {why}", dir.display()),
-                });
-                last = Some(stamp);
-            }
-            Err(why) => {
-                if failed.as_ref() != Some(&why) {
-                    tracing::warn!(dir = %dir.display(), error = %why, "state directory not readable; the previous state serves");
-                }
-                app.set_status(format!("reading {}: {why}", dir.display()));
-                failed = Some(why);
-                last = None;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    fn status(&self, status: String) {
+        self.set_status(status);
     }
-}
-
-/// The admission snapshot of a state directory, rendered once, or why it cannot be the
-/// cluster: what `render` and `check` refuse, a policy left out because it does not decode,
-/// or nothing at all where there was a state.
-fn state_snapshot(
-    loaded: Loaded,
-    options: &RenderOptions,
-    had_objects: bool,
-) -> Result<crate::webhook::admission::Snapshot, String> {
-    if let Some((source, name, e)) = loaded.undecodable.first() {
-        return Err(format!("{source}: policy {name:?} does not decode: {e}"));
-    }
-    let plan = render::plan(&loaded.inputs, options).map_err(|e| e.to_string())?;
-    let i = &loaded.inputs;
-    let empty = i.policies.is_empty()
-        && i.image_policies.is_empty()
-        && i.digest_mirror_sets.is_empty()
-        && i.tag_mirror_sets.is_empty()
-        && i.content_source_policies.is_empty()
-        && i.image.is_none()
-        && i.cluster_version.is_none()
-        && i.pools.is_empty()
-        && i.machine_configs.is_empty();
-    if empty && had_objects {
-        return Err("no object left in the directory".to_string());
-    }
-    let inputs = std::sync::Arc::new(loaded.inputs);
-    Ok(crate::webhook::admission::Snapshot::from_plan(
-        inputs,
-        Some(&plan),
-        options,
-    ))
 }
 
 fn unix_now() -> i64 {

@@ -232,7 +232,7 @@ async fn decision_cpu_against_a_trivial_handler() {
         "examples/image.yaml",
         "examples/clusterversion.yaml",
     ]);
-    app.set_snapshot(
+    app.state.set_snapshot(
         Arc::new(Snapshot::build(&inputs, &RenderOptions::default())),
         "examples".into(),
     );
@@ -321,7 +321,7 @@ async fn decision_cpu_against_a_trivial_handler() {
     DETAIL
         .set(decision.message.clone().unwrap_or_default())
         .unwrap();
-    app.set_snapshot(snapshot, "1,000 policies".into());
+    app.state.set_snapshot(snapshot, "1,000 policies".into());
     let logged_baseline = load(&format!("https://{base_addr}/logged"), Some(&body), seconds).await;
     let cached = load(
         &format!("https://{ours_addr}/validate"),

@@ -51,6 +51,13 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// What a missing ClusterVersion `version` means, for /readyz and the log.
+    pub fn missing_cluster_version(&self) -> Option<&'static str> {
+        self.cluster_version.is_none().then_some(
+            "no ClusterVersion version: the release payload checks use the default release repositories",
+        )
+    }
+
     pub fn mirrors(&self) -> MirrorObjects<'_> {
         MirrorObjects {
             digest: &self.digest_mirror_sets,

@@ -20,6 +20,7 @@ pub mod registries_conf;
 pub mod registries_d;
 pub mod render;
 pub mod rules;
+pub mod running;
 pub mod scope;
 pub mod snapshot;
 pub mod text;

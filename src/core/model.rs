@@ -627,6 +627,9 @@ pub struct MachineConfigPool {
 pub struct PoolSpec {
     #[serde(default)]
     pub machine_config_selector: Option<LabelSelector>,
+    /// The nodes of the pool (read for the running-images index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

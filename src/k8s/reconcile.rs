@@ -33,8 +33,8 @@ use cip_core::render::{self, Action, Condition, Inputs, PolicyOutcome};
 
 pub const FIELD_MANAGER: &str = "cip-webhook";
 /// The API server's limits on an Event's note and reportingInstance, in bytes.
-const EVENT_NOTE_LIMIT: usize = 1024;
-const EVENT_INSTANCE_LIMIT: usize = 128;
+pub(crate) const EVENT_NOTE_LIMIT: usize = 1024;
+pub(crate) const EVENT_INSTANCE_LIMIT: usize = 128;
 /// What the reconciler was doing when it recorded an Event.
 const EVENT_ACTION: &str = "Render";
 const MAX_MESSAGE: usize = 32768;
@@ -173,13 +173,6 @@ pub fn conditions(outcome: &PolicyOutcome, current: Option<&Value>, now: &str) -
             (applied, (false, "ConflictScopes", message.clone()))
         }
     };
-    let previous = |kind: &str| {
-        current
-            .and_then(|s| s["conditions"].as_array())
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == kind)
-    };
     let make = |kind: &str, (status, reason, message): (bool, &str, String)| {
         let status = if status { "True" } else { "False" };
         // The CRD caps condition messages at 32768 characters.
@@ -192,23 +185,80 @@ pub fn conditions(outcome: &PolicyOutcome, current: Option<&Value>, now: &str) -
         } else {
             message
         };
-        let since = previous(kind)
-            .filter(|c| c["status"] == status)
-            .and_then(|c| c["lastTransitionTime"].as_str())
-            .unwrap_or(now);
-        let mut c = json!({
-            "type": kind,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": since,
-        });
-        if let Some(g) = outcome.generation {
-            c["observedGeneration"] = json!(g);
-        }
-        c
+        condition(
+            kind,
+            status,
+            reason,
+            &message,
+            outcome.generation,
+            current,
+            now,
+        )
     };
     vec![make("Applied", applied), make("Pending", pending)]
+}
+
+/// The conditions a status holds now.
+fn conditions_of(current: Option<&Value>) -> impl Iterator<Item = &Value> {
+    current
+        .and_then(|s| s["conditions"].as_array())
+        .into_iter()
+        .flatten()
+}
+
+/// One condition of ours, keeping its transition time while its status holds.
+pub(crate) fn condition(
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    current: Option<&Value>,
+    now: &str,
+) -> Value {
+    let since = conditions_of(current)
+        .find(|c| c["type"] == kind && c["status"] == status)
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .unwrap_or(now);
+    let mut c = json!({
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    });
+    if let Some(g) = generation {
+        c["observedGeneration"] = json!(g);
+    }
+    c
+}
+
+/// Our conditions once the machine-config-operator renders policies: `Applied` says who
+/// does; we no longer say whether it is applied.
+pub fn handed_over(generation: Option<i64>, current: Option<&Value>, now: &str) -> Vec<Value> {
+    let message = "the machine-config-operator renders ClusterImagePolicies and ImagePolicies on this cluster (SigstoreImageVerification is enabled); cip-webhook no longer writes MachineConfigs for this policy";
+    vec![condition(
+        "Applied",
+        "Unknown",
+        "RenderedByMachineConfigOperator",
+        message,
+        generation,
+        current,
+        now,
+    )]
+}
+
+/// Whether the current status already shows `conditions` (ours, by type; other
+/// managers' entries do not count), and none of the `gone` types we no longer apply
+/// with one of our reasons.
+fn holds(current: Option<&Value>, conditions: &[Value], gone: &[&str]) -> bool {
+    let have: Vec<&Value> = conditions_of(current).collect();
+    let shown = conditions.iter().all(|c| have.contains(&c));
+    // Our Pending says "Applied" when nothing is pending; the operator never does.
+    let stale = have
+        .iter()
+        .any(|h| gone.iter().any(|g| h["type"] == *g) && h["reason"] == "Applied");
+    shown && !stale
 }
 
 /// What one pass did.
@@ -247,7 +297,7 @@ pub struct Reconciler {
     written: BTreeMap<String, String>,
 }
 
-fn now_seconds() -> String {
+pub(crate) fn now_seconds() -> String {
     let t = time::OffsetDateTime::now_utc();
     let format =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
@@ -255,7 +305,7 @@ fn now_seconds() -> String {
 }
 
 /// The longest prefix of `s` within `limit` bytes that ends on a character boundary.
-fn truncated(s: &str, limit: usize) -> &str {
+pub(crate) fn truncated(s: &str, limit: usize) -> &str {
     let mut end = s.len().min(limit);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -324,18 +374,6 @@ impl Reconciler {
         }
     }
 
-    /// Policies of this kind in the version this one was read in (v1 or v1alpha1).
-    fn policies(&self, policy: &ClusterImagePolicy, kind: PolicyKind) -> Api<DynamicObject> {
-        let version = policy.api_version.rsplit('/').next().unwrap_or("v1");
-        let resource = store::policy_resource(kind, version);
-        match kind {
-            PolicyKind::Cluster => Api::all_with(self.ctx.client.clone(), &resource),
-            PolicyKind::Namespaced => {
-                Api::namespaced_with(self.ctx.client.clone(), policy.namespace(), &resource)
-            }
-        }
-    }
-
     /// Whether the plan's inputs still show an object as it was before one of our writes.
     /// Any other version means the watch has passed our write (someone else may have
     /// written since: the plan must reflect that). Bounded, should an event be lost.
@@ -384,6 +422,7 @@ impl Reconciler {
             Duty::CannotRender(_) => return Ok(done),
             Duty::StandDown(_) => {
                 self.hand_over(inputs, &mut done).await?;
+                self.say_handed_over(inputs, &mut done).await?;
                 return Ok(done);
             }
             Duty::Reconcile(_) => {}
@@ -566,13 +605,10 @@ impl Reconciler {
                 // A policy deleted since the plan was made has no status to write.
                 let current = statuses.get(&key)?.as_ref();
                 let conditions = conditions(outcome, current, &now);
-                let have = current.and_then(|s| s["conditions"].as_array());
-                if have == Some(&conditions) {
+                if holds(current, &conditions, &[]) {
                     return None;
                 }
-                let was_pending = have
-                    .into_iter()
-                    .flatten()
+                let was_pending = conditions_of(current)
                     .find(|c| c["type"] == "Pending" && c["status"] == "True")
                     .and_then(|c| c["message"].as_str())
                     .map(str::to_string);
@@ -651,27 +687,24 @@ impl Reconciler {
     }
 
     async fn write_status(&self, w: &StatusWrite<'_>) -> Result<(), ReconcileError> {
-        self.check_leader(&w.outcome.name)?;
-        let patch = json!({"status": {"conditions": w.conditions}});
-        self.policies(w.policy, w.kind)
-            .patch_status(
-                &w.outcome.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+        self.apply_conditions(w.policy, w.kind, &w.conditions).await
+    }
+
+    /// Server-side apply of our conditions, as our field manager. `conditions` is a map
+    /// list keyed by `type` in the CRD: the API server keeps the other managers' entries
+    /// (the machine-config-operator's `Pending`) and drops ours that are no longer applied.
+    async fn apply_conditions(
+        &self,
+        policy: &ClusterImagePolicy,
+        kind: PolicyKind,
+        conditions: &[Value],
+    ) -> Result<(), ReconcileError> {
+        self.check_leader(&policy.metadata.name)?;
+        apply_status(&self.ctx.client, policy, kind, conditions, FIELD_MANAGER)
             .await
-            .map(|_| ())
-            .or_else(|e| match e {
-                // Deleted meanwhile: nothing left to report on.
-                kube::Error::Api(s) if s.code == 404 => Ok(()),
-                e => Err(api_error(
-                    format!(
-                        "writing the status of {} {}",
-                        w.kind.as_str(),
-                        w.policy.key()
-                    ),
-                    &w.outcome.name,
-                )(e)),
+            .map_err(|e| {
+                let what = format!("writing the status of {} {}", kind.as_str(), policy.key());
+                api_error(what, &policy.metadata.name)(e)
             })
     }
     /// One MachineConfig write; the resourceVersion it left (None: deleted).
@@ -930,6 +963,45 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Standing down: a policy whose `Applied` condition we wrote says now that the
+    /// machine-config-operator renders it; our `Pending` goes, the operator's stays.
+    async fn say_handed_over(
+        &self,
+        inputs: &Inputs,
+        done: &mut Pass,
+    ) -> Result<(), ReconcileError> {
+        let statuses = self.ctx.state.policy_statuses();
+        let now = now_seconds();
+        let policies = inputs
+            .policies
+            .iter()
+            .map(|p| (PolicyKind::Cluster, &**p))
+            .chain(
+                inputs
+                    .image_policies
+                    .iter()
+                    .map(|p| (PolicyKind::Namespaced, &**p)),
+            );
+        for (kind, policy) in policies {
+            let Some(current) = statuses.get(&(kind, policy.key())).and_then(|s| s.as_ref()) else {
+                continue;
+            };
+            let ours = conditions_of(Some(current)).any(|c| c["type"] == "Applied");
+            let conditions = handed_over(policy.metadata.generation, Some(current), &now);
+            if !ours || holds(Some(current), &conditions, &["Pending"]) {
+                continue;
+            }
+            if self.ctx.dry_run {
+                tracing::info!(policy = %policy.key(), kind = kind.as_str(), "dry run: would say the machine-config-operator renders it");
+                continue;
+            }
+            self.apply_conditions(policy, kind, &conditions).await?;
+            self.ctx.metrics.status_written();
+            done.status_writes += 1;
+        }
+        Ok(())
+    }
+
     /// Events are best effort: a failure is logged, never retried.
     async fn event(&self, mut event: Event, regarding: &ObjectReference) {
         if let Some(note) = &mut event.note {
@@ -943,6 +1015,43 @@ impl Reconciler {
                 "event not recorded"
             );
         }
+    }
+}
+
+/// Server-side apply of `conditions` on a policy's status as `manager`, in the version the
+/// policy was read in. `conditions` is a map list keyed by `type` in the CRD: the API
+/// server keeps the other managers' entries (the machine-config-operator's `Pending`, the
+/// running-images condition) and drops this manager's that are no longer applied. A
+/// policy deleted meanwhile is nothing left to report on.
+pub(crate) async fn apply_status(
+    client: &Client,
+    policy: &ClusterImagePolicy,
+    kind: PolicyKind,
+    conditions: &[Value],
+    manager: &str,
+) -> Result<(), kube::Error> {
+    let name = &policy.metadata.name;
+    let version = policy.api_version.rsplit('/').next().unwrap_or("v1");
+    let resource = store::policy_resource(kind, version);
+    let mut metadata = json!({"name": name});
+    let api: Api<DynamicObject> = match kind {
+        PolicyKind::Cluster => Api::all_with(client.clone(), &resource),
+        PolicyKind::Namespaced => {
+            metadata["namespace"] = json!(policy.namespace());
+            Api::namespaced_with(client.clone(), policy.namespace(), &resource)
+        }
+    };
+    let patch = json!({
+        "apiVersion": policy.api_version,
+        "kind": kind.as_str(),
+        "metadata": metadata,
+        "status": {"conditions": conditions},
+    });
+    let params = PatchParams::apply(manager).force();
+    match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -5,28 +5,19 @@
 //! judgement of an image costs no request; the cache can be saved and reused, and a run
 //! from a saved cache needs no registry at all.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
-use base64::Engine;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use cip_sigstore::judge::Memo;
 
-use crate::pull::lock;
-use crate::pull::registry::{FetchError, Manifest, Source};
+use crate::pull::registry::Source;
 use crate::pull::verify::{verify_pinned, NodeView, Outcome};
 
-/// One container image as it runs: its pod's namespace, the image as written, and the
-/// digest it runs (from `imageID`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Running {
-    pub namespace: Option<String>,
-    pub image: String,
-    pub digest: Option<String>,
-}
+use cip_core::running::image_id_digest;
+pub use cip_core::running::{PolicyTally, Running};
 
 /// `[namespace] image [imageID]` lines; `#` starts a comment.
 pub fn parse_image_list(text: &str) -> Result<Vec<Running>, String> {
@@ -92,191 +83,37 @@ pub fn parse_pods(text: &str) -> Result<Vec<Running>, String> {
     Ok(out)
 }
 
-/// The `sha256:<hex>` an `imageID` names (`repo@sha256:…`, `docker-pullable://…`, or bare).
-fn image_id_digest(id: &str) -> Option<String> {
-    let digest = id.rsplit('@').next()?;
-    cip_core::registries_conf::validate_digest(digest).ok()?;
-    Some(digest.to_string())
-}
-
-/// A fetch as saved: a manifest or blob, or the error it gave.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Saved {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    media_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    bytes: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    not_found: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-type Key = (String, String, String);
-
-/// Fetches through `inner` at most 8 at once and 4 per registry, each remembered.
-/// Without `inner`, only what was saved is served.
-pub struct Cached<S> {
-    inner: Option<S>,
-    all: tokio::sync::Semaphore,
-    hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
-    manifests: Mutex<BTreeMap<Key, Saved>>,
-    blobs: Mutex<BTreeMap<Key, Saved>>,
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct File {
-    manifests: Vec<(Key, Saved)>,
-    blobs: Vec<(Key, Saved)>,
-}
-
-impl<S: Source> Cached<S> {
-    pub fn new(inner: Option<S>) -> Cached<S> {
-        Cached {
-            inner,
-            all: tokio::sync::Semaphore::new(8),
-            hosts: Mutex::default(),
-            manifests: Mutex::default(),
-            blobs: Mutex::default(),
-        }
-    }
-
-    /// What a previous run saved (`--attachments FILE`).
-    pub fn load(&self, text: &str) -> Result<(), String> {
-        let file: File = serde_json::from_str(text)
-            .map_err(|e| format!("the attachments file does not decode: {e}"))?;
-        lock(&self.manifests).extend(file.manifests);
-        lock(&self.blobs).extend(file.blobs);
-        Ok(())
-    }
-
-    pub fn inner(&self) -> Option<&S> {
-        self.inner.as_ref()
-    }
-
-    pub fn save(&self) -> String {
-        let file = File {
-            manifests: lock(&self.manifests)
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            blobs: lock(&self.blobs)
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
-        serde_json::to_string(&file).unwrap_or_default()
-    }
-
-    async fn permit(
-        &self,
-        host: &str,
-    ) -> (
-        tokio::sync::SemaphorePermit<'_>,
-        tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let per_host = Arc::clone(
-            lock(&self.hosts)
-                .entry(host.to_string())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(4))),
-        );
-        let host_permit = per_host.acquire_owned().await.expect("never closed");
-        let all = self.all.acquire().await.expect("never closed");
-        (all, host_permit)
-    }
-}
-
-fn saved<T>(
-    result: &Result<T, FetchError>,
-    body: impl Fn(&T) -> (Option<String>, Vec<u8>),
-) -> Saved {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    match result {
-        Ok(v) => {
-            let (media_type, bytes) = body(v);
-            Saved {
-                media_type,
-                bytes: Some(b64(&bytes)),
-                not_found: None,
-                error: None,
-            }
-        }
-        Err(FetchError::NotFound(w)) => Saved {
-            media_type: None,
-            bytes: None,
-            not_found: Some(w.clone()),
-            error: None,
-        },
-        Err(FetchError::Failed(e)) => Saved {
-            media_type: None,
-            bytes: None,
-            not_found: None,
-            error: Some(e.clone()),
-        },
-    }
-}
-
-fn restored(s: &Saved) -> Result<(Option<String>, Vec<u8>), FetchError> {
-    if let Some(w) = &s.not_found {
-        return Err(FetchError::NotFound(w.clone()));
-    }
-    if let Some(e) = &s.error {
-        return Err(FetchError::Failed(e.clone()));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s.bytes.as_deref().unwrap_or_default())
-        .map_err(|e| FetchError::Failed(format!("the attachments file: {e}")))?;
-    Ok((s.media_type.clone(), bytes))
-}
-
-impl<S: Source + Send + Sync> Source for Cached<S> {
-    async fn manifest(
-        &self,
-        host: &str,
-        repo: &str,
-        reference: &str,
-    ) -> Result<Manifest, FetchError> {
-        let key = (host.to_string(), repo.to_string(), reference.to_string());
-        if let Some(s) = lock(&self.manifests).get(&key) {
-            return restored(s).map(|(m, bytes)| Manifest {
-                bytes,
-                media_type: m.unwrap_or_default(),
-            });
-        }
-        let Some(inner) = &self.inner else {
-            return Err(FetchError::Failed(format!(
-                "{host}/{repo}:{reference} is not in the attachments file"
-            )));
-        };
-        let _permits = self.permit(host).await;
-        let result = inner.manifest(host, repo, reference).await;
-        lock(&self.manifests).insert(
-            key,
-            saved(&result, |m| (Some(m.media_type.clone()), m.bytes.clone())),
-        );
-        result
-    }
-
-    async fn blob(&self, host: &str, repo: &str, digest: &str) -> Result<Vec<u8>, FetchError> {
-        let key = (host.to_string(), repo.to_string(), digest.to_string());
-        if let Some(s) = lock(&self.blobs).get(&key) {
-            return restored(s).map(|(_, b)| b);
-        }
-        let Some(inner) = &self.inner else {
-            return Err(FetchError::Failed(format!(
-                "{host}/{repo}@{digest} is not in the attachments file"
-            )));
-        };
-        let _permits = self.permit(host).await;
-        let result = inner.blob(host, repo, digest).await;
-        lock(&self.blobs).insert(key, saved(&result, |b| (None, b.clone())));
-        result
-    }
-}
+pub use crate::pull::cache::Cached;
 
 /// The nodes' view for each namespace that has its own policy file, and `None` for the rest.
 pub type Views = BTreeMap<Option<String>, NodeView>;
+
+/// The views of `pool` for the cluster-wide file and each of `namespaces`.
+pub fn views<'a>(
+    inputs: &cip_core::render::Inputs,
+    plan: &cip_core::render::Plan,
+    pool: &str,
+    namespaces: impl IntoIterator<Item = &'a Option<String>>,
+    now: i64,
+) -> Result<Views, String> {
+    let mut views = Views::new();
+    // Only a namespace with ImagePolicies can have a file of its own.
+    let own_file = |ns: &Option<String>| {
+        (inputs.image_policies.iter()).any(|p| p.metadata.namespace.as_ref() == ns.as_ref())
+    };
+    let wanted: std::collections::BTreeSet<&Option<String>> = (namespaces.into_iter())
+        .filter(|ns| own_file(ns))
+        .chain([&None])
+        .collect();
+    for ns in wanted {
+        let view = crate::pull::verify::node_view(inputs, plan, pool, ns.as_deref(), now)?;
+        // A namespace without a file of its own reads policy.json: the shared view serves.
+        if ns.is_none() || view.policy_file != cip_core::ignition::POLICY_JSON_PATH {
+            views.insert(ns.clone(), view);
+        }
+    }
+    Ok(views)
+}
 
 /// Every running image judged under `views`; one outcome per image, in order. Images are
 /// taken round-robin across registries, so that one registry's limit of 4 fetches does not
@@ -331,19 +168,8 @@ fn round_robin(images: &[Running]) -> Vec<usize> {
     order
 }
 
-/// One policy's tally.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyTally {
-    pub policy: String,
-    pub covered: usize,
-    pub accepted: usize,
-    pub refused: usize,
-    pub unknown: usize,
-    pub newly_refused: usize,
-    /// The first ten refused (newly refused first), with reasons.
-    pub examples: Vec<String>,
-}
+/// How far ahead `expiring` looks.
+pub const EXPIRY_WINDOW: i64 = 30 * 86_400;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -356,8 +182,9 @@ pub struct ImageReport {
     pub policies: Vec<String>,
 }
 
-/// Tallies per policy, from the proposed outcome where there is one.
-pub fn tally(reports: &[ImageReport]) -> Vec<PolicyTally> {
+/// Tallies per policy, from the proposed outcome where there is one, at `now` (Unix
+/// seconds).
+pub fn tally(reports: &[ImageReport], now: i64) -> Vec<PolicyTally> {
     let mut by: BTreeMap<String, PolicyTally> = BTreeMap::new();
     for r in reports {
         let after = r.proposed.as_ref().unwrap_or(&r.current);
@@ -376,6 +203,19 @@ pub fn tally(reports: &[ImageReport]) -> Vec<PolicyTally> {
             }
             if newly {
                 t.newly_refused += 1;
+            }
+            let expires = after
+                .accepted_until
+                .filter(|until| after.verdict == "accepted" && *until < now + EXPIRY_WINDOW);
+            if let Some(until) = expires {
+                t.expiring += 1;
+                if t.examples.len() < 10 {
+                    t.examples.push(format!(
+                        "accepted until {}: {}",
+                        cip_sigstore::x509::rfc3339(until),
+                        r.running.image
+                    ));
+                }
             }
             if after.verdict == "refused" && t.examples.len() < 10 {
                 let ns = r
@@ -434,6 +274,13 @@ pub fn text(reports: &[ImageReport], tallies: &[PolicyTally], requests: usize) -
         if proposal {
             let _ = write!(s, "; newly refused: {}", t.newly_refused);
         }
+        if t.expiring > 0 {
+            let _ = write!(
+                s,
+                "; {} accepted until a certificate expires within 30 days",
+                t.expiring
+            );
+        }
         s.push('\n');
         for e in &t.examples {
             let _ = writeln!(s, "  {e}");
@@ -452,4 +299,44 @@ pub fn text(reports: &[ImageReport], tallies: &[PolicyTally], requests: usize) -
     }
     let _ = writeln!(s, "registry requests: {requests}");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(image: &str, verdict: &str, until: Option<i64>) -> ImageReport {
+        let mut current = Outcome::unusable(image, "/etc/containers/policy.json", String::new());
+        current.verdict = verdict.to_string();
+        current.accepted_until = until;
+        ImageReport {
+            running: Running {
+                namespace: None,
+                image: image.to_string(),
+                digest: None,
+            },
+            current,
+            proposed: None,
+            policies: vec!["pki".into()],
+        }
+    }
+
+    #[test]
+    fn pki_acceptances_that_expire_within_30_days_are_counted() {
+        let now = 1_700_000_000;
+        let reports = [
+            report("a", "accepted", Some(now + 86_400)),
+            report("b", "accepted", Some(now + EXPIRY_WINDOW + 1)),
+            report("c", "accepted", None),
+            report("d", "refused", Some(now + 86_400)),
+        ];
+        let t = &tally(&reports, now)[0];
+        assert_eq!((t.covered, t.accepted, t.refused, t.expiring), (4, 3, 1, 1));
+        assert_eq!(t.examples[0], "accepted until 2023-11-15T22:13:20Z: a");
+        let out = text(&reports, &tally(&reports, now), 0);
+        assert!(
+            out.contains("1 accepted until a certificate expires within 30 days"),
+            "{out}"
+        );
+    }
 }

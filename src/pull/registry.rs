@@ -74,6 +74,9 @@ pub struct Client {
     /// The scheme that answered, per insecure host.
     schemes: Mutex<HashMap<String, &'static str>>,
     requests: AtomicUsize,
+    /// Retries of a 5xx answer, each after twice the wait of the one before (from 500 ms):
+    /// none for the CLI, as containers/image; the reconciler's background pass retries.
+    retries_5xx: u32,
 }
 
 struct Response {
@@ -102,7 +105,14 @@ impl Client {
             tokens: Mutex::default(),
             schemes: Mutex::default(),
             requests: AtomicUsize::new(0),
+            retries_5xx: 0,
         })
+    }
+
+    /// Retries 5xx answers up to `retries` times with exponential backoff.
+    pub fn with_backoff(mut self, retries: u32) -> Client {
+        self.retries_5xx = retries;
+        self
     }
 
     /// HTTP requests sent so far (token requests included).
@@ -222,6 +232,7 @@ impl Client {
         let mut authorization = lock(&self.tokens).get(&key).cloned();
         let mut challenged = false;
         let mut waited = false;
+        let mut retried = 0;
         loop {
             let response = self.send(url, authorization.as_deref(), limit).await?;
             match response.status {
@@ -247,6 +258,10 @@ impl Client {
                         ));
                     }
                     tokio::time::sleep(wait).await;
+                }
+                status if status.is_server_error() && retried < self.retries_5xx => {
+                    tokio::time::sleep(Duration::from_millis(500) * 2u32.pow(retried)).await;
+                    retried += 1;
                 }
                 _ => return Ok(response),
             }

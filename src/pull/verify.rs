@@ -29,6 +29,8 @@ pub struct NodeView {
     /// registries.d scopes with `use-sigstore-attachments: true`.
     pub attachments: BTreeSet<String>,
     pub registries: RegistriesConf,
+    /// The node's clock (Unix seconds), for PKI chains.
+    pub now: i64,
 }
 
 /// The pool's files once the plan is written, merged as the MCO merges MachineConfigs.
@@ -37,6 +39,7 @@ pub fn node_view(
     plan: &Plan,
     pool: &str,
     namespace: Option<&str>,
+    now: i64,
 ) -> Result<NodeView, String> {
     if let Some(error) = plan
         .pools
@@ -66,6 +69,7 @@ pub fn node_view(
         policy_file,
         attachments,
         registries,
+        now,
     })
 }
 
@@ -95,6 +99,13 @@ pub struct Outcome {
     pub instance: Option<String>,
     pub attachments: bool,
     pub layers: Vec<LayerOutcome>,
+    /// For a PKI acceptance: when the certificate chain stops verifying (Unix seconds);
+    /// the nodes refuse the image from then on, without any change to the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted_until: Option<i64>,
+    /// What the entry needs from containers/image that the nodes' release lacks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Outcome {
@@ -112,6 +123,18 @@ impl Outcome {
             instance: None,
             attachments: false,
             layers: Vec::new(),
+            accepted_until: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Notes on the entry for nodes of this OpenShift release.
+    pub fn version_notes(&mut self, node: &NodeView, openshift: &str) {
+        if let Ok(e) = explain::explain(&node.policy, &self.image) {
+            self.notes = cip_sigstore::versions::notes(&e.requirements, openshift)
+                .into_iter()
+                .map(|n| format!("on OpenShift {openshift}: {n}"))
+                .collect();
         }
     }
 
@@ -170,6 +193,7 @@ pub async fn verify_pinned<S: Source>(
             intended: &intended,
             manifest: &[],
             layers: &[],
+            now: node.now,
         };
         let verdict = judge::judge(&e.requirements, &pull, &mut lock(memo));
         out.no_signature_required = verdict.no_signature_required;
@@ -183,9 +207,11 @@ pub async fn verify_pinned<S: Source>(
         intended: &intended,
         manifest: &fetched.manifest,
         layers: &fetched.layers,
+        now: node.now,
     };
     let verdict = judge::judge(&e.requirements, &pull, &mut lock(memo));
     out.layers = layer_outcomes(&verdict);
+    out.accepted_until = verdict.accepted_until;
     Ok(out.decided(&verdict.verdict))
 }
 
@@ -480,6 +506,16 @@ pub fn text(o: &Outcome, pool: &str, namespace: Option<&str>) -> String {
     }
     if !o.reason.is_empty() {
         let _ = writeln!(s, "  reason: {}", o.reason);
+    }
+    if let Some(until) = o.accepted_until {
+        let _ = writeln!(
+            s,
+            "  accepted until {} (the certificate chain's first notAfter: refused from then on)",
+            cip_sigstore::x509::rfc3339(until)
+        );
+    }
+    for note in &o.notes {
+        let _ = writeln!(s, "  note: {note}");
     }
     s
 }

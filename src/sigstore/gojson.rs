@@ -44,6 +44,108 @@ pub fn parse(data: &[u8]) -> Result<Value, String> {
     Ok(value)
 }
 
+/// The members of a valid top-level object with each value's bytes as written (what a
+/// `json.RawMessage` field keeps).
+pub fn raw_members(data: &[u8]) -> Result<Vec<(String, &[u8])>, String> {
+    parse(data)?;
+    let mut p = Parser { data, pos: 0 };
+    p.skip_ws();
+    if data.get(p.pos) != Some(&b'{') {
+        return Err("JSON object expected".into());
+    }
+    p.pos += 1;
+    p.skip_ws();
+    let mut out = Vec::new();
+    while data.get(p.pos) != Some(&b'}') {
+        p.skip_ws();
+        let key = p.member_key()?;
+        p.skip_ws();
+        let start = p.pos;
+        p.value(0)?;
+        out.push((key, &data[start..p.pos]));
+        p.skip_ws();
+        if data.get(p.pos) == Some(&b',') {
+            p.pos += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// `json.Unmarshal` into a Go struct (the lenient decoder, not the paranoid parse): each
+/// member goes to the field named exactly so or equal under Go's case folding, others are
+/// skipped; for each field, every value given to it in document order (the last wins;
+/// objects for one struct field merge). `null` for the struct leaves it empty.
+pub fn loose_fields<'a>(value: &'a Value, names: &[&str]) -> Result<Vec<Vec<&'a Value>>, String> {
+    let mut out = vec![Vec::new(); names.len()];
+    let members = match value {
+        Value::Null => return Ok(out),
+        Value::Object(members) => members,
+        other => return Err(type_error(other, "struct", "")),
+    };
+    for (key, v) in members {
+        let field = names
+            .iter()
+            .position(|n| n == key)
+            .or_else(|| names.iter().position(|n| go_fold(n) == go_fold(key)));
+        if let Some(i) = field {
+            out[i].push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// A pointer-to-struct field: `null` resets it, objects merge into it.
+pub fn loose_struct(values: &[&Value]) -> Result<Option<Value>, String> {
+    let mut merged: Option<Vec<(String, Value)>> = None;
+    for v in values {
+        match v {
+            Value::Null => merged = None,
+            Value::Object(members) => merged
+                .get_or_insert_with(Vec::new)
+                .extend(members.iter().cloned()),
+            other => return Err(type_error(other, "struct", "")),
+        }
+    }
+    Ok(merged.map(Value::Object))
+}
+
+/// A `*string` field: `null` resets it.
+pub fn loose_string(values: &[&Value]) -> Result<Option<String>, String> {
+    let mut out = None;
+    for v in values {
+        match v {
+            Value::Null => out = None,
+            Value::String(s) => out = Some(s.clone()),
+            other => return Err(type_error(other, "string", "")),
+        }
+    }
+    Ok(out)
+}
+
+/// Go's `foldName` on the runes that can fold to ASCII letters: ASCII case, the Kelvin
+/// sign (K) and the long s (S).
+fn go_fold(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\u{212A}' => 'K',
+            '\u{017F}' => 'S',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect()
+}
+
+/// Go's `base64.StdEncoding.DecodeString`: padding required, `\r` and `\n` skipped,
+/// non-zero trailing bits accepted.
+pub fn decode_go_std_base64(text: &str) -> Result<Vec<u8>, String> {
+    let clean: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+    cip_core::policy::decode_b64(&clean).map_err(|e| match e {
+        base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => {
+            format!("illegal base64 data at input byte {at}")
+        }
+        _ => format!("illegal base64 data at input byte {}", clean.len()),
+    })
+}
+
 /// Go's `quoteChar` for error texts.
 fn quote_char(c: u8) -> String {
     match c {
@@ -373,7 +475,7 @@ impl Parser<'_> {
 
 /// One character of possibly invalid UTF-8, as Go's `utf8.DecodeRune` reads it: an
 /// invalid sequence is U+FFFD consuming one byte.
-fn decode_utf8(bytes: &[u8]) -> (char, usize) {
+pub(crate) fn decode_utf8(bytes: &[u8]) -> (char, usize) {
     let len = match bytes[0] {
         0xC2..=0xDF => 2,
         0xE0..=0xEF => 3,

@@ -12,9 +12,11 @@ use serde::Serialize;
 use cip_core::policy::{Requirement, SigstoreSigned};
 use cip_core::registries_conf::Reference;
 
+use crate::gojson::decode_go_std_base64;
 use crate::identity;
-use crate::keys::{self, Check, PublicKey};
+use crate::keys::{Check, PublicKey};
 use crate::payload;
+use crate::trust;
 
 /// `signature.SigstoreSignatureMIMEType`.
 pub const SIGNATURE_MIME_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -87,6 +89,9 @@ pub struct RequirementVerdict {
     pub requirement: String,
     pub verdict: Verdict,
     pub layers: Vec<LayerVerdict>,
+    /// For a PKI acceptance: when its chain stops verifying (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,6 +100,9 @@ pub struct EntryVerdict {
     /// True when the entry passed without looking at any signature.
     pub no_signature_required: bool,
     pub requirements: Vec<RequirementVerdict>,
+    /// The earliest `accepted_until` of the requirements: the verdict turns by itself then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted_until: Option<i64>,
 }
 
 /// What the pull needs besides the manifest: signatures.
@@ -139,6 +147,8 @@ pub struct Pull<'a> {
     pub manifest: &'a [u8],
     /// The attachment's layers; empty when there is none or attachments are off.
     pub layers: &'a [Layer],
+    /// The node's clock (Unix seconds): PKI chains are verified at this time.
+    pub now: i64,
 }
 
 /// `PolicyContext.IsRunningImageAllowed` over one entry's requirements.
@@ -150,6 +160,7 @@ pub fn judge(requirements: &[Requirement], pull: &Pull, memo: &mut Memo) -> Entr
             ),
             no_signature_required: false,
             requirements: Vec::new(),
+            accepted_until: None,
         };
     }
     let results: Vec<RequirementVerdict> = requirements
@@ -167,8 +178,10 @@ pub fn judge(requirements: &[Requirement], pull: &Pull, memo: &mut Memo) -> Entr
         (None, Some(u)) => u.verdict.clone(),
         (None, None) => Verdict::Accepted,
     };
+    let accepted_until = results.iter().filter_map(|r| r.accepted_until).min();
     EntryVerdict {
         no_signature_required: verdict == Verdict::Accepted && !needs_signatures(requirements),
+        accepted_until: accepted_until.filter(|_| verdict == Verdict::Accepted),
         verdict,
         requirements: results,
     }
@@ -179,6 +192,7 @@ fn judge_requirement(
     pull: &Pull,
     memo: &mut Memo,
 ) -> RequirementVerdict {
+    let mut accepted_until = None;
     let (name, verdict, layers) = match requirement {
         Requirement::InsecureAcceptAnything => {
             ("insecureAcceptAnything", Verdict::Accepted, Vec::new())
@@ -197,7 +211,8 @@ fn judge_requirement(
             Vec::new(),
         ),
         Requirement::SigstoreSigned(s) => {
-            let (verdict, layers) = sigstore_signed(s, pull, memo);
+            let (verdict, layers, until) = sigstore_signed(s, pull, memo);
+            accepted_until = until;
             ("sigstoreSigned", verdict, layers)
         }
     };
@@ -205,6 +220,7 @@ fn judge_requirement(
         requirement: name.to_string(),
         verdict,
         layers,
+        accepted_until,
     }
 }
 
@@ -214,7 +230,7 @@ fn sigstore_signed(
     requirement: &SigstoreSigned,
     pull: &Pull,
     memo: &mut Memo,
-) -> (Verdict, Vec<LayerVerdict>) {
+) -> (Verdict, Vec<LayerVerdict>, Option<i64>) {
     let mut layers = Vec::new();
     let mut reasons = Vec::new();
     let mut unknown = None;
@@ -228,13 +244,13 @@ fn sigstore_signed(
             });
             continue;
         }
-        let verdict = signature_accepted(requirement, pull, layer, memo);
+        let (verdict, until) = signature_accepted(requirement, pull, layer, memo);
         layers.push(LayerVerdict {
             digest: layer.digest.clone(),
             verdict: Some(verdict.clone()),
         });
         match verdict {
-            Verdict::Accepted => return (Verdict::Accepted, layers),
+            Verdict::Accepted => return (Verdict::Accepted, layers, until),
             Verdict::Refused(r) => reasons.push(r),
             Verdict::Unknown(r) => {
                 unknown.get_or_insert(r);
@@ -242,7 +258,7 @@ fn sigstore_signed(
         }
     }
     if let Some(why) = unknown {
-        return (Verdict::Unknown(why), layers);
+        return (Verdict::Unknown(why), layers, None);
     }
     let verdict = match reasons.len() {
         0 if others == 0 => "A signature was required, but no signature exists".to_string(),
@@ -253,88 +269,58 @@ fn sigstore_signed(
             reasons.join("; ")
         ),
     };
-    (Verdict::Refused(verdict), layers)
+    (Verdict::Refused(verdict), layers, None)
 }
 
-/// The trust root's public keys (`prepareTrustRoot`), or why none can be had.
-fn trust_keys(requirement: &SigstoreSigned) -> Result<Vec<PublicKey>, Verdict> {
-    let unsupported =
-        |what: &str| Verdict::Unknown(format!("{what} is not yet supported by this tool"));
-    if requirement.fulcio.is_some() {
-        return Err(unsupported("a Fulcio (keyless) root of trust"));
-    }
-    if requirement.pki.is_some() {
-        return Err(unsupported("a PKI root of trust"));
-    }
-    let has_rekor = requirement
-        .rekor_public_key_data
-        .as_ref()
-        .is_some_and(|b| !b.is_empty())
-        || requirement
-            .rekor_public_key_datas
-            .as_ref()
-            .is_some_and(|v| !v.is_empty())
-        || requirement
-            .rekor_public_key_path
-            .as_ref()
-            .is_some_and(|p| !p.is_empty())
-        || requirement
-            .rekor_public_key_paths
-            .as_ref()
-            .is_some_and(|v| !v.is_empty());
-    if has_rekor {
-        return Err(unsupported("a public key with a Rekor key"));
-    }
-    if requirement.key_path.as_ref().is_some_and(|p| !p.is_empty())
-        || requirement
-            .key_paths
-            .as_ref()
-            .is_some_and(|v| !v.is_empty())
-    {
-        return Err(Verdict::Unknown(
-            "the key is read from a file on the node (keyPath)".into(),
-        ));
-    }
-    let datas: Vec<Vec<u8>> = match (&requirement.key_data, &requirement.key_datas) {
-        (Some(one), None) if !one.is_empty() => vec![one.raw()],
-        (None, Some(many)) if !many.is_empty() => many.iter().map(|b| b.raw()).collect(),
-        (Some(one), Some(many)) if !one.is_empty() && !many.is_empty() => {
-            return Err(Verdict::Refused(
-                r#"Internal inconsistency: more than one of "keyPath", "keyPaths", "keyData", "keyDatas" specified"#.into(),
-            ))
-        }
-        _ => {
-            return Err(Verdict::Refused(
-                "Internal inconsistency: A public key, Fulcio, or PKI must be specified.".into(),
-            ))
-        }
-    };
-    datas
-        .iter()
-        .enumerate()
-        .map(|(i, pem)| {
-            keys::parse_pem(pem)
-                .map_err(|e| Verdict::Refused(format!("parsing public key {}: {e}", i + 1)))
-        })
-        .collect()
-}
-
-/// `prSigstoreSigned.isSignatureAccepted` for a public-key root of trust, then
-/// `internal.VerifySigstorePayload`: the annotation, its base64, the cryptographic check
-/// against each key, the payload, the manifest digest, the identity — in that order.
+/// `prSigstoreSigned.isSignatureAccepted`, then `internal.VerifySigstorePayload`: the
+/// trust root, the annotation, the candidate keys (a Rekor SET, a Fulcio or PKI chain),
+/// the cryptographic check against each, the payload, the manifest digest, the identity
+/// — in that order. A PKI acceptance holds until the chain's first `notAfter`.
 fn signature_accepted(
     requirement: &SigstoreSigned,
     pull: &Pull,
     layer: &Layer,
     memo: &mut Memo,
-) -> Verdict {
-    let keys = match trust_keys(requirement) {
-        Ok(keys) => keys,
-        Err(verdict) => return verdict,
+) -> (Verdict, Option<i64>) {
+    let root = match trust::root(requirement) {
+        Ok(root) => root,
+        Err(check) => return (check_verdict(check), None),
     };
     let Some(b64) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
-        return Verdict::Refused(format!("missing {SIGNATURE_ANNOTATION} annotation"));
+        return (
+            Verdict::Refused(format!("missing {SIGNATURE_ANNOTATION} annotation")),
+            None,
+        );
     };
+    let candidates =
+        match trust::candidates(&root, &layer.annotations, b64, &layer.payload, pull.now) {
+            Ok(c) => c,
+            Err(check) => return (check_verdict(check), None),
+        };
+    let verdict = payload_accepted(requirement, pull, layer, &candidates.keys, b64, memo);
+    let until = (verdict == Verdict::Accepted)
+        .then_some(candidates.valid_until)
+        .flatten();
+    (verdict, until)
+}
+
+fn check_verdict(check: Check) -> Verdict {
+    match check {
+        Check::Valid => Verdict::Accepted,
+        Check::Invalid(why) => Verdict::Refused(why),
+        Check::Unknown(why) => Verdict::Unknown(why),
+    }
+}
+
+/// `internal.VerifySigstorePayload` with the candidate keys.
+fn payload_accepted(
+    requirement: &SigstoreSigned,
+    pull: &Pull,
+    layer: &Layer,
+    keys: &[PublicKey],
+    b64: &str,
+    memo: &mut Memo,
+) -> Verdict {
     let signature = match decode_go_std_base64(b64) {
         Ok(s) => s,
         Err(e) => return Verdict::Refused(format!("base64 decoding: {e}")),
@@ -342,7 +328,7 @@ fn signature_accepted(
     let mut failures = Vec::new();
     let mut unknown = None;
     let mut valid = false;
-    for key in &keys {
+    for key in keys {
         match memo.verify(key, &layer.payload, &signature) {
             Check::Valid => {
                 valid = true;
@@ -431,18 +417,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Go's `base64.StdEncoding.DecodeString`: padding required, `\r` and `\n` skipped,
-/// non-zero trailing bits accepted.
-pub fn decode_go_std_base64(text: &str) -> Result<Vec<u8>, String> {
-    let clean: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
-    cip_core::policy::decode_b64(&clean).map_err(|e| match e {
-        base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => {
-            format!("illegal base64 data at input byte {at}")
-        }
-        _ => format!("illegal base64 data at input byte {}", clean.len()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +479,7 @@ mod tests {
                 intended: &self.intended,
                 manifest: &self.manifest,
                 layers,
+                now: 0,
             };
             judge(requirements, &pull, &mut Memo::default()).verdict
         }
@@ -702,6 +677,7 @@ mod tests {
             intended: &c.intended,
             manifest: &c.manifest,
             layers: &[],
+            now: 0,
         };
         let free = judge(
             &[Requirement::InsecureAcceptAnything],
@@ -714,13 +690,17 @@ mod tests {
     #[test]
     fn what_is_not_ported_is_unknown_never_refused() {
         let c = case();
+        // A CA read from the node's disk cannot be seen from here.
         let keyless = Requirement::SigstoreSigned(Box::new(SigstoreSigned {
-            fulcio: Some(Default::default()),
+            fulcio: Some(cip_core::policy::Fulcio {
+                ca_path: Some("/etc/fulcio.pem".into()),
+                ..Default::default()
+            }),
             ..Default::default()
         }));
         let v = c.judge(std::slice::from_ref(&keyless), &[c.good_layer()]);
         assert!(
-            matches!(&v, Verdict::Unknown(r) if r.contains("not yet supported")),
+            matches!(&v, Verdict::Unknown(r) if r.contains("file on the node")),
             "{v:?}"
         );
         // With no signature at all, containers/image refuses before looking at the root.
@@ -743,6 +723,7 @@ mod tests {
             intended: &c.intended,
             manifest: &c.manifest,
             layers: std::slice::from_ref(&layer),
+            now: 0,
         };
         let mut memo = Memo::default();
         judge(&[c.requirement()], &pull, &mut memo);

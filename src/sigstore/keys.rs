@@ -208,42 +208,122 @@ impl PublicKey {
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Check {
         match self {
             PublicKey::Ecdsa { curve, point } => verify_ecdsa(*curve, point, message, signature),
+            PublicKey::Rsa { .. } => verify_with(self, Hash::Sha256, message, signature),
+            PublicKey::Ed25519(_) | PublicKey::Unusable(_) => {
+                verify_with(self, Hash::None, message, signature)
+            }
+        }
+    }
+
+    /// `x509.MarshalPKIXPublicKey`: what sigstore's `MarshalPublicKeyToPEM` wraps, and so
+    /// what a Rekor entry for this key holds.
+    pub fn pkix_der(&self) -> Option<Vec<u8>> {
+        let (algorithm, key): (Vec<u8>, &[u8]) = match self {
+            PublicKey::Ecdsa { curve, point } => {
+                let curve_oid: &[u8] = match curve {
+                    Curve::P224 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x21],
+                    Curve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+                    Curve::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+                    Curve::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
+                };
+                let ec = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+                ([&ec[..], curve_oid].concat(), point)
+            }
+            PublicKey::Rsa { der, .. } => (
+                vec![
+                    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+                ],
+                der,
+            ),
+            PublicKey::Ed25519(key) => (vec![0x06, 0x03, 0x2b, 0x65, 0x70], key),
+            PublicKey::Unusable(_) => return None,
+        };
+        let bits = [&[0u8][..], key].concat();
+        Some(der_tlv(
+            0x30,
+            &[der_tlv(0x30, &algorithm), der_tlv(0x03, &bits)].concat(),
+        ))
+    }
+}
+
+/// The digest a certificate or SET signature is made over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hash {
+    /// Ed25519 signs the message itself.
+    None,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// Go's `checkSignature` (and `ecdsa.VerifyASN1`, strict DER) for one hash: ECDSA on
+/// P-256/P-384 with SHA-256/384, RSA PKCS#1 v1.5 with SHA-256/384/512, Ed25519.
+pub fn verify_with(key: &PublicKey, hash: Hash, message: &[u8], signature: &[u8]) -> Check {
+    let unknown = |what: String| Check::Unknown(format!("{what} is not checked by this port"));
+    match (key, hash) {
+        (PublicKey::Ecdsa { curve, point }, _) => {
+            let algorithm: &dyn rs::VerificationAlgorithm = match (curve, hash) {
+                (Curve::P256, Hash::Sha256) => &rs::ECDSA_P256_SHA256_ASN1,
+                (Curve::P256, Hash::Sha384) => &rs::ECDSA_P256_SHA384_ASN1,
+                (Curve::P384, Hash::Sha256) => &rs::ECDSA_P384_SHA256_ASN1,
+                (Curve::P384, Hash::Sha384) => &rs::ECDSA_P384_SHA384_ASN1,
+                _ => return unknown(format!("ECDSA on {curve:?} with {hash:?}")),
+            };
+            outcome(
+                rs::UnparsedPublicKey::new(algorithm, point).verify(message, signature),
+                "ecdsa: invalid signature",
+            )
+        }
+        (
             PublicKey::Rsa {
                 der,
                 bits,
                 exponent,
-            } => {
-                if *bits < 1024 {
-                    return Check::Invalid(format!(
-                        "crypto/rsa: {bits}-bit keys are insecure (see https://go.dev/pkg/crypto/rsa#hdr-Minimum_key_size)"
-                    ));
-                }
-                if *bits > 8192
-                    || *exponent < 3
-                    || exponent.is_multiple_of(2)
-                    || *exponent > (1 << 31) - 1
-                {
-                    return Check::Unknown(format!(
-                        "an RSA key of {bits} bits with exponent {exponent} is outside what this port checks"
-                    ));
-                }
-                let algorithm: &dyn rs::VerificationAlgorithm = if *bits < 2048 {
-                    &rs::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY
-                } else {
-                    &rs::RSA_PKCS1_2048_8192_SHA256
-                };
-                outcome(
-                    rs::UnparsedPublicKey::new(algorithm, der).verify(message, signature),
-                    "crypto/rsa: verification error",
-                )
+            },
+            _,
+        ) => {
+            if *bits < 1024 {
+                return Check::Invalid(format!(
+                    "crypto/rsa: {bits}-bit keys are insecure (see https://go.dev/pkg/crypto/rsa#hdr-Minimum_key_size)"
+                ));
             }
-            PublicKey::Ed25519(key) => outcome(
-                rs::UnparsedPublicKey::new(&rs::ED25519, key).verify(message, signature),
-                "ed25519: invalid signature",
-            ),
-            PublicKey::Unusable(why) => Check::Invalid(why.clone()),
+            if *bits > 8192
+                || *exponent < 3
+                || exponent.is_multiple_of(2)
+                || *exponent > (1 << 31) - 1
+            {
+                return unknown(format!(
+                    "an RSA key of {bits} bits with exponent {exponent}"
+                ));
+            }
+            let legacy = *bits < 2048;
+            let algorithm: &dyn rs::VerificationAlgorithm = match (hash, legacy) {
+                (Hash::Sha256, true) => &rs::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+                (Hash::Sha256, false) => &rs::RSA_PKCS1_2048_8192_SHA256,
+                (Hash::Sha384, false) => &rs::RSA_PKCS1_2048_8192_SHA384,
+                (Hash::Sha512, true) => &rs::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY,
+                (Hash::Sha512, false) => &rs::RSA_PKCS1_2048_8192_SHA512,
+                _ => return unknown(format!("RSA-{bits} with {hash:?}")),
+            };
+            outcome(
+                rs::UnparsedPublicKey::new(algorithm, der).verify(message, signature),
+                "crypto/rsa: verification error",
+            )
         }
+        (PublicKey::Ed25519(key), Hash::None) => outcome(
+            rs::UnparsedPublicKey::new(&rs::ED25519, key).verify(message, signature),
+            "ed25519: invalid signature",
+        ),
+        (PublicKey::Ed25519(_), _) => Check::Invalid("x509: Ed25519 verification failure".into()),
+        (PublicKey::Unusable(why), _) => Check::Invalid(why.clone()),
     }
+}
+
+fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend(der_length(body.len()));
+    out.extend(body);
+    out
 }
 
 fn outcome(result: Result<(), ring::error::Unspecified>, failure: &str) -> Check {
@@ -291,16 +371,9 @@ fn der_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
         if body.first().is_none_or(|&b| b & 0x80 != 0) {
             body.insert(0, 0);
         }
-        let mut out = vec![0x02];
-        out.extend(der_length(body.len()));
-        out.extend(body);
-        out
+        der_tlv(0x02, &body)
     }
-    let body = [integer(r), integer(s)].concat();
-    let mut out = vec![0x30];
-    out.extend(der_length(body.len()));
-    out.extend(body);
-    out
+    der_tlv(0x30, &[integer(r), integer(s)].concat())
 }
 
 fn der_length(len: usize) -> Vec<u8> {
@@ -308,8 +381,10 @@ fn der_length(len: usize) -> Vec<u8> {
         vec![len as u8]
     } else if len < 0x100 {
         vec![0x81, len as u8]
-    } else {
+    } else if len < 0x10000 {
         vec![0x82, (len >> 8) as u8, len as u8]
+    } else {
+        vec![0x83, (len >> 16) as u8, (len >> 8) as u8, len as u8]
     }
 }
 
@@ -333,6 +408,11 @@ pub(crate) mod tests {
     use super::*;
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+
+    pub fn b64(bytes: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
 
     /// A P-256 key pair for tests: (signer, public key PEM).
     pub fn p256() -> (EcdsaKeyPair, String) {

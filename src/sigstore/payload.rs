@@ -86,7 +86,7 @@ fn object(value: &Value) -> Result<&[(String, Value)], String> {
 
 /// `ParanoidUnmarshalJSONObjectExactFields`: exactly these keys, in any order. Go stops
 /// at the first unknown key, in document order.
-fn exact_fields<'a>(value: &'a Value, names: &[&str]) -> Result<Vec<&'a Value>, String> {
+pub(crate) fn exact_fields<'a>(value: &'a Value, names: &[&str]) -> Result<Vec<&'a Value>, String> {
     let Value::Object(members) = value else {
         return Err(format!("JSON object expected, got {}", go_token(value)));
     };

@@ -225,9 +225,37 @@ pub fn review(
     snapshot: &Snapshot,
     config: &Config,
 ) -> Result<(ReviewOut, Decision), BadReview> {
+    review_with(body, endpoint, snapshot, config, None)
+}
+
+/// How long a policy write's running-images preview may take before it says what it has.
+pub const PREVIEW_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// As [`review`], and for an admitted policy write, the running images it would newly
+/// refuse, as warnings (never a denial).
+pub fn review_with(
+    body: &[u8],
+    endpoint: Endpoint,
+    snapshot: &Snapshot,
+    config: &Config,
+    preview: Option<&dyn cip_core::running::Preview>,
+) -> Result<(ReviewOut, Decision), BadReview> {
     let request = parse_request(body)?;
     let answer = decide(&request, endpoint, snapshot, config);
-    let response = answer.response(request.uid.clone());
+    let mut response = answer.response(request.uid.clone());
+    let kind = (request.kind.group == CONFIG_GROUP)
+        .then(|| PolicyKind::from_kind(&request.kind.kind))
+        .flatten();
+    let writes = matches!(request.operation.as_str(), "CREATE" | "UPDATE");
+    if let (Some(preview), Some(kind), Some(object)) = (preview, kind, &request.object) {
+        if endpoint == Endpoint::Validate && response.allowed && writes {
+            let deadline = std::time::Instant::now() + PREVIEW_DEADLINE;
+            let expired = || std::time::Instant::now() >= deadline;
+            response
+                .warnings
+                .extend(preview.policy_change(kind, object.get(), &expired));
+        }
+    }
     let decision = Decision {
         uid: request.uid.clone(),
         kind: request.kind.kind.clone(),

@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Metrics;
-use crate::webhook::admission::{self, Endpoint, Snapshot};
+use crate::state::ProcessState;
+use crate::webhook::admission::{self, Endpoint};
 use crate::webhook::bodies::{BodyBudget, BodyError, Peer};
 use crate::webhook::conns::{serve_connections, ConnLimits, Transport};
 use crate::webhook::tls::{self, ReloadingCert};
@@ -119,16 +120,11 @@ pub const DECODE_FACTOR: usize = 29;
 pub const VALIDATE_PATH: &str = "/validate";
 pub const MUTATE_PATH: &str = "/mutate";
 
-/// Shared by every request: the latest cluster snapshot and the server's parts.
+/// Shared by every request: the process's state (the snapshot, readiness) and the
+/// server's own parts.
 pub struct App {
-    snapshot: RwLock<Option<Arc<Snapshot>>>,
-    /// Why the server is not ready, or what it last loaded.
-    status: RwLock<String>,
-    /// What the reconciler last did; shown by /readyz, never making it fail.
-    reconcile: RwLock<String>,
-    /// Set on SIGTERM: /readyz fails at once so endpoints drop this pod while it still
-    /// serves.
-    stopping: AtomicBool,
+    /// Owned by the runtime; the servers read it.
+    pub state: Arc<ProcessState>,
     pub admission: admission::Config,
     pub metrics: Arc<Metrics>,
     /// None where this process serves no admission (the reconciler's Deployment).
@@ -138,60 +134,37 @@ pub struct App {
 }
 
 impl App {
+    /// An admission server over a state of its own (tests and benchmarks).
     pub fn new(admission: admission::Config, cert: Arc<ReloadingCert>) -> App {
-        App::with_cert(admission, Some(cert))
+        App::with_state(admission, Some(cert), Arc::new(ProcessState::new(true)))
     }
 
-    /// An app that serves only metrics, health and readiness.
+    /// An app that serves only metrics, health and readiness, over a state of its own.
     pub fn without_admission() -> App {
-        App::with_cert(admission::Config::default(), None)
+        App::with_state(
+            admission::Config::default(),
+            None,
+            Arc::new(ProcessState::new(false)),
+        )
     }
 
-    fn with_cert(admission: admission::Config, cert: Option<Arc<ReloadingCert>>) -> App {
+    /// The servers over the runtime's state.
+    pub fn with_state(
+        admission: admission::Config,
+        cert: Option<Arc<ReloadingCert>>,
+        state: Arc<ProcessState>,
+    ) -> App {
         App {
-            snapshot: RwLock::new(None),
-            status: RwLock::new("cluster state not loaded yet".into()),
-            reconcile: RwLock::new(String::new()),
-            stopping: AtomicBool::new(false),
+            metrics: Arc::clone(&state.metrics),
+            state,
             admission,
-            metrics: Arc::new(Metrics::default()),
             cert,
             bodies: RwLock::new(None),
         }
     }
 
-    /// From now on /readyz answers 503; requests are still served.
-    pub fn begin_shutdown(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-    }
-
-    /// What /readyz answers 200 for: a snapshot loaded, no SIGTERM yet.
-    fn is_ready(&self) -> bool {
-        !self.stopping.load(Ordering::SeqCst) && self.snapshot().is_some()
-    }
-
-    pub fn set_snapshot(&self, snapshot: Arc<Snapshot>, status: String) {
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
-        self.set_status(status);
-    }
-
-    pub fn set_status(&self, status: String) {
-        *self.status.write().unwrap_or_else(|e| e.into_inner()) = status;
-    }
-
-    pub fn set_reconcile_status(&self, status: String) {
-        *self.reconcile.write().unwrap_or_else(|e| e.into_inner()) = status;
-    }
-
     fn bodies(&self) -> Option<Arc<BodyBudget>> {
         self.bodies
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.snapshot
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -295,7 +268,7 @@ fn loggable(s: &str) -> std::borrow::Cow<'_, str> {
 async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
     let start = Instant::now();
     let app = &shared.app;
-    let Some(snapshot) = app.snapshot() else {
+    let Some(snapshot) = app.state.snapshot() else {
         app.metrics.bad_request();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -333,8 +306,16 @@ async fn answer(shared: Shared, endpoint: Endpoint, req: Request) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     };
     let small = body.len() <= INLINE_DECISION_BYTES;
+    // A policy write judged against the running images can take milliseconds: on the
+    // blocking pool, as large bodies.
+    let preview = app
+        .state
+        .preview()
+        .filter(|_| endpoint == Endpoint::Validate);
+    let small = small && preview.is_none();
     let decide = move |config: &App| {
-        admission::review(&body, endpoint, &snapshot, &config.admission).map(
+        let preview = preview.as_deref();
+        admission::review_with(&body, endpoint, &snapshot, &config.admission, preview).map(
             |(review, decision)| {
                 let body = serde_json::to_vec(&review).expect("plain data serializes");
                 (body, decision)
@@ -460,14 +441,133 @@ fn too_large(app: &App, max: usize) -> Response {
 
 /// The metrics port's routes: `/metrics`, `/healthz` and `/readyz`.
 pub fn ops_router(app: Arc<App>) -> Router {
+    ops_router_with(app, None)
+}
+
+/// Who may read `/metrics`: the bearer token a scraper presents, judged by the cluster
+/// (TokenReview, then SubjectAccessReview for `get` on the non-resource URL `/metrics`),
+/// as OpenShift's monitoring expects of a cluster component. The probes stay open.
+pub trait MetricsAccess: Send + Sync {
+    fn check(&self, token: String) -> Pin<Box<dyn Future<Output = Access> + Send + '_>>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// No token, or one the cluster does not authenticate: 401.
+    Unauthenticated,
+    /// Authenticated, not allowed to `get /metrics`: 403.
+    Forbidden(String),
+    /// The cluster could not be asked: 503, and the scrape is retried.
+    Unavailable(String),
+}
+
+/// The ops router, `/metrics` behind `access` when given.
+pub fn ops_router_with(app: Arc<App>, access: Option<Arc<dyn MetricsAccess>>) -> Router {
+    ops_router_full(app, access, None)
+}
+
+/// Also `/running-images` (the lease holder's judgement of the running images, which
+/// admission replicas copy): behind `copy_access` where `/metrics` has an access check,
+/// refused to everyone if that has none.
+pub fn ops_router_full(
+    app: Arc<App>,
+    access: Option<Arc<dyn MetricsAccess>>,
+    copy_access: Option<Arc<dyn MetricsAccess>>,
+) -> Router {
+    let metrics_guarded = access.is_some();
+    let metrics = match access {
+        Some(access) => get(
+            move |state: State<Arc<App>>, headers: axum::http::HeaderMap| {
+                let access = Arc::clone(&access);
+                async move { guarded(state, &headers, access.as_ref(), metrics_page).await }
+            },
+        ),
+        None => get(metrics_page),
+    };
+    let copy = match copy_access {
+        Some(access) => get(
+            move |state: State<Arc<App>>, headers: axum::http::HeaderMap| {
+                let access = Arc::clone(&access);
+                async move { guarded(state, &headers, access.as_ref(), running_images).await }
+            },
+        ),
+        None if metrics_guarded => get(|| async {
+            (
+                StatusCode::FORBIDDEN,
+                "Forbidden: no access check for /running-images\n",
+            )
+                .into_response()
+        }),
+        None => get(running_images),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(|State(app): State<Arc<App>>| async move { ready(&app) }),
         )
-        .route("/metrics", get(metrics_page))
+        .route("/metrics", metrics)
+        .route("/running-images", copy)
         .with_state(app)
+}
+
+/// The last running-images judgement, as admission replicas copy it.
+async fn running_images(State(app): State<Arc<App>>) -> Response {
+    match app.state.running_images() {
+        Some(bytes) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from(bytes.as_ref().clone()),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no judgement of the running images here (not the lease holder, or not yet)\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn guarded<F, Fut>(
+    state: State<Arc<App>>,
+    headers: &axum::http::HeaderMap,
+    access: &dyn MetricsAccess,
+    page: F,
+) -> Response
+where
+    F: FnOnce(State<Arc<App>>) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let decision = match token {
+        Some(token) => access.check(token.to_string()).await,
+        None => Access::Unauthenticated,
+    };
+    match decision {
+        Access::Allowed => page(state).await,
+        Access::Unauthenticated => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "Unauthorized\n",
+        )
+            .into_response(),
+        Access::Forbidden(why) => {
+            (StatusCode::FORBIDDEN, format!("Forbidden: {why}\n")).into_response()
+        }
+        Access::Unavailable(why) => {
+            tracing::warn!(error = %why, "metrics scrape not authorized: the API server could not be asked");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authorization unavailable\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn readyz(State(shared): State<Shared>) -> Response {
@@ -475,19 +575,15 @@ async fn readyz(State(shared): State<Shared>) -> Response {
 }
 
 fn ready(app: &App) -> Response {
-    if app.stopping.load(Ordering::SeqCst) {
+    if app.state.stopping() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down\n",
         )
             .into_response();
     }
-    let mut status = app.status.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let reconcile = app
-        .reconcile
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let mut status = app.state.status();
+    let reconcile = app.state.reconcile_status();
     if !reconcile.is_empty() {
         status.push_str("\nreconciler: ");
         status.push_str(&reconcile);
@@ -503,7 +599,7 @@ fn ready(app: &App) -> Response {
             ));
         }
     }
-    if app.is_ready() {
+    if app.state.is_ready() {
         (StatusCode::OK, format!("ok: {status}\n")).into_response()
     } else {
         (
@@ -515,7 +611,7 @@ fn ready(app: &App) -> Response {
 }
 
 async fn metrics_page(State(app): State<Arc<App>>) -> Response {
-    app.metrics.set_ready(app.is_ready());
+    app.metrics.set_ready(app.state.is_ready());
     if let Some(cert) = &app.cert {
         app.metrics.set_cert_expiry(cert.not_after());
     }
@@ -624,17 +720,42 @@ fn ops_connections() -> ConnLimits {
 /// Serves [`ops_router`] over plain HTTP/1.1 until `shutdown` completes; nothing here
 /// touches the admission port.
 pub async fn serve_ops(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let _ = serve_ops_with(listener, app, OpsSecurity::default(), shutdown).await;
+}
+
+/// How the ops port is protected: TLS with its own (reloading) certificate, and who may
+/// read `/metrics`.
+#[derive(Default, Clone)]
+pub struct OpsSecurity {
+    pub cert: Option<Arc<ReloadingCert>>,
+    pub access: Option<Arc<dyn MetricsAccess>>,
+    /// Who may copy `/running-images` (`get` on that non-resource URL).
+    pub copy_access: Option<Arc<dyn MetricsAccess>>,
+}
+
+/// [`serve_ops`] over TLS and with `/metrics` access checked, as `security` says.
+pub async fn serve_ops_with(
+    listener: TcpListener,
+    app: Arc<App>,
+    security: OpsSecurity,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), rustls::Error> {
     let metrics = Arc::clone(&app.metrics);
-    let router = ops_router(app);
+    let router = ops_router_full(app, security.access, security.copy_access);
+    let transport = match security.cert {
+        Some(cert) => Transport::Tls(TlsAcceptor::from(Arc::new(tls::server_config(cert)?))),
+        None => Transport::Plain,
+    };
     serve_connections(
         listener,
         router,
-        Transport::Plain,
+        transport,
         ops_connections(),
         metrics,
         shutdown,
     )
     .await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -161,8 +161,11 @@ async fn the_runtime_starts_in_process_and_stops_on_request() {
             admission: Default::default(),
             limits: Default::default(),
             shutdown_delay: Duration::from_secs(1),
+            running_images_from: None,
         }),
         metrics_listen: Some(([127, 0, 0, 1], metrics).into()),
+        metrics_tls: None,
+        metrics_auth: false,
         state: StateSource::Dir(paths::root().join("examples")),
         log_json: false,
         reconcile: None,
@@ -200,6 +203,64 @@ async fn the_runtime_starts_in_process_and_stops_on_request() {
     let result = tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("returns after the delay")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// The metrics port over TLS (its own certificate, as OpenShift's service CA issues it):
+/// probes and scrapes speak HTTPS, plain HTTP is not answered. Token review needs the
+/// cluster: with --state-dir the runtime refuses to start rather than serve /metrics open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_port_speaks_tls_and_token_review_needs_the_cluster() {
+    use cip_webhook::runtime::{self, RuntimeError, ServeOptions, StateSource};
+    let certs = paths::root().join("certs");
+    let metrics = free_port();
+    let options = |auth: bool| ServeOptions {
+        webhook: None,
+        metrics_listen: Some(([127, 0, 0, 1], metrics).into()),
+        metrics_tls: Some((certs.join("tls.crt"), certs.join("tls.key"))),
+        metrics_auth: auth,
+        state: StateSource::Dir(paths::root().join("examples")),
+        log_json: false,
+        reconcile: None,
+        settle: Default::default(),
+    };
+    let refused = runtime::run(&options(true), &Default::default(), async {}).await;
+    assert!(
+        matches!(&refused, Err(RuntimeError::MetricsAuth(why)) if why.contains("--state-dir")),
+        "{:?}",
+        refused.err().map(|e| e.to_string())
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tls = options(false);
+    let server = tokio::spawn(async move {
+        runtime::run(&tls, &Default::default(), async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let ca = certs.join("ca.crt");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !curl(Some(&ca), "127.0.0.1", metrics, "/readyz", None)
+        .await
+        .ends_with("200")
+    {
+        assert!(Instant::now() < deadline, "never ready over TLS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = curl(Some(&ca), "127.0.0.1", metrics, "/metrics", None).await;
+    assert!(
+        page.contains("cip_webhook_") && page.ends_with("200"),
+        "{page}"
+    );
+    // Plain HTTP gets no answer from a TLS port.
+    assert!(!curl(None, "127.0.0.1", metrics, "/healthz", None)
+        .await
+        .ends_with("200"));
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("returns")
         .unwrap();
     assert!(result.is_ok(), "{result:?}");
 }

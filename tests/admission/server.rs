@@ -321,7 +321,7 @@ async fn readiness_health_and_metrics() {
         send(&s, "POST", "/validate", good.clone()).await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    s.app.set_snapshot(
+    s.app.state.set_snapshot(
         Arc::new(Snapshot::build(
             &paths::load(&STATE),
             &RenderOptions::default(),
@@ -761,7 +761,7 @@ async fn an_update_is_counted_once_against_the_size_budget() {
     ));
     assert!(snapshot.in_force.contains("big"));
     let s = routed();
-    s.app.set_snapshot(snapshot, "test".into());
+    s.app.state.set_snapshot(snapshot, "test".into());
     let mut changed = policy.clone();
     changed["metadata"]["labels"] = json!({"changed": "yes"});
     let r = validate(
@@ -823,4 +823,79 @@ async fn http2_bodies_over_the_limit_get_413() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Tokens as a fake cluster judges them: `good` may read /metrics, `other` is someone
+/// else, `down` finds the API server unreachable; anything else is not a token.
+struct FakeAccess(std::sync::atomic::AtomicUsize);
+
+impl cip_webhook::webhook::server::MetricsAccess for FakeAccess {
+    fn check(
+        &self,
+        token: String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = cip_webhook::webhook::server::Access> + Send + '_>,
+    > {
+        use cip_webhook::webhook::server::Access;
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            match token.as_str() {
+                "good" => Access::Allowed,
+                "other" => Access::Forbidden("other may not get /metrics".into()),
+                "down" => Access::Unavailable("connection refused".into()),
+                _ => Access::Unauthenticated,
+            }
+        })
+    }
+}
+
+/// /metrics behind the access check, through the router without a socket: 200 for an
+/// allowed token, 401 (with a challenge) without one, 403, 503; the probes never ask.
+#[tokio::test]
+async fn metrics_behind_token_review() {
+    use tower::ServiceExt;
+    let s = harness::routed();
+    let access = Arc::new(FakeAccess(Default::default()));
+    let router = cip_webhook::webhook::server::ops_router_with(
+        Arc::clone(s.app()),
+        Some(Arc::clone(&access) as Arc<dyn cip_webhook::webhook::server::MetricsAccess>),
+    );
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = Request::builder().uri(path);
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        router
+            .clone()
+            .oneshot(request.body(axum::body::Body::empty()).unwrap())
+    };
+    let response = get("/metrics", None).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        access.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no token, no review"
+    );
+    for (token, status) in [
+        ("good", StatusCode::OK),
+        ("other", StatusCode::FORBIDDEN),
+        ("down", StatusCode::SERVICE_UNAVAILABLE),
+        ("nonsense", StatusCode::UNAUTHORIZED),
+    ] {
+        assert_eq!(
+            get("/metrics", Some(token)).await.unwrap().status(),
+            status,
+            "{token}"
+        );
+    }
+    let page = get("/metrics", Some("good")).await.unwrap();
+    let body = page.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("cip_webhook_"));
+    let asked = access.0.load(std::sync::atomic::Ordering::SeqCst);
+    for path in ["/healthz", "/readyz"] {
+        let status = get(path, None).await.unwrap().status();
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    assert_eq!(access.0.load(std::sync::atomic::Ordering::SeqCst), asked);
 }

@@ -5,6 +5,7 @@
 
 mod fixtures;
 mod ignition;
+mod keyless;
 mod pulls;
 mod verify;
 

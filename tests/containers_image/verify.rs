@@ -127,21 +127,25 @@ fn policy(name: &str, host: &str, repos: &[&str], key_pem: &str, identity: &Valu
 /// An input directory for one signedIdentity mode, and the node files rendered from it.
 fn input(f: &Fixture, mode: &str, identity: &Value) -> (PathBuf, PathBuf) {
     let host = &f.registry.host;
-    let dir = f.work.path().join(mode);
-    let input = dir.join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    let image = json!({"apiVersion": "config.openshift.io/v1", "kind": "Image",
-        "metadata": {"name": "cluster"},
-        "spec": {"registrySources": {"insecureRegistries": [host]}}});
     let mut docs = vec![
-        image,
         policy("team", host, &TEAM_REPOS, &f.team.public_pem, identity),
         policy("openssl", host, &OPENSSL_REPOS, &cosign_pub(), identity),
     ];
     for (kind, public) in &f.other_keys {
         docs.push(policy(kind, host, &[kind.as_str()], public, identity));
     }
-    for (i, doc) in docs.iter().enumerate() {
+    render_input(&f.work.path().join(mode), host, &docs)
+}
+
+/// `docs` beside an Image CR that marks `host` insecure, written under `dir/input`, and
+/// the worker pool's node files rendered from them under `dir/files`.
+pub fn render_input(dir: &Path, host: &str, docs: &[Value]) -> (PathBuf, PathBuf) {
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let image = json!({"apiVersion": "config.openshift.io/v1", "kind": "Image",
+        "metadata": {"name": "cluster"},
+        "spec": {"registrySources": {"insecureRegistries": [host]}}});
+    for (i, doc) in std::iter::once(&image).chain(docs).enumerate() {
         std::fs::write(input.join(format!("{i}.yaml")), doc.to_string()).unwrap();
     }
     let files = dir.join("files");
@@ -166,6 +170,36 @@ fn input(f: &Fixture, mode: &str, identity: &Value) -> (PathBuf, PathBuf) {
     .unwrap();
     std::fs::create_dir_all(worker.join("etc/containers/registries.d")).unwrap();
     (input, worker)
+}
+
+/// `image` judged by us (from `input`) and by containers/image (from the node files under
+/// `worker`): our verdict word, our JSON, and the disagreement if the two differ in
+/// verdict or exit code.
+pub fn both(
+    input: &Path,
+    worker: &Path,
+    mode: &str,
+    image: &str,
+) -> (String, Value, Option<String>) {
+    let theirs = decide(
+        &worker.join("etc/containers/policy.json"),
+        &worker.join("etc/containers/registries.d"),
+        Some(&worker.join("etc/containers/registries.conf")),
+        image,
+    );
+    let (verdict, code, json) = ours(input, image);
+    let expected = match theirs.verdict.as_str() {
+        "accepted" => ("accepted", 0),
+        "rejected" => ("refused", 1),
+        _ => ("error", -1),
+    };
+    let disagreement = ((verdict.as_str(), code) != expected).then(|| {
+        format!(
+            "{mode} {image}: containers/image {} ({}), we {verdict} ({})",
+            theirs.verdict, theirs.message, json["reason"]
+        )
+    });
+    (verdict, json, disagreement)
 }
 
 /// Our verdict: (verdict word, exit code, the JSON).
@@ -214,26 +248,10 @@ fn verify_agrees_with_containers_image_on_every_case() {
                 format!("{host}/{repo}/app:v1"),
                 format!("{host}/{repo}/app@{digest}"),
             ] {
-                let theirs = decide(
-                    &worker.join("etc/containers/policy.json"),
-                    &worker.join("etc/containers/registries.d"),
-                    Some(&worker.join("etc/containers/registries.conf")),
-                    &image,
-                );
-                let (verdict, code, json) = ours(&input, &image);
-                let expected = match theirs.verdict.as_str() {
-                    "accepted" => ("accepted", 0),
-                    "rejected" => ("refused", 1),
-                    _ => ("error", -1),
-                };
+                let (verdict, _, disagreement) = both(&input, &worker, mode, &image);
                 cases += 1;
                 *tally.entry(verdict.clone()).or_insert(0) += 1;
-                if (verdict.as_str(), code) != expected {
-                    disagreements.push(format!(
-                        "{mode} {image}: containers/image {} ({}), we {verdict} ({})",
-                        theirs.verdict, theirs.message, json["reason"]
-                    ));
-                }
+                disagreements.extend(disagreement);
             }
         }
     }

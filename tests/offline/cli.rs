@@ -885,3 +885,50 @@ fn the_cli_help_document_is_the_binarys_help() {
     }
     testkit::paths::assert_golden("docs/cli-help.md", &doc);
 }
+
+/// `verify` says when the nodes' release cannot parse the entry: from the ClusterVersion
+/// in `--input`, or `--openshift-version`. A PKI root needs containers/image 5.35.
+#[test]
+fn verify_notes_what_the_nodes_containers_image_cannot_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = testkit::keyless::Ca::root("pki root", 1_700_000_000, 2_000_000_000);
+    let closed = format!("127.0.0.1:{}", testkit::paths::free_port());
+    let cip = serde_json::json!({
+        "apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+        "metadata": {"name": "pki"},
+        "spec": {"scopes": [format!("{closed}/team")], "policy": {"rootOfTrust": {
+            "policyType": "PKI", "pki": {"caRootsData": testkit::paths::b64(&root.pem),
+            "pkiCertificateSubject": {"email": "signer@example.com"}}}}}
+    });
+    std::fs::write(dir.path().join("cip.yaml"), cip.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("cv.yaml"),
+        "apiVersion: config.openshift.io/v1\nkind: ClusterVersion\nmetadata:\n  name: version\nstatus:\n  desired:\n    version: 4.18.2\n    image: quay.io/openshift-release-dev/ocp-release@sha256:4f0a4e1f3a3f36e9a0b0cd3b7f0f86bb1d0e4e96f4e0b52e6d7e7f2cb1a1b1c2\n",
+    )
+    .unwrap();
+    let input = dir.path().to_str().unwrap();
+    let image = format!("{closed}/team/app:v1");
+    let out = run(&["verify", "--format", "json", "--input", input, &image]);
+    // The registry is closed: unknown (exit 3), and the note is there regardless.
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let notes = v["notes"].as_array().expect("notes");
+    assert!(
+        notes[0].as_str().unwrap().starts_with(
+            "on OpenShift 4.18.2: a PKI root of trust needs containers/image 5.35 or newer; OpenShift 4.18 nodes run about 5.32"
+        ),
+        "{v}"
+    );
+    let out = run(&[
+        "verify",
+        "--format",
+        "json",
+        "--openshift-version",
+        "4.21",
+        "--input",
+        input,
+        &image,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["notes"], serde_json::Value::Null, "{v}");
+}

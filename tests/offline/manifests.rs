@@ -150,6 +150,75 @@ async fn the_openshift_overlays_differ_only_by_the_reconciler() {
     }
 }
 
+/// Admission copies the reconciler's running-images judgement from its Service: over TLS
+/// with the service CA and a reviewed token on OpenShift (and may, by RBAC and the
+/// NetworkPolicy), plain HTTP on Kubernetes; not at all without the reconciler.
+#[tokio::test]
+async fn admission_copies_the_running_images_from_the_reconciler() {
+    let from = |objects: &[Value]| {
+        let deployment = find(objects, "Deployment", "cip-webhook");
+        let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let count = args
+            .iter()
+            .filter(|a| {
+                a.as_str()
+                    .unwrap_or_default()
+                    .starts_with("--running-images-from=")
+            })
+            .count();
+        (args, count)
+    };
+    let openshift = kustomize("openshift").await;
+    let (args, count) = from(&openshift);
+    assert_eq!(count, 1, "{args:?}");
+    let url = "cip-webhook-reconciler.cip-webhook.svc:9090/running-images";
+    assert_eq!(
+        arg(&args, "--running-images-from"),
+        format!("https://{url}")
+    );
+    let ca = arg(&args, "--running-images-ca");
+    let deployment = find(&openshift, "Deployment", "cip-webhook");
+    let mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap();
+    assert!(mounts
+        .iter()
+        .any(|m| ca.starts_with(m["mountPath"].as_str().unwrap())));
+    assert_eq!(
+        arg(&args, "--running-images-token"),
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    let reader = find(
+        &openshift,
+        "ClusterRole",
+        "cip-webhook-running-images-reader",
+    );
+    assert_eq!(reader["rules"][0]["nonResourceURLs"][0], "/running-images");
+    let binding = find(
+        &openshift,
+        "ClusterRoleBinding",
+        "cip-webhook-running-images-reader",
+    );
+    assert_eq!(binding["subjects"][0]["name"], "cip-webhook");
+    let policy = find(&openshift, "NetworkPolicy", "cip-webhook-reconciler");
+    let from_admission = &policy["spec"]["ingress"][0]["from"];
+    assert!(
+        from_admission
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "webhook"),
+        "{from_admission}"
+    );
+    let (args, _) = from(&kustomize("kubernetes").await);
+    assert_eq!(arg(&args, "--running-images-from"), format!("http://{url}"));
+    let (_, count) = from(&kustomize("openshift-mco-renders").await);
+    assert_eq!(count, 0);
+}
+
 #[tokio::test]
 async fn webhook_wiring_matches_serve() {
     for overlay in ["openshift", "openshift-mco-renders", "kubernetes"] {
@@ -339,9 +408,18 @@ async fn deployments_roll_and_drain_without_refusing_requests() {
                 assert_eq!(args[0], "reconcile", "{overlay}/{name}");
                 assert_eq!(arg(args, "--mode"), "auto");
                 assert_eq!(pod["serviceAccountName"], "cip-webhook-reconciler");
+                // On OpenShift the metrics port speaks TLS (service CA), probes too.
+                let scheme = if args.iter().any(|a| {
+                    a.as_str()
+                        .is_some_and(|a| a.starts_with("--metrics-tls-cert="))
+                }) {
+                    "HTTPS"
+                } else {
+                    "HTTP"
+                };
                 for probe in ["readinessProbe", "livenessProbe"] {
                     assert_eq!(container[probe]["httpGet"]["port"], "metrics");
-                    assert_eq!(container[probe]["httpGet"]["scheme"], "HTTP");
+                    assert_eq!(container[probe]["httpGet"]["scheme"], scheme);
                 }
             }
             let listen: std::net::SocketAddr = arg(args, "--metrics-listen").parse().unwrap();

@@ -2,10 +2,12 @@
 //! (`scripts/upstream.sh`), the upstream CRDs installed as they are, the project's RBAC
 //! and admission policy in force, and kubectl at the server's version.
 
+mod bench_running_images;
 mod cel;
 mod differential;
 mod manifests;
 mod reconcile;
+mod running_images;
 mod seed_flow;
 
 /// The versions this suite runs against, as the binaries report them; the pins say

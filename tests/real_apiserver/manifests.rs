@@ -24,8 +24,9 @@ fn requests_of(c: &Cluster, user: &str) -> BTreeSet<Access> {
             } else {
                 format!("{}/{}", r.resource, r.subresource)
             };
-            // The ClusterRole's rules hold in every namespace; the Role's in ours.
-            let namespace = if r.namespace == NAMESPACE {
+            // The ClusterRole's rules hold in every namespace; the Roles' in theirs (ours,
+            // and openshift-config for the cluster's pull secret).
+            let namespace = if r.namespace == NAMESPACE || r.namespace == "openshift-config" {
                 r.namespace
             } else {
                 String::new()
@@ -85,6 +86,10 @@ async fn rbac_is_exactly_what_each_deployment_uses() {
     reconciler_rules.extend(allowed(
         &find(&objects, "Role", "cip-webhook-reconciler")["rules"],
         NAMESPACE,
+    ));
+    reconciler_rules.extend(allowed(
+        &find(&objects, "Role", "cip-webhook-reconciler-pull-secret")["rules"],
+        "openshift-config",
     ));
 
     // Everything the binaries do: admission state, a policy written, one held back
@@ -297,6 +302,11 @@ async fn openshift_overlay_installs_and_serves_the_seed_flow() {
         .await;
     c.seed(json!({"apiVersion": "config.openshift.io/v1", "kind": "Image", "metadata": {"name": "cluster"}, "spec": {}}))
         .await;
+    // Every OpenShift cluster has it (the overlay grants the reconciler its pull secret).
+    c.seed(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "openshift-config"}}),
+    )
+    .await;
     let run = c
         .kubectl(&[
             "apply",
@@ -353,6 +363,7 @@ async fn openshift_overlay_installs_and_serves_the_seed_flow() {
             .filter(|a| {
                 !a.starts_with("--listen=")
                     && !a.starts_with("--metrics-listen=")
+                    && !a.starts_with("--metrics-tls-")
                     && !a.starts_with("--tls-")
             })
             .collect()
@@ -399,4 +410,53 @@ async fn openshift_overlay_installs_and_serves_the_seed_flow() {
         .collect();
     assert_eq!(writers, BTreeSet::from([RECONCILER_ACCOUNT.to_string()]));
     assert!(reconciler.log().lines().any(|l| l.starts_with('{')));
+
+    // /metrics as the overlay serves it (--metrics-auth): the monitoring stack's accounts
+    // read it, another account is refused, no token is unauthorized; probes stay open.
+    let monitoring = c
+        .api()
+        .token("openshift-monitoring", "prometheus-k8s")
+        .await;
+    let workload = c
+        .api()
+        .token(
+            "openshift-user-workload-monitoring",
+            "prometheus-user-workload",
+        )
+        .await;
+    let intruder = c.api().token("default", "intruder").await;
+    for addr in [reconciler.metrics_addr, c.metrics_addr()] {
+        assert_eq!(plain_get_as(addr, "/metrics", None).await, "Unauthorized\n");
+        assert_eq!(
+            plain_get_as(addr, "/metrics", Some("not-a-token")).await,
+            "Unauthorized\n"
+        );
+        let refused = plain_get_as(addr, "/metrics", Some(&intruder)).await;
+        assert!(
+            refused.starts_with(
+                "Forbidden: system:serviceaccount:default:intruder may not get /metrics"
+            ),
+            "{refused}"
+        );
+        for token in [&monitoring, &workload] {
+            let page = plain_get_as(addr, "/metrics", Some(token)).await;
+            assert!(page.contains("cip_webhook_"), "{page}");
+        }
+        assert!(plain_get(addr, "/healthz").await.starts_with("ok"));
+    }
+    // A scraper's token is reviewed once a minute, not on every scrape.
+    let reviews = || {
+        c.api()
+            .requests()
+            .into_iter()
+            .filter(|r| r.resource == "tokenreviews" && r.user == RECONCILER_ACCOUNT)
+            .count()
+    };
+    let before = reviews();
+    assert!(before >= 4, "the tokens above were reviewed: {before}");
+    for _ in 0..3 {
+        let page = plain_get_as(reconciler.metrics_addr, "/metrics", Some(&monitoring)).await;
+        assert!(page.contains("cip_webhook_"));
+    }
+    assert_eq!(reviews(), before);
 }

@@ -21,10 +21,13 @@ fn crds(extra: &[Crd]) -> Vec<Crd> {
     .concat()
 }
 
+/// The writes counted here are the reconciler's: the running-images pass (its own
+/// condition, tests/real_apiserver/running_images.rs) is off.
 async fn cluster(extra: &[&str]) -> Cluster {
     let mut c = Cluster::real(&crds(&[])).await;
     c.seed_files(EXAMPLES).await;
-    c.start_webhook(extra).await;
+    let args = [extra, &["--running-images=false"]].concat();
+    c.start_webhook(&args).await;
     c
 }
 
@@ -847,4 +850,126 @@ async fn a_peers_clock_skew_neither_takes_nor_keeps_its_lease() {
         took >= Duration::from_secs(3) && took <= Duration::from_secs(9),
         "{took:?}"
     );
+}
+
+/// FeatureGate `cluster` with `SigstoreImageVerification` on or off for the version
+/// examples/clusterversion.yaml runs.
+fn feature_gate(enabled: bool) -> Value {
+    let gate = json!([{"name": "SigstoreImageVerification"}]);
+    json!({"apiVersion": "config.openshift.io/v1", "kind": "FeatureGate",
+        "metadata": {"name": "cluster"}, "spec": {},
+        "status": {"featureGates": [{"version": "4.20.3",
+            "enabled": if enabled { gate.clone() } else { json!([]) },
+            "disabled": if enabled { json!([]) } else { gate }}]}})
+}
+
+/// The conditions' types, in order.
+fn types(conditions: &Value) -> Vec<&str> {
+    conditions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect()
+}
+
+/// Another writer's condition on signed-apps, as a controller's UpdateStatus adds it: the
+/// whole status replaced, with one more entry.
+async fn add_condition(c: &Cluster, kind: &str, reason: &str, message: &str) {
+    let mut cip = c.policy("signed-apps").await.unwrap();
+    cip["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+        "type": kind, "status": "True", "reason": reason, "message": message,
+        "lastTransitionTime": "2026-01-01T00:00:00Z"}));
+    let file = c.write(&format!("{kind}.json"), cip.to_string());
+    let run = c
+        .kubectl(&["replace", "--subresource=status", "-f", &file])
+        .await;
+    assert!(run.ok, "{run:?}");
+}
+
+/// After the machine-config-operator takes over rendering, the policy's `Applied` no
+/// longer claims our MachineConfigs: it says who renders it, our `Pending` goes, and the
+/// conditions other managers write (the operator's own `Pending`) are never clobbered —
+/// server-side apply by our field manager on the CRD's map list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_handover_the_condition_says_who_renders_and_keeps_the_operators() {
+    let mut c = Cluster::real(&crds(&[Crd::FeatureGate])).await;
+    c.seed_files(EXAMPLES).await;
+    c.seed(feature_gate(false)).await;
+    // The status writes counted below are the reconciler's (as in `cluster()`).
+    c.start_webhook(&["--lease-duration", "2", "--running-images=false"])
+        .await;
+    c.apply_ok("examples/signed-apps.yaml").await;
+    c.until("status Applied", async |c: &Cluster| {
+        c.policy("signed-apps").await.unwrap()["status"]["conditions"][0]["status"] == "True"
+    })
+    .await;
+    // Another manager's condition beside ours survives our writes.
+    add_condition(&c, "Observed", "ByAnother", "written by another controller").await;
+
+    // The upgrade turns the gate on: we stand down.
+    let run = c
+        .kubectl(&[
+            "patch",
+            "featuregate",
+            "cluster",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &json!({"status": feature_gate(true)["status"]}).to_string(),
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+    c.until("Applied says the MCO renders", async |c: &Cluster| {
+        let cip = c.policy("signed-apps").await.unwrap();
+        cip["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["reason"] == "RenderedByMachineConfigOperator")
+    })
+    .await;
+    let conditions = c.policy("signed-apps").await.unwrap()["status"]["conditions"].clone();
+    assert_eq!(
+        types(&conditions),
+        ["Applied", "Observed"],
+        "{conditions:#}"
+    );
+    assert_eq!(conditions[0]["status"], "Unknown");
+    assert!(conditions[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the machine-config-operator renders"));
+
+    // The operator writes its own Pending (as its UpdateStatus does: the whole list).
+    add_condition(
+        &c,
+        "Pending",
+        "ConflictScopes",
+        "has conflict scope(s) of the payload repository",
+    )
+    .await;
+    let before = c.api().requests().len();
+    // A change that makes us pass again (a label on the policy) writes no status of ours.
+    let run = c
+        .kubectl(&["label", "clusterimagepolicy", "signed-apps", "touched=yes"])
+        .await;
+    assert!(run.ok, "{run:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = c.api().requests();
+    let ours: Vec<&Audited> = writes(&log[before..], "clusterimagepolicies")
+        .into_iter()
+        .filter(|r| r.subresource == "status" && r.user == RECONCILER_ACCOUNT)
+        .collect();
+    assert!(ours.is_empty(), "{ours:?}");
+    let conditions = c.policy("signed-apps").await.unwrap()["status"]["conditions"].clone();
+    assert_eq!(
+        types(&conditions),
+        ["Applied", "Observed", "Pending"],
+        "{conditions:#}"
+    );
+    c.stop_webhook().await;
 }

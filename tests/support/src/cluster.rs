@@ -162,6 +162,11 @@ impl Cluster {
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding",
         ];
+        // OpenShift's own namespaces the overlay grants access in (openshift-config: the
+        // cluster's pull secret).
+        self.api()
+            .ensure(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "openshift-config"}}))
+            .await;
         for o in crate::manifests::kustomize("openshift").await {
             if ACCESS.contains(&o["kind"].as_str().unwrap_or_default()) {
                 self.api().ensure(o).await;
@@ -551,6 +556,11 @@ impl Cluster {
         self.get_at(addr, "/readyz").await
     }
 
+    /// The main replica's metrics port.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr.expect("a webhook runs")
+    }
+
     /// The main replica's /metrics.
     pub async fn metrics(&self) -> String {
         plain_get(self.metrics_addr.expect("a webhook runs"), "/metrics").await
@@ -674,8 +684,18 @@ pub async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Run {
 
 /// A GET over plain HTTP (the metrics port), through curl.
 pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "10", &format!("http://{addr}{path}")])
+    plain_get_as(addr, path, None).await
+}
+
+/// A plain-HTTP GET with a bearer token, if any.
+pub async fn plain_get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> String {
+    let mut command = Command::new("curl");
+    command.args(["-s", "--max-time", "10"]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = command
+        .arg(format!("http://{addr}{path}"))
         .output()
         .await
         .expect("curl is installed");

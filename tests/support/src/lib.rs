@@ -3,6 +3,7 @@
 //! - [`upstream`]: the pinned upstream parts (CRDs and fixtures in the Go module cache,
 //!   kube-apiserver, etcd, kubectl and the containers/image program built from
 //!   `tests/upstream/`) that `scripts/upstream.sh` fetches and builds;
+//! - [`keyless`]: CA chains, Fulcio-like and PKI leaves, and a test Rekor key for SETs;
 //! - [`kube`]: a real kube-apiserver with etcd on loopback;
 //! - [`manifests`]: the deployment manifests as kustomize renders them;
 //! - [`cases`]: generated policy fields at the edges of the CRDs' rules;
@@ -17,6 +18,8 @@
 pub mod cases;
 pub mod clients;
 pub mod cluster;
+pub mod fakeregistry;
+pub mod keyless;
 pub mod kube;
 pub mod manifests;
 pub mod mco;

@@ -81,7 +81,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {host}}}\n",
+                "version: 0.1\nlog: {{level: info}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {host}}}\n",
                 dir.path().join("storage").display()
             ),
         )
@@ -104,6 +104,14 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         registry
+    }
+
+    /// HTTP requests the registry has answered so far (its log line per response).
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("registry.log"))
+            .unwrap_or_default()
+            .matches("msg=\"response completed")
+            .count()
     }
 
     pub fn dir(&self) -> &Path {
@@ -319,9 +327,7 @@ impl Registry {
         identity: &str,
         key_pem_file: &Path,
     ) {
-        let payload = format!(
-            r#"{{"critical":{{"identity":{{"docker-reference":"{identity}"}},"image":{{"docker-manifest-digest":"{signed_digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
-        );
+        let payload = String::from_utf8(crate::keyless::payload(identity, signed_digest)).unwrap();
         let payload_file = self
             .dir
             .path()
@@ -349,15 +355,27 @@ impl Registry {
             String::from_utf8_lossy(&out.stderr)
         );
         let signature = crate::paths::b64(&out.stdout);
-        let payload_blob = self.upload_blob(repo, payload.as_bytes());
+        let annotations = BTreeMap::from([(crate::keyless::SIGNATURE.to_string(), signature)]);
+        self.attach_layers(repo, digest, &[(payload.into_bytes(), annotations)]);
+    }
+
+    /// The sigstore attachment `<repo>:sha256-<hex>.sig` of `digest` with these layers.
+    pub fn attach_layers(&self, repo: &str, digest: &str, layers: &[crate::keyless::Attachment]) {
         let config = self.upload_blob(repo, b"{}");
+        let layers: Vec<Value> = layers
+            .iter()
+            .map(|(payload, annotations)| {
+                let blob = self.upload_blob(repo, payload);
+                json!({"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                       "digest": blob["digest"], "size": blob["size"],
+                       "annotations": annotations})
+            })
+            .collect();
         let manifest = json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                        "digest": config["digest"], "size": config["size"]},
-            "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
-                        "digest": payload_blob["digest"], "size": payload_blob["size"],
-                        "annotations": {"dev.cosignproject.cosign/signature": signature}}]
+            "layers": layers
         });
         self.put_manifest(
             repo,

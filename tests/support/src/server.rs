@@ -46,7 +46,7 @@ fn app_with(config: admission::Config, state: Option<&[&str]>, dir: &Path) -> Ar
     let app = Arc::new(App::new(config, cert));
     if let Some(files) = state {
         let inputs = paths::load(files);
-        app.set_snapshot(
+        app.state.set_snapshot(
             Arc::new(Snapshot::build(&inputs, &RenderOptions::default())),
             "test state".into(),
         );

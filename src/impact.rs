@@ -1,0 +1,409 @@
+//! The running-images task of the lease holder: the pod and node index (`k8s::pods`),
+//! judged in the background on each pool as `preview` judges (`pull::impact`, through a
+//! bounded cache that outlives the passes), written as each policy's
+//! `RunningImagesAccepted` condition (`k8s::impact`) and as metrics. Only this task talks
+//! to registries, with the cluster's pull secret; admission never does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::k8s::desired::Published;
+use crate::k8s::impact::ConditionWriter;
+use crate::k8s::lease::Leadership;
+use crate::metrics::Metrics;
+use crate::pull::cache::{Bounds, Cached, Retention, Stats};
+use crate::pull::impact::{Copy, Transfer};
+use crate::pull::registry::Client;
+
+#[derive(Debug, Clone)]
+pub struct ImpactOptions {
+    /// Between passes when nothing changes (signatures can appear or go at any time).
+    pub interval: Duration,
+    /// After a change, how long more changes are awaited before the pass (a rollout
+    /// changes many pods).
+    pub settle: Duration,
+    /// The least time between two writes of one policy's condition.
+    pub min_write_interval: Duration,
+    /// Read `openshift-config/pull-secret` for registry credentials.
+    pub pull_secret: bool,
+    /// How the cluster is rendered, for admission's judgement of a change.
+    pub render: cip_core::render::RenderOptions,
+    /// This process answers admission reviews: it keeps a judgeable copy of each pass.
+    pub serves_admission: bool,
+}
+
+impl Default for ImpactOptions {
+    fn default() -> Self {
+        ImpactOptions {
+            interval: Duration::from_secs(300),
+            settle: Duration::from_secs(5),
+            min_write_interval: crate::k8s::impact::MIN_INTERVAL,
+            pull_secret: true,
+            render: Default::default(),
+            serves_admission: false,
+        }
+    }
+}
+
+/// 16 requests in flight, 4 per registry.
+const BOUNDS: Bounds = Bounds {
+    all: 16,
+    per_host: 4,
+};
+
+/// The registry side: a client for the current credentials and insecure registries, and
+/// the cache in front of it (kept while those stay the same).
+struct Registries {
+    key: (Vec<String>, Option<String>),
+    cache: Arc<Cached<Client>>,
+    reported: Stats,
+}
+
+impl Registries {
+    fn for_(
+        current: Option<Registries>,
+        insecure: Vec<String>,
+        auth: Option<String>,
+    ) -> Result<Registries, String> {
+        let key = (insecure, auth);
+        if let Some(r) = current.filter(|r| r.key == key) {
+            return Ok(r);
+        }
+        let client = Client::new(key.0.clone(), key.1.as_deref())?.with_backoff(3);
+        Ok(Registries {
+            key,
+            cache: Arc::new(Cached::with(Some(client), BOUNDS, Retention::BACKGROUND)),
+            reported: Stats::default(),
+        })
+    }
+
+    /// Adds what the cache counted since the last report to the metrics.
+    fn report(&mut self, metrics: &Metrics) {
+        let now = self.cache.stats();
+        let was = self.reported;
+        for (outcome, n) in [
+            ("hit", now.hits - was.hits),
+            ("ok", now.ok - was.ok),
+            ("not_found", now.not_found - was.not_found),
+            ("error", now.errors - was.errors),
+        ] {
+            metrics.impact.requested(outcome, n);
+        }
+        metrics.impact.set_cache_bytes(now.bytes);
+        self.reported = now;
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Where a pass's copy for admission goes.
+pub type Publish =
+    Box<dyn Fn(Option<Arc<dyn cip_core::running::Preview>>, Arc<Vec<u8>>) + Send + Sync>;
+
+/// Runs passes while this replica leads, for the life of the process.
+pub async fn run(
+    client: kube::Client,
+    mut desired: watch::Receiver<Published>,
+    mut leadership: Leadership,
+    metrics: Arc<Metrics>,
+    identity: String,
+    options: ImpactOptions,
+    publish: Publish,
+) {
+    let index = crate::k8s::pods::spawn(client.clone());
+    let mut writer = ConditionWriter::new(client.clone(), &identity, options.min_write_interval);
+    let mut registries: Option<Registries> = None;
+    loop {
+        let mut wait = options.interval;
+        if leadership.is_leader() {
+            let current = desired.borrow_and_update().ready().cloned();
+            if let Some(current) = current {
+                let pass = Pass {
+                    client: &client,
+                    index: &index,
+                    metrics: &metrics,
+                    options: &options,
+                    publish: &publish,
+                };
+                let deferred;
+                (registries, deferred) = pass
+                    .run(&current, registries, &mut writer, &leadership)
+                    .await;
+                // A condition held back by the once-a-minute limit is written at the next.
+                if deferred {
+                    wait = wait.min(options.min_write_interval);
+                }
+            }
+        }
+        let idle = tokio::time::sleep(wait);
+        tokio::select! {
+            () = idle => {}
+            () = index.changed() => {}
+            r = desired.changed() => if r.is_err() { return },
+            r = leadership.updated() => if !r { return },
+        }
+        tokio::time::sleep(options.settle).await;
+    }
+}
+
+struct Pass<'a> {
+    client: &'a kube::Client,
+    index: &'a crate::k8s::pods::Shared,
+    metrics: &'a Metrics,
+    options: &'a ImpactOptions,
+    publish: &'a Publish,
+}
+
+impl Pass<'_> {
+    /// One pass; the registries to keep for the next, and whether writes were held back.
+    async fn run(
+        &self,
+        desired: &crate::k8s::desired::Desired,
+        registries: Option<Registries>,
+        writer: &mut ConditionWriter,
+        leadership: &Leadership,
+    ) -> (Option<Registries>, bool) {
+        let inputs = &desired.inputs;
+        let leading = || leadership.is_leader();
+        let Ok(plan) = &desired.plan else {
+            return (registries, false);
+        };
+        let Some(index) = self.index.index() else {
+            let written = writer.write(inputs, &[], true, leading).await;
+            return (registries, written.deferred > 0);
+        };
+        let auth = if self.options.pull_secret {
+            match crate::k8s::pods::pull_secret(self.client).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading openshift-config/pull-secret; judging without credentials");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut registries = match Registries::for_(registries, plan.facts.insecure.clone(), auth) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "no registry client; running images not judged");
+                return (None, false);
+            }
+        };
+        let started = Instant::now();
+        registries.cache.expire(started);
+        let distinct = index.distinct(&inputs.pools);
+        let now = unix_now();
+        let judged =
+            crate::pull::impact::judge(inputs, plan, &distinct, &*registries.cache, now).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let refusing = judged.tallies.iter().filter(|t| t.refused > 0).count();
+        self.metrics
+            .impact
+            .passed(judged.by_verdict(), refusing, unix_now(), seconds);
+        registries.report(self.metrics);
+        let written = writer.write(inputs, &judged.tallies, false, leading).await;
+        let stale_after = 3 * self.options.interval.as_secs() as i64 + 60;
+        let transfer = Transfer::of(&judged, &registries.cache, unix_now(), stale_after);
+        let bytes = Arc::new(serde_json::to_vec(&transfer).unwrap_or_default());
+        // A process that serves no admission keeps only what replicas copy.
+        let copy = if self.options.serves_admission {
+            let options = self.options.render.clone();
+            Copy::from_transfer(
+                Arc::clone(inputs),
+                plan.clone(),
+                options,
+                transfer,
+                unix_now,
+            )
+            .map(|c| Some(Arc::new(c) as Arc<dyn cip_core::running::Preview>))
+        } else {
+            Ok(None)
+        };
+        match copy {
+            Ok(copy) => (self.publish)(copy, bytes),
+            Err(e) => tracing::warn!(error = %e, "the running-images copy does not load"),
+        }
+        let (accepted, refused, unknown) = judged.by_verdict();
+        macro_rules! judged {
+            ($level:ident) => {
+                tracing::$level!(
+                    images = distinct.len(),
+                    accepted,
+                    refused,
+                    unknown,
+                    unplaced = distinct.unplaced,
+                    by_tag = distinct.by_tag,
+                    seconds,
+                    conditions = written.conditions,
+                    deferred = written.deferred,
+                    skipped = ?judged.skipped,
+                    "running images judged"
+                )
+            };
+        }
+        // Quiet while nothing changes.
+        if written.conditions > 0 {
+            judged!(info);
+        } else {
+            judged!(debug);
+        }
+        release_freed_memory();
+        (Some(registries), written.deferred > 0)
+    }
+}
+
+/// Where an admission replica copies the lease holder's judgement from.
+#[derive(Debug, Clone)]
+pub struct CopyFrom {
+    /// The reconciler Service's `/running-images` on its metrics port.
+    pub url: String,
+    /// The CA that signs that port's certificate (OpenShift's service CA).
+    pub ca: Option<std::path::PathBuf>,
+    /// A bearer token to present (the pod's service-account token, re-read each time).
+    pub token: Option<std::path::PathBuf>,
+    pub every: Duration,
+}
+
+/// Keeps this admission replica's running-images preview current: the copy fetched from
+/// the lease holder every `every`, joined with this process's own render of the cluster.
+/// No registry is asked here; a failed fetch keeps the last copy, which says it is stale
+/// when it is.
+pub async fn follow(
+    from: CopyFrom,
+    mut desired: watch::Receiver<Published>,
+    render: cip_core::render::RenderOptions,
+    state: Arc<crate::state::ProcessState>,
+) {
+    let client = match copy_client(from.ca.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "running-images preview off: no client for the copy");
+            return;
+        }
+    };
+    let mut last: Option<Arc<Vec<u8>>> = None;
+    loop {
+        match fetch_copy(&client, &from).await {
+            Ok(bytes) => last = Some(Arc::new(bytes)),
+            Err(e) => {
+                tracing::debug!(error = %e, url = %from.url, "running-images copy not fetched")
+            }
+        }
+        let current = desired.borrow_and_update().ready().cloned();
+        if let (Some(bytes), Some(d)) = (&last, current) {
+            if let Ok(plan) = &d.plan {
+                let loaded = serde_json::from_slice::<Transfer>(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| {
+                        Copy::from_transfer(
+                            Arc::clone(&d.inputs),
+                            plan.clone(),
+                            render.clone(),
+                            t,
+                            unix_now,
+                        )
+                    });
+                match loaded {
+                    Ok(copy) => state.set_preview(Some(Arc::new(copy))),
+                    Err(e) => tracing::warn!(error = %e, "the running-images copy does not load"),
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(from.every) => {}
+            r = desired.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+type CopyClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<hyper::body::Bytes>,
+>;
+
+fn copy_client(ca: Option<&std::path::Path>) -> Result<CopyClient, String> {
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let config = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+        None => builder
+            .with_native_roots()
+            .map_err(|e| format!("loading the system's CA certificates: {e}"))?,
+    };
+    let https = builder.https_or_http().enable_http1().build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
+}
+
+/// The most a copy may weigh: the reconciler's cache is capped at 64 MiB, base64 adds a third.
+const MAX_COPY: usize = 96 << 20;
+
+async fn fetch_copy(client: &CopyClient, from: &CopyFrom) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let mut request = hyper::Request::get(&from.url);
+    if let Some(path) = &from.token {
+        let token =
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        request = request.header("Authorization", format!("Bearer {}", token.trim()));
+    }
+    let request = request
+        .body(http_body_util::Full::default())
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| crate::files::chain(&e))?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_COPY)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ));
+        }
+        Ok(body.to_vec())
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| "no answer within 30 s".to_string())?
+}
+
+/// A pass allocates its verdicts, the index's copy and the copy for admission, and frees
+/// most of it at the end; glibc keeps the freed small blocks in its arenas unless asked to
+/// give them back, and the leader's RSS would stay at the pass's peak.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -1,0 +1,503 @@
+//! The reconciler's background pass over what runs: each distinct image of the index
+//! judged on its pool as `preview` judges it, and each policy's tally. Fetches go through
+//! the caller's [`Source`] (bounded and cached); the verdicts are `cip_sigstore`'s.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use cip_core::explain;
+use cip_core::model::{ClusterImagePolicy, PolicyKind};
+use cip_core::render::{self, Inputs, Plan, RenderOptions};
+use cip_core::running::{Distinct, Placement, PolicyTally, Running};
+use cip_sigstore::judge::Memo;
+
+use crate::pull::cache::Cached;
+use crate::pull::preview::{judge_all, tally, views, ImageReport};
+use crate::pull::registry::{Client, Source};
+use crate::pull::verify::{verify_pinned, Outcome};
+
+/// One pass's verdicts.
+#[derive(Debug, Default)]
+pub struct Judged {
+    pub reports: Vec<(Placement, ImageReport)>,
+    pub tallies: Vec<PolicyTally>,
+    /// Pools the plan cannot give node files for, with why (their images are not judged).
+    pub skipped: Vec<String>,
+}
+
+impl Judged {
+    /// Distinct images by verdict: (accepted, refused, unknown).
+    pub fn by_verdict(&self) -> (usize, usize, usize) {
+        let mut out = (0, 0, 0);
+        for (_, r) in &self.reports {
+            match r.current.verdict.as_str() {
+                "accepted" => out.0 += 1,
+                "refused" => out.1 += 1,
+                _ => out.2 += 1,
+            }
+        }
+        out
+    }
+}
+
+/// Judges `distinct` under the plan, at `now` (Unix seconds).
+pub async fn judge<S: Source + Send + Sync>(
+    inputs: &Inputs,
+    plan: &Plan,
+    distinct: &Distinct,
+    source: &S,
+    now: i64,
+) -> Judged {
+    let memo = Mutex::new(Memo::default());
+    let mut judged = Judged::default();
+    for (placement, images) in &distinct.images {
+        let running: Vec<Running> = images.keys().cloned().collect();
+        let namespaces: Vec<Option<String>> = running.iter().map(|r| r.namespace.clone()).collect();
+        let views = match views(inputs, plan, &placement.pool, &namespaces, now) {
+            Ok(v) => v,
+            Err(why) => {
+                judged
+                    .skipped
+                    .push(format!("pool {}: {why}", placement.pool));
+                continue;
+            }
+        };
+        let outcomes = judge_all(&running, &views, &placement.arch, source, &memo).await;
+        for (r, current) in running.into_iter().zip(outcomes) {
+            let policies = explain::policies_behind(
+                plan,
+                inputs,
+                current.entry.as_deref(),
+                r.namespace.as_deref(),
+                current.policy_file != cip_core::ignition::POLICY_JSON_PATH,
+            );
+            let report = ImageReport {
+                running: r,
+                current,
+                proposed: None,
+                policies,
+            };
+            judged.reports.push((placement.clone(), report));
+        }
+    }
+    let reports: Vec<ImageReport> = judged.reports.iter().map(|(_, r)| r.clone()).collect();
+    judged.tallies = tally(&reports, now);
+    judged
+}
+
+/// What admission judges a policy write against: the cluster as rendered (inputs, plan),
+/// the lease holder's last verdict on each distinct running image, and a copy of its
+/// cache that no request can go past.
+pub struct Copy {
+    pub inputs: Arc<Inputs>,
+    pub plan: Plan,
+    pub options: RenderOptions,
+    pub before: BTreeMap<(Placement, Running), String>,
+    pub cache: Cached<Client>,
+    /// When the pass ended (Unix seconds), and after how long the copy no longer speaks
+    /// for the cluster.
+    pub taken_at: i64,
+    pub stale_after: i64,
+    /// The clock, read at the edge for each question.
+    pub clock: fn() -> i64,
+}
+
+/// A pass's judgement as admission replicas copy it (`/running-images`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transfer {
+    pub taken_at: i64,
+    pub stale_after: i64,
+    pub images: Vec<Judgement>,
+    /// [`Cached::save`]'s text.
+    pub cache: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Judgement {
+    pub pool: String,
+    pub arch: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub image: String,
+    #[serde(default)]
+    pub digest: Option<String>,
+    pub verdict: String,
+}
+
+impl Transfer {
+    pub fn of(
+        judged: &Judged,
+        cache: &Cached<Client>,
+        taken_at: i64,
+        stale_after: i64,
+    ) -> Transfer {
+        let images = judged
+            .reports
+            .iter()
+            .map(|(p, r)| Judgement {
+                pool: p.pool.clone(),
+                arch: p.arch.clone(),
+                namespace: r.running.namespace.clone(),
+                image: r.running.image.clone(),
+                digest: r.running.digest.clone(),
+                verdict: r.current.verdict.clone(),
+            })
+            .collect();
+        Transfer {
+            taken_at,
+            stale_after,
+            images,
+            cache: cache.save(),
+        }
+    }
+}
+
+impl Copy {
+    /// A copy over the cluster as this process renders it.
+    pub fn from_transfer(
+        inputs: Arc<Inputs>,
+        plan: Plan,
+        options: RenderOptions,
+        t: Transfer,
+        clock: fn() -> i64,
+    ) -> Result<Copy, String> {
+        let cache = Cached::new(None);
+        cache.load(&t.cache)?;
+        let before = t
+            .images
+            .into_iter()
+            .map(|j| {
+                let placement = Placement {
+                    pool: j.pool,
+                    arch: j.arch,
+                };
+                let running = Running {
+                    namespace: j.namespace,
+                    image: j.image,
+                    digest: j.digest,
+                };
+                ((placement, running), j.verdict)
+            })
+            .collect();
+        Ok(Copy {
+            inputs,
+            plan,
+            options,
+            before,
+            cache,
+            taken_at: t.taken_at,
+            stale_after: t.stale_after,
+            clock,
+        })
+    }
+
+    /// The inputs with `policy` created or replacing its namesake; its scopes before.
+    fn with(&self, kind: PolicyKind, policy: ClusterImagePolicy) -> (Inputs, Vec<String>) {
+        let mut inputs = (*self.inputs).clone();
+        let list = match kind {
+            PolicyKind::Cluster => &mut inputs.policies,
+            PolicyKind::Namespaced => &mut inputs.image_policies,
+        };
+        let same = |p: &Arc<ClusterImagePolicy>| {
+            p.metadata.name == policy.metadata.name
+                && p.metadata.namespace == policy.metadata.namespace
+        };
+        let before: Vec<String> = list
+            .iter()
+            .filter(|p| same(p))
+            .flat_map(|p| p.scopes().to_vec())
+            .collect();
+        list.retain(|p| !same(p));
+        list.push(Arc::new(policy));
+        (inputs, before)
+    }
+}
+
+/// How a newly refused image is counted in the warning.
+fn category(reason: &str) -> &'static str {
+    if reason.contains("no signature exists") {
+        "no signature"
+    } else if reason.contains("identity") {
+        "identity"
+    } else if reason.contains("ignature") {
+        "signature"
+    } else {
+        "other"
+    }
+}
+
+impl cip_core::running::Preview for Copy {
+    fn policy_change(
+        &self,
+        kind: PolicyKind,
+        object: &str,
+        expired: &(dyn Fn() -> bool + Sync),
+    ) -> Vec<String> {
+        let now = (self.clock)();
+        if now - self.taken_at > self.stale_after {
+            return vec![format!(
+                "running-images preview unavailable: the last judgement of the running images is {} s old",
+                now - self.taken_at
+            )];
+        }
+        let Ok(policy) = serde_json::from_str::<ClusterImagePolicy>(object) else {
+            return Vec::new();
+        };
+        let namespace = (kind == PolicyKind::Namespaced).then(|| policy.namespace().to_string());
+        let (inputs, mut scopes) = self.with(kind, policy.clone());
+        scopes.extend(policy.scopes().iter().cloned());
+        let Ok(plan) = render::plan(&inputs, &self.options) else {
+            return Vec::new();
+        };
+        let change = self.judge_change(&inputs, &plan, &scopes, namespace.as_deref(), expired, now);
+        change.warning().into_iter().collect()
+    }
+}
+
+/// The images a change touches, judged before and after.
+#[derive(Default)]
+struct Change {
+    covered: usize,
+    judged: usize,
+    newly: BTreeMap<&'static str, usize>,
+    examples: Vec<String>,
+    cut_short: bool,
+}
+
+impl Change {
+    fn warning(&self) -> Option<String> {
+        let newly: usize = self.newly.values().sum();
+        if newly == 0 && !self.cut_short {
+            return None;
+        }
+        let counts: Vec<String> = self.newly.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let of = if self.cut_short {
+            format!(
+                "at least {newly} of the first {} of {}",
+                self.judged, self.covered
+            )
+        } else {
+            format!("{newly} of {}", self.covered)
+        };
+        let mut w =
+            format!("this change newly refuses {of} covered running images at their next pull");
+        if !counts.is_empty() {
+            w.push_str(&format!(" ({})", counts.join(", ")));
+        }
+        if !self.examples.is_empty() {
+            w.push_str(&format!(", e.g. {}", self.examples.join("; ")));
+        }
+        Some(cip_core::text::clip(&w, 1024))
+    }
+}
+
+/// The views of one pool: the cluster-wide file's and each namespace file's.
+type PoolViews = BTreeMap<String, crate::pull::preview::Views>;
+
+impl Copy {
+    /// The images the change touches (by scope, and namespace for an ImagePolicy), judged
+    /// after it on as many threads as there are cores (up to 4), each from the copy.
+    fn judge_change(
+        &self,
+        inputs: &Inputs,
+        plan: &Plan,
+        scopes: &[String],
+        namespace: Option<&str>,
+        expired: &(dyn Fn() -> bool + Sync),
+        now: i64,
+    ) -> Change {
+        let touched = |r: &Running| {
+            namespace.is_none_or(|ns| r.namespace.as_deref() == Some(ns))
+                && cip_sigstore::identity::pulled_reference(&r.image).is_ok_and(|p| {
+                    explain::candidates(&p.name, &p.to_string())
+                        .iter()
+                        .any(|c| scopes.contains(c))
+                })
+        };
+        let affected: Vec<&(Placement, Running)> =
+            self.before.keys().filter(|(_, r)| touched(r)).collect();
+        let namespaces: Vec<Option<String>> =
+            affected.iter().map(|(_, r)| r.namespace.clone()).collect();
+        let mut pools = PoolViews::new();
+        for (placement, _) in &affected {
+            if !pools.contains_key(&placement.pool) {
+                if let Ok(v) = views(inputs, plan, &placement.pool, &namespaces, now) {
+                    pools.insert(placement.pool.clone(), v);
+                }
+            }
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let per = affected.len().div_ceil(threads).max(1);
+        let parts: Vec<Change> = std::thread::scope(|scope| {
+            let handles: Vec<_> = affected
+                .chunks(per)
+                .map(|chunk| scope.spawn(|| self.judge_part(chunk, &pools, expired)))
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        let mut change = Change {
+            covered: affected.len(),
+            ..Change::default()
+        };
+        for part in parts {
+            change.judged += part.judged;
+            change.cut_short |= part.cut_short;
+            for (k, n) in part.newly {
+                *change.newly.entry(k).or_default() += n;
+            }
+            let room = 3 - change.examples.len().min(3);
+            change.examples.extend(part.examples.into_iter().take(room));
+        }
+        change
+    }
+
+    /// One thread's share.
+    fn judge_part(
+        &self,
+        part: &[&(Placement, Running)],
+        pools: &PoolViews,
+        expired: &(dyn Fn() -> bool + Sync),
+    ) -> Change {
+        let mut change = Change::default();
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+            change.cut_short = true;
+            return change;
+        };
+        let memo = Mutex::new(Memo::default());
+        for (placement, running) in part {
+            if expired() {
+                change.cut_short = true;
+                break;
+            }
+            let Some(view) = pools.get(&placement.pool) else {
+                continue;
+            };
+            let node = view
+                .get(&running.namespace)
+                .or_else(|| view.get(&None))
+                .expect("the cluster-wide view");
+            let judged = runtime.block_on(verify_pinned(
+                node,
+                &running.image,
+                running.digest.as_deref(),
+                &placement.arch,
+                &self.cache,
+                &memo,
+            ));
+            let after = judged
+                .unwrap_or_else(|why| Outcome::unusable(&running.image, &node.policy_file, why));
+            change.judged += 1;
+            let before = &self.before[&(placement.clone(), running.clone())];
+            if after.verdict == "refused" && before != "refused" {
+                *change.newly.entry(category(&after.reason)).or_default() += 1;
+                if change.examples.len() < 3 {
+                    change
+                        .examples
+                        .push(format!("{}: {}", running.image, after.reason));
+                }
+            }
+        }
+        change
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cip_core::running::Preview;
+
+    #[test]
+    fn the_warning_counts_by_cause_and_says_when_it_was_cut_short() {
+        let mut change = Change {
+            covered: 312,
+            judged: 312,
+            newly: BTreeMap::from([("no signature", 12), ("identity", 5)]),
+            examples: vec!["r/a:v1: A signature was required, but no signature exists".into()],
+            cut_short: false,
+        };
+        assert_eq!(
+            change.warning().unwrap(),
+            "this change newly refuses 17 of 312 covered running images at their next pull (identity 5, no signature 12), e.g. r/a:v1: A signature was required, but no signature exists"
+        );
+        change.cut_short = true;
+        change.judged = 40;
+        assert!(change
+            .warning()
+            .unwrap()
+            .starts_with("this change newly refuses at least 17 of the first 40 of 312 covered"));
+        assert_eq!(Change::default().warning(), None);
+        assert_eq!(
+            category("A signature was required, but no signature exists"),
+            "no signature"
+        );
+        assert_eq!(
+            category("Signature for identity \"x\" is not accepted"),
+            "identity"
+        );
+    }
+
+    fn copy(before: &[(&str, &str)], taken_at: i64, clock: fn() -> i64) -> Copy {
+        let images = before
+            .iter()
+            .map(|(image, verdict)| Judgement {
+                pool: "worker".into(),
+                arch: "amd64".into(),
+                namespace: Some("apps".into()),
+                image: image.to_string(),
+                digest: None,
+                verdict: verdict.to_string(),
+            })
+            .collect();
+        let t = Transfer {
+            taken_at,
+            stale_after: 600,
+            images,
+            cache: String::from("{\"manifests\":[],\"blobs\":[]}"),
+        };
+        let inputs = Arc::new(Inputs::default());
+        let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
+        Copy::from_transfer(inputs, plan, RenderOptions::default(), t, clock).unwrap()
+    }
+
+    const POLICY: &str = r#"{"apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+        "metadata": {"name": "p"}, "spec": {"scopes": ["quay.io/team"], "policy": {"rootOfTrust":
+        {"policyType": "PublicKey", "publicKey": {"keyData": "eA=="}}}}}"#;
+
+    #[test]
+    fn a_stale_copy_says_so_instead_of_judging() {
+        let c = copy(&[("quay.io/team/a:v1", "accepted")], 1_000, || 2_000);
+        assert_eq!(
+            c.policy_change(PolicyKind::Cluster, POLICY, &|| false),
+            ["running-images preview unavailable: the last judgement of the running images is 1000 s old"]
+        );
+    }
+
+    #[test]
+    fn past_the_deadline_the_warning_says_how_far_it_got() {
+        let c = copy(
+            &[
+                ("quay.io/team/a:v1", "accepted"),
+                ("quay.io/team/b:v1", "accepted"),
+                ("docker.io/other:v1", "accepted"),
+            ],
+            1_000,
+            || 1_010,
+        );
+        assert_eq!(
+            c.policy_change(PolicyKind::Cluster, POLICY, &|| true),
+            ["this change newly refuses at least 0 of the first 0 of 2 covered running images at their next pull"]
+        );
+        // An ImagePolicy touches its own namespace only.
+        let other_namespace = POLICY
+            .replace("ClusterImagePolicy", "ImagePolicy")
+            .replace(r#""name": "p""#, r#""name": "p", "namespace": "elsewhere""#);
+        assert_eq!(
+            c.policy_change(PolicyKind::Namespaced, &other_namespace, &|| false),
+            Vec::<String>::new()
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The running-images pass against the real API server and a real registry: pods and
+//! nodes created by the test (status through the status subresource, as a kubelet would
+//! write it), images signed and not in Debian's docker-registry, the reconciler in the
+//! real binary under the project's RBAC. Each policy's `RunningImagesAccepted` condition,
+//! the metrics and the Warning Event say what the next pull of each image would meet.
+
+use serde_json::{json, Value};
+use testkit::cluster::*;
+use testkit::paths::{b64, cosign_pub};
+use testkit::registry::{openssl_key, openssl_keypair, Registry};
+use testkit::upstream::{Crd, MCO_CRDS};
+
+/// Pods per image: the verdict is reached once per distinct image, whatever the count.
+const PODS_PER_IMAGE: usize = 8;
+
+fn node(name: &str, role: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
+        format!("node-role.kubernetes.io/{role}"): "", "kubernetes.io/arch": "amd64"}}})
+}
+
+/// A running pod of one container: the image as written, the digest it runs.
+fn pod(namespace: &str, name: &str, image: &str, image_id: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"nodeName": "worker-0", "containers": [{"name": "app", "image": image}]},
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "app", "image": image, "imageID": image_id, "ready": true,
+            "restartCount": 0, "started": true, "state": {"running": {}}}]}})
+}
+
+fn condition(policy: &Value) -> Option<Value> {
+    policy["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "RunningImagesAccepted")
+        .cloned()
+}
+
+/// Until the `running` policy has its RunningImagesAccepted condition.
+async fn until_judged(c: &Cluster) {
+    c.until(
+        "RunningImagesAccepted on the policy",
+        async |c: &Cluster| {
+            c.policy("running")
+                .await
+                .and_then(|p| condition(&p))
+                .is_some()
+        },
+    )
+    .await;
+}
+
+/// A series of the metrics text, as a number.
+fn series(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+/// The registry (an image signed by the test key, one unsigned, one on a host where
+/// nothing listens), the cluster with two nodes and pods running each image, before any
+/// cip-webhook process starts.
+struct Fixture {
+    registry: Registry,
+    c: Cluster,
+}
+
+/// Nothing listens there: a registry error, which is never a refusal.
+const GONE: &str = "127.0.0.1:9";
+
+/// The policy over all three images, with the test key.
+fn running_policy(host: &str) -> Value {
+    json!({"apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+        "metadata": {"name": "running"},
+        "spec": {"scopes": [format!("{host}/signed"), format!("{host}/unsigned"), format!("{GONE}/missing")],
+            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": b64(cosign_pub())}}}}})
+}
+
+/// A second policy on the signed image's scope, with another key.
+fn rotation_policy(host: &str) -> Value {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, other_key) = openssl_keypair(keys.path(), "p384");
+    json!({"apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+        "metadata": {"name": "rotation"},
+        "spec": {"scopes": [format!("{host}/signed")],
+            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": b64(&other_key)}}}}})
+}
+
+async fn fixture() -> Fixture {
+    let registry = Registry::start();
+    let host = registry.host.clone();
+    let layout = registry.oci_layout("app", "amd64");
+    let signed = registry.push(&layout, "signed/app:v1", None, None);
+    registry.attach_openssl_signature(
+        "signed/app",
+        &signed,
+        &format!("{host}/signed/app:v1"),
+        &openssl_key(),
+    );
+    let unsigned = registry.push(&layout, "unsigned/app:v1", None, None);
+    // Nothing listens there: a registry error, which is never a refusal.
+    let gone = GONE;
+    let elsewhere = format!("sha256:{}", "e".repeat(64));
+
+    let crds = [
+        &[Crd::ClusterImagePolicyV1, Crd::Image, Crd::ClusterVersion][..],
+        &MCO_CRDS,
+    ]
+    .concat();
+    let c = Cluster::real(&crds).await;
+    c.seed_files(EXAMPLES).await;
+    // The nodes reach the test registry over plain HTTP.
+    let mut image = c
+        .get("config.openshift.io", "images", "", "cluster")
+        .await
+        .unwrap();
+    image["spec"]["registrySources"]["insecureRegistries"] = json!([host, gone]);
+    c.seed(image).await;
+    c.seed(node("worker-0", "worker")).await;
+    c.seed(node("master-0", "master")).await;
+    let images = [
+        (
+            format!("{host}/signed/app:v1"),
+            format!("{host}/signed/app@{signed}"),
+        ),
+        (
+            format!("{host}/unsigned/app:v1"),
+            format!("{host}/unsigned/app@{unsigned}"),
+        ),
+        (
+            format!("{gone}/missing/app:v1"),
+            format!("{gone}/missing/app@{elsewhere}"),
+        ),
+    ];
+    for (i, (image, id)) in images.iter().enumerate() {
+        for n in 0..PODS_PER_IMAGE {
+            c.seed(pod("apps", &format!("p{i}-{n}"), image, id)).await;
+        }
+    }
+    Fixture { registry, c }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_say_which_running_images_their_next_pull_refuses() {
+    let Fixture { registry, mut c } = fixture().await;
+    let host = registry.host.clone();
+    c.start_webhook(&[
+        "--running-images-interval",
+        "5",
+        "--running-images-write-interval",
+        "1",
+    ])
+    .await;
+    c.apply_value(&running_policy(&host)).await;
+    until_judged(&c).await;
+    let policy = c.policy("running").await.unwrap();
+    let cond = condition(&policy).unwrap();
+    assert_eq!(cond["status"], "False", "{cond}");
+    assert_eq!(cond["reason"], "SomeRefused", "{cond}");
+    let message = cond["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "covers 3 running images: 1 accepted, 1 refused at next pull, 1 unknown; refused: "
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{host}/unsigned/app:v1 (namespace apps)")),
+        "{message}"
+    );
+    assert!(
+        message.contains("A signature was required, but no signature exists"),
+        "{message}"
+    );
+    // The reconciler's own conditions stay, under its own field manager.
+    let types: Vec<&str> = policy["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert!(types.contains(&"Applied"), "{types:?}");
+    let managers: Vec<&str> = policy["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"cip-webhook-impact") && managers.contains(&"cip-webhook"),
+        "{managers:?}"
+    );
+
+    // The Warning Event, beside the cluster-scoped policy in `default`.
+    c.until("the RunningImagesRefused Event", async |c: &Cluster| {
+        c.list("events.k8s.io", "events")
+            .await
+            .iter()
+            .any(|e| e["reason"] == "RunningImagesRefused" && e["type"] == "Warning")
+    })
+    .await;
+
+    let metrics = c.metrics().await;
+    for (verdict, n) in [("accepted", 1.0), ("refused", 1.0), ("unknown", 1.0)] {
+        let name = format!("cip_webhook_running_images{{verdict=\"{verdict}\"}}");
+        assert_eq!(series(&metrics, &name), n, "{name}\n{metrics}");
+    }
+    assert_eq!(
+        series(&metrics, "cip_webhook_policies_refusing_running_images"),
+        1.0
+    );
+    let fetched = |m: &str| series(m, "cip_webhook_registry_requests_total{outcome=\"ok\"}");
+    assert!(fetched(&metrics) >= 3.0, "{metrics}");
+
+    // A second policy on the signed image's scope with another key: at `oc apply`, the
+    // warning says what it would newly refuse, judged from the copy (no registry call).
+    let before_apply = fetched(&c.metrics().await);
+    let run = c.apply_value(&rotation_policy(&host)).await;
+    assert!(
+        run.stderr.contains(&format!(
+            "Warning: this change newly refuses 1 of 1 covered running images at their next pull (signature 1), e.g. {host}/signed/app:v1: "
+        )),
+        "{run:?}"
+    );
+    assert_eq!(
+        fetched(&c.metrics().await),
+        before_apply,
+        "admission fetched"
+    );
+    c.kubectl(&["delete", "clusterimagepolicy", "rotation"])
+        .await;
+
+    // A scope-only edit: the unknown registry leaves the policy. Its verdicts come from
+    // the cache — no registry request — and the condition follows.
+    let mut edited = c.policy("running").await.unwrap();
+    edited["spec"]["scopes"] = json!([format!("{host}/signed"), format!("{host}/unsigned")]);
+    for k in [
+        "managedFields",
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "generation",
+    ] {
+        edited["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    edited.as_object_mut().unwrap().remove("status");
+    c.apply_value(&edited).await;
+    c.until("the condition after the scope edit", async |c: &Cluster| {
+        c.policy("running")
+            .await
+            .and_then(|p| condition(&p))
+            .is_some_and(|c| {
+                c["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("covers 2 running images: 1 accepted, 1 refused")
+            })
+    })
+    .await;
+    let after = c.metrics().await;
+    assert_eq!(
+        fetched(&after),
+        fetched(&metrics),
+        "a scope-only edit fetched:\n{after}"
+    );
+}
+
+/// As deployed: the reconciler judges, an admission-only replica (no registry access, no
+/// reconcile) warns from the copy it fetches from the reconciler's `/running-images`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_replica_warns_from_the_reconcilers_copy() {
+    let Fixture { registry, mut c } = fixture().await;
+    let host = registry.host.clone();
+    let reconciler = c
+        .spawn_reconciler(
+            RECONCILER_ACCOUNT,
+            "reconciler-0",
+            &["--running-images-interval", "5"],
+        )
+        .await;
+    let url = format!("http://{}/running-images", reconciler.metrics_addr);
+    c.start_webhook(&["--mode", "admission-only", "--running-images-from", &url])
+        .await;
+    c.apply_value(&running_policy(&host)).await;
+    until_judged(&c).await;
+    let requests = registry.requests();
+    assert!(requests > 0, "the registry logs no request");
+    // The replica copies every 30 s, and at each change of the cluster it renders.
+    let warned = format!("this change newly refuses 1 of 1 covered running images at their next pull (signature 1), e.g. {host}/signed/app:v1: ");
+    let file = c.write("rotation.json", rotation_policy(&host).to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let run = c
+            .kubectl(&["apply", "--dry-run=server", "--validate=false", "-f", &file])
+            .await;
+        assert!(run.ok, "{run:?}");
+        if run.stderr.contains(&warned) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning: {run:?}\n{}",
+            c.webhook_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    // Nothing reached the registry while admission judged (the reconciler's passes since
+    // are answered from its cache).
+    assert_eq!(registry.requests(), requests);
+    drop(reconciler);
+}

@@ -1,0 +1,210 @@
+//! A registry in process, on loopback, that misbehaves on demand: tokens, Basic
+//! credentials, faults by path, one 429, blob redirects, and latency added to every
+//! answer; images signed as cosign signs them. For the fetch rules' tests and the
+//! running-images benchmarks (`requests` counts what reached it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use ring::rand::SystemRandom;
+use ring::signature::EcdsaKeyPair;
+use serde_json::json;
+
+pub const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+
+#[derive(Default)]
+pub struct Fake {
+    /// (repo, reference) → (content type, body).
+    pub manifests: HashMap<(String, String), (String, Vec<u8>)>,
+    pub blobs: HashMap<String, Vec<u8>>,
+    /// Path suffix → status returned instead (e.g. `.sig` → 500).
+    pub faults: Vec<(String, StatusCode)>,
+    /// Answer 429 with `Retry-After: 1` to the first manifest request.
+    pub throttle_once: bool,
+    /// Require a bearer token got from `/token`.
+    pub token: bool,
+    /// Require Basic credentials.
+    pub basic: bool,
+    /// Added before every answer.
+    pub latency: std::time::Duration,
+    /// Answer blob requests with a relative redirect to `/storage/<digest>`.
+    pub redirect_blobs: bool,
+}
+
+pub struct Registry {
+    pub fake: Mutex<Fake>,
+    pub requests: AtomicUsize,
+    pub host: Mutex<String>,
+}
+
+pub type Shared = Arc<Registry>;
+
+async fn delay(r: &Registry) {
+    let latency = r.fake.lock().unwrap().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
+async fn token(State(r): State<Shared>) -> Response {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    delay(&r).await;
+    (
+        [("content-type", "application/json")],
+        json!({"token": "t0k"}).to_string(),
+    )
+        .into_response()
+}
+
+async fn manifest(
+    State(r): State<Shared>,
+    Path((repo, reference)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    delay(&r).await;
+    let host = r.host.lock().unwrap().clone();
+    let mut f = r.fake.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if f.token && auth != "Bearer t0k" {
+        let challenge = format!(r#"Bearer realm="http://{host}/token",service="fake""#);
+        return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+    }
+    if f.basic && auth.is_empty() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Basic realm=\"fake\"")],
+        )
+            .into_response();
+    }
+    if f.throttle_once {
+        f.throttle_once = false;
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
+    }
+    if let Some((_, status)) = f
+        .faults
+        .iter()
+        .find(|(suffix, _)| reference.ends_with(suffix.as_str()))
+    {
+        return (*status, "fault").into_response();
+    }
+    match f.manifests.get(&(repo.replace("%2F", "/"), reference)) {
+        Some((ct, body)) => ([("content-type", ct.clone())], body.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+                .to_string(),
+        )
+            .into_response(),
+    }
+}
+
+async fn blob(State(r): State<Shared>, Path((_, digest)): Path<(String, String)>) -> Response {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    delay(&r).await;
+    if r.fake.lock().unwrap().redirect_blobs {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", format!("/storage/{digest}"))],
+        )
+            .into_response();
+    }
+    stored(State(r), Path(digest)).await
+}
+
+async fn stored(State(r): State<Shared>, Path(digest): Path<String>) -> Response {
+    match r.fake.lock().unwrap().blobs.get(&digest) {
+        Some(b) => Bytes::from(b.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+pub async fn start(fake: Fake) -> (Shared, String) {
+    let shared = Arc::new(Registry {
+        fake: Mutex::new(fake),
+        requests: AtomicUsize::new(0),
+        host: Mutex::default(),
+    });
+    let app = axum::Router::new()
+        .route("/token", axum::routing::get(token))
+        .route(
+            "/v2/org/{repo}/manifests/{reference}",
+            axum::routing::get(manifest),
+        )
+        .route("/v2/org/{repo}/blobs/{digest}", axum::routing::get(blob))
+        .route("/storage/{digest}", axum::routing::get(stored))
+        .with_state(Arc::clone(&shared));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    *shared.host.lock().unwrap() = host.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (shared, host)
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+pub struct Signer {
+    pub pair: EcdsaKeyPair,
+    pub pem: String,
+}
+
+pub fn signer() -> Signer {
+    let (pair, pem) = crate::signing::p256();
+    Signer { pair, pem }
+}
+
+/// A registry holding `org/app:v1`, signed by `s` for `host/org/app:v1`; returns its
+/// image digest.
+pub fn signed_image(f: &mut Fake, s: &Signer, host: &str) -> String {
+    signed_image_in(f, s, host, "app")
+}
+
+/// As [`signed_image`], for `org/<repo>:v1` (its own manifest and digest).
+pub fn signed_image_in(f: &mut Fake, s: &Signer, host: &str, repo: &str) -> String {
+    let image = json!({"schemaVersion": 2, "mediaType": OCI, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2}, "layers": [], "annotations": {"repo": repo}}).to_string().into_bytes();
+    let digest = sha256(&image);
+    f.manifests
+        .insert((repo.into(), "v1".into()), (OCI.into(), image.clone()));
+    f.manifests
+        .insert((repo.into(), digest.clone()), (OCI.into(), image));
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{host}/org/{repo}:v1"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    )
+    .into_bytes();
+    let sig = s.pair.sign(&SystemRandom::new(), &payload).unwrap();
+    let payload_digest = sha256(&payload);
+    f.blobs.insert(payload_digest.clone(), payload.clone());
+    let attachment = json!({"schemaVersion": 2, "mediaType": OCI,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": payload_digest, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": base64::engine::general_purpose::STANDARD.encode(sig.as_ref())}}]});
+    f.manifests.insert(
+        (repo.into(), format!("{}.sig", digest.replace(':', "-"))),
+        (OCI.into(), attachment.to_string().into_bytes()),
+    );
+    digest
+}
+
+/// A registry holding `n` signed images `org/app-<i>:v1`; each one's (image, digest).
+pub fn many_signed(f: &mut Fake, s: &Signer, host: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let repo = format!("app-{i}");
+            let digest = signed_image_in(f, s, host, &repo);
+            (format!("{host}/org/{repo}:v1"), digest)
+        })
+        .collect()
+}
