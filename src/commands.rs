@@ -783,18 +783,102 @@ fn check_json(c: &Checked) -> serde_json::Value {
     })
 }
 
+/// Where `explain` and `verify` read the cluster: manifests in a directory, or the cluster
+/// itself (with the pods that run the image).
+#[derive(Clone, Copy)]
+pub enum ReadFrom<'a> {
+    Dir(&'a Path),
+    Cluster(&'a Path),
+}
+
+/// How long `--kubeconfig` waits for the first list of every watched type.
+const CLUSTER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The inputs, where they came from (for messages), and with a cluster, where images run.
+fn read_from(
+    from: ReadFrom,
+) -> Result<(
+    cip_core::render::Inputs,
+    String,
+    Option<cip_core::running::Distinct>,
+)> {
+    match from {
+        ReadFrom::Dir(dir) => Ok((load_dir(dir, &[])?.inputs, dir.display().to_string(), None)),
+        ReadFrom::Cluster(kubeconfig) => {
+            let (inputs, index) =
+                cip_webhook::runtime::read_cluster(kubeconfig, CLUSTER_READ_TIMEOUT)
+                    .map_err(anyhow::Error::msg)?;
+            let distinct = index.distinct(&inputs.pools);
+            Ok((inputs, "the cluster".to_string(), Some(distinct)))
+        }
+    }
+}
+
+type Runs = Vec<(
+    cip_core::running::Placement,
+    cip_core::running::Running,
+    usize,
+)>;
+
+/// Where `image` runs on `pool` (in `namespace`, when given), most containers first.
+fn runs_on(
+    distinct: Option<&cip_core::running::Distinct>,
+    image: &str,
+    pool: &str,
+    namespace: Option<&str>,
+) -> Option<Runs> {
+    let runs = distinct?.runs_of(image);
+    Some(
+        runs.into_iter()
+            .filter(|(p, r, _)| {
+                p.pool == pool && namespace.is_none_or(|ns| r.namespace.as_deref() == Some(ns))
+            })
+            .collect(),
+    )
+}
+
+fn runs_json(runs: &Runs) -> serde_json::Value {
+    runs.iter()
+        .map(|(p, r, n)| {
+            json!({"pool": p.pool, "arch": p.arch, "namespace": r.namespace, "digest": r.digest, "containers": n})
+        })
+        .collect()
+}
+
+fn runs_text(runs: &Runs, pool: &str) -> String {
+    if runs.is_empty() {
+        return format!("running:      in no pod on pool {pool}\n");
+    }
+    let mut s = String::new();
+    for (p, r, n) in runs {
+        let _ = writeln!(
+            s,
+            "running:      {n} container(s) in namespace {} on {} nodes, at {}",
+            r.namespace.as_deref().unwrap_or("-"),
+            p.arch,
+            r.digest.as_deref().unwrap_or("no digest yet (by tag)")
+        );
+    }
+    s
+}
+
 /// Which file and entry CRI-O uses for `image` on a node of `pool`; with a namespace, its
 /// `/etc/crio/policies/<namespace>.json` where the namespace has one (CRI-O's
 /// `signature_policy_dir`), else policy.json.
 pub fn explain(
-    input: &Path,
+    from: ReadFrom,
     pool: &str,
     namespace: Option<&str>,
     image: &str,
     options: &RenderOptions,
     json: bool,
 ) -> Result<ExitCode> {
-    let loaded = load_dir(input, &[])?;
+    let (inputs, input, distinct) = read_from(from)?;
+    let runs = runs_on(distinct.as_ref(), image, pool, namespace);
+    let loaded = Loaded {
+        inputs,
+        ..Default::default()
+    };
     let plan = render::plan(&loaded.inputs, options)?;
     if let Some(p) = plan
         .pools
@@ -811,8 +895,7 @@ pub fn explain(
         names.sort();
         names.dedup();
         bail!(
-            "no pool {pool:?} in {}: pools are {}",
-            input.display(),
+            "no pool {pool:?} in {input}: pools are {}",
             names.join(", ")
         );
     };
@@ -842,7 +925,7 @@ pub fn explain(
     ));
     let text = if json {
         serde_json::to_string_pretty(
-            &json!({"pool": pool, "namespace": namespace, "policyFile": path, "policyFileFrom": source, "policyJsonFrom": source, "explanation": e, "from": from, "note": note}),
+            &json!({"pool": pool, "namespace": namespace, "policyFile": path, "policyFileFrom": source, "policyJsonFrom": source, "explanation": e, "from": from, "note": note, "running": runs.as_ref().map(runs_json)}),
         )? + "\n"
     } else {
         let mut s = String::new();
@@ -884,6 +967,9 @@ pub fn explain(
         for line in cip_core::gojson::marshal_indent(&e.requirements).lines() {
             let _ = writeln!(s, "  {line}");
         }
+        if let Some(runs) = &runs {
+            s.push_str(&runs_text(runs, pool));
+        }
         s
     };
     print(&text)?;
@@ -891,7 +977,7 @@ pub fn explain(
 }
 
 pub struct VerifyArgs<'a> {
-    pub input: &'a Path,
+    pub from: ReadFrom<'a>,
     pub pool: &'a str,
     pub namespace: Option<&'a str>,
     pub arch: &'a str,
@@ -909,7 +995,12 @@ fn unix_now() -> i64 {
 
 /// `verify`: renders the input, then fetches and judges on a small runtime of its own.
 pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<ExitCode> {
-    let loaded = load_dir(args.input, &[])?;
+    let (inputs, _, distinct) = read_from(args.from)?;
+    let runs = runs_on(distinct.as_ref(), args.image, args.pool, args.namespace);
+    let loaded = Loaded {
+        inputs,
+        ..Default::default()
+    };
     let plan = render::plan(&loaded.inputs, options)?;
     let node = cip_webhook::pull::verify::node_view(
         &loaded.inputs,
@@ -932,9 +1023,19 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
         .enable_all()
         .build()?;
     let memo = std::sync::Mutex::default();
+    // Where it runs, the digest most containers run is judged, on their architecture (as
+    // the RunningImagesAccepted condition judges it); elsewhere what the tag names now.
+    let running = runs
+        .as_ref()
+        .and_then(|r| r.first())
+        .filter(|(_, r, _)| r.digest.is_some());
+    let (pinned, arch) = match running {
+        Some((p, r, _)) => (r.digest.as_deref(), p.arch.as_str()),
+        None => (None, args.arch),
+    };
     let mut outcome = runtime
-        .block_on(cip_webhook::pull::verify::verify(
-            &node, args.image, args.arch, &client, &memo,
+        .block_on(cip_webhook::pull::verify::verify_pinned(
+            &node, args.image, pinned, arch, &client, &memo,
         ))
         .map_err(anyhow::Error::msg)?;
     let openshift = args.openshift_version.map(str::to_string).or_else(|| {
@@ -949,9 +1050,14 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
         value["pool"] = json!(args.pool);
         value["namespace"] = json!(args.namespace);
         value["registryRequests"] = json!(client.requests());
+        value["running"] = json!(runs.as_ref().map(runs_json));
         serde_json::to_string_pretty(&value)? + "\n"
     } else {
-        cip_webhook::pull::verify::text(&outcome, args.pool, args.namespace)
+        let mut text = cip_webhook::pull::verify::text(&outcome, args.pool, args.namespace);
+        if let Some(runs) = &runs {
+            text.push_str(&runs_text(runs, args.pool));
+        }
+        text
     };
     print(&text)?;
     Ok(ExitCode::from(outcome.exit_code()))

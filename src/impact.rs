@@ -4,6 +4,7 @@
 //! `RunningImagesAccepted` condition (`k8s::impact`) and as metrics. Only this task talks
 //! to registries, with the cluster's pull secret; admission never does.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,23 +56,22 @@ const BOUNDS: Bounds = Bounds {
 
 /// The registry side: a client for the current credentials and insecure registries, and
 /// the cache in front of it (kept while those stay the same).
+/// What a registry client is made of: insecure registries, credentials, extra CAs.
+type ClientKey = (Vec<String>, Option<String>, BTreeMap<String, String>);
+
 struct Registries {
-    key: (Vec<String>, Option<String>),
+    key: ClientKey,
     cache: Arc<Cached<Client>>,
     reported: Stats,
 }
 
 impl Registries {
-    fn for_(
-        current: Option<Registries>,
-        insecure: Vec<String>,
-        auth: Option<String>,
-    ) -> Result<Registries, String> {
-        let key = (insecure, auth);
+    fn for_(current: Option<Registries>, key: ClientKey) -> Result<Registries, String> {
         if let Some(r) = current.filter(|r| r.key == key) {
             return Ok(r);
         }
-        let client = Client::new(key.0.clone(), key.1.as_deref())?.with_backoff(3);
+        let client =
+            Client::with_trusted_cas(key.0.clone(), key.1.as_deref(), &key.2)?.with_backoff(3);
         Ok(Registries {
             key,
             cache: Arc::new(Cached::with(Some(client), BOUNDS, Retention::BACKGROUND)),
@@ -112,12 +112,11 @@ pub async fn run(
     mut desired: watch::Receiver<Published>,
     mut leadership: Leadership,
     metrics: Arc<Metrics>,
-    identity: String,
+    mut writer: ConditionWriter,
     options: ImpactOptions,
     publish: Publish,
 ) {
     let index = crate::k8s::pods::spawn(client.clone());
-    let mut writer = ConditionWriter::new(client.clone(), &identity, options.min_write_interval);
     let mut registries: Option<Registries> = None;
     loop {
         let mut wait = options.interval;
@@ -161,6 +160,27 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// The Image CR's `additionalTrustedCA` data; none when unnamed or unreadable (the
+    /// registries it serves then fail their handshakes: unknown, never refused).
+    async fn trusted_cas(&self, inputs: &cip_core::render::Inputs) -> BTreeMap<String, String> {
+        let Some(name) = inputs
+            .image
+            .as_ref()
+            .and_then(|i| i.spec.additional_trusted_ca.as_ref())
+            .map(|c| c.name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            return BTreeMap::new();
+        };
+        match crate::k8s::pods::trusted_cas(self.client, &name).await {
+            Ok(cas) => cas,
+            Err(e) => {
+                tracing::warn!(configmap = %name, error = %e, "reading the Image CR's additionalTrustedCA; judging without it");
+                BTreeMap::new()
+            }
+        }
+    }
+
     /// One pass; the registries to keep for the next, and whether writes were held back.
     async fn run(
         &self,
@@ -189,7 +209,9 @@ impl Pass<'_> {
         } else {
             None
         };
-        let mut registries = match Registries::for_(registries, plan.facts.insecure.clone(), auth) {
+        let cas = self.trusted_cas(inputs).await;
+        let key = (plan.facts.insecure.clone(), auth, cas);
+        let mut registries = match Registries::for_(registries, key) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "no registry client; running images not judged");

@@ -154,8 +154,12 @@ enum Command {
     /// namespace, then wildcard domains, then the default.
     Explain {
         /// Directory of manifests to render (as for `render --input`).
-        #[arg(long, value_name = "DIR")]
-        input: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "kubeconfig")]
+        input: Option<PathBuf>,
+        /// Read the cluster instead of --input: its objects as the reconciler watches them,
+        /// and the pods that run the image (shown; `verify` judges the digest they run).
+        #[arg(long, value_name = "FILE", conflicts_with = "input")]
+        kubeconfig: Option<PathBuf>,
         /// The pool whose policy.json to consult.
         #[arg(long, default_value = "worker")]
         pool: String,
@@ -179,8 +183,12 @@ enum Command {
     /// never reported as refused).
     Verify {
         /// Directory of manifests to render (as for `render --input`).
-        #[arg(long, value_name = "DIR")]
-        input: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "kubeconfig")]
+        input: Option<PathBuf>,
+        /// Read the cluster instead of --input: its objects as the reconciler watches them,
+        /// and the pods that run the image (shown; `verify` judges the digest they run).
+        #[arg(long, value_name = "FILE", conflicts_with = "input")]
+        kubeconfig: Option<PathBuf>,
         #[arg(long, default_value = "worker")]
         pool: String,
         /// The pod's namespace: its `/etc/crio/policies/<namespace>.json` where one exists.
@@ -376,9 +384,9 @@ struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     resync: u64,
     /// Judge the images running in pods under the policies in force (the lease holder
-    /// only; it reads pods, nodes and openshift-config/pull-secret, and fetches manifests
-    /// and signatures from the registries) and write each policy's RunningImagesAccepted
-    /// condition.
+    /// only; it reads pods, nodes, openshift-config/pull-secret and the ConfigMap of the
+    /// Image CR's additionalTrustedCA, and fetches manifests and signatures from the
+    /// registries) and write each policy's RunningImagesAccepted condition.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     running_images: bool,
     /// Seconds between running-images passes when nothing changes.
@@ -531,13 +539,14 @@ fn main() -> ExitCode {
         ),
         Command::Explain {
             input,
+            kubeconfig,
             pool,
             namespace,
             image,
             common,
             report,
         } => commands::explain(
-            &input,
+            read_from(input.as_deref(), kubeconfig.as_deref()),
             &pool,
             namespace.as_deref(),
             &image,
@@ -546,6 +555,7 @@ fn main() -> ExitCode {
         ),
         Command::Verify {
             input,
+            kubeconfig,
             pool,
             namespace,
             arch,
@@ -556,7 +566,7 @@ fn main() -> ExitCode {
             report,
         } => commands::verify(
             &commands::VerifyArgs {
-                input: &input,
+                from: read_from(input.as_deref(), kubeconfig.as_deref()),
                 pool: &pool,
                 namespace: namespace.as_deref(),
                 arch: &arch,
@@ -770,5 +780,17 @@ impl Common {
             extra_payload_repos: self.payload_repos.clone(),
             size_budget: self.size_budget,
         }
+    }
+}
+
+/// clap requires one of the two.
+fn read_from<'a>(
+    input: Option<&'a std::path::Path>,
+    kubeconfig: Option<&'a std::path::Path>,
+) -> commands::ReadFrom<'a> {
+    match (input, kubeconfig) {
+        (_, Some(k)) => commands::ReadFrom::Cluster(k),
+        (Some(dir), None) => commands::ReadFrom::Dir(dir),
+        (None, None) => unreachable!("clap requires --input or --kubeconfig"),
     }
 }

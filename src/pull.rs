@@ -6,6 +6,7 @@ pub mod cache;
 pub mod impact;
 pub mod preview;
 pub mod registry;
+pub mod trust;
 pub mod verify;
 
 /// A mutex's guard, also after a panic elsewhere poisoned it: the data are caches and

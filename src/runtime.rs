@@ -359,6 +359,48 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> 
     kube::Client::try_from(config).map_err(|e| chain(&e))
 }
 
+/// The cluster as `explain --kubeconfig` and `verify --kubeconfig` read it: the render
+/// inputs and the index of running images, each listed once, within `timeout`.
+pub fn read_cluster(
+    kubeconfig: &Path,
+    timeout: std::time::Duration,
+) -> Result<(cip_core::render::Inputs, cip_core::running::Index), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = kube_client(Some(kubeconfig)).await?;
+        let state = crate::k8s::store::ClusterState::spawn(client.clone());
+        let pods = crate::k8s::pods::spawn(client);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let (Some((inputs, _)), Some(index)) = (state.inputs(), pods.index()) {
+                return Ok((inputs, index));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let mut waiting = state.waiting_for();
+                if pods.index().is_none() {
+                    waiting.push("pods and nodes".into());
+                }
+                let errors = state.errors();
+                return Err(format!(
+                    "the cluster was not read within {} s: waiting for {}{}",
+                    timeout.as_secs(),
+                    waiting.join(", "),
+                    if errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", errors.join("; "))
+                    }
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+}
+
 /// What runs beside the cluster watches.
 struct ClusterTasks {
     /// None: admission only.
@@ -445,7 +487,12 @@ async fn watch_cluster(
                 desired.clone(),
                 leadership.clone(),
                 std::sync::Arc::clone(&app.metrics),
-                options.lease.identity.clone(),
+                crate::k8s::impact::ConditionWriter::new(
+                    client.clone(),
+                    std::sync::Arc::clone(&state),
+                    &options.lease.identity,
+                    impact.min_write_interval,
+                ),
                 impact,
                 Box::new(move |copy, bytes| {
                     if copy.is_some() {

@@ -452,6 +452,33 @@ pub struct Image {
 pub struct ImageSpec {
     #[serde(default)]
     pub registry_sources: RegistrySources,
+    /// `additionalTrustedCA`: a ConfigMap in `openshift-config` of registry CAs.
+    #[serde(
+        default,
+        rename = "additionalTrustedCA",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub additional_trusted_ca: Option<ConfigMapName>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigMapName {
+    #[serde(default)]
+    pub name: String,
+}
+
+#[cfg(test)]
+mod image_tests {
+    #[test]
+    fn the_image_cr_names_its_registry_cas() {
+        let image: super::Image =
+            serde_json::from_str(r#"{"spec": {"additionalTrustedCA": {"name": "registry-cas"}}}"#)
+                .unwrap();
+        assert_eq!(
+            image.spec.additional_trusted_ca.unwrap().name,
+            "registry-cas"
+        );
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

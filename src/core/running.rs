@@ -233,6 +233,32 @@ pub trait Preview: Send + Sync {
         object: &str,
         expired: &(dyn Fn() -> bool + Sync),
     ) -> Vec<String>;
+
+    /// Warnings for writing the Image `cluster` (its JSON): what its registry lists
+    /// newly refuse.
+    fn image_change(&self, object: &str, expired: &(dyn Fn() -> bool + Sync)) -> Vec<String> {
+        let _ = (object, expired);
+        Vec::new()
+    }
+}
+
+impl Distinct {
+    /// Where `image` (as a pod names it) runs: each placement, namespace and digest with
+    /// its container count, most containers first.
+    pub fn runs_of(&self, image: &str) -> Vec<(Placement, Running, usize)> {
+        let mut out: Vec<(Placement, Running, usize)> = self
+            .images
+            .iter()
+            .flat_map(|(p, images)| {
+                images
+                    .iter()
+                    .filter(|(r, _)| r.image == image)
+                    .map(|(r, n)| (p.clone(), r.clone(), *n))
+            })
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.2));
+        out
+    }
 }
 
 /// Conditions' messages are for people; long lists are cut (the API allows 32 KiB).
@@ -328,6 +354,12 @@ mod tests {
             arch: "amd64".into(),
         }];
         assert_eq!(worker.values().copied().collect::<Vec<_>>(), [5, 5]);
+        let runs = distinct.runs_of("r/app:v1");
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].0.pool, "worker");
+        assert_eq!(runs[0].1.digest.as_deref(), Some(d.as_str()));
+        assert_eq!(runs[0].2, 5);
+        assert!(distinct.runs_of("r/other:v1").is_empty());
     }
 
     #[test]

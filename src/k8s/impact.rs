@@ -6,14 +6,17 @@
 //! policy; a policy whose refused count goes from zero to more also gets a Warning Event.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use serde_json::Value;
 
 use crate::k8s::reconcile::{
     apply_status, condition, now_seconds, truncated, EVENT_INSTANCE_LIMIT, EVENT_NOTE_LIMIT,
 };
+use crate::k8s::store::ClusterState;
 use cip_core::model::{ClusterImagePolicy, PolicyKind};
 use cip_core::render::Inputs;
 use cip_core::running::{running_images_condition, PolicyTally};
@@ -28,6 +31,9 @@ type Words = (String, String, String);
 
 pub struct ConditionWriter {
     client: kube::Client,
+    /// The policies' statuses as last seen: what another writer did to the condition
+    /// since ours (status writes do not re-render, so the inputs' copies lag).
+    state: Arc<ClusterState>,
     recorder: Recorder,
     min_interval: Duration,
     /// Per policy label: the words written and when.
@@ -56,8 +62,8 @@ pub fn label(policy: &ClusterImagePolicy, kind: PolicyKind) -> String {
     }
 }
 
-fn current_words(policy: &ClusterImagePolicy) -> Option<Words> {
-    let c = policy.status.as_ref()?["conditions"]
+fn current_words(status: Option<&Value>) -> Option<Words> {
+    let c = status?["conditions"]
         .as_array()?
         .iter()
         .find(|c| c["type"] == CONDITION)?;
@@ -65,8 +71,40 @@ fn current_words(policy: &ClusterImagePolicy) -> Option<Words> {
     Some((s("status"), s("reason"), s("message")))
 }
 
+/// What to do with one policy's condition.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The object already says it.
+    Done,
+    /// Written less than the interval ago: at a later pass.
+    Deferred,
+    Write,
+}
+
+/// The object is the truth: a condition another writer dropped or changed is written
+/// again (once the interval since our last write has passed), however sure our memory.
+fn next_step(
+    found: Option<&Words>,
+    remembered: Option<&(Words, Option<Instant>)>,
+    words: &Words,
+    min_interval: Duration,
+) -> Step {
+    if found == Some(words) {
+        return Step::Done;
+    }
+    match remembered {
+        Some((_, Some(at))) if at.elapsed() < min_interval => Step::Deferred,
+        _ => Step::Write,
+    }
+}
+
 impl ConditionWriter {
-    pub fn new(client: kube::Client, identity: &str, min_interval: Duration) -> ConditionWriter {
+    pub fn new(
+        client: kube::Client,
+        state: Arc<ClusterState>,
+        identity: &str,
+        min_interval: Duration,
+    ) -> ConditionWriter {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some(truncated(identity, EVENT_INSTANCE_LIMIT).to_string()),
@@ -74,6 +112,7 @@ impl ConditionWriter {
         ConditionWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            state,
             min_interval,
             written: BTreeMap::new(),
         }
@@ -97,6 +136,7 @@ impl ConditionWriter {
                 .iter()
                 .map(|p| (p, PolicyKind::Namespaced)),
         );
+        let statuses = self.state.policy_statuses();
         let mut live = Vec::new();
         for (policy, kind) in all {
             let label = label(policy, kind);
@@ -104,22 +144,26 @@ impl ConditionWriter {
             let (status, reason, message) =
                 running_images_condition(by_label.get(label.as_str()).copied(), indexing);
             let words: Words = (status.into(), reason.into(), message.clone());
-            let before = self
-                .written
-                .get(&label)
-                .map(|(w, at)| (w.clone(), *at))
-                .or_else(|| current_words(policy).map(|w| (w, None)));
-            if before.as_ref().is_some_and(|(w, _)| *w == words) {
-                continue;
+            let found = match statuses.get(&(kind, policy.key())) {
+                Some(status) => current_words(status.as_ref()),
+                None => current_words(policy.status.as_ref()),
+            };
+            let remembered = self.written.get(&label).cloned();
+            let step = next_step(
+                found.as_ref(),
+                remembered.as_ref(),
+                &words,
+                self.min_interval,
+            );
+            match step {
+                Step::Done => continue,
+                Step::Deferred => {
+                    done.deferred += 1;
+                    continue;
+                }
+                Step::Write => {}
             }
-            if before
-                .as_ref()
-                .and_then(|(_, at)| *at)
-                .is_some_and(|at| at.elapsed() < self.min_interval)
-            {
-                done.deferred += 1;
-                continue;
-            }
+            let before = remembered.map(|(w, _)| w).or(found);
             if !leading() {
                 return done;
             }
@@ -141,7 +185,7 @@ impl ConditionWriter {
                     continue;
                 }
             }
-            let refused_before = before.is_some_and(|(w, _)| w.1 == "SomeRefused");
+            let refused_before = before.is_some_and(|w| w.1 == "SomeRefused");
             if reason == "SomeRefused" && !refused_before {
                 self.event(policy, kind, &message).await;
                 done.events += 1;
@@ -175,5 +219,48 @@ impl ConditionWriter {
         if let Err(e) = self.recorder.publish(&event, &regarding).await {
             tracing::warn!(policy = %policy.metadata.name, error = %e, "event not recorded");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(status: &str) -> Words {
+        (
+            status.into(),
+            "AllAccepted".into(),
+            "covers 1 running image".into(),
+        )
+    }
+
+    #[test]
+    fn a_condition_someone_else_dropped_is_written_again_after_the_interval() {
+        let minute = Duration::from_secs(60);
+        let want = words("True");
+        // Already on the object: nothing, whatever our memory.
+        assert_eq!(next_step(Some(&want), None, &want, minute), Step::Done);
+        // Never written, not on the object: written.
+        assert_eq!(next_step(None, None, &want, minute), Step::Write);
+        // Written a moment ago, not yet seen by the watch (or dropped at once): later.
+        let just_now = (want.clone(), Some(Instant::now()));
+        assert_eq!(
+            next_step(None, Some(&just_now), &want, minute),
+            Step::Deferred
+        );
+        // Written long ago and since dropped by another writer: again.
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(120));
+        let earlier = (want.clone(), long_ago);
+        assert_eq!(next_step(None, Some(&earlier), &want, minute), Step::Write);
+        // Changed words within the interval wait; found at process start (no time) go.
+        let other = (words("False"), Some(Instant::now()));
+        assert_eq!(
+            next_step(Some(&other.0), Some(&other), &want, minute),
+            Step::Deferred
+        );
+        assert_eq!(
+            next_step(Some(&words("False")), None, &want, minute),
+            Step::Write
+        );
     }
 }

@@ -346,6 +346,21 @@ pub async fn pull_secret(client: &kube::Client) -> Result<Option<String>, kube::
         .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
 }
 
+/// The data of the Image CR's `additionalTrustedCA` ConfigMap (`openshift-config/NAME`:
+/// `host..port` → PEM); empty where there is none or we may not read it.
+pub async fn trusted_cas(
+    client: &kube::Client,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, String>, kube::Error> {
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "openshift-config");
+    match maps.get_opt(name).await {
+        Ok(map) => Ok(map.and_then(|m| m.data).unwrap_or_default()),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(Default::default()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

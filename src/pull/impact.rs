@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use cip_core::explain;
-use cip_core::model::{ClusterImagePolicy, PolicyKind};
+use cip_core::model::{ClusterImagePolicy, Image, PolicyKind, RegistrySources};
 use cip_core::render::{self, Inputs, Plan, RenderOptions};
 use cip_core::running::{Distinct, Placement, PolicyTally, Running};
 use cip_sigstore::judge::Memo;
@@ -195,6 +195,16 @@ impl Copy {
         })
     }
 
+    /// What a warning says instead of judging from a copy too old to speak for the cluster.
+    fn stale(&self, now: i64) -> Option<String> {
+        (now - self.taken_at > self.stale_after).then(|| {
+            format!(
+                "running-images preview unavailable: the last judgement of the running images is {} s old",
+                now - self.taken_at
+            )
+        })
+    }
+
     /// The inputs with `policy` created or replacing its namesake; its scopes before.
     fn with(&self, kind: PolicyKind, policy: ClusterImagePolicy) -> (Inputs, Vec<String>) {
         let mut inputs = (*self.inputs).clone();
@@ -221,6 +231,8 @@ impl Copy {
 fn category(reason: &str) -> &'static str {
     if reason.contains("no signature exists") {
         "no signature"
+    } else if reason.contains("rejected by policy") {
+        "rejected"
     } else if reason.contains("identity") {
         "identity"
     } else if reason.contains("ignature") {
@@ -238,11 +250,8 @@ impl cip_core::running::Preview for Copy {
         expired: &(dyn Fn() -> bool + Sync),
     ) -> Vec<String> {
         let now = (self.clock)();
-        if now - self.taken_at > self.stale_after {
-            return vec![format!(
-                "running-images preview unavailable: the last judgement of the running images is {} s old",
-                now - self.taken_at
-            )];
+        if let Some(stale) = self.stale(now) {
+            return vec![stale];
         }
         let Ok(policy) = serde_json::from_str::<ClusterImagePolicy>(object) else {
             return Vec::new();
@@ -253,9 +262,63 @@ impl cip_core::running::Preview for Copy {
         let Ok(plan) = render::plan(&inputs, &self.options) else {
             return Vec::new();
         };
-        let change = self.judge_change(&inputs, &plan, &scopes, namespace.as_deref(), expired, now);
+        let change = self.judge_change(
+            &inputs,
+            &plan,
+            Some(&scopes),
+            namespace.as_deref(),
+            expired,
+            now,
+        );
         change.warning().into_iter().collect()
     }
+
+    fn image_change(&self, object: &str, expired: &(dyn Fn() -> bool + Sync)) -> Vec<String> {
+        let now = (self.clock)();
+        if let Some(stale) = self.stale(now) {
+            return vec![stale];
+        }
+        let Ok(image) = serde_json::from_str::<Image>(object) else {
+            return Vec::new();
+        };
+        let before = self
+            .inputs
+            .image
+            .as_ref()
+            .map(|i| i.spec.registry_sources.clone())
+            .unwrap_or_default();
+        let after = &image.spec.registry_sources;
+        let mut inputs = (*self.inputs).clone();
+        inputs.image = Some(image.clone());
+        let Ok(plan) = render::plan(&inputs, &self.options) else {
+            return Vec::new();
+        };
+        let scopes = registry_list_change(&before, after);
+        let change = self.judge_change(&inputs, &plan, scopes.as_deref(), None, expired, now);
+        change.warning().into_iter().collect()
+    }
+}
+
+/// The scopes whose policy.json entries a registry-list change can alter: the registries
+/// added to or removed from either list; `None` (every image) when the allowed list
+/// starts or stops applying, since that moves the default.
+fn registry_list_change(before: &RegistrySources, after: &RegistrySources) -> Option<Vec<String>> {
+    if before.allowed_registries.is_empty() != after.allowed_registries.is_empty() {
+        return None;
+    }
+    let differ = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter()
+            .filter(|x| !b.contains(x))
+            .chain(b.iter().filter(|x| !a.contains(x)))
+            .cloned()
+            .collect()
+    };
+    let mut scopes = differ(&before.allowed_registries, &after.allowed_registries);
+    scopes.extend(differ(
+        &before.blocked_registries,
+        &after.blocked_registries,
+    ));
+    Some(scopes)
 }
 
 /// The images a change touches, judged before and after.
@@ -305,17 +368,19 @@ impl Copy {
         &self,
         inputs: &Inputs,
         plan: &Plan,
-        scopes: &[String],
+        scopes: Option<&[String]>,
         namespace: Option<&str>,
         expired: &(dyn Fn() -> bool + Sync),
         now: i64,
     ) -> Change {
         let touched = |r: &Running| {
             namespace.is_none_or(|ns| r.namespace.as_deref() == Some(ns))
-                && cip_sigstore::identity::pulled_reference(&r.image).is_ok_and(|p| {
-                    explain::candidates(&p.name, &p.to_string())
-                        .iter()
-                        .any(|c| scopes.contains(c))
+                && scopes.is_none_or(|scopes| {
+                    cip_sigstore::identity::pulled_reference(&r.image).is_ok_and(|p| {
+                        explain::candidates(&p.name, &p.to_string())
+                            .iter()
+                            .any(|c| scopes.contains(c))
+                    })
                 })
         };
         let affected: Vec<&(Placement, Running)> =
@@ -473,6 +538,47 @@ mod tests {
         assert_eq!(
             c.policy_change(PolicyKind::Cluster, POLICY, &|| false),
             ["running-images preview unavailable: the last judgement of the running images is 1000 s old"]
+        );
+    }
+
+    fn image(allowed: &[&str], blocked: &[&str]) -> String {
+        serde_json::json!({"apiVersion": "config.openshift.io/v1", "kind": "Image",
+            "metadata": {"name": "cluster"},
+            "spec": {"registrySources": {"allowedRegistries": allowed, "blockedRegistries": blocked}}})
+        .to_string()
+    }
+
+    #[test]
+    fn a_registry_list_change_warns_for_the_images_it_newly_refuses() {
+        let c = copy(
+            &[
+                ("quay.io/team/a:v1", "accepted"),
+                ("docker.io/library/b:v1", "accepted"),
+            ],
+            1_000,
+            || 1_010,
+        );
+        assert_eq!(
+            c.image_change(&image(&[], &["quay.io"]), &|| false),
+            ["this change newly refuses 1 of 1 covered running images at their next pull (rejected 1), e.g. quay.io/team/a:v1: Running image docker://quay.io/team/a:v1 is rejected by policy."]
+        );
+        // An allowed list moves the default: every running image is covered.
+        let w = c.image_change(&image(&["quay.io"], &[]), &|| false);
+        assert!(
+            w[0].starts_with("this change newly refuses 1 of 2 covered running images at their next pull (rejected 1), e.g. docker.io/library/b:v1"),
+            "{w:?}"
+        );
+        // A list that blocks nothing running warns of nothing.
+        assert!(c
+            .image_change(&image(&[], &["elsewhere.example.com"]), &|| false)
+            .is_empty());
+        assert!(c.image_change("not json", &|| false).is_empty());
+        assert_eq!(
+            registry_list_change(
+                &RegistrySources::default(),
+                &serde_json::from_str(r#"{"blockedRegistries": ["a.example.com"]}"#).unwrap()
+            ),
+            Some(vec!["a.example.com".to_string()])
         );
     }
 

@@ -88,10 +88,21 @@ struct Response {
 impl Client {
     /// `insecure`: the Image CR's insecure registries; `authfile`: containers-auth.json text.
     pub fn new(insecure: Vec<String>, authfile: Option<&str>) -> Result<Client, String> {
+        Client::with_trusted_cas(insecure, authfile, &std::collections::BTreeMap::new())
+    }
+
+    /// As [`Client::new`], trusting also the Image CR's `additionalTrustedCA` (its
+    /// ConfigMap's data: `host..port` → PEM) for the registries it names.
+    pub fn with_trusted_cas(
+        insecure: Vec<String>,
+        authfile: Option<&str>,
+        cas: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Client, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = crate::pull::trust::client_config(cas)
+            .map_err(|e| format!("loading the CA certificates: {e}"))?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| format!("loading the system's CA certificates: {e}"))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();

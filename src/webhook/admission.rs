@@ -247,13 +247,19 @@ pub fn review_with(
         .then(|| PolicyKind::from_kind(&request.kind.kind))
         .flatten();
     let writes = matches!(request.operation.as_str(), "CREATE" | "UPDATE");
-    if let (Some(preview), Some(kind), Some(object)) = (preview, kind, &request.object) {
+    let is_image = request.kind.group == CONFIG_GROUP
+        && request.kind.kind == "Image"
+        && request.name == "cluster";
+    if let (Some(preview), Some(object)) = (preview, &request.object) {
         if endpoint == Endpoint::Validate && response.allowed && writes {
             let deadline = std::time::Instant::now() + PREVIEW_DEADLINE;
             let expired = || std::time::Instant::now() >= deadline;
-            response
-                .warnings
-                .extend(preview.policy_change(kind, object.get(), &expired));
+            let warnings = match kind {
+                Some(kind) => preview.policy_change(kind, object.get(), &expired),
+                None if is_image => preview.image_change(object.get(), &expired),
+                None => Vec::new(),
+            };
+            response.warnings.extend(warnings);
         }
     }
     let decision = Decision {

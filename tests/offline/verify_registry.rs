@@ -230,6 +230,39 @@ async fn basic_auth_needs_credentials() {
 }
 
 #[tokio::test]
+async fn a_registry_under_the_image_crs_additional_trusted_ca() {
+    let s = signer();
+    let (_registry, host, ca) = start_tls(|f, host| {
+        signed_image(f, &s, host);
+    })
+    .await;
+    let port = host.rsplit(':').next().unwrap();
+    let image = format!("{host}/org/app:v1");
+    let judge = async |cas: &[(String, &str)]| {
+        let cas: std::collections::BTreeMap<String, String> = cas
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        let client = Client::with_trusted_cas(Vec::new(), None, &cas).unwrap();
+        let memo = std::sync::Mutex::new(Memo::default());
+        verify(&node(&host, &s.pem), &image, "amd64", &client, &memo)
+            .await
+            .unwrap()
+    };
+    // The ConfigMap's key for this registry (`host..port`): its CA is trusted there.
+    let o = judge(&[(format!("localhost..{port}"), &ca)]).await;
+    assert!(is(&o, "accepted", ""), "{o:?}");
+    // Without it, or given for another registry: the handshake fails, a registry error.
+    for cas in [
+        vec![],
+        vec![("other.example.com..5000".to_string(), ca.as_str())],
+    ] {
+        let o = judge(&cas).await;
+        assert!(is(&o, "unknown", "certificate"), "{o:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_registry_that_is_down_is_unknown() {
     let s = signer();
     let host = format!("127.0.0.1:{}", testkit::paths::free_port());

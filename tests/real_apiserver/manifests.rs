@@ -104,6 +104,13 @@ async fn rbac_is_exactly_what_each_deployment_uses() {
         "examples/machineconfigs/99-worker-generated-registries.yaml",
     ])
     .await;
+    // Registry CAs named by the Image CR: the running-images pass reads that ConfigMap.
+    let mut image = c
+        .get("config.openshift.io", "images", "", "cluster")
+        .await
+        .unwrap();
+    image["spec"]["additionalTrustedCA"] = json!({"name": "registry-cas"});
+    c.seed(image).await;
     c.start_webhook(&["--mode", "admission-only"]).await;
     let reconciler = c
         .spawn_reconciler(
@@ -162,6 +169,20 @@ async fn rbac_is_exactly_what_each_deployment_uses() {
         c.machine_config("99-worker-generated-imagepolicies")
             .await
             .is_none()
+    })
+    .await;
+    // The running-images pass reads the pull secret and the Image CR's CA ConfigMap:
+    // until one pass has ended (it starts a settle period after the Lease is taken).
+    let metrics = reconciler.metrics_addr;
+    c.until("a running-images pass", async |_: &Cluster| {
+        testkit::cluster::plain_get(metrics, "/metrics")
+            .await
+            .lines()
+            .any(|l| {
+                l.strip_prefix("cip_webhook_running_images_last_pass_timestamp_seconds ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .is_some_and(|t| t > 0.0)
+            })
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;

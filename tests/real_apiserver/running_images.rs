@@ -50,6 +50,21 @@ async fn until_judged(c: &Cluster) {
     .await;
 }
 
+/// An object as read, ready to apply again: no server-set fields, no status.
+fn applicable(mut object: Value) -> Value {
+    for k in [
+        "managedFields",
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "generation",
+    ] {
+        object["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    object.as_object_mut().unwrap().remove("status");
+    object
+}
+
 /// A series of the metrics text, as a number.
 fn series(metrics: &str, name: &str) -> f64 {
     metrics
@@ -194,6 +209,49 @@ async fn policies_say_which_running_images_their_next_pull_refuses() {
         "{managers:?}"
     );
 
+    // `verify` and `explain` reading the cluster: where the image runs, judged at the
+    // digest it runs, as the condition says.
+    let unsigned = format!("{host}/unsigned/app:v1");
+    let (code, run) = c
+        .cli(&[
+            "verify",
+            "--namespace",
+            "apps",
+            "--format",
+            "json",
+            &unsigned,
+        ])
+        .await;
+    assert_eq!(code, Some(1), "{run:?}");
+    let out: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(out["verdict"], "refused", "{out}");
+    let running = &out["running"][0];
+    assert_eq!(running["containers"], PODS_PER_IMAGE, "{out}");
+    assert_eq!(running["namespace"], "apps", "{out}");
+    assert!(
+        running["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{out}"
+    );
+    let (code, run) = c
+        .cli(&[
+            "explain",
+            "--pool",
+            "master",
+            &format!("{host}/signed/app:v1"),
+        ])
+        .await;
+    assert_eq!(code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("from:         ClusterImagePolicy running"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("running:      in no pod on pool master"),
+        "{run:?}"
+    );
+
     // The Warning Event, beside the cluster-scoped policy in `default`.
     c.until("the RunningImagesRefused Event", async |c: &Cluster| {
         c.list("events.k8s.io", "events")
@@ -233,20 +291,36 @@ async fn policies_say_which_running_images_their_next_pull_refuses() {
     c.kubectl(&["delete", "clusterimagepolicy", "rotation"])
         .await;
 
+    // The Image `cluster` warns too: blocking the signed image's repository (a dry run,
+    // so the lists stay as they are).
+    let mut blocking = applicable(
+        c.get("config.openshift.io", "images", "", "cluster")
+            .await
+            .unwrap(),
+    );
+    blocking["spec"]["registrySources"]["blockedRegistries"] =
+        json!(["blocked.example.com", format!("{host}/signed/app")]);
+    let file = c.write("blocking.json", blocking.to_string());
+    let run = c
+        .kubectl(&["apply", "--dry-run=server", "--validate=false", "-f", &file])
+        .await;
+    assert!(run.ok, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "Warning: this change newly refuses 1 of 1 covered running images at their next pull (rejected 1), e.g. {host}/signed/app:v1: Running image docker://{host}/signed/app:v1 is rejected by policy."
+        )),
+        "{run:?}"
+    );
+    assert_eq!(
+        fetched(&c.metrics().await),
+        before_apply,
+        "admission fetched"
+    );
+
     // A scope-only edit: the unknown registry leaves the policy. Its verdicts come from
     // the cache — no registry request — and the condition follows.
-    let mut edited = c.policy("running").await.unwrap();
+    let mut edited = applicable(c.policy("running").await.unwrap());
     edited["spec"]["scopes"] = json!([format!("{host}/signed"), format!("{host}/unsigned")]);
-    for k in [
-        "managedFields",
-        "resourceVersion",
-        "uid",
-        "creationTimestamp",
-        "generation",
-    ] {
-        edited["metadata"].as_object_mut().unwrap().remove(k);
-    }
-    edited.as_object_mut().unwrap().remove("status");
     c.apply_value(&edited).await;
     c.until("the condition after the scope edit", async |c: &Cluster| {
         c.policy("running")
@@ -266,6 +340,22 @@ async fn policies_say_which_running_images_their_next_pull_refuses() {
         fetched(&metrics),
         "a scope-only edit fetched:\n{after}"
     );
+
+    // Another writer replaces the whole conditions list with its own (as the
+    // machine-config-operator's status update does): ours comes back at a later pass.
+    let run = c
+        .kubectl(&[
+            "patch",
+            "clusterimagepolicy",
+            "running",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Pending","status":"False","reason":"Other","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+        ])
+        .await;
+    assert!(run.ok, "{run:?}");
+    until_judged(&c).await;
 }
 
 /// As deployed: the reconciler judges, an admission-only replica (no registry access, no

@@ -445,6 +445,20 @@ impl Cluster {
         self.kubectl_as(&self.kubeconfig(), args).await
     }
 
+    /// `cip-webhook ARGS... --kubeconfig` (the admin's): the CLI reading the cluster. The
+    /// exit code, and what it printed.
+    pub async fn cli(&self, args: &[&str]) -> (Option<i32>, Run) {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .current_dir(root())
+            .output()
+            .await
+            .expect("cip-webhook runs");
+        (out.status.code(), out.into())
+    }
+
     pub async fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Run {
         kubectl(kubeconfig, args).await
     }
@@ -564,6 +578,15 @@ impl Cluster {
     /// The main replica's /metrics.
     pub async fn metrics(&self) -> String {
         plain_get(self.metrics_addr.expect("a webhook runs"), "/metrics").await
+    }
+
+    /// Whether the main replica has finished a reconcile pass (its first write is done).
+    pub async fn reconciled(&self) -> bool {
+        self.metrics().await.lines().any(|l| {
+            l.strip_prefix("cip_webhook_reconciles_total{result=\"ok\"} ")
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .is_some_and(|n| n >= 1.0)
+        })
     }
 
     /// A GET through curl trusting only the webhook's CA.

@@ -208,3 +208,44 @@ pub fn many_signed(f: &mut Fake, s: &Signer, host: &str, n: usize) -> Vec<(Strin
         })
         .collect()
 }
+
+/// A registry served over TLS on loopback as `localhost:PORT`, its certificate from a CA
+/// of its own (as a registry behind the Image CR's `additionalTrustedCA`): the registry,
+/// its host and the CA's PEM. `setup` gets the host.
+pub async fn start_tls(setup: impl FnOnce(&mut Fake, &str)) -> (Shared, String, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = format!("localhost:{}", listener.local_addr().unwrap().port());
+    let mut fake = Fake::default();
+    setup(&mut fake, &host);
+    let (shared, plain) = start(fake).await;
+    let made = cip_webhook::webhook::tls::generate(&["localhost".to_string()], 1).unwrap();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(made.cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(made.key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    // TLS in front, the plain registry behind: one connection through for each accepted.
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, plain) = (acceptor.clone(), plain.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut back) = tokio::net::TcpStream::connect(&plain).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut back).await;
+                }
+            });
+        }
+    });
+    (shared, host, made.ca_cert)
+}
