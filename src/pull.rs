@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod impact;
 pub mod preview;
+pub mod proxy;
 pub mod registry;
 pub mod trust;
 pub mod verify;

@@ -15,10 +15,10 @@ use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::pull::lock;
+use crate::pull::proxy::Connector;
 
 /// `iolimits.MaxManifestBodySize`.
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -63,7 +63,7 @@ pub trait Source: Sync {
     ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send;
 }
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+type Https = hyper_rustls::HttpsConnector<Connector>;
 
 pub struct Client {
     http: hyper_util::client::legacy::Client<Https, Full<Bytes>>,
@@ -91,12 +91,22 @@ impl Client {
         Client::with_trusted_cas(insecure, authfile, &std::collections::BTreeMap::new())
     }
 
-    /// As [`Client::new`], trusting also the Image CR's `additionalTrustedCA` (its
-    /// ConfigMap's data: `host..port` → PEM) for the registries it names.
+    /// As [`Client::with_trusted_cas`], through the proxies the environment names.
     pub fn with_trusted_cas(
         insecure: Vec<String>,
         authfile: Option<&str>,
         cas: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Client, String> {
+        Client::connecting(insecure, authfile, cas, Connector::from_env())
+    }
+
+    /// As [`Client::new`], trusting also the Image CR's `additionalTrustedCA` (its
+    /// ConfigMap's data: `host..port` → PEM) for the registries it names.
+    pub fn connecting(
+        insecure: Vec<String>,
+        authfile: Option<&str>,
+        cas: &std::collections::BTreeMap<String, String>,
+        proxies: Connector,
     ) -> Result<Client, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = crate::pull::trust::client_config(cas)
@@ -105,7 +115,7 @@ impl Client {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(proxies);
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);

@@ -263,6 +263,38 @@ async fn a_registry_under_the_image_crs_additional_trusted_ca() {
 }
 
 #[tokio::test]
+async fn a_registry_behind_a_proxy_from_the_environment() {
+    let s = signer();
+    let (shared, plain) = start(Fake::default()).await;
+    // A name that resolves nowhere: only the proxy can reach it.
+    let host = format!("registry.test:{}", plain.rsplit(':').next().unwrap());
+    signed_image(&mut shared.fake.lock().unwrap(), &s, &host);
+    let (proxy, targets) = connect_proxy(&plain).await;
+    let proxies = hyper_util::client::proxy::matcher::Matcher::builder()
+        .http(format!("http://{proxy}"))
+        .https(format!("http://{proxy}"))
+        .build();
+    let client = Client::connecting(
+        vec![host.clone()],
+        None,
+        &Default::default(),
+        cip_webhook::pull::proxy::Connector::with(proxies),
+    )
+    .unwrap();
+    let memo = std::sync::Mutex::new(Memo::default());
+    let image = format!("{host}/org/app:v1");
+    let o = verify(&node(&host, &s.pem), &image, "amd64", &client, &memo)
+        .await
+        .unwrap();
+    assert!(is(&o, "accepted", ""), "{o:?}");
+    let targets = targets.lock().unwrap().clone();
+    assert!(
+        !targets.is_empty() && targets.iter().all(|t| *t == host),
+        "{targets:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_registry_that_is_down_is_unknown() {
     let s = signer();
     let host = format!("127.0.0.1:{}", testkit::paths::free_port());

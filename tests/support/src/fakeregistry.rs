@@ -249,3 +249,47 @@ pub async fn start_tls(setup: impl FnOnce(&mut Fake, &str)) -> (Shared, String, 
     });
     (shared, host, made.ca_cert)
 }
+
+/// An HTTP proxy on loopback that opens CONNECT tunnels, all to `backend` whatever the
+/// target (so names that resolve nowhere can be used): its address and the targets asked.
+pub async fn connect_proxy(backend: &str) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let targets = Arc::new(Mutex::new(Vec::new()));
+    let (seen, backend) = (Arc::clone(&targets), backend.to_string());
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (seen, backend) = (Arc::clone(&seen), backend.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let Some(target) = head
+                    .strip_prefix("CONNECT ")
+                    .and_then(|r| r.split(' ').next())
+                else {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                        .await;
+                    return;
+                };
+                seen.lock().unwrap().push(target.to_string());
+                let Ok(mut back) = tokio::net::TcpStream::connect(&backend).await else {
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut back).await;
+            });
+        }
+    });
+    (addr, targets)
+}
