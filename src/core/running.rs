@@ -167,8 +167,15 @@ pub struct PolicyTally {
     /// Accepted under a PKI chain that stops verifying within 30 days: refused at the
     /// next pull after that, with no change to any policy.
     pub expiring: usize,
+    /// Judged by tag: their pods report no digest yet (what the tag names now was judged).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub by_tag: usize,
     /// The first ten refused (newly refused first), with reasons.
     pub examples: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The `RunningImagesAccepted` condition's status, reason and message for a tally
@@ -200,6 +207,12 @@ pub fn running_images_condition(
         message.push_str(&format!(
             "; {} accepted until a certificate expires within 30 days",
             t.expiring
+        ));
+    }
+    if t.by_tag > 0 {
+        message.push_str(&format!(
+            "; {} judged by tag (their pods report no digest yet)",
+            t.by_tag
         ));
     }
     if !t.examples.is_empty() {
@@ -387,6 +400,10 @@ mod tests {
         );
         t.unknown = 0;
         assert_eq!(running_images_condition(Some(&t), false).0, "True");
+        t.by_tag = 3;
+        assert!(running_images_condition(Some(&t), false)
+            .2
+            .ends_with("; 3 judged by tag (their pods report no digest yet)"));
         assert_eq!(running_images_condition(None, true).1, "Indexing");
         assert_eq!(running_images_condition(None, false).0, "True");
     }

@@ -196,6 +196,9 @@ pub fn tally(reports: &[ImageReport], now: i64) -> Vec<PolicyTally> {
                 ..Default::default()
             });
             t.covered += 1;
+            if r.running.digest.is_none() {
+                t.by_tag += 1;
+            }
             match after.verdict.as_str() {
                 "accepted" => t.accepted += 1,
                 "refused" => t.refused += 1,
