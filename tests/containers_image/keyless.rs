@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rcgen::{BasicConstraints, IsCa};
+
 use serde_json::{json, Value};
 
 use testkit::keyless::{self, payload, sign, Attachment, Ca, Leaf, Rekor};
@@ -406,7 +408,47 @@ fn pki_cases(w: &World, id: &str, digest: &str) -> Vec<(&'static str, Vec<Attach
             "p-with-set",
             vec![w.cert_layer(p(), &valid, chain, Some(&w.rekor), t)],
         ),
+        forged_chain(w, "p-intermediate-not-ca", p(), |root| {
+            vec![root.intermediate_as("not a ca", t - 86_400, t + 86_400 * 90, IsCa::ExplicitNoCa)]
+        }),
+        forged_chain(w, "p-path-length", p(), |root| {
+            let capped = root.intermediate_as(
+                "path length 0",
+                t - 86_400,
+                t + 86_400 * 90,
+                IsCa::Ca(BasicConstraints::Constrained(0)),
+            );
+            let below = capped.intermediate("below the cap", t - 86_400, t + 86_400 * 90);
+            vec![capped, below]
+        }),
     ]
+}
+
+/// A PKI layer whose leaf is signed through `make(root)`'s certificates (the last signs
+/// the leaf), each valid but for the one basic constraint the case breaks; the chain
+/// annotation carries them and the root.
+fn forged_chain(
+    w: &World,
+    name: &'static str,
+    payload: Vec<u8>,
+    make: impl FnOnce(&Ca) -> Vec<Ca>,
+) -> (&'static str, Vec<Attachment>) {
+    let t = now();
+    let cas = make(&w.pki_root);
+    let leaf = cas
+        .last()
+        .unwrap()
+        .leaf(&Leaf::pki(EMAIL, HOST, t - 86_400, t + 86_400 * 90));
+    let chain: String = cas
+        .iter()
+        .rev()
+        .map(|c| c.pem.as_str())
+        .chain([w.pki_root.pem.as_str()])
+        .collect();
+    (
+        name,
+        vec![w.cert_layer(payload, &leaf, Some(chain), None, 0)],
+    )
 }
 
 fn key_cases(w: &World, id: &str, digest: &str) -> Vec<(&'static str, Vec<Attachment>)> {
@@ -608,6 +650,14 @@ fn keyless_and_pki_verdicts_agree_with_containers_image() {
             "certificate signed by unknown authority",
         ),
         ("p-expired", "is after"),
+        (
+            "p-intermediate-not-ca",
+            "parent certificate cannot sign this kind of certificate",
+        ),
+        (
+            "p-path-length",
+            "too many intermediates for path length constraint",
+        ),
         ("p-no-chain", "certificate signed by unknown authority"),
         ("p-not-yet-valid", "is before"),
         ("p-other-email", "Required email"),

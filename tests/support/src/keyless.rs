@@ -70,7 +70,14 @@ impl Ca {
 
     /// An intermediate this CA signs.
     pub fn intermediate(&self, cn: &str, from: i64, until: i64) -> Ca {
-        let params = ca_params(cn, from, until);
+        self.intermediate_as(cn, from, until, IsCa::Ca(BasicConstraints::Unconstrained))
+    }
+
+    /// A certificate this CA signs that then signs others, with these basic constraints
+    /// (a forged chain: not a CA at all, or a path length its chain exceeds).
+    pub fn intermediate_as(&self, cn: &str, from: i64, until: i64, is_ca: IsCa) -> Ca {
+        let mut params = ca_params(cn, from, until);
+        params.is_ca = is_ca;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let pem = params.signed_by(&key, &self.issuer).unwrap().pem();
         Ca {
