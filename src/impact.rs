@@ -29,6 +29,8 @@ pub struct ImpactOptions {
     pub min_write_interval: Duration,
     /// Read `openshift-config/pull-secret` for registry credentials.
     pub pull_secret: bool,
+    /// Read the pull secrets pods name too (needs cluster-wide Secret reads).
+    pub pod_pull_secrets: bool,
     /// How the cluster is rendered, for admission's judgement of a change.
     pub render: cip_core::render::RenderOptions,
     /// This process answers admission reviews: it keeps a judgeable copy of each pass.
@@ -42,6 +44,7 @@ impl Default for ImpactOptions {
             settle: Duration::from_secs(5),
             min_write_interval: crate::k8s::impact::MIN_INTERVAL,
             pull_secret: true,
+            pod_pull_secrets: false,
             render: Default::default(),
             serves_admission: false,
         }
@@ -208,6 +211,21 @@ impl Pass<'_> {
             }
         } else {
             None
+        };
+        let auth = if self.options.pod_pull_secrets {
+            let names = index
+                .pods
+                .values()
+                .flat_map(|p| {
+                    p.pull_secrets
+                        .iter()
+                        .map(|s| (p.namespace.clone(), s.clone()))
+                })
+                .collect();
+            let pods = crate::k8s::pods::pod_pull_secrets(self.client, &names).await;
+            crate::pull::registry::merge_auths(auth.as_deref(), &pods)
+        } else {
+            auth
         };
         let cas = self.trusted_cas(inputs).await;
         let key = (plan.facts.insecure.clone(), auth, cas);

@@ -395,6 +395,11 @@ struct RunArgs {
     /// Seconds at least between two writes of one policy's RunningImagesAccepted.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     running_images_write_interval: u64,
+    /// Also use the pull secrets pods name (service accounts' included) for registry
+    /// credentials, after openshift-config/pull-secret; needs get on Secrets in every
+    /// namespace, which the manifests do not grant.
+    #[arg(long)]
+    running_images_pod_pull_secrets: bool,
     /// Milliseconds without a change that end a burst of changes (a GitOps sync) before
     /// the cluster is rendered and written again.
     #[arg(long, value_name = "MS", default_value_t = 250)]
@@ -736,6 +741,7 @@ impl RunArgs {
                             min_write_interval: std::time::Duration::from_secs(
                                 self.running_images_write_interval,
                             ),
+                            pod_pull_secrets: self.running_images_pod_pull_secrets,
                             ..Default::default()
                         }
                     }),

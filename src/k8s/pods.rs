@@ -346,6 +346,35 @@ pub async fn pull_secret(client: &kube::Client) -> Result<Option<String>, kube::
         .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
 }
 
+/// The pull secrets `names` (namespace, name) hold, each as its `.dockerconfigjson` or
+/// `.dockercfg` text; those that are missing, unreadable or of another type are left out.
+pub async fn pod_pull_secrets(
+    client: &kube::Client,
+    names: &std::collections::BTreeSet<(String, String)>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (namespace, name) in names {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(client.clone(), namespace);
+        let secret = match secrets.get_opt(name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(namespace = %namespace, secret = %name, error = %e, "pull secret not read");
+                continue;
+            }
+        };
+        let data = secret.data.unwrap_or_default();
+        if let Some(b) = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+        {
+            out.push(String::from_utf8_lossy(&b.0).into_owned());
+        }
+    }
+    out
+}
+
 /// The data of the Image CR's `additionalTrustedCA` ConfigMap (`openshift-config/NAME`:
 /// `host..port` → PEM); empty where there is none or we may not read it.
 pub async fn trusted_cas(

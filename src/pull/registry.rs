@@ -526,6 +526,29 @@ fn encode(text: &str) -> String {
 
 /// containers-auth.json(5): `auths` keyed by registry or namespace, `auth` holding
 /// base64 `user:password`.
+/// One containers-auth.json from the cluster's pull secret and pods' pull secrets (each a
+/// `.dockerconfigjson`, or a legacy `.dockercfg` map): the cluster's entries first, then a
+/// pod secret's for registries the ones before do not name. One set of credentials per
+/// registry key is all a shared client can hold; a registry that refuses them is a
+/// registry error (unknown), never a refusal.
+pub fn merge_auths(cluster: Option<&str>, pods: &[String]) -> Option<String> {
+    let mut auths = serde_json::Map::new();
+    let entries = |text: &str| -> Option<serde_json::Map<String, serde_json::Value>> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        match value.get("auths") {
+            Some(serde_json::Value::Object(m)) => Some(m.clone()),
+            Some(_) => None,
+            None => value.as_object().cloned(),
+        }
+    };
+    for text in cluster.into_iter().chain(pods.iter().map(String::as_str)) {
+        for (key, entry) in entries(text).unwrap_or_default() {
+            auths.entry(key).or_insert(entry);
+        }
+    }
+    (!auths.is_empty()).then(|| serde_json::json!({ "auths": auths }).to_string())
+}
+
 fn parse_authfile(text: Option<&str>) -> Result<HashMap<String, (String, String)>, String> {
     let Some(text) = text else {
         return Ok(HashMap::new());
@@ -603,6 +626,24 @@ mod tests {
         assert!(!manifest_unknown(
             br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known"}]}"#
         ));
+    }
+
+    #[test]
+    fn pod_pull_secrets_add_registries_the_cluster_secret_does_not_name() {
+        let cluster = r#"{"auths": {"quay.io": {"auth": "Y2x1c3Rlcjp4"}}}"#;
+        let pods = [
+            r#"{"auths": {"quay.io": {"auth": "cG9kOnk="}, "r.example.com": {"auth": "cG9kOnk="}}}"#
+                .to_string(),
+            // A legacy .dockercfg: the map itself.
+            r#"{"old.example.com": {"auth": "b2xkOno="}}"#.to_string(),
+            "not json".to_string(),
+        ];
+        let merged = merge_auths(Some(cluster), &pods).unwrap();
+        let auths = parse_authfile(Some(&merged)).unwrap();
+        assert_eq!(auths["quay.io"], ("cluster".into(), "x".into()));
+        assert_eq!(auths["r.example.com"], ("pod".into(), "y".into()));
+        assert_eq!(auths["old.example.com"], ("old".into(), "z".into()));
+        assert_eq!(merge_auths(None, &[]), None);
     }
 
     #[test]
