@@ -586,6 +586,38 @@ async fn bench_verify_preview_of_2000_images() {
             cache.inner().unwrap().requests()
         );
         assert_eq!(accepted, running.len());
+        // What admission does for a new key: every image judged again from the cache
+        // (on one thread here; admission spreads it over up to 4).
+        let other = signer();
+        let other_key = base64::engine::general_purpose::STANDARD.encode(&other.pem);
+        let scopes: serde_json::Map<String, serde_json::Value> = hosts
+            .iter()
+            .map(|h| {
+                (
+                    format!("{h}/org"),
+                    json!([{"type": "sigstoreSigned", "keyData": other_key}]),
+                )
+            })
+            .collect();
+        let mut views = views;
+        views.get_mut(&None).unwrap().policy = Policy::parse(
+            &json!({"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": scopes}})
+                .to_string(),
+        )
+        .unwrap();
+        let requests = cache.inner().unwrap().requests();
+        let memo = std::sync::Mutex::new(Memo::default());
+        let t = std::time::Instant::now();
+        let outcomes =
+            cip_webhook::pull::preview::judge_all(&running, &views, "amd64", &cache, &memo).await;
+        let took = t.elapsed();
+        assert!(outcomes.iter().all(|o| o.verdict == "refused"));
+        assert_eq!(cache.inner().unwrap().requests(), requests);
+        println!(
+            "bench: a new key over the same {} digests from the cache, one thread: {took:?} ({:?} per image)",
+            running.len(),
+            took / running.len() as u32
+        );
     }
 }
 
