@@ -106,8 +106,9 @@ fn unix_now() -> i64 {
 }
 
 /// Where a pass's copy for admission goes.
-pub type Publish =
-    Box<dyn Fn(Option<Arc<dyn cip_core::running::Preview>>, Arc<Vec<u8>>) + Send + Sync>;
+pub type Publish = Box<
+    dyn Fn(Option<Arc<dyn cip_core::running::Preview>>, crate::state::RunningImages) + Send + Sync,
+>;
 
 /// Runs passes while this replica leads, for the life of the process.
 pub async fn run(
@@ -250,11 +251,22 @@ impl Pass<'_> {
         registries.report(self.metrics);
         let written = writer.write(inputs, &judged.tallies, false, leading).await;
         let stale_after = 3 * self.options.interval.as_secs() as i64 + 60;
-        let transfer = Transfer::of(&judged, &registries.cache, unix_now(), stale_after);
-        let bytes = Arc::new(serde_json::to_vec(&transfer).unwrap_or_default());
+        let taken_at = unix_now();
+        let images = Arc::new(Transfer::judgements(&judged));
+        let cache = Arc::clone(&registries.cache);
+        let bytes: crate::state::RunningImages = Arc::new(move || {
+            let transfer = Transfer {
+                taken_at,
+                stale_after,
+                images: images.to_vec(),
+                cache: cache.save(),
+            };
+            serde_json::to_vec(&transfer).unwrap_or_default()
+        });
         // A process that serves no admission keeps only what replicas copy.
         let copy = if self.options.serves_admission {
             let options = self.options.render.clone();
+            let transfer = Transfer::of(&judged, &registries.cache, taken_at, stale_after);
             Copy::from_transfer(
                 Arc::clone(inputs),
                 plan.clone(),

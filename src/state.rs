@@ -27,8 +27,12 @@ pub struct ProcessState {
     preview: RwLock<Option<Arc<dyn cip_core::running::Preview>>>,
     /// The lease holder's last judgement of the running images, as served to admission
     /// replicas (`/running-images`).
-    running_images: RwLock<Option<Arc<Vec<u8>>>>,
+    running_images: RwLock<Option<RunningImages>>,
 }
+
+/// Writes the running-images copy when asked: made at each request from the live cache
+/// rather than kept as a second copy of it beside the cache.
+pub type RunningImages = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 
 impl ProcessState {
     pub fn new(serves_admission: bool) -> ProcessState {
@@ -107,17 +111,20 @@ impl ProcessState {
             .clone()
     }
 
-    pub fn set_running_images(&self, copy: Arc<Vec<u8>>) {
+    pub fn set_running_images(&self, copy: RunningImages) {
         *self
             .running_images
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(copy);
     }
 
-    pub fn running_images(&self) -> Option<Arc<Vec<u8>>> {
-        self.running_images
+    /// The copy's bytes, written now (blocking: the cache is serialised).
+    pub fn running_images(&self) -> Option<Vec<u8>> {
+        let source = self
+            .running_images
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone()?;
+        Some(source())
     }
 }

@@ -115,7 +115,7 @@ pub struct Transfer {
     pub cache: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Judgement {
     pub pool: String,
@@ -135,7 +135,17 @@ impl Transfer {
         taken_at: i64,
         stale_after: i64,
     ) -> Transfer {
-        let images = judged
+        Transfer {
+            taken_at,
+            stale_after,
+            images: Transfer::judgements(judged),
+            cache: cache.save(),
+        }
+    }
+
+    /// Each distinct image's verdict of the pass.
+    pub fn judgements(judged: &Judged) -> Vec<Judgement> {
+        judged
             .reports
             .iter()
             .map(|(p, r)| Judgement {
@@ -146,13 +156,7 @@ impl Transfer {
                 digest: r.running.digest.clone(),
                 verdict: r.current.verdict.clone(),
             })
-            .collect();
-        Transfer {
-            taken_at,
-            stale_after,
-            images,
-            cache: cache.save(),
-        }
+            .collect()
     }
 }
 

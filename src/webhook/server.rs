@@ -514,10 +514,15 @@ pub fn ops_router_full(
 
 /// The last running-images judgement, as admission replicas copy it.
 async fn running_images(State(app): State<Arc<App>>) -> Response {
-    match app.state.running_images() {
+    let state = Arc::clone(&app.state);
+    let bytes = tokio::task::spawn_blocking(move || state.running_images())
+        .await
+        .ok()
+        .flatten();
+    match bytes {
         Some(bytes) => (
             [(header::CONTENT_TYPE, "application/json")],
-            Body::from(bytes.as_ref().clone()),
+            Body::from(bytes),
         )
             .into_response(),
         None => (
