@@ -875,11 +875,7 @@ pub fn explain(
 ) -> Result<ExitCode> {
     let (inputs, input, distinct) = read_from(from)?;
     let runs = runs_on(distinct.as_ref(), image, pool, namespace);
-    let loaded = Loaded {
-        inputs,
-        ..Default::default()
-    };
-    let plan = render::plan(&loaded.inputs, options)?;
+    let plan = render::plan(&inputs, options)?;
     if let Some(p) = plan
         .pools
         .iter()
@@ -889,9 +885,9 @@ pub fn explain(
     }
     // What the nodes of the pool get: every MachineConfig once the plan is written,
     // merged as the MCO merges them (custom pools take the worker role's first).
-    let Some(pool_object) = render::find_pool(&loaded.inputs.pools, pool) else {
+    let Some(pool_object) = render::find_pool(&inputs.pools, pool) else {
         let mut names: Vec<String> = plan.pools.iter().map(|p| p.pool.clone()).collect();
-        names.extend(loaded.inputs.pools.iter().map(|p| p.metadata.name.clone()));
+        names.extend(inputs.pools.iter().map(|p| p.metadata.name.clone()));
         names.sort();
         names.dedup();
         bail!(
@@ -899,7 +895,7 @@ pub fn explain(
             names.join(", ")
         );
     };
-    let after = render::machine_configs_after(&loaded.inputs, &plan);
+    let after = render::machine_configs_after(&inputs, &plan);
     let (path, source, text) =
         render::node_policy_file(&pool_object, &after, namespace).map_err(anyhow::Error::msg)?;
     let in_namespace_file = path != POLICY_JSON_PATH;
@@ -907,7 +903,7 @@ pub fn explain(
     let e = explain::explain(&policy, image).map_err(anyhow::Error::msg)?;
     let mut from = explain::policies_behind(
         &plan,
-        &loaded.inputs,
+        &inputs,
         e.matched.as_deref(),
         namespace,
         in_namespace_file,
@@ -997,19 +993,10 @@ fn unix_now() -> i64 {
 pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<ExitCode> {
     let (inputs, _, distinct) = read_from(args.from)?;
     let runs = runs_on(distinct.as_ref(), args.image, args.pool, args.namespace);
-    let loaded = Loaded {
-        inputs,
-        ..Default::default()
-    };
-    let plan = render::plan(&loaded.inputs, options)?;
-    let node = cip_webhook::pull::verify::node_view(
-        &loaded.inputs,
-        &plan,
-        args.pool,
-        args.namespace,
-        unix_now(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let plan = render::plan(&inputs, options)?;
+    let node =
+        cip_webhook::pull::verify::node_view(&inputs, &plan, args.pool, args.namespace, unix_now())
+            .map_err(anyhow::Error::msg)?;
     let authfile = match args.authfile {
         Some(path) => {
             Some(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
@@ -1039,7 +1026,7 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
         ))
         .map_err(anyhow::Error::msg)?;
     let openshift = args.openshift_version.map(str::to_string).or_else(|| {
-        let cv = loaded.inputs.cluster_version.as_ref()?;
+        let cv = inputs.cluster_version.as_ref()?;
         cv.current_version().map(str::to_string)
     });
     if let Some(version) = openshift {
