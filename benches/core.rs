@@ -271,15 +271,15 @@ fn bench_judge(c: &mut Criterion) {
     };
     let requirements = [requirement];
     assert_eq!(
-        judge::judge(&requirements, &pull, &mut Memo::default()).verdict,
+        judge::judge(&requirements, &pull, &Memo::default()).verdict,
         judge::Verdict::Accepted
     );
     c.bench_function("judge one P-256 layer", |b| {
-        b.iter(|| judge::judge(&requirements, &pull, &mut Memo::default()))
+        b.iter(|| judge::judge(&requirements, &pull, &Memo::default()))
     });
-    let mut memo = Memo::default();
+    let memo = Memo::default();
     c.bench_function("judge one P-256 layer, memoized", |b| {
-        b.iter(|| judge::judge(&requirements, &pull, &mut memo))
+        b.iter(|| judge::judge(&requirements, &pull, &memo))
     });
 }
 
@@ -351,10 +351,10 @@ fn bench_judge_keyless(c: &mut Criterion) {
             now,
         };
         let requirements = [requirement];
-        let verdict = judge::judge(&requirements, &pull, &mut Memo::default()).verdict;
+        let verdict = judge::judge(&requirements, &pull, &Memo::default()).verdict;
         assert_eq!(verdict, judge::Verdict::Accepted, "{name}");
         c.bench_function(name, |b| {
-            b.iter(|| judge::judge(&requirements, &pull, &mut Memo::default()))
+            b.iter(|| judge::judge(&requirements, &pull, &Memo::default()))
         });
     }
 }

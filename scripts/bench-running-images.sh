@@ -5,7 +5,7 @@
 # Prints the first full pass's time, the reconciler's RSS with and without the pass, the
 # registry's request count, and admission latencies for a new key over every digest (the
 # test fails if admission sent the registry a single request). Sizes:
-# CIP_BENCH_PODS, CIP_BENCH_DIGESTS.
+# CIP_BENCH_PODS, CIP_BENCH_DIGESTS; CIP_BENCH_KEYLESS=1 signs the digests keyless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/upstream.sh --quiet

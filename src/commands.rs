@@ -1009,7 +1009,7 @@ pub fn verify(args: &VerifyArgs, options: &RenderOptions, json: bool) -> Result<
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let memo = std::sync::Mutex::default();
+    let memo = cip_sigstore::judge::Memo::default();
     // Where it runs, the digest most containers run is judged, on their architecture (as
     // the RunningImagesAccepted condition judges it); elsewhere what the tag names now.
     let running = runs
@@ -1151,7 +1151,7 @@ pub fn preview(args: &PreviewArgs, options: &RenderOptions, json: bool) -> Resul
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let memo = std::sync::Mutex::default();
+    let memo = cip_sigstore::judge::Memo::default();
     let (before, proposed) = runtime.block_on(async {
         let before = p::judge_all(&running, &current.views, args.arch, &cache, &memo).await;
         let proposed = match &after {

@@ -17,6 +17,8 @@ use crate::metrics::Metrics;
 use crate::pull::cache::{Bounds, Cached, Retention, Stats};
 use crate::pull::impact::{Copy, Transfer};
 use crate::pull::registry::Client;
+use cip_core::render::Inputs;
+use cip_sigstore::judge::Memo;
 
 #[derive(Debug, Clone)]
 pub struct ImpactOptions {
@@ -122,6 +124,8 @@ pub async fn run(
 ) {
     let index = crate::k8s::pods::spawn(client.clone());
     let mut registries: Option<Registries> = None;
+    // Kept across passes: a pass verifies only the signatures it has not met.
+    let memo = Arc::new(Memo::default());
     loop {
         let mut wait = options.interval;
         if leadership.is_leader() {
@@ -133,6 +137,7 @@ pub async fn run(
                     metrics: &metrics,
                     options: &options,
                     publish: &publish,
+                    memo: &memo,
                 };
                 let deferred;
                 (registries, deferred) = pass
@@ -161,6 +166,7 @@ struct Pass<'a> {
     metrics: &'a Metrics,
     options: &'a ImpactOptions,
     publish: &'a Publish,
+    memo: &'a Arc<Memo>,
 }
 
 impl Pass<'_> {
@@ -242,7 +248,8 @@ impl Pass<'_> {
         let distinct = index.distinct(&inputs.pools);
         let now = unix_now();
         let judged =
-            crate::pull::impact::judge(inputs, plan, &distinct, &*registries.cache, now).await;
+            crate::pull::impact::judge(inputs, plan, &distinct, &*registries.cache, now, self.memo)
+                .await;
         let seconds = started.elapsed().as_secs_f64();
         let refusing = judged.tallies.iter().filter(|t| t.refused > 0).count();
         self.metrics
@@ -273,6 +280,7 @@ impl Pass<'_> {
                 options,
                 transfer,
                 unix_now,
+                Arc::clone(self.memo),
             )
             .map(|c| Some(Arc::new(c) as Arc<dyn cip_core::running::Preview>))
         } else {
@@ -341,16 +349,22 @@ pub async fn follow(
         }
     };
     let mut last: Option<Arc<Vec<u8>>> = None;
+    let mut loaded_from: Option<(Arc<Vec<u8>>, Arc<Inputs>)> = None;
+    let memo = Arc::new(Memo::default());
     loop {
         match fetch_copy(&client, &from).await {
-            Ok(bytes) => last = Some(Arc::new(bytes)),
+            Ok(bytes) if last.as_deref() != Some(&bytes) => last = Some(Arc::new(bytes)),
+            Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %e, url = %from.url, "running-images copy not fetched")
             }
         }
         let current = desired.borrow_and_update().ready().cloned();
         if let (Some(bytes), Some(d)) = (&last, current) {
-            if let Ok(plan) = &d.plan {
+            let same = loaded_from
+                .as_ref()
+                .is_some_and(|(b, i)| Arc::ptr_eq(b, bytes) && Arc::ptr_eq(i, &d.inputs));
+            if let (false, Ok(plan)) = (same, &d.plan) {
                 let loaded = serde_json::from_slice::<Transfer>(bytes)
                     .map_err(|e| e.to_string())
                     .and_then(|t| {
@@ -360,10 +374,18 @@ pub async fn follow(
                             render.clone(),
                             t,
                             unix_now,
+                            Arc::clone(&memo),
                         )
                     });
                 match loaded {
-                    Ok(copy) => state.set_preview(Some(Arc::new(copy))),
+                    Ok(copy) => {
+                        let copy = Arc::new(copy);
+                        state.set_preview(Some(
+                            Arc::clone(&copy) as Arc<dyn cip_core::running::Preview>
+                        ));
+                        loaded_from = Some((Arc::clone(bytes), Arc::clone(&d.inputs)));
+                        warm(copy, &memo).await;
+                    }
                     Err(e) => tracing::warn!(error = %e, "the running-images copy does not load"),
                 }
             }
@@ -372,6 +394,21 @@ pub async fn follow(
             () = tokio::time::sleep(from.every) => {}
             r = desired.changed() => if r.is_err() { return },
         }
+    }
+}
+
+/// Checks the signatures of the keys in force ahead of any review, on a blocking thread.
+async fn warm(copy: Arc<Copy>, memo: &Memo) {
+    let started = std::time::Instant::now();
+    let before = memo.len();
+    match tokio::task::spawn_blocking(move || copy.warm()).await {
+        Ok(judged) => tracing::debug!(
+            judged,
+            checks = memo.len().saturating_sub(before),
+            took_ms = started.elapsed().as_millis() as u64,
+            "running-images copy warmed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "warming the running-images copy failed"),
     }
 }
 

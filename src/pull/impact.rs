@@ -3,7 +3,7 @@
 //! the caller's [`Source`] (bounded and cached); the verdicts are `cip_sigstore`'s.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +16,7 @@ use cip_sigstore::judge::Memo;
 use crate::pull::cache::Cached;
 use crate::pull::preview::{judge_all, tally, views, ImageReport};
 use crate::pull::registry::{Client, Source};
-use crate::pull::verify::{verify_pinned, Outcome};
+use crate::pull::verify::{same_pull, verify_pinned, Outcome};
 
 /// One pass's verdicts.
 #[derive(Debug, Default)]
@@ -49,8 +49,8 @@ pub async fn judge<S: Source + Send + Sync>(
     distinct: &Distinct,
     source: &S,
     now: i64,
+    memo: &Memo,
 ) -> Judged {
-    let memo = Mutex::new(Memo::default());
     let mut judged = Judged::default();
     for (placement, images) in &distinct.images {
         let running: Vec<Running> = images.keys().cloned().collect();
@@ -64,7 +64,7 @@ pub async fn judge<S: Source + Send + Sync>(
                 continue;
             }
         };
-        let outcomes = judge_all(&running, &views, &placement.arch, source, &memo).await;
+        let outcomes = judge_all(&running, &views, &placement.arch, source, memo).await;
         for (r, current) in running.into_iter().zip(outcomes) {
             let policies = explain::policies_behind(
                 plan,
@@ -102,6 +102,9 @@ pub struct Copy {
     pub stale_after: i64,
     /// The clock, read at the edge for each question.
     pub clock: fn() -> i64,
+    /// Signature checks made for earlier questions, handed from copy to copy: an edit that
+    /// keeps the keys it covers verifies nothing again.
+    pub memo: Arc<Memo>,
 }
 
 /// A pass's judgement as admission replicas copy it (`/running-images`).
@@ -168,6 +171,7 @@ impl Copy {
         options: RenderOptions,
         t: Transfer,
         clock: fn() -> i64,
+        memo: Arc<Memo>,
     ) -> Result<Copy, String> {
         let cache = Cached::new(None);
         cache.load(&t.cache)?;
@@ -196,7 +200,18 @@ impl Copy {
             taken_at: t.taken_at,
             stale_after: t.stale_after,
             clock,
+            memo,
         })
+    }
+
+    /// Judges every image under the cluster as it is, so that the signature checks of the
+    /// keys in force are in the memo before a review needs them. Returns how many images
+    /// it judged.
+    pub fn warm(&self) -> usize {
+        let now = (self.clock)();
+        let all = self.before.keys().collect();
+        self.judge_change(&self.inputs, &self.plan, all, false, &|| false, now)
+            .judged
     }
 
     /// What a warning says instead of judging from a copy too old to speak for the cluster.
@@ -266,14 +281,8 @@ impl cip_core::running::Preview for Copy {
         let Ok(plan) = render::plan(&inputs, &self.options) else {
             return Vec::new();
         };
-        let change = self.judge_change(
-            &inputs,
-            &plan,
-            Some(&scopes),
-            namespace.as_deref(),
-            expired,
-            now,
-        );
+        let affected = self.affected(Some(&scopes), namespace.as_deref());
+        let change = self.judge_change(&inputs, &plan, affected, true, expired, now);
         change.warning().into_iter().collect()
     }
 
@@ -298,7 +307,8 @@ impl cip_core::running::Preview for Copy {
             return Vec::new();
         };
         let scopes = registry_list_change(&before, after);
-        let change = self.judge_change(&inputs, &plan, scopes.as_deref(), None, expired, now);
+        let affected = self.affected(scopes.as_deref(), None);
+        let change = self.judge_change(&inputs, &plan, affected, true, expired, now);
         change.warning().into_iter().collect()
     }
 }
@@ -366,17 +376,13 @@ impl Change {
 type PoolViews = BTreeMap<String, crate::pull::preview::Views>;
 
 impl Copy {
-    /// The images the change touches (by scope, and namespace for an ImagePolicy), judged
-    /// after it on as many threads as there are cores (up to 4), each from the copy.
-    fn judge_change(
+    /// The images a change touches: by scope (every image for `None`), and by namespace
+    /// for an ImagePolicy.
+    fn affected(
         &self,
-        inputs: &Inputs,
-        plan: &Plan,
         scopes: Option<&[String]>,
         namespace: Option<&str>,
-        expired: &(dyn Fn() -> bool + Sync),
-        now: i64,
-    ) -> Change {
+    ) -> Vec<&(Placement, Running)> {
         let touched = |r: &Running| {
             namespace.is_none_or(|ns| r.namespace.as_deref() == Some(ns))
                 && scopes.is_none_or(|scopes| {
@@ -387,24 +393,45 @@ impl Copy {
                     })
                 })
         };
-        let affected: Vec<&(Placement, Running)> =
-            self.before.keys().filter(|(_, r)| touched(r)).collect();
+        self.before.keys().filter(|(_, r)| touched(r)).collect()
+    }
+
+    /// The images the change touches, judged after it on as many threads as there are
+    /// cores (up to 4), each from the copy. With `unchanged_pass`, an image whose pull
+    /// meets the same requirements, mirrors and attachments after the change as before
+    /// keeps its verdict unjudged: the change cannot move it.
+    fn judge_change(
+        &self,
+        inputs: &Inputs,
+        plan: &Plan,
+        affected: Vec<&(Placement, Running)>,
+        unchanged_pass: bool,
+        expired: &(dyn Fn() -> bool + Sync),
+        now: i64,
+    ) -> Change {
         let namespaces: Vec<Option<String>> =
             affected.iter().map(|(_, r)| r.namespace.clone()).collect();
-        let mut pools = PoolViews::new();
-        for (placement, _) in &affected {
-            if !pools.contains_key(&placement.pool) {
-                if let Ok(v) = views(inputs, plan, &placement.pool, &namespaces, now) {
-                    pools.insert(placement.pool.clone(), v);
+        let pool_views = |inputs: &Inputs, plan: &Plan| {
+            let mut pools = PoolViews::new();
+            for (placement, _) in &affected {
+                if !pools.contains_key(&placement.pool) {
+                    if let Ok(v) = views(inputs, plan, &placement.pool, &namespaces, now) {
+                        pools.insert(placement.pool.clone(), v);
+                    }
                 }
             }
-        }
+            pools
+        };
+        let pools = pool_views(inputs, plan);
+        let before = unchanged_pass.then(|| pool_views(&self.inputs, &self.plan));
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let per = affected.len().div_ceil(threads).max(1);
         let parts: Vec<Change> = std::thread::scope(|scope| {
             let handles: Vec<_> = affected
                 .chunks(per)
-                .map(|chunk| scope.spawn(|| self.judge_part(chunk, &pools, expired)))
+                .map(|chunk| {
+                    scope.spawn(|| self.judge_part(chunk, &pools, before.as_ref(), expired))
+                })
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
@@ -429,6 +456,7 @@ impl Copy {
         &self,
         part: &[&(Placement, Running)],
         pools: &PoolViews,
+        before: Option<&PoolViews>,
         expired: &(dyn Fn() -> bool + Sync),
     ) -> Change {
         let mut change = Change::default();
@@ -436,7 +464,6 @@ impl Copy {
             change.cut_short = true;
             return change;
         };
-        let memo = Mutex::new(Memo::default());
         for (placement, running) in part {
             if expired() {
                 change.cut_short = true;
@@ -449,13 +476,22 @@ impl Copy {
                 .get(&running.namespace)
                 .or_else(|| view.get(&None))
                 .expect("the cluster-wide view");
+            let old = before
+                .and_then(|b| b.get(&placement.pool))
+                .and_then(|v| v.get(&running.namespace).or_else(|| v.get(&None)));
+            if old
+                .is_some_and(|old| same_pull(old, node, &running.image, running.digest.as_deref()))
+            {
+                change.judged += 1;
+                continue;
+            }
             let judged = runtime.block_on(verify_pinned(
                 node,
                 &running.image,
                 running.digest.as_deref(),
                 &placement.arch,
                 &self.cache,
-                &memo,
+                &self.memo,
             ));
             let after = judged
                 .unwrap_or_else(|why| Outcome::unusable(&running.image, &node.policy_file, why));
@@ -529,7 +565,15 @@ mod tests {
         };
         let inputs = Arc::new(Inputs::default());
         let plan = render::plan(&inputs, &RenderOptions::default()).unwrap();
-        Copy::from_transfer(inputs, plan, RenderOptions::default(), t, clock).unwrap()
+        Copy::from_transfer(
+            inputs,
+            plan,
+            RenderOptions::default(),
+            t,
+            clock,
+            Arc::default(),
+        )
+        .unwrap()
     }
 
     const POLICY: &str = r#"{"apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",

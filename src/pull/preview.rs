@@ -6,7 +6,6 @@
 //! from a saved cache needs no registry at all.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -123,7 +122,7 @@ pub async fn judge_all<S: Source + Send + Sync>(
     views: &Views,
     arch: &str,
     source: &S,
-    memo: &Mutex<Memo>,
+    memo: &Memo,
 ) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; images.len()];
     let judged: Vec<(usize, Outcome)> =

@@ -7,7 +7,6 @@
 //! `Unknown`, never a refusal.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -18,7 +17,6 @@ use cip_core::registries_conf::{Reference, RegistriesConf};
 use cip_core::render::{self, Inputs, Plan};
 use cip_sigstore::judge::{self, EntryVerdict, Layer, Memo, Pull, Verdict};
 
-use crate::pull::lock;
 use crate::pull::registry::{FetchError, Source, MAX_SIGNATURE};
 
 /// What the nodes of one pool hold, as far as a pull's verdict goes.
@@ -168,7 +166,7 @@ pub async fn verify<S: Source>(
     image: &str,
     arch: &str,
     source: &S,
-    memo: &Mutex<Memo>,
+    memo: &Memo,
 ) -> Result<Outcome, String> {
     verify_pinned(node, image, None, arch, source, memo).await
 }
@@ -181,7 +179,7 @@ pub async fn verify_pinned<S: Source>(
     pinned: Option<&str>,
     arch: &str,
     source: &S,
-    memo: &Mutex<Memo>,
+    memo: &Memo,
 ) -> Result<Outcome, String> {
     let intended = cip_sigstore::identity::pulled_reference(image)?;
     let e = explain::explain(&node.policy, image)?;
@@ -195,7 +193,7 @@ pub async fn verify_pinned<S: Source>(
             layers: &[],
             now: node.now,
         };
-        let verdict = judge::judge(&e.requirements, &pull, &mut lock(memo));
+        let verdict = judge::judge(&e.requirements, &pull, memo);
         out.no_signature_required = verdict.no_signature_required;
         return Ok(out.decided(&verdict.verdict));
     }
@@ -209,7 +207,7 @@ pub async fn verify_pinned<S: Source>(
         layers: &fetched.layers,
         now: node.now,
     };
-    let verdict = judge::judge(&e.requirements, &pull, &mut lock(memo));
+    let verdict = judge::judge(&e.requirements, &pull, memo);
     out.layers = layer_outcomes(&verdict);
     out.accepted_until = verdict.accepted_until;
     Ok(out.decided(&verdict.verdict))
@@ -265,6 +263,55 @@ const INDEX_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
+/// Whether `image` is pulled under the same requirements, from the same sources, with
+/// attachments read at the same ones in both views: then what [`verify_pinned`] decides
+/// is the same in both. False when either cannot tell.
+pub fn same_pull(before: &NodeView, after: &NodeView, image: &str, pinned: Option<&str>) -> bool {
+    let requirements = |v: &NodeView| explain::explain(&v.policy, image).map(|e| e.requirements);
+    if before.registries != after.registries || before.now != after.now {
+        return false;
+    }
+    if !matches!((requirements(before), requirements(after)), (Ok(a), Ok(b)) if a == b) {
+        return false;
+    }
+    let Ok(intended) = cip_sigstore::identity::pulled_reference(image) else {
+        return false;
+    };
+    match pull_sources(after, &intended, pinned) {
+        Ok(sources) => sources.iter().all(|(_, physical)| {
+            uses_attachments(&before.attachments, physical)
+                == uses_attachments(&after.attachments, physical)
+        }),
+        Err(_) => false,
+    }
+}
+
+/// The references a pull tries, in order (`sysregistriesv2`'s pull sources).
+fn pull_sources(
+    node: &NodeView,
+    intended: &Reference,
+    pinned: Option<&str>,
+) -> Result<Vec<(cip_core::registries_conf::Endpoint, Reference)>, String> {
+    let wanted = match pinned {
+        Some(digest) => Reference {
+            name: intended.name.clone(),
+            tag: None,
+            digest: Some(digest.to_string()),
+        },
+        None => intended.clone(),
+    };
+    Ok(match node.registries.find_registry(&wanted.name) {
+        Some(registry) => registry.pull_sources(&wanted)?,
+        None => vec![(
+            cip_core::registries_conf::Endpoint {
+                location: String::new(),
+                pull_from: None,
+            },
+            wanted,
+        )],
+    })
+}
+
 /// `newImageSource` over the pull sources, then the instance and the attachment.
 async fn fetch<S: Source>(
     node: &NodeView,
@@ -274,24 +321,7 @@ async fn fetch<S: Source>(
     source: &S,
     out: &mut Outcome,
 ) -> Result<Fetched, String> {
-    let wanted = match pinned {
-        Some(digest) => Reference {
-            name: intended.name.clone(),
-            tag: None,
-            digest: Some(digest.to_string()),
-        },
-        None => intended.clone(),
-    };
-    let sources = match node.registries.find_registry(&wanted.name) {
-        Some(registry) => registry.pull_sources(&wanted)?,
-        None => vec![(
-            cip_core::registries_conf::Endpoint {
-                location: String::new(),
-                pull_from: None,
-            },
-            wanted.clone(),
-        )],
-    };
+    let sources = pull_sources(node, intended, pinned)?;
     let reference = |r: &Reference| r.digest.clone().or(r.tag.clone()).unwrap_or_default();
     let mut found = None;
     for (_, physical) in &sources {

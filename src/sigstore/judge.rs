@@ -6,6 +6,7 @@
 //! reads a registry, a file or the clock.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -16,7 +17,7 @@ use crate::gojson::decode_go_std_base64;
 use crate::identity;
 use crate::keys::{Check, PublicKey};
 use crate::payload;
-use crate::trust;
+use crate::trust::{self, Candidates};
 
 /// `signature.SigstoreSignatureMIMEType`.
 pub const SIGNATURE_MIME_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -112,30 +113,89 @@ pub fn needs_signatures(requirements: &[Requirement]) -> bool {
         .any(|r| matches!(r, Requirement::SigstoreSigned(_) | Requirement::SignedBy(_)))
 }
 
-/// Signature checks already made, keyed by (key, payload, signature): a preview that
-/// meets the same layer again does not verify it again.
+/// Signature checks already made, per key, by a SHA-256 of (payload, signature): a
+/// preview that meets the same layer again, on any thread, does not verify it again. An
+/// admission replica keeps one across reviews, so an edit that keeps a policy's keys checks
+/// no signature twice. Past [`MEMO_ENTRIES`] checks it starts over.
 #[derive(Default)]
 pub struct Memo {
-    checks: HashMap<(PublicKey, Vec<u8>, Vec<u8>), Check>,
+    checks: Mutex<Checks>,
 }
 
+#[derive(Default)]
+struct Checks {
+    by_key: HashMap<PublicKey, HashMap<[u8; 32], Check>>,
+    /// A layer's candidate keys under a trust root that does not read the clock (a Rekor
+    /// SET, a Fulcio chain at the SET's time), by a SHA-256 of (requirement, layer).
+    candidates: HashMap<[u8; 32], Result<Candidates, Check>>,
+    len: usize,
+}
+
+/// About 130 bytes each: a memo stays under 4 MiB.
+pub const MEMO_ENTRIES: usize = 32_768;
+
 impl Memo {
-    fn verify(&mut self, key: &PublicKey, message: &[u8], signature: &[u8]) -> Check {
-        let k = (key.clone(), message.to_vec(), signature.to_vec());
-        if let Some(c) = self.checks.get(&k) {
+    fn verify(&self, key: &PublicKey, message: &[u8], signature: &[u8]) -> Check {
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        hash.update(&(message.len() as u64).to_be_bytes());
+        hash.update(message);
+        hash.update(signature);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(hash.finish().as_ref());
+        if let Some(c) = self.map().by_key.get(key).and_then(|m| m.get(&digest)) {
             return c.clone();
         }
+        // Checked outside the lock: other threads' lookups do not wait for the curve.
         let c = key.verify(message, signature);
-        self.checks.insert(k, c.clone());
+        let mut checks = self.map();
+        if checks.len >= MEMO_ENTRIES {
+            *checks = Checks::default();
+        }
+        let added = match checks.by_key.get_mut(key) {
+            Some(m) => m.insert(digest, c.clone()).is_none(),
+            None => {
+                checks
+                    .by_key
+                    .insert(key.clone(), HashMap::from([(digest, c.clone())]));
+                true
+            }
+        };
+        checks.len += usize::from(added);
         c
     }
 
+    /// `compute`'s answer for the layer fingerprinted `key`, once.
+    fn candidates(
+        &self,
+        key: [u8; 32],
+        compute: impl FnOnce() -> Result<Candidates, Check>,
+    ) -> Result<Candidates, Check> {
+        if let Some(c) = self.map().candidates.get(&key) {
+            return c.clone();
+        }
+        let c = compute();
+        let mut checks = self.map();
+        if checks.len >= MEMO_ENTRIES {
+            *checks = Checks::default();
+        }
+        if checks.candidates.insert(key, c.clone()).is_none() {
+            checks.len += 1;
+        }
+        c
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, Checks> {
+        self.checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn len(&self) -> usize {
-        self.checks.len()
+        self.map().len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.checks.is_empty()
+        self.len() == 0
     }
 }
 
@@ -152,7 +212,7 @@ pub struct Pull<'a> {
 }
 
 /// `PolicyContext.IsRunningImageAllowed` over one entry's requirements.
-pub fn judge(requirements: &[Requirement], pull: &Pull, memo: &mut Memo) -> EntryVerdict {
+pub fn judge(requirements: &[Requirement], pull: &Pull, memo: &Memo) -> EntryVerdict {
     if requirements.is_empty() {
         return EntryVerdict {
             verdict: Verdict::Refused(
@@ -187,11 +247,7 @@ pub fn judge(requirements: &[Requirement], pull: &Pull, memo: &mut Memo) -> Entr
     }
 }
 
-fn judge_requirement(
-    requirement: &Requirement,
-    pull: &Pull,
-    memo: &mut Memo,
-) -> RequirementVerdict {
+fn judge_requirement(requirement: &Requirement, pull: &Pull, memo: &Memo) -> RequirementVerdict {
     let mut accepted_until = None;
     let (name, verdict, layers) = match requirement {
         Requirement::InsecureAcceptAnything => {
@@ -229,7 +285,7 @@ fn judge_requirement(
 fn sigstore_signed(
     requirement: &SigstoreSigned,
     pull: &Pull,
-    memo: &mut Memo,
+    memo: &Memo,
 ) -> (Verdict, Vec<LayerVerdict>, Option<i64>) {
     let mut layers = Vec::new();
     let mut reasons = Vec::new();
@@ -280,7 +336,7 @@ fn signature_accepted(
     requirement: &SigstoreSigned,
     pull: &Pull,
     layer: &Layer,
-    memo: &mut Memo,
+    memo: &Memo,
 ) -> (Verdict, Option<i64>) {
     let root = match trust::root(requirement) {
         Ok(root) => root,
@@ -292,16 +348,41 @@ fn signature_accepted(
             None,
         );
     };
-    let candidates =
-        match trust::candidates(&root, &layer.annotations, b64, &layer.payload, pull.now) {
-            Ok(c) => c,
-            Err(check) => return (check_verdict(check), None),
-        };
+    let compute = || trust::candidates(&root, &layer.annotations, b64, &layer.payload, pull.now);
+    let candidates = match &root {
+        // Keys alone need no check; chains verified at the node's clock are checked each time.
+        trust::Root::Keys { rekor: None, .. } | trust::Root::Pki { .. } => compute(),
+        _ => memo.candidates(fingerprint(requirement, layer), compute),
+    };
+    let candidates = match candidates {
+        Ok(c) => c,
+        Err(check) => return (check_verdict(check), None),
+    };
     let verdict = payload_accepted(requirement, pull, layer, &candidates.keys, b64, memo);
     let until = (verdict == Verdict::Accepted)
         .then_some(candidates.valid_until)
         .flatten();
     (verdict, until)
+}
+
+/// A SHA-256 of the requirement and everything of the layer: what its candidates are a
+/// function of, when the trust root reads no clock.
+fn fingerprint(requirement: &SigstoreSigned, layer: &Layer) -> [u8; 32] {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        hash.update(&(bytes.len() as u64).to_be_bytes());
+        hash.update(bytes);
+    };
+    // Its Debug form is every field, key and CA bytes in full.
+    field(format!("{requirement:?}").as_bytes());
+    field(&layer.payload);
+    for (k, v) in &layer.annotations {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(hash.finish().as_ref());
+    out
 }
 
 fn check_verdict(check: Check) -> Verdict {
@@ -319,7 +400,7 @@ fn payload_accepted(
     layer: &Layer,
     keys: &[PublicKey],
     b64: &str,
-    memo: &mut Memo,
+    memo: &Memo,
 ) -> Verdict {
     let signature = match decode_go_std_base64(b64) {
         Ok(s) => s,
@@ -481,7 +562,7 @@ mod tests {
                 layers,
                 now: 0,
             };
-            judge(requirements, &pull, &mut Memo::default()).verdict
+            judge(requirements, &pull, &Memo::default()).verdict
         }
     }
 
@@ -682,7 +763,7 @@ mod tests {
         let free = judge(
             &[Requirement::InsecureAcceptAnything],
             &pull,
-            &mut Memo::default(),
+            &Memo::default(),
         );
         assert!(free.no_signature_required && free.verdict == Verdict::Accepted);
     }
@@ -725,9 +806,9 @@ mod tests {
             layers: std::slice::from_ref(&layer),
             now: 0,
         };
-        let mut memo = Memo::default();
-        judge(&[c.requirement()], &pull, &mut memo);
-        judge(&[c.requirement()], &pull, &mut memo);
+        let memo = Memo::default();
+        judge(&[c.requirement()], &pull, &memo);
+        judge(&[c.requirement()], &pull, &memo);
         assert_eq!(memo.len(), 1);
     }
 }

@@ -51,6 +51,7 @@ pub struct Pool {
 
 /// The keys a layer's payload signature is checked with, and for a PKI chain the time
 /// the chain stops verifying.
+#[derive(Debug, Clone)]
 pub struct Candidates {
     pub keys: Vec<PublicKey>,
     pub valid_until: Option<i64>,

@@ -156,7 +156,7 @@ fn our_judge_agrees_with_containers_image_on_its_fixtures() {
                 let ours = cip_sigstore::judge::judge(
                     &[requirement],
                     &pull,
-                    &mut cip_sigstore::judge::Memo::default(),
+                    &cip_sigstore::judge::Memo::default(),
                 );
                 let case = format!(
                     "{image} {key} {identity}: containers/image {theirs:?}, we {:?}",
@@ -328,7 +328,7 @@ fn keyless_and_pki_fixtures_get_containers_images_verdicts() {
         let ours = cip_sigstore::judge::judge(
             &[serde_json::from_value(requirement).unwrap()],
             &pull,
-            &mut cip_sigstore::judge::Memo::default(),
+            &cip_sigstore::judge::Memo::default(),
         );
         let case = format!(
             "{image} {root}: containers/image {theirs:?}, we {:?}",

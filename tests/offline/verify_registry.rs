@@ -38,7 +38,7 @@ fn node(host: &str, key_pem: &str) -> NodeView {
 /// `verify` of `image` on `host`'s registry under a policy for `host/org` with `key_pem`.
 async fn verify_on(host: &str, key_pem: &str, image: &str, authfile: Option<&str>) -> Outcome {
     let client = Client::new(vec![host.to_string()], authfile).unwrap();
-    let memo = std::sync::Mutex::new(Memo::default());
+    let memo = Memo::default();
     verify(&node(host, key_pem), image, "amd64", &client, &memo)
         .await
         .unwrap()
@@ -244,7 +244,7 @@ async fn a_registry_under_the_image_crs_additional_trusted_ca() {
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
         let client = Client::with_trusted_cas(Vec::new(), None, &cas).unwrap();
-        let memo = std::sync::Mutex::new(Memo::default());
+        let memo = Memo::default();
         verify(&node(&host, &s.pem), &image, "amd64", &client, &memo)
             .await
             .unwrap()
@@ -281,7 +281,7 @@ async fn a_registry_behind_a_proxy_from_the_environment() {
         cip_webhook::pull::proxy::Connector::with(proxies),
     )
     .unwrap();
-    let memo = std::sync::Mutex::new(Memo::default());
+    let memo = Memo::default();
     let image = format!("{host}/org/app:v1");
     let o = verify(&node(&host, &s.pem), &image, "amd64", &client, &memo)
         .await
@@ -460,7 +460,7 @@ async fn bench_verify_over_loopback() {
     let view = node(&host, &s.pem);
     let image = format!("{host}/org/app:v1");
     let client = Client::new(vec![host.clone()], None).unwrap();
-    let memo = std::sync::Mutex::new(Memo::default());
+    let memo = Memo::default();
     let before = shared.requests.load(Ordering::SeqCst);
     let o = verify(&view, &image, "amd64", &client, &memo)
         .await
@@ -567,7 +567,7 @@ async fn bench_verify_preview_of_2000_images() {
         let cache = cip_webhook::pull::preview::Cached::new(Some(
             Client::new(hosts.clone(), None).unwrap(),
         ));
-        let memo = std::sync::Mutex::new(Memo::default());
+        let memo = Memo::default();
         let t = std::time::Instant::now();
         let outcomes =
             cip_webhook::pull::preview::judge_all(&running, &views, "amd64", &cache, &memo).await;
@@ -606,7 +606,7 @@ async fn bench_verify_preview_of_2000_images() {
         )
         .unwrap();
         let requests = cache.inner().unwrap().requests();
-        let memo = std::sync::Mutex::new(Memo::default());
+        let memo = Memo::default();
         let t = std::time::Instant::now();
         let outcomes =
             cip_webhook::pull::preview::judge_all(&running, &views, "amd64", &cache, &memo).await;
@@ -743,4 +743,229 @@ async fn mirrors_and_namespace_policy_files() {
     assert_eq!(code, 0, "{v} {err}");
     assert_eq!(v["policyFile"], "/etc/containers/policy.json", "{v}");
     assert_eq!(v["noSignatureRequired"], true, "{v}");
+}
+
+/// A replica's copy of a pass over `n` signed digests in one pool (20 namespaces), the
+/// signer, the registry and its host.
+async fn copy_over(n: usize) -> (cip_webhook::pull::impact::Copy, Signer, Shared, String) {
+    use cip_core::render::{self, RenderOptions};
+    use cip_core::running::{Distinct, Placement, Running};
+    use cip_webhook::pull::impact::{judge, Copy, Transfer};
+    let s = signer();
+    let (shared, host) = start(Fake::default()).await;
+    let images = many_signed(&mut shared.fake.lock().unwrap(), &s, &host, n);
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut inputs = cip_webhook::files::load_dir(&examples, &[examples.join("rejected")])
+        .unwrap()
+        .inputs;
+    let mut image = inputs.image.clone().unwrap();
+    image.spec.registry_sources.insecure_registries = vec![host.clone()].into();
+    inputs.image = Some(image);
+    inputs.policies.push(std::sync::Arc::new(
+        serde_json::from_str(&cip("bench", &format!("{host}/org"), &s.pem)).unwrap(),
+    ));
+    let options = RenderOptions::default();
+    let plan = render::plan(&inputs, &options).unwrap();
+    let mut distinct = Distinct::default();
+    let worker = Placement {
+        pool: "worker".into(),
+        arch: "amd64".into(),
+    };
+    for (i, (image, digest)) in images.iter().enumerate() {
+        let running = Running {
+            namespace: Some(format!("ns-{}", i % 20)),
+            image: image.clone(),
+            digest: Some(digest.clone()),
+        };
+        distinct
+            .images
+            .entry(worker.clone())
+            .or_default()
+            .insert(running, 1);
+    }
+    let cache = cip_webhook::pull::preview::Cached::new(Some(
+        Client::new(vec![host.clone()], None).unwrap(),
+    ));
+    let judged = judge(&inputs, &plan, &distinct, &cache, 0, &Memo::default()).await;
+    assert_eq!(judged.by_verdict(), (n, 0, 0), "{:?}", judged.skipped);
+    let transfer = Transfer::of(&judged, &cache, 0, 600);
+    let copy = Copy::from_transfer(
+        std::sync::Arc::new(inputs),
+        plan,
+        options,
+        serde_json::from_str(&serde_json::to_string(&transfer).unwrap()).unwrap(),
+        || 0,
+        Default::default(),
+    )
+    .unwrap();
+    (copy, s, shared, host)
+}
+
+/// What admission checks from a copy: an edit that keeps the key judges no image again
+/// (each image's pull meets the same requirements); a new key checks each signature once,
+/// and the same proposal again checks none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_from_a_copy_checks_each_signature_once() {
+    use cip_core::model::PolicyKind;
+    use cip_core::running::Preview;
+    let (copy, s, shared, host) = copy_over(20).await;
+    let requests = shared.requests.load(Ordering::Relaxed);
+    let change = |proposal: &str| {
+        tokio::task::block_in_place(|| copy.policy_change(PolicyKind::Cluster, proposal, &|| false))
+    };
+    let mut scoped: serde_json::Value =
+        serde_json::from_str(&cip("bench", &format!("{host}/org"), &s.pem)).unwrap();
+    scoped["spec"]["scopes"] = json!([format!("{host}/org"), format!("{host}/elsewhere")]);
+    assert!(change(&scoped.to_string()).is_empty());
+    assert_eq!(
+        copy.memo.len(),
+        0,
+        "the edit that keeps the key judged nothing"
+    );
+    assert_eq!(tokio::task::block_in_place(|| copy.warm()), 20);
+    assert_eq!(copy.memo.len(), 20);
+    let rotation = cip("bench", &format!("{host}/org"), &signer().pem);
+    let w = change(&rotation);
+    assert!(
+        w[0].starts_with("this change newly refuses 20 of 20 covered running images"),
+        "{w:?}"
+    );
+    assert_eq!(copy.memo.len(), 40);
+    assert_eq!(change(&rotation), w);
+    assert_eq!(
+        copy.memo.len(),
+        40,
+        "the same proposal again checked nothing"
+    );
+    assert_eq!(shared.requests.load(Ordering::Relaxed), requests);
+}
+
+/// Admission's new-key judgement as a replica makes it: a copy of a pass over 2,000
+/// signed digests (20 namespaces, one pool), then `policy_change` for a policy over the
+/// same scope with another key, timed cold each time (every signature checked again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_admission_new_key_from_copy() {
+    use cip_core::model::PolicyKind;
+    use cip_core::running::Preview;
+    let n = std::env::var("CIP_BENCH_DIGESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let (copy, s, shared, host) = copy_over(n).await;
+    let requests = shared.requests.load(Ordering::Relaxed);
+    let runs: usize = std::env::var("CIP_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let time = |proposal: &str, newly: usize| {
+        let t = std::time::Instant::now();
+        let w = tokio::task::block_in_place(|| {
+            copy.policy_change(PolicyKind::Cluster, proposal, &|| false)
+        });
+        let took = t.elapsed();
+        match newly {
+            0 => assert!(w.is_empty(), "{w:?}"),
+            n => assert!(
+                w[0].starts_with(&format!("this change newly refuses {n} of {n} covered")),
+                "{w:?}"
+            ),
+        }
+        took
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = |what: &str, mut times: Vec<std::time::Duration>| {
+        times.sort();
+        println!(
+            "bench: admission, {what}, over {n} digests from a copy, {} runs on {threads} threads: median {:?}, max {:?}",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    };
+    // Cold: a key never seen before, each run (every signature checked).
+    let cold: Vec<_> = (0..runs)
+        .map(|_| time(&cip("bench", &format!("{host}/org"), &signer().pem), n))
+        .collect();
+    // The same proposal again (`oc apply` after its `--dry-run=server`).
+    let other = signer();
+    let proposal = cip("bench", &format!("{host}/org"), &other.pem);
+    time(&proposal, n);
+    let again: Vec<_> = (0..runs).map(|_| time(&proposal, n)).collect();
+    // Warm: the copy warmed as a replica warms it, then an edit that keeps the key.
+    let warmed = std::time::Instant::now();
+    assert_eq!(
+        tokio::task::block_in_place(|| copy.warm()),
+        n,
+        "every image judged"
+    );
+    println!("bench: warming the copy: {:?}", warmed.elapsed());
+    let mut scoped: serde_json::Value =
+        serde_json::from_str(&cip("bench", &format!("{host}/org"), &s.pem)).unwrap();
+    scoped["spec"]["scopes"] = json!([format!("{host}/org"), format!("{host}/elsewhere")]);
+    let warm: Vec<_> = (0..runs).map(|_| time(&scoped.to_string(), 0)).collect();
+    assert_eq!(shared.requests.load(Ordering::Relaxed), requests);
+    report("a new key (cold)", cold);
+    report("the same new key again", again);
+    report("an edit that keeps the key (warm copy)", warm);
+}
+
+/// Keyless images judged twice with one memo: the first judgement checks each layer's SET
+/// and Fulcio chain and its payload signature once; the second, the same verdicts, checks
+/// nothing. A layer whose bundle is another's is refused, memo or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_checks_are_made_once_per_layer() {
+    let now = 1_800_000_000;
+    let k = KeylessSigner::new(now);
+    let (shared, host) = start(Fake::default()).await;
+    let images = many_keyless(&mut shared.fake.lock().unwrap(), &k, &host, 3);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut view = node(&host, &signer().pem);
+    view.policy = Policy::parse(
+        &json!({"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": {
+            format!("{host}/org"): [{"type": "sigstoreSigned",
+                "fulcio": {"caData": b64(&k.root.pem), "oidcIssuer": k.issuer, "subjectEmail": k.email},
+                "rekorPublicKeyData": b64(&k.rekor.public_pem),
+                "signedIdentity": {"type": "matchRepoDigestOrExact"}}]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let client = Client::new(vec![host.clone()], None).unwrap();
+    let memo = Memo::default();
+    let judge_all = async |memo: &Memo| {
+        let mut verdicts = Vec::new();
+        for (image, _) in &images {
+            let o = verify(&view, image, "amd64", &client, memo).await.unwrap();
+            verdicts.push((o.verdict, o.reason));
+        }
+        verdicts
+    };
+    let first = judge_all(&memo).await;
+    assert!(first.iter().all(|(v, _)| v == "accepted"), "{first:?}");
+    assert_eq!(memo.len(), 6, "a SET and chain, and a signature, per layer");
+    assert_eq!(judge_all(&memo).await, first);
+    assert_eq!(memo.len(), 6);
+    // app-1's attachment carrying app-0's bundle: its SET does not cover its signature.
+    {
+        let mut fake = shared.fake.lock().unwrap();
+        let sig_tag = |i: usize| format!("{}.sig", images[i].1.replace(':', "-"));
+        let bundle_of = |f: &Fake, i: usize| {
+            let m: serde_json::Value =
+                serde_json::from_slice(&f.manifests[&(format!("app-{i}"), sig_tag(i))].1).unwrap();
+            m["layers"][0]["annotations"]["dev.sigstore.cosign/bundle"].clone()
+        };
+        let other = bundle_of(&fake, 0);
+        let entry = fake
+            .manifests
+            .get_mut(&("app-1".to_string(), sig_tag(1)))
+            .unwrap();
+        let mut m: serde_json::Value = serde_json::from_slice(&entry.1).unwrap();
+        m["layers"][0]["annotations"]["dev.sigstore.cosign/bundle"] = other;
+        entry.1 = m.to_string().into_bytes();
+    }
+    let client = Client::new(vec![host.clone()], None).unwrap();
+    let o = verify(&view, &images[1].0, "amd64", &client, &memo)
+        .await
+        .unwrap();
+    assert_eq!(o.verdict, "refused", "{o:?}");
 }

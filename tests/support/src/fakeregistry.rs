@@ -174,28 +174,89 @@ pub fn signed_image(f: &mut Fake, s: &Signer, host: &str) -> String {
 
 /// As [`signed_image`], for `org/<repo>:v1` (its own manifest and digest).
 pub fn signed_image_in(f: &mut Fake, s: &Signer, host: &str, repo: &str) -> String {
+    image_signed_with(f, host, repo, |payload| {
+        let sig = s.pair.sign(&SystemRandom::new(), payload).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sig.as_ref());
+        json!({"dev.cosignproject.cosign/signature": b64})
+    })
+}
+
+/// `org/<repo>:v1` with one signature layer, its annotations from `annotate(payload)`.
+fn image_signed_with(
+    f: &mut Fake,
+    host: &str,
+    repo: &str,
+    annotate: impl FnOnce(&[u8]) -> serde_json::Value,
+) -> String {
     let image = json!({"schemaVersion": 2, "mediaType": OCI, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2}, "layers": [], "annotations": {"repo": repo}}).to_string().into_bytes();
     let digest = sha256(&image);
     f.manifests
         .insert((repo.into(), "v1".into()), (OCI.into(), image.clone()));
     f.manifests
         .insert((repo.into(), digest.clone()), (OCI.into(), image));
-    let payload = format!(
-        r#"{{"critical":{{"identity":{{"docker-reference":"{host}/org/{repo}:v1"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
-    )
-    .into_bytes();
-    let sig = s.pair.sign(&SystemRandom::new(), &payload).unwrap();
+    let payload = crate::keyless::payload(&format!("{host}/org/{repo}:v1"), &digest);
+    let annotations = annotate(&payload);
     let payload_digest = sha256(&payload);
     f.blobs.insert(payload_digest.clone(), payload.clone());
     let attachment = json!({"schemaVersion": 2, "mediaType": OCI,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2},
         "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": payload_digest, "size": payload.len(),
-                    "annotations": {"dev.cosignproject.cosign/signature": base64::engine::general_purpose::STANDARD.encode(sig.as_ref())}}]});
+                    "annotations": annotations}]});
     f.manifests.insert(
         (repo.into(), format!("{}.sig", digest.replace(':', "-"))),
         (OCI.into(), attachment.to_string().into_bytes()),
     );
     digest
+}
+
+/// A Fulcio root and intermediate, and a Rekor log: what cosign's keyless signing uses.
+pub struct KeylessSigner {
+    pub root: crate::keyless::Ca,
+    pub intermediate: crate::keyless::Ca,
+    pub rekor: crate::keyless::Rekor,
+    pub email: String,
+    pub issuer: String,
+    /// When signatures are made (Unix seconds): each leaf is valid ten minutes from it.
+    pub at: i64,
+}
+
+impl KeylessSigner {
+    pub fn new(at: i64) -> KeylessSigner {
+        let root = crate::keyless::Ca::root("fulcio-root", at - 86_400, at + 86_400 * 365);
+        let intermediate = root.intermediate("fulcio-intermediate", at - 86_400, at + 86_400 * 30);
+        KeylessSigner {
+            root,
+            intermediate,
+            rekor: crate::keyless::Rekor::new(),
+            email: "ci@example.com".into(),
+            issuer: "https://issuer.example.com".into(),
+            at,
+        }
+    }
+}
+
+/// As [`many_signed`], each image signed keyless: a leaf certificate of its own, the
+/// chain, and a Rekor bundle.
+pub fn many_keyless(
+    f: &mut Fake,
+    k: &KeylessSigner,
+    host: &str,
+    n: usize,
+) -> Vec<(String, String)> {
+    use crate::keyless::{sign, Leaf, BUNDLE, CERTIFICATE, CHAIN};
+    let chain = format!("{}{}", k.intermediate.pem, k.root.pem);
+    (0..n)
+        .map(|i| {
+            let repo = format!("app-{i}");
+            let digest = image_signed_with(f, host, &repo, |payload| {
+                let (cert, key) = k.intermediate.leaf(&Leaf::fulcio(&k.email, &k.issuer, k.at - 60));
+                let sig = sign(&key, payload);
+                let bundle = k.rekor.bundle(&cert, &sig, payload, k.at - 30);
+                json!({"dev.cosignproject.cosign/signature": sig, CERTIFICATE: cert, CHAIN: chain, BUNDLE: bundle})
+            });
+            (format!("{host}/org/{repo}:v1"), digest)
+        })
+        .collect()
 }
 
 /// A registry holding `n` signed images `org/app-<i>:v1`; each one's (image, digest).
