@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use testkit::cluster::*;
 use testkit::fakeregistry::{many_keyless, many_signed, signer, start, Fake, KeylessSigner};
 use testkit::paths::b64;
-use testkit::upstream::{Crd, MCO_CRDS};
 
 fn size(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -107,19 +106,7 @@ async fn bench_running_images() {
     };
     registry.fake.lock().unwrap().latency = Duration::from_millis(50);
 
-    let crds = [
-        &[Crd::ClusterImagePolicyV1, Crd::Image, Crd::ClusterVersion][..],
-        &MCO_CRDS,
-    ]
-    .concat();
-    let mut c = Cluster::real(&crds).await;
-    c.seed_files(EXAMPLES).await;
-    let mut image = c
-        .get("config.openshift.io", "images", "", "cluster")
-        .await
-        .unwrap();
-    image["spec"]["registrySources"]["insecureRegistries"] = json!([host]);
-    c.seed(image).await;
+    let mut c = crate::running_images::cluster_reaching(&[&host]).await;
     for n in 0..10 {
         c.seed(
             json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("worker-{n}"),

@@ -104,6 +104,25 @@ fn rotation_policy(host: &str) -> Value {
             "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": b64(&other_key)}}}}})
 }
 
+/// The real API server with the policy CRDs, the MCO's, and the examples, its nodes
+/// reaching `hosts` over plain HTTP (the Image CR's insecure registries).
+pub(crate) async fn cluster_reaching(hosts: &[&str]) -> Cluster {
+    let crds = [
+        &[Crd::ClusterImagePolicyV1, Crd::Image, Crd::ClusterVersion][..],
+        &MCO_CRDS,
+    ]
+    .concat();
+    let c = Cluster::real(&crds).await;
+    c.seed_files(EXAMPLES).await;
+    let mut image = c
+        .get("config.openshift.io", "images", "", "cluster")
+        .await
+        .unwrap();
+    image["spec"]["registrySources"]["insecureRegistries"] = json!(hosts);
+    c.seed(image).await;
+    c
+}
+
 async fn fixture() -> Fixture {
     let registry = Registry::start();
     let host = registry.host.clone();
@@ -120,20 +139,7 @@ async fn fixture() -> Fixture {
     let gone = GONE;
     let elsewhere = format!("sha256:{}", "e".repeat(64));
 
-    let crds = [
-        &[Crd::ClusterImagePolicyV1, Crd::Image, Crd::ClusterVersion][..],
-        &MCO_CRDS,
-    ]
-    .concat();
-    let c = Cluster::real(&crds).await;
-    c.seed_files(EXAMPLES).await;
-    // The nodes reach the test registry over plain HTTP.
-    let mut image = c
-        .get("config.openshift.io", "images", "", "cluster")
-        .await
-        .unwrap();
-    image["spec"]["registrySources"]["insecureRegistries"] = json!([host, gone]);
-    c.seed(image).await;
+    let c = cluster_reaching(&[&host, gone]).await;
     c.seed(node("worker-0", "worker")).await;
     c.seed(node("master-0", "master")).await;
     let images = [
@@ -401,4 +407,107 @@ async fn an_admission_replica_warns_from_the_reconcilers_copy() {
     // are answered from its cache).
     assert_eq!(registry.requests(), requests);
     drop(reconciler);
+}
+
+/// Behind `--running-images-pod-pull-secrets`, a registry that wants credentials is read
+/// with the ones a pod names: a `.dockerconfigjson` Secret in its namespace, read by the
+/// reconciler under the project's RBAC plus the cluster-wide Secret `get` the flag needs.
+/// Without the flag the same registry answers 401: unknown, never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_pull_secrets_open_a_registry_behind_the_flag() {
+    use testkit::fakeregistry::{signed_image, signer, start, Fake};
+    let s = signer();
+    let (registry, host) = start(Fake {
+        basic: true,
+        basic_as: Some("robot:s3cret".into()),
+        ..Fake::default()
+    })
+    .await;
+    let digest = signed_image(&mut registry.fake.lock().unwrap(), &s, &host);
+    let c = cluster_reaching(&[&host]).await;
+    c.seed(node("worker-0", "worker")).await;
+    let auths = json!({"auths": {host.clone(): {"auth": b64("robot:s3cret")}}});
+    c.seed(
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "regcred", "namespace": "apps"},
+        "data": {".dockerconfigjson": b64(auths.to_string())}}),
+    )
+    .await;
+    let mut p = pod(
+        "apps",
+        "p0",
+        &format!("{host}/org/app:v1"),
+        &format!("{host}/org/app@{digest}"),
+    );
+    p["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    c.seed(p).await;
+    c.seed(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "read-pull-secrets"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}),
+    )
+    .await;
+    c.seed(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "read-pull-secrets"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "read-pull-secrets"},
+        "subjects": [{"kind": "ServiceAccount", "name": "cip-webhook-reconciler", "namespace": "cip-webhook"}]}))
+        .await;
+    c.seed_unadmitted(json!({"apiVersion": "config.openshift.io/v1", "kind": "ClusterImagePolicy",
+        "metadata": {"name": "running"},
+        "spec": {"scopes": [format!("{host}/org")],
+            "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": b64(&s.pem)}}}}}))
+        .await;
+    let says = async |c: &Cluster, start: &str| {
+        c.policy("running")
+            .await
+            .and_then(|p| condition(&p))
+            .is_some_and(|cond| {
+                cond["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(start)
+            })
+    };
+    let args = [
+        "--running-images-interval",
+        "5",
+        "--running-images-write-interval",
+        "1",
+    ];
+    let without = c
+        .spawn_reconciler(
+            RECONCILER_ACCOUNT,
+            "without",
+            &[&args[..], &["--lease-name", "without"]].concat(),
+        )
+        .await;
+    c.until(
+        "unknown without the pod's credentials",
+        async |c: &Cluster| {
+            says(
+                c,
+                "covers 1 running image: 0 accepted, 0 refused at next pull, 1 unknown",
+            )
+            .await
+        },
+    )
+    .await;
+    without.terminate().await;
+    let with = c
+        .spawn_reconciler(
+            RECONCILER_ACCOUNT,
+            "with",
+            &[
+                &args[..],
+                &["--lease-name", "with", "--running-images-pod-pull-secrets"],
+            ]
+            .concat(),
+        )
+        .await;
+    c.until(
+        "accepted with the pod's credentials",
+        async |c: &Cluster| says(c, "covers 1 running image: 1 accepted").await,
+    )
+    .await;
+    with.terminate().await;
 }

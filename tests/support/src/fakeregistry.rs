@@ -31,6 +31,8 @@ pub struct Fake {
     pub token: bool,
     /// Require Basic credentials.
     pub basic: bool,
+    /// With `basic`, require exactly these (`user:password`).
+    pub basic_as: Option<String>,
     /// Added before every answer.
     pub latency: std::time::Duration,
     /// Answer blob requests with a relative redirect to `/storage/<digest>`.
@@ -79,7 +81,13 @@ async fn manifest(
         let challenge = format!(r#"Bearer realm="http://{host}/token",service="fake""#);
         return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
     }
-    if f.basic && auth.is_empty() {
+    let expected = f.basic_as.as_ref().map(|c| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(c)
+        )
+    });
+    if f.basic && (auth.is_empty() || expected.is_some_and(|e| e != auth)) {
         return (
             StatusCode::UNAUTHORIZED,
             [("www-authenticate", "Basic realm=\"fake\"")],
