@@ -161,22 +161,37 @@ pub fn candidates(name: &str, identity: &str) -> Vec<String> {
 
 pub fn explain(policy: &Policy, image: &str) -> Result<Explanation, String> {
     let (name, identity) = normalize(image)?;
-    let mut candidates = candidates(&name, &identity);
-    let docker = policy.transports.get("docker");
-    candidates.push(String::new());
-    let matched =
-        docker.and_then(|scopes| candidates.iter().find(|c| scopes.contains_key(*c)).cloned());
-    let requirements = match (&matched, docker) {
-        (Some(m), Some(scopes)) => scopes[m].clone(),
-        _ => policy.default.clone(),
-    };
-    candidates.pop();
+    let candidates = candidates(&name, &identity);
+    let (matched, requirements) = lookup(policy, &candidates);
     Ok(Explanation {
+        matched: matched.cloned(),
+        requirements: requirements.to_vec(),
         identity,
         candidates,
-        matched,
-        requirements,
     })
+}
+
+/// The lookup candidates of `image` as [`explain`] tries them.
+pub fn lookup_candidates(image: &str) -> Result<Vec<String>, String> {
+    let (name, identity) = normalize(image)?;
+    Ok(candidates(&name, &identity))
+}
+
+/// The entry `candidates` match in `policy` (the docker transport's `""`, then none: the
+/// default), and its requirements, borrowed.
+pub fn lookup<'a>(
+    policy: &'a Policy,
+    candidates: &[String],
+) -> (Option<&'a String>, &'a [Requirement]) {
+    let docker = policy.transports.get("docker");
+    let empty = String::new();
+    let hit = docker.and_then(|scopes| {
+        (candidates.iter().chain(std::iter::once(&empty))).find_map(|c| scopes.get_key_value(c))
+    });
+    match hit {
+        Some((scope, requirements)) => (Some(scope), requirements),
+        None => (None, &policy.default),
+    }
 }
 
 /// The policies whose requirements the matched entry carries: the cluster policies that

@@ -2,13 +2,14 @@
 //! judged on its pool as `preview` judges it, and each policy's tally. Fetches go through
 //! the caller's [`Source`] (bounded and cached); the verdicts are `cip_sigstore`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use cip_core::explain;
 use cip_core::model::{ClusterImagePolicy, Image, PolicyKind, RegistrySources};
+use cip_core::registries_conf::Reference;
 use cip_core::render::{self, Inputs, Plan, RenderOptions};
 use cip_core::running::{Distinct, Placement, PolicyTally, Running};
 use cip_sigstore::judge::Memo;
@@ -105,6 +106,28 @@ pub struct Copy {
     /// Signature checks made for earlier questions, handed from copy to copy: an edit that
     /// keeps the keys it covers verifies nothing again.
     pub memo: Arc<Memo>,
+    /// Each image as written, parsed once for every question.
+    prepared: HashMap<String, Prepared>,
+}
+
+/// An image's references, parsed when the copy loads.
+struct Prepared {
+    intended: Reference,
+    /// The scopes that cover it (what a policy's scopes are matched against).
+    scopes: Vec<String>,
+    /// Its policy.json lookup candidates.
+    lookup: Vec<String>,
+}
+
+impl Prepared {
+    fn of(image: &str) -> Option<Prepared> {
+        let intended = cip_sigstore::identity::pulled_reference(image).ok()?;
+        Some(Prepared {
+            scopes: explain::candidates(&intended.name, &intended.to_string()),
+            lookup: explain::lookup_candidates(image).ok()?,
+            intended,
+        })
+    }
 }
 
 /// A pass's judgement as admission replicas copy it (`/running-images`).
@@ -190,8 +213,13 @@ impl Copy {
                 };
                 ((placement, running), j.verdict)
             })
+            .collect::<BTreeMap<(Placement, Running), String>>();
+        let prepared = before
+            .keys()
+            .filter_map(|(_, r)| Some((r.image.clone(), Prepared::of(&r.image)?)))
             .collect();
         Ok(Copy {
+            prepared,
             inputs,
             plan,
             options,
@@ -386,11 +414,8 @@ impl Copy {
         let touched = |r: &Running| {
             namespace.is_none_or(|ns| r.namespace.as_deref() == Some(ns))
                 && scopes.is_none_or(|scopes| {
-                    cip_sigstore::identity::pulled_reference(&r.image).is_ok_and(|p| {
-                        explain::candidates(&p.name, &p.to_string())
-                            .iter()
-                            .any(|c| scopes.contains(c))
-                    })
+                    (self.prepared.get(&r.image))
+                        .is_some_and(|p| p.scopes.iter().any(|c| scopes.contains(c)))
                 })
         };
         self.before.keys().filter(|(_, r)| touched(r)).collect()
@@ -479,9 +504,13 @@ impl Copy {
             let old = before
                 .and_then(|b| b.get(&placement.pool))
                 .and_then(|v| v.get(&running.namespace).or_else(|| v.get(&None)));
-            if old
-                .is_some_and(|old| same_pull(old, node, &running.image, running.digest.as_deref()))
-            {
+            let prepared = self.prepared.get(&running.image);
+            let same = |old| {
+                prepared.is_some_and(|p| {
+                    same_pull(old, node, &p.intended, &p.lookup, running.digest.as_deref())
+                })
+            };
+            if old.is_some_and(same) {
                 change.judged += 1;
                 continue;
             }

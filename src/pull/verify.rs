@@ -263,21 +263,27 @@ const INDEX_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/// Whether `image` is pulled under the same requirements, from the same sources, with
-/// attachments read at the same ones in both views: then what [`verify_pinned`] decides
-/// is the same in both. False when either cannot tell.
-pub fn same_pull(before: &NodeView, after: &NodeView, image: &str, pinned: Option<&str>) -> bool {
-    let requirements = |v: &NodeView| explain::explain(&v.policy, image).map(|e| e.requirements);
+/// Whether an image (its pulled reference, and its policy lookup candidates as
+/// [`explain::lookup_candidates`] gives them) is pulled under the same requirements, from
+/// the same sources, with attachments read at the same ones in both views: then what
+/// [`verify_pinned`] decides is the same in both. False when either cannot tell.
+pub fn same_pull(
+    before: &NodeView,
+    after: &NodeView,
+    intended: &Reference,
+    lookup: &[String],
+    pinned: Option<&str>,
+) -> bool {
     if before.registries != after.registries || before.now != after.now {
         return false;
     }
-    if !matches!((requirements(before), requirements(after)), (Ok(a), Ok(b)) if a == b) {
+    if explain::lookup(&before.policy, lookup).1 != explain::lookup(&after.policy, lookup).1 {
         return false;
     }
-    let Ok(intended) = cip_sigstore::identity::pulled_reference(image) else {
-        return false;
-    };
-    match pull_sources(after, &intended, pinned) {
+    if before.attachments == after.attachments {
+        return true;
+    }
+    match pull_sources(after, intended, pinned) {
         Ok(sources) => sources.iter().all(|(_, physical)| {
             uses_attachments(&before.attachments, physical)
                 == uses_attachments(&after.attachments, physical)
