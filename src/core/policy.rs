@@ -25,7 +25,7 @@ pub fn decode_b64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
 
 /// Bytes that travel as standard base64 in JSON, like a Go `[]byte` field. Held as
 /// canonical base64 text: decoded once to check and canonicalise, written as is.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Bytes(String);
 
 impl Bytes {
@@ -131,7 +131,7 @@ pub struct SignedBy {
 
 /// Field order is containers/image's `prSigstoreSigned`; every field is omitempty
 /// except `signedIdentity`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SigstoreSigned {
     #[serde(default, skip_serializing_if = "is_empty_str")]
@@ -158,7 +158,7 @@ pub struct SigstoreSigned {
     pub signed_identity: SignedIdentity,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fulcio {
     #[serde(default, skip_serializing_if = "is_empty_str")]
@@ -171,7 +171,7 @@ pub struct Fulcio {
     pub subject_email: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Pki {
     #[serde(default, skip_serializing_if = "is_empty_str")]
@@ -189,7 +189,7 @@ pub struct Pki {
 }
 
 /// `signedIdentity`; containers/image defaults a missing one to `matchRepoDigestOrExact`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum SignedIdentity {
     MatchExact,

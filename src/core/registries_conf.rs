@@ -587,6 +587,11 @@ impl Registry {
             }
             return Ok(reference.clone());
         }
+        // The registry's own location under its own prefix names the same text: parsing
+        // it again would give back the reference it came from.
+        if endpoint.location == text[..len] {
+            return Ok(reference.clone());
+        }
         Reference::parse_named(&format!("{}{}", endpoint.location, &text[len..]))
             .map_err(|e| format!("rewriting reference: {e}"))
     }
@@ -772,6 +777,35 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn pull_sources_rewrite_into_mirrors_and_keep_the_registrys_own() {
+        let sets = [idms(&[("a.com/ns", &["m.io/mirror"])])];
+        let mirrors = MirrorObjects {
+            digest: &sets,
+            ..Default::default()
+        };
+        let conf = RegistriesConf::generate(&["b.com/x".into()], &[], mirrors).unwrap();
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let mirrored = Reference::parse_named(&format!("a.com/ns/app@{digest}")).unwrap();
+        let sources = conf.find_registry(&mirrored.name).unwrap();
+        let names: Vec<String> = sources
+            .pull_sources(&mirrored)
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                format!("m.io/mirror/app@{digest}"),
+                format!("a.com/ns/app@{digest}")
+            ]
+        );
+        let own = Reference::parse_named("b.com/x/app:v1").unwrap();
+        let sources = conf.find_registry(&own.name).unwrap().pull_sources(&own);
+        assert_eq!(sources.unwrap()[0].1, own);
     }
 
     fn keys(sets: &[ImageDigestMirrorSet], scopes: &[&str]) -> Vec<String> {

@@ -17,7 +17,7 @@ use cip_sigstore::judge::Memo;
 use crate::pull::cache::Cached;
 use crate::pull::preview::{judge_all, tally, views, ImageReport};
 use crate::pull::registry::{Client, Source};
-use crate::pull::verify::{same_pull, verify_pinned, Outcome};
+use crate::pull::verify::{same_pull, verify_parsed, verify_pinned, Outcome, Parsed};
 
 /// One pass's verdicts.
 #[derive(Debug, Default)]
@@ -514,16 +514,36 @@ impl Copy {
                 change.judged += 1;
                 continue;
             }
-            let judged = runtime.block_on(verify_pinned(
-                node,
-                &running.image,
-                running.digest.as_deref(),
-                &placement.arch,
-                &self.cache,
-                &self.memo,
-            ));
-            let after = judged
-                .unwrap_or_else(|why| Outcome::unusable(&running.image, &node.policy_file, why));
+            let pinned = running.digest.as_deref();
+            let after = match prepared {
+                Some(p) => {
+                    let parsed = Parsed {
+                        image: &running.image,
+                        intended: &p.intended,
+                        lookup: &p.lookup,
+                    };
+                    runtime.block_on(verify_parsed(
+                        node,
+                        &parsed,
+                        pinned,
+                        &placement.arch,
+                        &self.cache,
+                        &self.memo,
+                    ))
+                }
+                None => runtime
+                    .block_on(verify_pinned(
+                        node,
+                        &running.image,
+                        pinned,
+                        &placement.arch,
+                        &self.cache,
+                        &self.memo,
+                    ))
+                    .unwrap_or_else(|why| {
+                        Outcome::unusable(&running.image, &node.policy_file, why)
+                    }),
+            };
             change.judged += 1;
             let before = &self.before[&(placement.clone(), running.clone())];
             if after.verdict == "refused" && before != "refused" {

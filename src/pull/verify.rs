@@ -181,36 +181,61 @@ pub async fn verify_pinned<S: Source>(
     source: &S,
     memo: &Memo,
 ) -> Result<Outcome, String> {
-    let intended = cip_sigstore::identity::pulled_reference(image)?;
-    let e = explain::explain(&node.policy, image)?;
-    let mut out = Outcome::new(image, &node.policy_file);
-    out.entry = e.matched.clone();
-    out.requirements = e.requirements.iter().map(requirement_type).collect();
-    if !judge::needs_signatures(&e.requirements) {
+    let parsed = Parsed {
+        image,
+        intended: &cip_sigstore::identity::pulled_reference(image)?,
+        lookup: &explain::lookup_candidates(image)?,
+    };
+    Ok(verify_parsed(node, &parsed, pinned, arch, source, memo).await)
+}
+
+/// An image as written, with what [`verify_pinned`] parses from it: its pulled reference
+/// and its policy.json lookup candidates ([`explain::lookup_candidates`]). A caller that
+/// judges the same image under many views parses it once.
+pub struct Parsed<'a> {
+    pub image: &'a str,
+    pub intended: &'a Reference,
+    pub lookup: &'a [String],
+}
+
+/// [`verify_pinned`] for an image already parsed.
+pub async fn verify_parsed<S: Source>(
+    node: &NodeView,
+    image: &Parsed<'_>,
+    pinned: Option<&str>,
+    arch: &str,
+    source: &S,
+    memo: &Memo,
+) -> Outcome {
+    let (matched, requirements) = explain::lookup(&node.policy, image.lookup);
+    let mut out = Outcome::new(image.image, &node.policy_file);
+    out.entry = matched.cloned();
+    out.requirements = requirements.iter().map(requirement_type).collect();
+    if !judge::needs_signatures(requirements) {
         let pull = Pull {
-            intended: &intended,
+            intended: image.intended,
             manifest: &[],
             layers: &[],
             now: node.now,
         };
-        let verdict = judge::judge(&e.requirements, &pull, memo);
+        let verdict = judge::judge(requirements, &pull, memo);
         out.no_signature_required = verdict.no_signature_required;
-        return Ok(out.decided(&verdict.verdict));
+        return out.decided(&verdict.verdict);
     }
-    let fetched = match fetch(node, &intended, pinned, arch, source, &mut out).await {
+    let fetched = match fetch(node, image.intended, pinned, arch, source, &mut out).await {
         Ok(f) => f,
-        Err(why) => return Ok(out.unknown(why)),
+        Err(why) => return out.unknown(why),
     };
     let pull = Pull {
-        intended: &intended,
+        intended: image.intended,
         manifest: &fetched.manifest,
         layers: &fetched.layers,
         now: node.now,
     };
-    let verdict = judge::judge(&e.requirements, &pull, memo);
+    let verdict = judge::judge(requirements, &pull, memo);
     out.layers = layer_outcomes(&verdict);
     out.accepted_until = verdict.accepted_until;
-    Ok(out.decided(&verdict.verdict))
+    out.decided(&verdict.verdict)
 }
 
 fn requirement_type(r: &Requirement) -> String {

@@ -6,7 +6,7 @@
 //! reads a registry, a file or the clock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -17,7 +17,7 @@ use crate::gojson::decode_go_std_base64;
 use crate::identity;
 use crate::keys::{Check, PublicKey};
 use crate::payload;
-use crate::trust::{self, Candidates};
+use crate::trust::{self, Candidates, Root};
 
 /// `signature.SigstoreSignatureMIMEType`.
 pub const SIGNATURE_MIME_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -116,7 +116,8 @@ pub fn needs_signatures(requirements: &[Requirement]) -> bool {
 /// Signature checks already made, per key, by a SHA-256 of (payload, signature): a
 /// preview that meets the same layer again, on any thread, does not verify it again. An
 /// admission replica keeps one across reviews, so an edit that keeps a policy's keys checks
-/// no signature twice. Past [`MEMO_ENTRIES`] checks it starts over.
+/// no signature twice. Each requirement's trust root is parsed once. Past [`MEMO_ENTRIES`]
+/// checks, or [`MEMO_ROOTS`] requirements, it starts over.
 #[derive(Default)]
 pub struct Memo {
     checks: Mutex<Checks>,
@@ -125,14 +126,24 @@ pub struct Memo {
 #[derive(Default)]
 struct Checks {
     by_key: HashMap<PublicKey, HashMap<[u8; 32], Check>>,
-    /// A layer's candidate keys under a trust root that does not read the clock (a Rekor
-    /// SET, a Fulcio chain at the SET's time), by a SHA-256 of (requirement, layer).
-    candidates: HashMap<[u8; 32], Result<Candidates, Check>>,
+    by_requirement: HashMap<SigstoreSigned, Trust>,
+    /// Checks and candidate sets kept (roots are counted apart, by `by_requirement`).
     len: usize,
+}
+
+/// A requirement's trust root, and each layer's candidate keys under it where the root
+/// reads no clock (a Rekor SET, a Fulcio chain at the SET's time), by a SHA-256 of the
+/// layer's payload and annotations.
+struct Trust {
+    root: Result<Arc<Root>, Check>,
+    candidates: HashMap<[u8; 32], Result<Candidates, Check>>,
 }
 
 /// About 130 bytes each: a memo stays under 4 MiB.
 pub const MEMO_ENTRIES: usize = 32_768;
+/// Distinct requirements whose trust roots are kept (a Fulcio root holds its CA
+/// certificates: a few KiB).
+pub const MEMO_ROOTS: usize = 256;
 
 impl Memo {
     fn verify(&self, key: &PublicKey, message: &[u8], signature: &[u8]) -> Check {
@@ -147,10 +158,7 @@ impl Memo {
         }
         // Checked outside the lock: other threads' lookups do not wait for the curve.
         let c = key.verify(message, signature);
-        let mut checks = self.map();
-        if checks.len >= MEMO_ENTRIES {
-            *checks = Checks::default();
-        }
+        let mut checks = self.room();
         let added = match checks.by_key.get_mut(key) {
             Some(m) => m.insert(digest, c.clone()).is_none(),
             None => {
@@ -164,22 +172,52 @@ impl Memo {
         c
     }
 
-    /// `compute`'s answer for the layer fingerprinted `key`, once.
+    /// `trust::root` of the requirement, parsed once.
+    fn root(&self, requirement: &SigstoreSigned) -> Result<Arc<Root>, Check> {
+        if let Some(t) = self.map().by_requirement.get(requirement) {
+            return t.root.clone();
+        }
+        let root = trust::root(requirement).map(Arc::new);
+        let mut checks = self.map();
+        if checks.by_requirement.len() >= MEMO_ROOTS {
+            *checks = Checks::default();
+        }
+        checks
+            .by_requirement
+            .entry(requirement.clone())
+            .or_insert_with(|| Trust {
+                root: root.clone(),
+                candidates: HashMap::new(),
+            });
+        root
+    }
+
+    /// `compute`'s answer for the layer fingerprinted `key` under `requirement`, once.
     fn candidates(
         &self,
+        requirement: &SigstoreSigned,
         key: [u8; 32],
         compute: impl FnOnce() -> Result<Candidates, Check>,
     ) -> Result<Candidates, Check> {
-        if let Some(c) = self.map().candidates.get(&key) {
-            return c.clone();
+        let kept = |checks: &Checks| {
+            let trust = checks.by_requirement.get(requirement)?;
+            trust.candidates.get(&key).cloned()
+        };
+        if let Some(c) = kept(&self.map()) {
+            return c;
         }
         let c = compute();
-        let mut checks = self.map();
-        if checks.len >= MEMO_ENTRIES {
-            *checks = Checks::default();
-        }
-        if checks.candidates.insert(key, c.clone()).is_none() {
-            checks.len += 1;
+        let mut checks = self.room();
+        let Checks {
+            by_requirement,
+            len,
+            ..
+        } = &mut *checks;
+        // Kept only while its root is: a memo that started over meanwhile forgets it.
+        if let Some(trust) = by_requirement.get_mut(requirement) {
+            if trust.candidates.insert(key, c.clone()).is_none() {
+                *len += 1;
+            }
         }
         c
     }
@@ -188,6 +226,15 @@ impl Memo {
         self.checks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lock, with room for one more entry.
+    fn room(&self) -> std::sync::MutexGuard<'_, Checks> {
+        let mut checks = self.map();
+        if checks.len >= MEMO_ENTRIES {
+            *checks = Checks::default();
+        }
+        checks
     }
 
     pub fn len(&self) -> usize {
@@ -338,7 +385,7 @@ fn signature_accepted(
     layer: &Layer,
     memo: &Memo,
 ) -> (Verdict, Option<i64>) {
-    let root = match trust::root(requirement) {
+    let root = match memo.root(requirement) {
         Ok(root) => root,
         Err(check) => return (check_verdict(check), None),
     };
@@ -349,10 +396,10 @@ fn signature_accepted(
         );
     };
     let compute = || trust::candidates(&root, &layer.annotations, b64, &layer.payload, pull.now);
-    let candidates = match &root {
+    let candidates = match &*root {
         // Keys alone need no check; chains verified at the node's clock are checked each time.
-        trust::Root::Keys { rekor: None, .. } | trust::Root::Pki { .. } => compute(),
-        _ => memo.candidates(fingerprint(requirement, layer), compute),
+        Root::Keys { rekor: None, .. } | Root::Pki { .. } => compute(),
+        _ => memo.candidates(requirement, fingerprint(layer), compute),
     };
     let candidates = match candidates {
         Ok(c) => c,
@@ -365,16 +412,14 @@ fn signature_accepted(
     (verdict, until)
 }
 
-/// A SHA-256 of the requirement and everything of the layer: what its candidates are a
+/// A SHA-256 of everything of the layer: what its candidates under a requirement are a
 /// function of, when the trust root reads no clock.
-fn fingerprint(requirement: &SigstoreSigned, layer: &Layer) -> [u8; 32] {
+fn fingerprint(layer: &Layer) -> [u8; 32] {
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut field = |bytes: &[u8]| {
         hash.update(&(bytes.len() as u64).to_be_bytes());
         hash.update(bytes);
     };
-    // Its Debug form is every field, key and CA bytes in full.
-    field(format!("{requirement:?}").as_bytes());
     field(&layer.payload);
     for (k, v) in &layer.annotations {
         field(k.as_bytes());
@@ -494,8 +539,16 @@ pub fn digest_as(expected: &str, bytes: &[u8]) -> String {
     )
 }
 
+/// Lower-case hex. Every image's manifest digest is written out this way during a
+/// judgement: by table, not one `format!` per byte.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -555,14 +608,17 @@ mod tests {
             key_requirement(&self.key_pem)
         }
 
-        fn judge(&self, requirements: &[Requirement], layers: &[Layer]) -> Verdict {
-            let pull = Pull {
+        fn pull<'a>(&'a self, layers: &'a [Layer]) -> Pull<'a> {
+            Pull {
                 intended: &self.intended,
                 manifest: &self.manifest,
                 layers,
                 now: 0,
-            };
-            judge(requirements, &pull, &Memo::default()).verdict
+            }
+        }
+
+        fn judge(&self, requirements: &[Requirement], layers: &[Layer]) -> Verdict {
+            judge(requirements, &self.pull(layers), &Memo::default()).verdict
         }
     }
 
@@ -591,6 +647,15 @@ mod tests {
 
     fn refused_with(v: &Verdict, text: &str) -> bool {
         matches!(v, Verdict::Refused(r) if r.contains(text))
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(
+            sha256(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
@@ -754,12 +819,7 @@ mod tests {
         assert!(refused_with(&v, "is rejected by policy"), "{v:?}");
         let v = c.judge(&[], &[]);
         assert!(refused_with(&v, "must not be empty"), "{v:?}");
-        let pull = Pull {
-            intended: &c.intended,
-            manifest: &c.manifest,
-            layers: &[],
-            now: 0,
-        };
+        let pull = c.pull(&[]);
         let free = judge(
             &[Requirement::InsecureAcceptAnything],
             &pull,
@@ -800,15 +860,38 @@ mod tests {
     fn a_repeated_check_is_memoized() {
         let c = case();
         let layer = c.good_layer();
-        let pull = Pull {
-            intended: &c.intended,
-            manifest: &c.manifest,
-            layers: std::slice::from_ref(&layer),
-            now: 0,
-        };
+        let pull = c.pull(std::slice::from_ref(&layer));
         let memo = Memo::default();
         judge(&[c.requirement()], &pull, &memo);
         judge(&[c.requirement()], &pull, &memo);
         assert_eq!(memo.len(), 1);
+        assert_eq!(memo.map().by_requirement.len(), 1, "one root, parsed once");
+    }
+
+    #[test]
+    fn trust_roots_are_kept_per_requirement_up_to_the_cap() {
+        let c = case();
+        let layer = c.good_layer();
+        let pull = c.pull(std::slice::from_ref(&layer));
+        let memo = Memo::default();
+        let junk = |i: usize| {
+            key_requirement(&format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("junk {i}"))
+            ))
+        };
+        for i in 0..MEMO_ROOTS {
+            let v = judge(&[junk(i)], &pull, &memo).verdict;
+            assert!(refused_with(&v, "parsing public key 1"), "{v:?}");
+        }
+        assert_eq!(memo.map().by_requirement.len(), MEMO_ROOTS);
+        // One more starts over; what the memo forgot is parsed again, with the same verdict.
+        assert_eq!(
+            judge(&[c.requirement()], &pull, &memo).verdict,
+            Verdict::Accepted
+        );
+        assert_eq!(memo.map().by_requirement.len(), 1);
+        let v = judge(&[junk(0)], &pull, &memo).verdict;
+        assert!(refused_with(&v, "parsing public key 1"), "{v:?}");
     }
 }
