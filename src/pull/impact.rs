@@ -17,7 +17,7 @@ use cip_sigstore::judge::Memo;
 use crate::pull::cache::Cached;
 use crate::pull::preview::{judge_all, tally, views, ImageReport};
 use crate::pull::registry::{Client, Source};
-use crate::pull::verify::{same_pull, verify_parsed, verify_pinned, Outcome, Parsed};
+use crate::pull::verify::{same_pull, verify_parsed, Outcome, Parsed};
 
 /// One pass's verdicts.
 #[derive(Debug, Default)]
@@ -106,8 +106,8 @@ pub struct Copy {
     /// Signature checks made for earlier questions, handed from copy to copy: an edit that
     /// keeps the keys it covers verifies nothing again.
     pub memo: Arc<Memo>,
-    /// Each image as written, parsed once for every question.
-    prepared: HashMap<String, Prepared>,
+    /// Each image as written, parsed once for every question (or why it does not parse).
+    prepared: HashMap<String, Result<Prepared, String>>,
 }
 
 /// An image's references, parsed when the copy loads.
@@ -120,13 +120,21 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn of(image: &str) -> Option<Prepared> {
-        let intended = cip_sigstore::identity::pulled_reference(image).ok()?;
-        Some(Prepared {
+    fn of(image: &str) -> Result<Prepared, String> {
+        let intended = cip_sigstore::identity::pulled_reference(image)?;
+        Ok(Prepared {
             scopes: explain::candidates(&intended.name, &intended.to_string()),
-            lookup: explain::lookup_candidates(image).ok()?,
+            lookup: explain::lookup_candidates(image)?,
             intended,
         })
+    }
+
+    fn parsed<'a>(&'a self, image: &'a str) -> Parsed<'a> {
+        Parsed {
+            image,
+            intended: &self.intended,
+            lookup: &self.lookup,
+        }
     }
 }
 
@@ -216,7 +224,7 @@ impl Copy {
             .collect::<BTreeMap<(Placement, Running), String>>();
         let prepared = before
             .keys()
-            .filter_map(|(_, r)| Some((r.image.clone(), Prepared::of(&r.image)?)))
+            .map(|(_, r)| (r.image.clone(), Prepared::of(&r.image)))
             .collect();
         Ok(Copy {
             prepared,
@@ -414,8 +422,8 @@ impl Copy {
         let touched = |r: &Running| {
             namespace.is_none_or(|ns| r.namespace.as_deref() == Some(ns))
                 && scopes.is_none_or(|scopes| {
-                    (self.prepared.get(&r.image))
-                        .is_some_and(|p| p.scopes.iter().any(|c| scopes.contains(c)))
+                    let prepared = self.prepared.get(&r.image).and_then(|p| p.as_ref().ok());
+                    prepared.is_some_and(|p| p.scopes.iter().any(|c| scopes.contains(c)))
                 })
         };
         self.before.keys().filter(|(_, r)| touched(r)).collect()
@@ -504,45 +512,30 @@ impl Copy {
             let old = before
                 .and_then(|b| b.get(&placement.pool))
                 .and_then(|v| v.get(&running.namespace).or_else(|| v.get(&None)));
-            let prepared = self.prepared.get(&running.image);
-            let same = |old| {
-                prepared.is_some_and(|p| {
-                    same_pull(old, node, &p.intended, &p.lookup, running.digest.as_deref())
-                })
+            let pinned = running.digest.as_deref();
+            let parsed = match self.prepared.get(&running.image) {
+                Some(Ok(p)) => Ok(p.parsed(&running.image)),
+                Some(Err(why)) => Err(why.clone()),
+                None => Err(format!("{} is not in the copy", running.image)),
             };
-            if old.is_some_and(same) {
+            if old.is_some_and(|old| {
+                parsed
+                    .as_ref()
+                    .is_ok_and(|p| same_pull(old, node, p, pinned))
+            }) {
                 change.judged += 1;
                 continue;
             }
-            let pinned = running.digest.as_deref();
-            let after = match prepared {
-                Some(p) => {
-                    let parsed = Parsed {
-                        image: &running.image,
-                        intended: &p.intended,
-                        lookup: &p.lookup,
-                    };
-                    runtime.block_on(verify_parsed(
-                        node,
-                        &parsed,
-                        pinned,
-                        &placement.arch,
-                        &self.cache,
-                        &self.memo,
-                    ))
-                }
-                None => runtime
-                    .block_on(verify_pinned(
-                        node,
-                        &running.image,
-                        pinned,
-                        &placement.arch,
-                        &self.cache,
-                        &self.memo,
-                    ))
-                    .unwrap_or_else(|why| {
-                        Outcome::unusable(&running.image, &node.policy_file, why)
-                    }),
+            let after = match parsed {
+                Ok(p) => runtime.block_on(verify_parsed(
+                    node,
+                    &p,
+                    pinned,
+                    &placement.arch,
+                    &self.cache,
+                    &self.memo,
+                )),
+                Err(why) => Outcome::unusable(&running.image, &node.policy_file, why),
             };
             change.judged += 1;
             let before = &self.before[&(placement.clone(), running.clone())];

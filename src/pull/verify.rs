@@ -288,27 +288,26 @@ const INDEX_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/// Whether an image (its pulled reference, and its policy lookup candidates as
-/// [`explain::lookup_candidates`] gives them) is pulled under the same requirements, from
-/// the same sources, with attachments read at the same ones in both views: then what
-/// [`verify_pinned`] decides is the same in both. False when either cannot tell.
+/// Whether an image is pulled under the same requirements, from the same sources, with
+/// attachments read at the same ones in both views: then what [`verify_parsed`] decides is
+/// the same in both. False when either cannot tell.
 pub fn same_pull(
     before: &NodeView,
     after: &NodeView,
-    intended: &Reference,
-    lookup: &[String],
+    image: &Parsed,
     pinned: Option<&str>,
 ) -> bool {
     if before.registries != after.registries || before.now != after.now {
         return false;
     }
-    if explain::lookup(&before.policy, lookup).1 != explain::lookup(&after.policy, lookup).1 {
+    let requirements = |policy| explain::lookup(policy, image.lookup).1;
+    if requirements(&before.policy) != requirements(&after.policy) {
         return false;
     }
     if before.attachments == after.attachments {
         return true;
     }
-    match pull_sources(after, intended, pinned) {
+    match pull_sources(after, image.intended, pinned) {
         Ok(sources) => sources.iter().all(|(_, physical)| {
             uses_attachments(&before.attachments, physical)
                 == uses_attachments(&after.attachments, physical)

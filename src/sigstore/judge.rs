@@ -139,7 +139,8 @@ struct Trust {
     candidates: HashMap<[u8; 32], Result<Candidates, Check>>,
 }
 
-/// About 130 bytes each: a memo stays under 4 MiB.
+/// Estimated at about 130 bytes a signature check (its digest, its verdict, the map's
+/// share); a keyless layer's candidate set holds its keys too.
 pub const MEMO_ENTRIES: usize = 32_768;
 /// Distinct requirements whose trust roots are kept (a Fulcio root holds its CA
 /// certificates: a few KiB).
@@ -147,12 +148,7 @@ pub const MEMO_ROOTS: usize = 256;
 
 impl Memo {
     fn verify(&self, key: &PublicKey, message: &[u8], signature: &[u8]) -> Check {
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-        hash.update(&(message.len() as u64).to_be_bytes());
-        hash.update(message);
-        hash.update(signature);
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(hash.finish().as_ref());
+        let digest = fields_digest([message, signature]);
         if let Some(c) = self.map().by_key.get(key).and_then(|m| m.get(&digest)) {
             return c.clone();
         }
@@ -415,15 +411,19 @@ fn signature_accepted(
 /// A SHA-256 of everything of the layer: what its candidates under a requirement are a
 /// function of, when the trust root reads no clock.
 fn fingerprint(layer: &Layer) -> [u8; 32] {
+    let annotations = layer.annotations.iter();
+    fields_digest(
+        std::iter::once(&layer.payload[..])
+            .chain(annotations.flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()])),
+    )
+}
+
+/// A SHA-256 of the fields, each after its length: no two lists of fields share one.
+fn fields_digest<'a>(fields: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut field = |bytes: &[u8]| {
-        hash.update(&(bytes.len() as u64).to_be_bytes());
-        hash.update(bytes);
-    };
-    field(&layer.payload);
-    for (k, v) in &layer.annotations {
-        field(k.as_bytes());
-        field(v.as_bytes());
+    for field in fields {
+        hash.update(&(field.len() as u64).to_be_bytes());
+        hash.update(field);
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(hash.finish().as_ref());
