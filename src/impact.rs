@@ -247,9 +247,16 @@ impl Pass<'_> {
         registries.cache.expire(started);
         let distinct = index.distinct(&inputs.pools);
         let now = unix_now();
+        // A process that also serves admission warns from this pass's copy: its signers
+        // are recovered as the pass meets them, as a replica's are while it warms.
+        let recovering = self
+            .options
+            .serves_admission
+            .then(|| self.memo.recovering());
         let judged =
             crate::pull::impact::judge(inputs, plan, &distinct, &*registries.cache, now, self.memo)
                 .await;
+        drop(recovering);
         let seconds = started.elapsed().as_secs_f64();
         let refusing = judged.tallies.iter().filter(|t| t.refused > 0).count();
         self.metrics
@@ -405,6 +412,7 @@ async fn warm(copy: Arc<Copy>, memo: &Memo) {
         Ok(judged) => tracing::debug!(
             judged,
             checks = memo.len().saturating_sub(before),
+            signers = memo.signers_kept(),
             took_ms = started.elapsed().as_millis() as u64,
             "running-images copy warmed"
         ),

@@ -3,6 +3,7 @@
 //! the caller's [`Source`] (bounded and cached); the verdicts are `cip_sigstore`'s.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -241,11 +242,13 @@ impl Copy {
     }
 
     /// Judges every image under the cluster as it is, so that the signature checks of the
-    /// keys in force are in the memo before a review needs them. Returns how many images
-    /// it judged.
+    /// keys in force are in the memo before a review needs them, and each signature's
+    /// signers with them (a review bringing a new key then runs no curve for those).
+    /// Returns how many images it judged.
     pub fn warm(&self) -> usize {
         let now = (self.clock)();
         let all = self.before.keys().collect();
+        let _recovering = self.memo.recovering();
         self.judge_change(&self.inputs, &self.plan, all, false, &|| false, now)
             .judged
     }
@@ -371,6 +374,15 @@ fn registry_list_change(before: &RegistrySources, after: &RegistrySources) -> Op
     Some(scopes)
 }
 
+/// What one thread judged: examples by their place among the affected images.
+#[derive(Default)]
+struct Part {
+    judged: usize,
+    newly: BTreeMap<&'static str, usize>,
+    examples: Vec<(usize, String)>,
+    cut_short: bool,
+}
+
 /// The images a change touches, judged before and after.
 #[derive(Default)]
 struct Change {
@@ -458,12 +470,15 @@ impl Copy {
         let pools = pool_views(inputs, plan);
         let before = unchanged_pass.then(|| pool_views(&self.inputs, &self.plan));
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let per = affected.len().div_ceil(threads).max(1);
-        let parts: Vec<Change> = std::thread::scope(|scope| {
-            let handles: Vec<_> = affected
-                .chunks(per)
-                .map(|chunk| {
-                    scope.spawn(|| self.judge_part(chunk, &pools, before.as_ref(), expired))
+        // Images are claimed one at a time, so a thread the scheduler holds back costs
+        // the others nothing, and what a deadline leaves judged is the first K images.
+        let next = AtomicUsize::new(0);
+        let parts: Vec<Part> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads.min(affected.len()).max(1))
+                .map(|_| {
+                    scope.spawn(|| {
+                        self.judge_part(&affected, &next, &pools, before.as_ref(), expired)
+                    })
                 })
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
@@ -472,36 +487,43 @@ impl Copy {
             covered: affected.len(),
             ..Change::default()
         };
+        let mut examples = Vec::new();
         for part in parts {
             change.judged += part.judged;
             change.cut_short |= part.cut_short;
             for (k, n) in part.newly {
                 *change.newly.entry(k).or_default() += n;
             }
-            let room = 3 - change.examples.len().min(3);
-            change.examples.extend(part.examples.into_iter().take(room));
+            examples.extend(part.examples);
         }
+        examples.sort_unstable();
+        change.examples = examples.into_iter().take(3).map(|(_, e)| e).collect();
         change
     }
 
-    /// One thread's share.
+    /// One thread's share: the next unclaimed image until none is left or time is up.
     fn judge_part(
         &self,
-        part: &[&(Placement, Running)],
+        affected: &[&(Placement, Running)],
+        next: &AtomicUsize,
         pools: &PoolViews,
         before: Option<&PoolViews>,
         expired: &(dyn Fn() -> bool + Sync),
-    ) -> Change {
-        let mut change = Change::default();
+    ) -> Part {
+        let mut part = Part::default();
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
-            change.cut_short = true;
-            return change;
+            part.cut_short = true;
+            return part;
         };
-        for (placement, running) in part {
+        loop {
             if expired() {
-                change.cut_short = true;
+                part.cut_short = next.load(Ordering::Relaxed) < affected.len();
                 break;
             }
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some((placement, running)) = affected.get(index).copied() else {
+                break;
+            };
             let Some(view) = pools.get(&placement.pool) else {
                 continue;
             };
@@ -523,7 +545,7 @@ impl Copy {
                     .as_ref()
                     .is_ok_and(|p| same_pull(old, node, p, pinned))
             }) {
-                change.judged += 1;
+                part.judged += 1;
                 continue;
             }
             let after = match parsed {
@@ -537,18 +559,17 @@ impl Copy {
                 )),
                 Err(why) => Outcome::unusable(&running.image, &node.policy_file, why),
             };
-            change.judged += 1;
+            part.judged += 1;
             let before = &self.before[&(placement.clone(), running.clone())];
             if after.verdict == "refused" && before != "refused" {
-                *change.newly.entry(category(&after.reason)).or_default() += 1;
-                if change.examples.len() < 3 {
-                    change
-                        .examples
-                        .push(format!("{}: {}", running.image, after.reason));
+                *part.newly.entry(category(&after.reason)).or_default() += 1;
+                if part.examples.len() < 3 {
+                    let example = format!("{}: {}", running.image, after.reason);
+                    part.examples.push((index, example));
                 }
             }
         }
-        change
+        part
     }
 }
 
@@ -695,5 +716,24 @@ mod tests {
             c.policy_change(PolicyKind::Namespaced, &other_namespace, &|| false),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn a_deadline_leaves_the_first_images_judged_and_names_the_first_refused() {
+        let names: Vec<String> = (0..40)
+            .map(|n| format!("quay.io/team/i{n:02}:v1"))
+            .collect();
+        let before: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "accepted")).collect();
+        let c = copy(&before, 1_000, || 1_010);
+        // Time is up after ten claims, whichever threads make them.
+        for _ in 0..20 {
+            let asked = AtomicUsize::new(0);
+            let expired = || asked.fetch_add(1, Ordering::SeqCst) >= 10;
+            let w = c.image_change(&image(&[], &["quay.io"]), &expired);
+            assert_eq!(
+                w,
+                ["this change newly refuses at least 10 of the first 10 of 40 covered running images at their next pull (rejected 10), e.g. quay.io/team/i00:v1: Running image docker://quay.io/team/i00:v1 is rejected by policy.; quay.io/team/i01:v1: Running image docker://quay.io/team/i01:v1 is rejected by policy.; quay.io/team/i02:v1: Running image docker://quay.io/team/i02:v1 is rejected by policy."]
+            );
+        }
     }
 }

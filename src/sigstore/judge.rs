@@ -6,6 +6,7 @@
 //! reads a registry, a file or the clock.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -17,6 +18,7 @@ use crate::gojson::decode_go_std_base64;
 use crate::identity;
 use crate::keys::{Check, PublicKey};
 use crate::payload;
+use crate::signers::Signers;
 use crate::trust::{self, Candidates, Root};
 
 /// `signature.SigstoreSignatureMIMEType`.
@@ -118,9 +120,17 @@ pub fn needs_signatures(requirements: &[Requirement]) -> bool {
 /// admission replica keeps one across reviews, so an edit that keeps a policy's keys checks
 /// no signature twice. Each requirement's trust root is parsed once. Past [`MEMO_ENTRIES`]
 /// checks, or [`MEMO_ROOTS`] requirements, it starts over.
+///
+/// While [`Memo::recovering`], each P-256 signature met is also kept with the keys it
+/// verifies under ([`Signers`]): any key is then judged against it by comparing points, so
+/// a review that brings a new key checks no curve for the signatures warming met. Those
+/// answers are not kept as checks (they cost a lookup); the signers have their own cap,
+/// [`MEMO_SIGNERS`].
 #[derive(Default)]
 pub struct Memo {
     checks: Mutex<Checks>,
+    signers: Mutex<HashMap<[u8; 32], Arc<Signers>>>,
+    recovering: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -145,12 +155,18 @@ pub const MEMO_ENTRIES: usize = 32_768;
 /// Distinct requirements whose trust roots are kept (a Fulcio root holds its CA
 /// certificates: a few KiB).
 pub const MEMO_ROOTS: usize = 256;
+/// Signatures whose signers are kept (about 250 bytes each: two points, the digest, the
+/// map's share), past which they start over.
+pub const MEMO_SIGNERS: usize = 16_384;
 
 impl Memo {
     fn verify(&self, key: &PublicKey, message: &[u8], signature: &[u8]) -> Check {
         let digest = fields_digest([message, signature]);
         if let Some(c) = self.map().by_key.get(key).and_then(|m| m.get(&digest)) {
             return c.clone();
+        }
+        if let Some(signers) = self.signers(key, digest, message, signature) {
+            return key.verify_knowing(message, signature, Some(&signers));
         }
         // Checked outside the lock: other threads' lookups do not wait for the curve.
         let c = key.verify(message, signature);
@@ -166,6 +182,59 @@ impl Memo {
         };
         checks.len += usize::from(added);
         c
+    }
+
+    /// The signers of a P-256 signature: kept, or recovered while recovering.
+    fn signers(
+        &self,
+        key: &PublicKey,
+        digest: [u8; 32],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Option<Arc<Signers>> {
+        if !matches!(
+            key,
+            PublicKey::Ecdsa {
+                curve: crate::keys::Curve::P256,
+                ..
+            }
+        ) {
+            return None;
+        }
+        let lock = || {
+            self.signers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(s) = lock().get(&digest) {
+            return Some(Arc::clone(s));
+        }
+        if self.recovering.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let signers = Arc::new(Signers::recover(message, signature)?);
+        let mut kept = lock();
+        if kept.len() >= MEMO_SIGNERS {
+            kept.clear();
+        }
+        kept.insert(digest, Arc::clone(&signers));
+        Some(signers)
+    }
+
+    /// Until the guard is dropped, signatures' signers are recovered as they are met (a
+    /// replica warming its copy: about twice a check's cost, once, so that later reviews
+    /// need none).
+    pub fn recovering(&self) -> Recovering<'_> {
+        self.recovering.fetch_add(1, Ordering::Relaxed);
+        Recovering(&self.recovering)
+    }
+
+    /// Signatures whose signers are kept.
+    pub fn signers_kept(&self) -> usize {
+        self.signers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// `trust::root` of the requirement, parsed once.
@@ -239,6 +308,15 @@ impl Memo {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Held while a [`Memo`] recovers signers.
+pub struct Recovering<'a>(&'a AtomicUsize);
+
+impl Drop for Recovering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -893,5 +971,56 @@ mod tests {
         assert_eq!(memo.map().by_requirement.len(), 1);
         let v = judge(&[junk(0)], &pull, &memo).verdict;
         assert!(refused_with(&v, "parsing public key 1"), "{v:?}");
+    }
+
+    /// Signers recovered while warming answer every later key as the curve does, and are
+    /// not kept as checks; a forged payload under a warmed signature is still refused.
+    #[test]
+    fn signers_recovered_while_warming_judge_later_keys() {
+        let c = case();
+        let layer = c.good_layer();
+        let pull = c.pull(std::slice::from_ref(&layer));
+        let memo = Memo::default();
+        let recovering = memo.recovering();
+        assert_eq!(
+            judge(&[c.requirement()], &pull, &memo).verdict,
+            Verdict::Accepted
+        );
+        drop(recovering);
+        assert_eq!((memo.len(), memo.signers_kept()), (0, 1));
+        let rotated = case();
+        let under = |requirement: &Requirement, memo: &Memo| {
+            judge(std::slice::from_ref(requirement), &pull, memo).verdict
+        };
+        for requirement in [c.requirement(), rotated.requirement()] {
+            assert_eq!(
+                under(&requirement, &memo),
+                under(&requirement, &Memo::default())
+            );
+        }
+        assert!(refused_with(
+            &under(&rotated.requirement(), &memo),
+            "cryptographic signature verification failed"
+        ));
+        assert_eq!(
+            (memo.len(), memo.signers_kept()),
+            (0, 1),
+            "nothing checked by the curve"
+        );
+        // The same signature over a payload naming another digest: not this key's.
+        let mut forged = layer.clone();
+        forged.payload = c.payload("quay.io/org/app:v1", &format!("sha256:{}", "0".repeat(64)));
+        let forged_pull = c.pull(std::slice::from_ref(&forged));
+        let recovering = memo.recovering();
+        let v = judge(&[c.requirement()], &forged_pull, &memo).verdict;
+        drop(recovering);
+        assert!(
+            refused_with(&v, "cryptographic signature verification failed"),
+            "{v:?}"
+        );
+        assert_eq!(
+            v,
+            judge(&[c.requirement()], &forged_pull, &Memo::default()).verdict
+        );
     }
 }

@@ -10,7 +10,10 @@ use x509_parser::der_parser::oid;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use std::borrow::Cow;
+
 use crate::pem;
+use crate::signers::Signers;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PublicKey {
@@ -206,8 +209,20 @@ pub(crate) fn minimal_integer(bytes: &[u8]) -> bool {
 impl PublicKey {
     /// sigstore's `VerifySignature` with SHA-256 over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Check {
+        self.verify_knowing(message, signature, None)
+    }
+
+    /// As [`PublicKey::verify`], given the keys recovered from `signature` when known.
+    pub fn verify_knowing(
+        &self,
+        message: &[u8],
+        signature: &[u8],
+        signers: Option<&Signers>,
+    ) -> Check {
         match self {
-            PublicKey::Ecdsa { curve, point } => verify_ecdsa(*curve, point, message, signature),
+            PublicKey::Ecdsa { curve, point } => {
+                verify_ecdsa(*curve, point, message, signature, signers)
+            }
             PublicKey::Rsa { .. } => verify_with(self, Hash::Sha256, message, signature),
             PublicKey::Ed25519(_) | PublicKey::Unusable(_) => {
                 verify_with(self, Hash::None, message, signature)
@@ -335,7 +350,15 @@ fn outcome(result: Result<(), ring::error::Unspecified>, failure: &str) -> Check
 
 /// sigstore's ECDSA check: a signature that `encoding/asn1` reads as two integers goes
 /// to `ecdsa.VerifyASN1` (strict DER); anything else is taken as IEEE P1363 `r || s`.
-fn verify_ecdsa(curve: Curve, point: &[u8], message: &[u8], signature: &[u8]) -> Check {
+/// With the signature's `signers` ([`Signers::recover`]), a P-256 key is judged by
+/// whether it is one of them, which is the same answer without the curve.
+fn verify_ecdsa(
+    curve: Curve,
+    point: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    signers: Option<&Signers>,
+) -> Check {
     let asn1: &dyn rs::VerificationAlgorithm = match curve {
         Curve::P256 => &rs::ECDSA_P256_SHA256_ASN1,
         Curve::P384 => &rs::ECDSA_P384_SHA256_ASN1,
@@ -343,28 +366,48 @@ fn verify_ecdsa(curve: Curve, point: &[u8], message: &[u8], signature: &[u8]) ->
             return Check::Unknown(format!("ECDSA on {curve:?} is not checked by this port"))
         }
     };
-    if lenient_asn1_pair(signature) {
-        return outcome(
-            rs::UnparsedPublicKey::new(asn1, point).verify(message, signature),
-            "invalid signature when validating ASN.1 encoded signature",
-        );
+    let (der, failure) = match ecdsa_der(signature) {
+        Ok(read) => read,
+        Err(e) => return e,
+    };
+    let known = signers
+        .filter(|_| curve == Curve::P256)
+        .and_then(|s| s.accept(point));
+    match known {
+        Some(true) => Check::Valid,
+        Some(false) => Check::Invalid(failure.to_string()),
+        None => outcome(
+            rs::UnparsedPublicKey::new(asn1, point).verify(message, &der),
+            failure,
+        ),
     }
-    let failure = "invalid signature when validating IEEE_P1363 encoded signature";
+}
+
+/// The strict DER that reaches `ecdsa.VerifyASN1` for a sigstore ECDSA signature, and
+/// the error a failed check gives; or the error that stops it before any key is tried.
+pub(crate) fn ecdsa_der(signature: &[u8]) -> Result<(Cow<'_, [u8]>, &'static str), Check> {
+    if lenient_asn1_pair(signature) {
+        return Ok((
+            Cow::Borrowed(signature),
+            "invalid signature when validating ASN.1 encoded signature",
+        ));
+    }
     if signature.is_empty() || signature.len() > 132 || !signature.len().is_multiple_of(2) {
-        return Check::Invalid("ecdsa: Invalid IEEE_P1363 encoded bytes".into());
+        return Err(Check::Invalid(
+            "ecdsa: Invalid IEEE_P1363 encoded bytes".into(),
+        ));
     }
     // `ecdsa.Verify(pub, digest, r, s)` with r and s read as big-endian halves: the same
     // check as the strict DER form of those two integers.
     let (r, s) = signature.split_at(signature.len() / 2);
-    let der = der_signature(r, s);
-    outcome(
-        rs::UnparsedPublicKey::new(asn1, point).verify(message, &der),
-        failure,
-    )
+    Ok((
+        Cow::Owned(der_signature(r, s)),
+        "invalid signature when validating IEEE_P1363 encoded signature",
+    ))
 }
 
 /// `SEQUENCE { INTEGER r, INTEGER s }` in DER from unsigned big-endian values.
-fn der_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
+pub(crate) fn der_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
     fn integer(v: &[u8]) -> Vec<u8> {
         let start = v.iter().position(|&b| b != 0).unwrap_or(v.len());
         let mut body = v[start..].to_vec();

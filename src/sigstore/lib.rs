@@ -11,6 +11,7 @@ pub mod keys;
 pub mod payload;
 pub mod pem;
 pub mod rekor;
+pub mod signers;
 pub mod trust;
 pub mod versions;
 pub mod x509;

@@ -115,7 +115,8 @@ fn dir_layers(image: &Path) -> Vec<cip_sigstore::judge::Layer> {
 
 /// Our judge on containers/image's own fixtures, beside containers/image's verdict, under
 /// public-key policies (also for the keyless, Rekor and PKI fixtures, whose signatures a
-/// public key must then refuse): the same verdict on every case, none left unknown.
+/// public key must then refuse): the same verdict on every case, none left unknown; and
+/// the same again judged from the signers a warmed memo recovered.
 #[test]
 fn our_judge_agrees_with_containers_image_on_its_fixtures() {
     let fixtures = signature_fixtures();
@@ -138,25 +139,47 @@ fn our_judge_agrees_with_containers_image_on_its_fixtures() {
         let dir = fixtures.join(image);
         let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
         let layers = dir_layers(&dir);
+        let pull = cip_sigstore::judge::Pull {
+            intended: &intended,
+            manifest: &manifest,
+            layers: &layers,
+            now: 0,
+        };
+        let requirement = |key: &str, identity: &serde_json::Value| {
+            let r: cip_core::policy::Requirement = serde_json::from_value(json!({
+                "type": "sigstoreSigned",
+                "keyData": testkit::paths::b64(std::fs::read(fixtures.join(key)).unwrap()),
+                "signedIdentity": identity
+            }))
+            .unwrap();
+            r
+        };
+        // A memo warmed as an admission replica warms one: each signature's signers
+        // recovered, under a key that refuses them all (so every layer is met).
+        let warmed = cip_sigstore::judge::Memo::default();
+        let recovering = warmed.recovering();
+        let w = cip_sigstore::judge::judge(
+            &[requirement("cosign2.pub", &identities[0])],
+            &pull,
+            &warmed,
+        );
+        drop(recovering);
+        // The PKI fixture's signature is not ECDSA: nothing to recover, ring decides.
+        let ecdsa = image != "dir-img-cosign-pki-valid";
+        assert_eq!(warmed.signers_kept() > 0, ecdsa, "{image}: {w:?}");
         for key in ["cosign.pub", "cosign2.pub"] {
             for identity in &identities {
                 let theirs = judge(&dir, key, identity.clone());
-                let requirement: cip_core::policy::Requirement = serde_json::from_value(json!({
-                    "type": "sigstoreSigned",
-                    "keyData": testkit::paths::b64(std::fs::read(fixtures.join(key)).unwrap()),
-                    "signedIdentity": identity
-                }))
-                .unwrap();
-                let pull = cip_sigstore::judge::Pull {
-                    intended: &intended,
-                    manifest: &manifest,
-                    layers: &layers,
-                    now: 0,
-                };
+                let requirement = requirement(key, identity);
                 let ours = cip_sigstore::judge::judge(
-                    &[requirement],
+                    std::slice::from_ref(&requirement),
                     &pull,
                     &cip_sigstore::judge::Memo::default(),
+                );
+                let from_signers = cip_sigstore::judge::judge(&[requirement], &pull, &warmed);
+                assert_eq!(
+                    from_signers.verdict, ours.verdict,
+                    "{image} {key} {identity}, from the signers"
                 );
                 let case = format!(
                     "{image} {key} {identity}: containers/image {theirs:?}, we {:?}",

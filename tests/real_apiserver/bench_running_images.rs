@@ -248,6 +248,14 @@ async fn bench_running_images() {
         ("a new key over every digest (cold)", cold),
         ("an edit that keeps the key (warm copy)", warm),
     ] {
+        let order: Vec<String> = times
+            .iter()
+            .map(|t| format!("{:.1}", t.as_secs_f64() * 1e3))
+            .collect();
+        println!(
+            "bench: {what}, each run in ms, in order: {}",
+            order.join(" ")
+        );
         times.sort();
         println!(
             "bench: admission time of kubectl apply --dry-run=server, {what}, 20 runs: median {:?}, max {:?} (the webhook's own time: both reviews, body read to response)",
