@@ -249,14 +249,13 @@ impl Pass<'_> {
         let now = unix_now();
         // A process that also serves admission warns from this pass's copy: its signers
         // are recovered as the pass meets them, as a replica's are while it warms.
-        let recovering = self
-            .options
-            .serves_admission
-            .then(|| self.memo.recovering());
+        let memo = match self.options.serves_admission {
+            true => self.memo.recovering(),
+            false => Memo::clone(self.memo),
+        };
         let judged =
-            crate::pull::impact::judge(inputs, plan, &distinct, &*registries.cache, now, self.memo)
+            crate::pull::impact::judge(inputs, plan, &distinct, &*registries.cache, now, &memo)
                 .await;
-        drop(recovering);
         let seconds = started.elapsed().as_secs_f64();
         let refusing = judged.tallies.iter().filter(|t| t.refused > 0).count();
         self.metrics

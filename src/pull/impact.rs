@@ -248,8 +248,13 @@ impl Copy {
     pub fn warm(&self) -> usize {
         let now = (self.clock)();
         let all = self.before.keys().collect();
-        let _recovering = self.memo.recovering();
-        self.judge_change(&self.inputs, &self.plan, all, false, &|| false, now)
+        let memo = self.memo.recovering();
+        let how = Judging {
+            expired: &|| false,
+            now,
+            memo: &memo,
+        };
+        self.judge_change(&self.inputs, &self.plan, all, false, &how)
             .judged
     }
 
@@ -321,7 +326,12 @@ impl cip_core::running::Preview for Copy {
             return Vec::new();
         };
         let affected = self.affected(Some(&scopes), namespace.as_deref());
-        let change = self.judge_change(&inputs, &plan, affected, true, expired, now);
+        let how = Judging {
+            expired,
+            now,
+            memo: &self.memo,
+        };
+        let change = self.judge_change(&inputs, &plan, affected, true, &how);
         change.warning().into_iter().collect()
     }
 
@@ -347,7 +357,12 @@ impl cip_core::running::Preview for Copy {
         };
         let scopes = registry_list_change(&before, after);
         let affected = self.affected(scopes.as_deref(), None);
-        let change = self.judge_change(&inputs, &plan, affected, true, expired, now);
+        let how = Judging {
+            expired,
+            now,
+            memo: &self.memo,
+        };
+        let change = self.judge_change(&inputs, &plan, affected, true, &how);
         change.warning().into_iter().collect()
     }
 }
@@ -420,6 +435,14 @@ impl Change {
     }
 }
 
+/// How a change is judged: until `expired`, at `now`, through `memo` (recovering signers
+/// while warming, plain for a review).
+struct Judging<'a> {
+    expired: &'a (dyn Fn() -> bool + Sync),
+    now: i64,
+    memo: &'a Memo,
+}
+
 /// The views of one pool: the cluster-wide file's and each namespace file's.
 type PoolViews = BTreeMap<String, crate::pull::preview::Views>;
 
@@ -451,8 +474,7 @@ impl Copy {
         plan: &Plan,
         affected: Vec<&(Placement, Running)>,
         unchanged_pass: bool,
-        expired: &(dyn Fn() -> bool + Sync),
-        now: i64,
+        how: &Judging,
     ) -> Change {
         let namespaces: Vec<Option<String>> =
             affected.iter().map(|(_, r)| r.namespace.clone()).collect();
@@ -460,7 +482,7 @@ impl Copy {
             let mut pools = PoolViews::new();
             for (placement, _) in &affected {
                 if !pools.contains_key(&placement.pool) {
-                    if let Ok(v) = views(inputs, plan, &placement.pool, &namespaces, now) {
+                    if let Ok(v) = views(inputs, plan, &placement.pool, &namespaces, how.now) {
                         pools.insert(placement.pool.clone(), v);
                     }
                 }
@@ -476,9 +498,7 @@ impl Copy {
         let parts: Vec<Part> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads.min(affected.len()).max(1))
                 .map(|_| {
-                    scope.spawn(|| {
-                        self.judge_part(&affected, &next, &pools, before.as_ref(), expired)
-                    })
+                    scope.spawn(|| self.judge_part(&affected, &next, &pools, before.as_ref(), how))
                 })
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
@@ -508,7 +528,7 @@ impl Copy {
         next: &AtomicUsize,
         pools: &PoolViews,
         before: Option<&PoolViews>,
-        expired: &(dyn Fn() -> bool + Sync),
+        how: &Judging,
     ) -> Part {
         let mut part = Part::default();
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
@@ -516,7 +536,7 @@ impl Copy {
             return part;
         };
         loop {
-            if expired() {
+            if (how.expired)() {
                 part.cut_short = next.load(Ordering::Relaxed) < affected.len();
                 break;
             }
@@ -555,7 +575,7 @@ impl Copy {
                     pinned,
                     &placement.arch,
                     &self.cache,
-                    &self.memo,
+                    how.memo,
                 )),
                 Err(why) => Outcome::unusable(&running.image, &node.policy_file, why),
             };

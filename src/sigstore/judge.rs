@@ -6,7 +6,6 @@
 //! reads a registry, a file or the clock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -121,16 +120,22 @@ pub fn needs_signatures(requirements: &[Requirement]) -> bool {
 /// no signature twice. Each requirement's trust root is parsed once. Past [`MEMO_ENTRIES`]
 /// checks, or [`MEMO_ROOTS`] requirements, it starts over.
 ///
-/// While [`Memo::recovering`], each P-256 signature met is also kept with the keys it
+/// Through [`Memo::recovering`], each P-256 signature met is also kept with the keys it
 /// verifies under ([`Signers`]): any key is then judged against it by comparing points, so
 /// a review that brings a new key checks no curve for the signatures warming met. Those
 /// answers are not kept as checks (they cost a lookup); the signers have their own cap,
-/// [`MEMO_SIGNERS`].
-#[derive(Default)]
+/// [`MEMO_SIGNERS`]. Clones share what is kept.
+#[derive(Default, Clone)]
 pub struct Memo {
+    kept: Arc<Kept>,
+    /// Whether signatures met through this handle have their signers recovered.
+    recover: bool,
+}
+
+#[derive(Default)]
+struct Kept {
     checks: Mutex<Checks>,
     signers: Mutex<HashMap<[u8; 32], Arc<Signers>>>,
-    recovering: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -201,19 +206,14 @@ impl Memo {
         ) {
             return None;
         }
-        let lock = || {
-            self.signers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if let Some(s) = lock().get(&digest) {
+        if let Some(s) = self.signers_map().get(&digest) {
             return Some(Arc::clone(s));
         }
-        if self.recovering.load(Ordering::Relaxed) == 0 {
+        if !self.recover {
             return None;
         }
         let signers = Arc::new(Signers::recover(message, signature)?);
-        let mut kept = lock();
+        let mut kept = self.signers_map();
         if kept.len() >= MEMO_SIGNERS {
             kept.clear();
         }
@@ -221,20 +221,26 @@ impl Memo {
         Some(signers)
     }
 
-    /// Until the guard is dropped, signatures' signers are recovered as they are met (a
-    /// replica warming its copy: about twice a check's cost, once, so that later reviews
-    /// need none).
-    pub fn recovering(&self) -> Recovering<'_> {
-        self.recovering.fetch_add(1, Ordering::Relaxed);
-        Recovering(&self.recovering)
+    /// The same memo, recovering the signers of each signature met through it (a replica
+    /// warming its copy: about five checks' cost a signature, once, so that later reviews
+    /// need none). Reviews use the plain handle and never pay for it.
+    pub fn recovering(&self) -> Memo {
+        Memo {
+            kept: Arc::clone(&self.kept),
+            recover: true,
+        }
     }
 
     /// Signatures whose signers are kept.
     pub fn signers_kept(&self) -> usize {
-        self.signers
+        self.signers_map().len()
+    }
+
+    fn signers_map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<Signers>>> {
+        self.kept
+            .signers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
     }
 
     /// `trust::root` of the requirement, parsed once.
@@ -288,7 +294,8 @@ impl Memo {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, Checks> {
-        self.checks
+        self.kept
+            .checks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -308,15 +315,6 @@ impl Memo {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Held while a [`Memo`] recovers signers.
-pub struct Recovering<'a>(&'a AtomicUsize);
-
-impl Drop for Recovering<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -981,12 +979,10 @@ mod tests {
         let layer = c.good_layer();
         let pull = c.pull(std::slice::from_ref(&layer));
         let memo = Memo::default();
-        let recovering = memo.recovering();
         assert_eq!(
-            judge(&[c.requirement()], &pull, &memo).verdict,
+            judge(&[c.requirement()], &pull, &memo.recovering()).verdict,
             Verdict::Accepted
         );
-        drop(recovering);
         assert_eq!((memo.len(), memo.signers_kept()), (0, 1));
         let rotated = case();
         let under = |requirement: &Requirement, memo: &Memo| {
@@ -1011,9 +1007,7 @@ mod tests {
         let mut forged = layer.clone();
         forged.payload = c.payload("quay.io/org/app:v1", &format!("sha256:{}", "0".repeat(64)));
         let forged_pull = c.pull(std::slice::from_ref(&forged));
-        let recovering = memo.recovering();
-        let v = judge(&[c.requirement()], &forged_pull, &memo).verdict;
-        drop(recovering);
+        let v = judge(&[c.requirement()], &forged_pull, &memo.recovering()).verdict;
         assert!(
             refused_with(&v, "cryptographic signature verification failed"),
             "{v:?}"

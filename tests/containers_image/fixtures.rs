@@ -157,13 +157,11 @@ fn our_judge_agrees_with_containers_image_on_its_fixtures() {
         // A memo warmed as an admission replica warms one: each signature's signers
         // recovered, under a key that refuses them all (so every layer is met).
         let warmed = cip_sigstore::judge::Memo::default();
-        let recovering = warmed.recovering();
         let w = cip_sigstore::judge::judge(
             &[requirement("cosign2.pub", &identities[0])],
             &pull,
-            &warmed,
+            &warmed.recovering(),
         );
-        drop(recovering);
         // The PKI fixture's signature is not ECDSA: nothing to recover, ring decides.
         let ecdsa = image != "dir-img-cosign-pki-valid";
         assert_eq!(warmed.signers_kept() > 0, ecdsa, "{image}: {w:?}");
