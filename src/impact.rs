@@ -204,7 +204,18 @@ impl Pass<'_> {
         let Ok(plan) = &desired.plan else {
             return (registries, false);
         };
-        let Some(index) = self.index.index() else {
+        // Read under the index's lock: a pass copies no pod.
+        let read = self.index.read(|index| {
+            let secrets = self.options.pod_pull_secrets.then(|| {
+                (index.pods.values())
+                    .flat_map(|p| {
+                        (p.pull_secrets.iter()).map(|s| (p.namespace.to_string(), s.clone()))
+                    })
+                    .collect()
+            });
+            (index.distinct(&inputs.pools), secrets)
+        });
+        let Some((distinct, pod_secrets)) = read else {
             let written = writer.write(inputs, &[], true, leading).await;
             return (registries, written.deferred > 0);
         };
@@ -219,20 +230,12 @@ impl Pass<'_> {
         } else {
             None
         };
-        let auth = if self.options.pod_pull_secrets {
-            let names = index
-                .pods
-                .values()
-                .flat_map(|p| {
-                    p.pull_secrets
-                        .iter()
-                        .map(|s| (p.namespace.clone(), s.clone()))
-                })
-                .collect();
-            let pods = crate::k8s::pods::pod_pull_secrets(self.client, &names).await;
-            crate::pull::registry::merge_auths(auth.as_deref(), &pods)
-        } else {
-            auth
+        let auth = match pod_secrets {
+            Some(names) => {
+                let pods = crate::k8s::pods::pod_pull_secrets(self.client, &names).await;
+                crate::pull::registry::merge_auths(auth.as_deref(), &pods)
+            }
+            None => auth,
         };
         let cas = self.trusted_cas(inputs).await;
         let key = (plan.facts.insecure.clone(), auth, cas);
@@ -245,7 +248,6 @@ impl Pass<'_> {
         };
         let started = Instant::now();
         registries.cache.expire(started);
-        let distinct = index.distinct(&inputs.pools);
         let now = unix_now();
         // A process that also serves admission warns from this pass's copy: its signers
         // are recovered as the pass meets them, as a replica's are while it warms.
@@ -493,7 +495,7 @@ async fn fetch_copy(client: &CopyClient, from: &CopyFrom) -> Result<Vec<u8>, Str
         .map_err(|_| "no answer within 30 s".to_string())?
 }
 
-/// A pass allocates its verdicts, the index's copy and the copy for admission, and frees
+/// A pass allocates its verdicts, the distinct images and the copy for admission, and frees
 /// most of it at the end; glibc keeps the freed small blocks in its arenas unless asked to
 /// give them back, and the leader's RSS would stay at the pass's peak.
 fn release_freed_memory() {

@@ -6,6 +6,7 @@
 //! condition, from a policy's tally.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,14 +29,15 @@ pub fn image_id_digest(id: &str) -> Option<String> {
     Some(digest.to_string())
 }
 
-/// A pod, projected to what the index needs.
+/// A pod, projected to what the index needs. Its strings are shared: thousands of pods
+/// name the same few namespaces, nodes, images and digests, and the index keeps each once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodImages {
-    pub namespace: String,
-    pub node: Option<String>,
+    pub namespace: Arc<str>,
+    pub node: Option<Arc<str>>,
     /// Each container: the image as written in its status (or spec, before it started)
     /// and the `imageID` digest once the kubelet reported one.
-    pub containers: Vec<(String, Option<String>)>,
+    pub containers: Vec<(Arc<str>, Option<Arc<str>>)>,
     pub pull_secrets: Vec<String>,
 }
 
@@ -143,9 +145,9 @@ impl Index {
                     out.by_tag += 1;
                 }
                 let running = Running {
-                    namespace: Some(pod.namespace.clone()),
-                    image: image.clone(),
-                    digest: digest.clone(),
+                    namespace: Some(pod.namespace.to_string()),
+                    image: image.to_string(),
+                    digest: digest.as_deref().map(str::to_string),
                 };
                 *images.entry(running).or_default() += 1;
             }
@@ -344,7 +346,7 @@ mod tests {
                     namespace: "ns".into(),
                     node: Some("n1".into()),
                     containers: vec![
-                        ("r/app:v1".into(), Some(d.clone())),
+                        ("r/app:v1".into(), Some(d.as_str().into())),
                         ("r/side:v1".into(), None),
                     ],
                     pull_secrets: vec![],

@@ -5,7 +5,7 @@
 //! included. Finished pods (Succeeded, Failed) are left out by the server's field selector.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -177,8 +177,8 @@ impl PodProjection {
     }
 
     /// Each container's image as the pod spec writes it (what a pull asks for), with the
-    /// digest its status reports once the kubelet has one.
-    pub fn images(&self) -> PodImages {
+    /// digest its status reports once the kubelet has one; strings shared through `strings`.
+    pub fn images(&self, strings: &mut Strings) -> PodImages {
         let statuses: BTreeMap<&str, &str> = (self.status.container_statuses.iter())
             .chain(&self.status.init_container_statuses)
             .chain(&self.status.ephemeral_container_statuses)
@@ -192,12 +192,13 @@ impl PodProjection {
                 let digest = statuses
                     .get(c.name.as_str())
                     .and_then(|id| image_id_digest(id));
-                (c.image.clone(), digest)
+                (strings.get(&c.image), digest.map(|d| strings.get(&d)))
             })
             .collect();
+        let node = self.spec.node_name.as_deref().filter(|n| !n.is_empty());
         PodImages {
-            namespace: self.metadata.namespace.clone().unwrap_or_default(),
-            node: self.spec.node_name.clone().filter(|n| !n.is_empty()),
+            namespace: strings.get(self.metadata.namespace.as_deref().unwrap_or_default()),
+            node: node.map(|n| strings.get(n)),
             containers,
             pull_secrets: self
                 .spec
@@ -220,21 +221,61 @@ impl NodeProjection {
     }
 }
 
+/// One shared copy of each string the pods repeat (namespaces, nodes, images, digests).
+#[derive(Debug, Default)]
+pub struct Strings {
+    set: HashSet<Arc<str>>,
+    /// How many were kept at the last pruning: the next comes when the set has doubled.
+    kept: usize,
+}
+
+impl Strings {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.set.get(s) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.set.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// Forgets the strings no pod holds any more, once the set has doubled since the last
+    /// time (each string is looked at once per doubling: amortized constant).
+    fn prune(&mut self) {
+        if self.set.len() > 2 * self.kept.max(1024) {
+            self.set.retain(|s| Arc::strong_count(s) > 1);
+            self.kept = self.set.len();
+        }
+    }
+}
+
+/// What the watches keep: the index readers see, each watch's relist in progress, and
+/// the pods' shared strings.
+#[derive(Default)]
+struct Watched {
+    index: Index,
+    pods: Slot<PodImages>,
+    nodes: Slot<NodeFacts>,
+    strings: Strings,
+}
+
 /// The index as the watches keep it.
 #[derive(Default)]
 pub struct Shared {
-    slots: Mutex<(Slot<PodImages>, Slot<NodeFacts>)>,
+    watched: Mutex<Watched>,
     changed: tokio::sync::Notify,
 }
 
 impl Shared {
+    /// `f` of the index, under its lock (no copy), once both watches have listed.
+    pub fn read<R>(&self, f: impl FnOnce(&Index) -> R) -> Option<R> {
+        let g = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        (g.pods.synced && g.nodes.synced).then(|| f(&g.index))
+    }
+
     /// A copy of the index, once both watches have listed.
     pub fn index(&self) -> Option<Index> {
-        let g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        (g.0.synced && g.1.synced).then(|| Index {
-            pods: g.0.map.clone(),
-            nodes: g.1.map.clone(),
-        })
+        self.read(Index::clone)
     }
 
     /// Waits for the next change.
@@ -242,8 +283,8 @@ impl Shared {
         self.changed.notified().await;
     }
 
-    fn update(&self, f: impl FnOnce(&mut (Slot<PodImages>, Slot<NodeFacts>))) {
-        f(&mut self.slots.lock().unwrap_or_else(|e| e.into_inner()));
+    fn update(&self, f: impl FnOnce(&mut Watched)) {
+        f(&mut self.watched.lock().unwrap_or_else(|e| e.into_inner()));
         self.changed.notify_one();
     }
 }
@@ -257,16 +298,23 @@ pub fn spawn(client: kube::Client) -> Arc<Shared> {
         .page_size(500);
     let s = Arc::clone(&shared);
     tokio::spawn(follow(watcher(pods, config), move |event| {
-        s.update(|(pods, _)| pods.apply(event, |p: &PodProjection| (p.key(), p.images())))
+        s.update(|w| {
+            let strings = &mut w.strings;
+            w.pods.apply(&mut w.index.pods, event, |p: &PodProjection| {
+                (p.key(), p.images(strings))
+            });
+            strings.prune();
+        })
     }));
     let nodes: Api<NodeProjection> = Api::all(client);
     let s = Arc::clone(&shared);
     let config = watcher::Config::default();
     tokio::spawn(follow(watcher(nodes, config), move |event| {
-        s.update(|(_, nodes)| {
-            nodes.apply(event, |n: &NodeProjection| {
-                (n.metadata.name.clone().unwrap_or_default(), n.facts())
-            })
+        s.update(|w| {
+            w.nodes
+                .apply(&mut w.index.nodes, event, |n: &NodeProjection| {
+                    (n.metadata.name.clone().unwrap_or_default(), n.facts())
+                })
         })
     }));
     shared
@@ -285,11 +333,10 @@ async fn follow<K: Send + 'static>(
     }
 }
 
-/// One watched type's projections: the map readers see, and a relist in progress that
-/// replaces it when complete.
+/// One watched type's relist in progress, which replaces the map readers see when
+/// complete.
 #[derive(Debug)]
 struct Slot<V> {
-    map: BTreeMap<String, V>,
     listing: Option<BTreeMap<String, V>>,
     synced: bool,
 }
@@ -297,7 +344,6 @@ struct Slot<V> {
 impl<V> Default for Slot<V> {
     fn default() -> Self {
         Slot {
-            map: BTreeMap::new(),
             listing: None,
             synced: false,
         }
@@ -305,8 +351,13 @@ impl<V> Default for Slot<V> {
 }
 
 impl<V> Slot<V> {
-    /// One watch event; `project` gives the key and value kept for an object.
-    fn apply<K>(&mut self, event: Event<K>, project: impl Fn(&K) -> (String, V)) {
+    /// One watch event on `map`; `project` gives the key and value kept for an object.
+    fn apply<K>(
+        &mut self,
+        map: &mut BTreeMap<String, V>,
+        event: Event<K>,
+        mut project: impl FnMut(&K) -> (String, V),
+    ) {
         match event {
             Event::Init => self.listing = Some(BTreeMap::new()),
             Event::InitApply(o) => {
@@ -314,15 +365,15 @@ impl<V> Slot<V> {
                 self.listing.get_or_insert_with(BTreeMap::new).insert(k, v);
             }
             Event::InitDone => {
-                self.map = self.listing.take().unwrap_or_default();
+                *map = self.listing.take().unwrap_or_default();
                 self.synced = true;
             }
             Event::Apply(o) => {
                 let (k, v) = project(&o);
-                self.map.insert(k, v);
+                map.insert(k, v);
             }
             Event::Delete(o) => {
-                self.map.remove(&project(&o).0);
+                map.remove(&project(&o).0);
             }
         }
     }
@@ -413,22 +464,41 @@ mod tests {
         assert_eq!(pod.key(), "ns/p");
         assert_eq!(pod.metadata.annotations, None);
         assert_eq!(pod.metadata.managed_fields, None);
-        let images = pod.images();
+        let mut strings = Strings::default();
+        let images = pod.images(&mut strings);
         assert_eq!(images.node.as_deref(), Some("n1"));
         assert_eq!(images.pull_secrets, ["s"]);
         assert_eq!(
             images.containers,
             [
-                ("r/init:v1".to_string(), None),
-                ("r/app:v1".to_string(), Some(d)),
-                ("r/side@sha256:00".to_string(), None)
+                ("r/init:v1".into(), None),
+                ("r/app:v1".into(), Some(d.as_str().into())),
+                ("r/side@sha256:00".into(), None)
             ]
         );
+        let again = pod.images(&mut strings);
+        assert!(Arc::ptr_eq(&images.containers[1].0, &again.containers[1].0));
+        assert_eq!(strings.set.len(), 6, "ns, n1, three images, one digest");
+    }
+
+    #[test]
+    fn strings_no_pod_holds_are_forgotten_once_the_set_has_doubled() {
+        let mut strings = Strings::default();
+        let held: Vec<Arc<str>> = (0..1000).map(|i| strings.get(&format!("a{i}"))).collect();
+        for i in 0..1048 {
+            strings.get(&format!("b{i}"));
+        }
+        strings.prune();
+        assert_eq!(strings.set.len(), 2048, "not doubled past 1,024 yet");
+        strings.get("c");
+        strings.prune();
+        assert_eq!(strings.set.len(), held.len(), "only what is held is kept");
+        assert!(Arc::ptr_eq(&strings.get("a7"), &held[7]));
     }
 
     #[test]
     fn a_relist_drops_what_is_gone() {
-        let mut slot = Slot::default();
+        let (mut slot, mut map) = (Slot::default(), BTreeMap::new());
         let project = |s: &String| (s.clone(), s.len());
         for e in [
             Event::Init,
@@ -436,21 +506,21 @@ mod tests {
             Event::InitApply("bb".into()),
             Event::InitDone,
         ] {
-            slot.apply(e, project);
+            slot.apply(&mut map, e, project);
         }
-        assert!(slot.synced && slot.map.len() == 2);
-        slot.apply(Event::Delete("a".into()), project);
-        slot.apply(Event::Apply("ccc".into()), project);
-        slot.apply(Event::Init, project);
-        slot.apply(Event::InitApply("ccc".into()), project);
+        assert!(slot.synced && map.len() == 2);
+        slot.apply(&mut map, Event::Delete("a".into()), project);
+        slot.apply(&mut map, Event::Apply("ccc".into()), project);
+        slot.apply(&mut map, Event::Init, project);
+        slot.apply(&mut map, Event::InitApply("ccc".into()), project);
         assert_eq!(
-            slot.map.len(),
+            map.len(),
             2,
             "readers see the old list until the new one is whole"
         );
-        slot.apply(Event::InitDone, project);
+        slot.apply(&mut map, Event::InitDone, project);
         assert_eq!(
-            slot.map.into_iter().collect::<Vec<_>>(),
+            map.into_iter().collect::<Vec<_>>(),
             [("ccc".to_string(), 3)]
         );
     }

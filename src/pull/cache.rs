@@ -64,7 +64,12 @@ pub struct Stats {
     pub entries: usize,
 }
 
-type Key = (String, String, String);
+/// Blob or manifest, and `host NUL repository NUL reference` in one allocation that both
+/// maps share (thousands of answers are kept; three strings each, twice, cost more than
+/// the answers).
+type Key = (bool, Arc<str>);
+/// As the attachments file writes a key: host, repository, reference.
+type Named = (String, String, String);
 /// An answer: the media type (manifests) and the bytes, or the error.
 type Answer = Result<(Option<String>, Vec<u8>), FetchError>;
 
@@ -81,32 +86,43 @@ impl Entry {
             Ok((m, b)) => b.len() + m.as_ref().map_or(0, String::len),
             Err(FetchError::NotFound(s) | FetchError::Failed(s)) => s.len(),
         };
-        body + key.0.len() + key.1.len() + key.2.len() + 96
+        body + key.1.len() + 96
     }
+}
+
+fn key(blob: bool, host: &str, repo: &str, reference: &str) -> Key {
+    (blob, format!("{host}\0{repo}\0{reference}").into())
+}
+
+/// A key's host, repository and reference.
+fn named(key: &Key) -> (&str, &str, &str) {
+    let mut parts = key.1.splitn(3, '\0');
+    let mut next = || parts.next().unwrap_or_default();
+    (next(), next(), next())
 }
 
 #[derive(Default)]
 struct Kept {
-    entries: BTreeMap<(bool, Key), Entry>,
+    entries: BTreeMap<Key, Entry>,
     /// Insertion order, for eviction: seq → entry key.
-    order: BTreeMap<u64, (bool, Key)>,
+    order: BTreeMap<u64, Key>,
     bytes: usize,
     next: u64,
 }
 
 impl Kept {
-    fn remove(&mut self, key: &(bool, Key)) {
+    fn remove(&mut self, key: &Key) {
         if let Some(old) = self.entries.remove(key) {
             self.order.remove(&old.seq);
-            self.bytes -= old.size(&key.1);
+            self.bytes -= old.size(key);
         }
     }
 
-    fn insert(&mut self, key: (bool, Key), mut entry: Entry, max: usize) {
+    fn insert(&mut self, key: Key, mut entry: Entry, max: usize) {
         self.remove(&key);
         entry.seq = self.next;
         self.next += 1;
-        let size = entry.size(&key.1);
+        let size = entry.size(&key);
         if size > max {
             return;
         }
@@ -115,7 +131,7 @@ impl Kept {
                 break;
             };
             if let Some(e) = self.entries.remove(&oldest) {
-                self.bytes -= e.size(&oldest.1);
+                self.bytes -= e.size(&oldest);
             }
         }
         self.bytes += size;
@@ -155,8 +171,8 @@ struct Saved {
 
 #[derive(Serialize, Deserialize, Default)]
 struct File {
-    manifests: Vec<(Key, Saved)>,
-    blobs: Vec<(Key, Saved)>,
+    manifests: Vec<(Named, Saved)>,
+    blobs: Vec<(Named, Saved)>,
 }
 
 fn b64(b: &[u8]) -> String {
@@ -227,13 +243,14 @@ impl<S: Source> Cached<S> {
         let mut kept = lock(&self.kept);
         let all = (file.manifests.into_iter().map(|(k, s)| (false, k, s)))
             .chain(file.blobs.into_iter().map(|(k, s)| (true, k, s)));
-        for (blob, key, saved) in all {
+        for (blob, (host, repo, reference), saved) in all {
             let entry = Entry {
                 result: saved.result(),
                 expires: None,
                 seq: 0,
             };
-            kept.insert((blob, key), entry, self.retention.max_bytes);
+            let key = key(blob, &host, &repo, &reference);
+            kept.insert(key, entry, self.retention.max_bytes);
         }
         Ok(())
     }
@@ -244,13 +261,15 @@ impl<S: Source> Cached<S> {
 
     pub fn save(&self) -> String {
         let mut file = File::default();
-        for ((blob, key), e) in &lock(&self.kept).entries {
-            let list = if *blob {
+        for (key, e) in &lock(&self.kept).entries {
+            let list = if key.0 {
                 &mut file.blobs
             } else {
                 &mut file.manifests
             };
-            list.push((key.clone(), Saved::of(&e.result)));
+            let (host, repo, reference) = named(key);
+            let named = (host.to_string(), repo.to_string(), reference.to_string());
+            list.push((named, Saved::of(&e.result)));
         }
         serde_json::to_string(&file).unwrap_or_default()
     }
@@ -270,7 +289,7 @@ impl<S: Source> Cached<S> {
     /// Drops what has expired (a pass calls it first, so memory follows the cluster).
     pub fn expire(&self, now: Instant) {
         let mut kept = lock(&self.kept);
-        let gone: Vec<(bool, Key)> = kept
+        let gone: Vec<Key> = kept
             .entries
             .iter()
             .filter(|(_, e)| e.expires.is_some_and(|at| at <= now))
@@ -310,7 +329,7 @@ impl<S: Source> Cached<S> {
     }
 
     /// A kept answer still good, counted as a hit.
-    fn kept(&self, key: &(bool, Key)) -> Option<Answer> {
+    fn kept(&self, key: &Key) -> Option<Answer> {
         let kept = lock(&self.kept);
         let e = kept.entries.get(key)?;
         if e.expires.is_some_and(|at| at <= Instant::now()) {
@@ -321,17 +340,17 @@ impl<S: Source> Cached<S> {
     }
 
     /// The source to ask, or why there is none.
-    fn source(&self, key: &(bool, Key)) -> Result<&S, FetchError> {
-        let (blob, (host, repo, reference)) = key;
+    fn source(&self, key: &Key) -> Result<&S, FetchError> {
+        let (host, repo, reference) = named(key);
         self.inner.as_ref().ok_or_else(|| {
             FetchError::Failed(format!(
                 "{host}/{repo}{}{reference} is not in the attachments file",
-                if *blob { "@" } else { ":" }
+                if key.0 { "@" } else { ":" }
             ))
         })
     }
 
-    fn remember(&self, key: (bool, Key), result: &Answer) {
+    fn remember(&self, key: Key, result: &Answer) {
         let counter = match result {
             Ok(_) => &self.ok,
             Err(FetchError::NotFound(_)) => &self.not_found,
@@ -340,18 +359,11 @@ impl<S: Source> Cached<S> {
         counter.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
             result: result.clone(),
-            expires: Instant::now().checked_add(self.lifetime(&key.1 .2, result)),
+            expires: Instant::now().checked_add(self.lifetime(named(&key).2, result)),
             seq: 0,
         };
         lock(&self.kept).insert(key, entry, self.retention.max_bytes);
     }
-}
-
-fn key(blob: bool, host: &str, repo: &str, reference: &str) -> (bool, Key) {
-    (
-        blob,
-        (host.to_string(), repo.to_string(), reference.to_string()),
-    )
 }
 
 impl<S: Source + Send + Sync> Cached<S> {

@@ -5,12 +5,12 @@
 //! cannot check as Go does (P-224 and P-521 curves, RSA moduli over 8,192 bits, unusual
 //! exponents) is `Unknown`, never a verdict.
 
+use std::borrow::Cow;
+
 use ring::signature as rs;
 use x509_parser::der_parser::oid;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
-
-use std::borrow::Cow;
 
 use crate::pem;
 use crate::signers::Signers;
