@@ -267,17 +267,11 @@ impl Pass<'_> {
         let written = writer.write(inputs, &judged.tallies, false, leading).await;
         let stale_after = 3 * self.options.interval.as_secs() as i64 + 60;
         let taken_at = unix_now();
-        let images = Arc::new(Transfer::judgements(&judged));
-        let cache = Arc::clone(&registries.cache);
-        let bytes: crate::state::RunningImages = Arc::new(move || {
-            let transfer = Transfer {
-                taken_at,
-                stale_after,
-                images: images.to_vec(),
-                cache: cache.save(),
-            };
-            serde_json::to_vec(&transfer).unwrap_or_default()
-        });
+        let bytes = Arc::new(Served::new(
+            Transfer::judgements(&judged),
+            Arc::clone(&registries.cache),
+            (taken_at, stale_after),
+        ));
         // A process that serves no admission keeps only what replicas copy.
         let copy = if self.options.serves_admission {
             let options = self.options.render.clone();
@@ -327,6 +321,55 @@ impl Pass<'_> {
     }
 }
 
+/// A pass's copy as `/running-images` serves it.
+struct Served {
+    images: Vec<crate::pull::impact::Judgement>,
+    /// Of the judgement: the tag less the cache's fingerprint.
+    judged: String,
+    cache: Arc<Cached<Client>>,
+    taken_at: i64,
+    stale_after: i64,
+}
+
+impl Served {
+    fn new(
+        images: Vec<crate::pull::impact::Judgement>,
+        cache: Arc<Cached<Client>>,
+        (taken_at, stale_after): (i64, i64),
+    ) -> Served {
+        let judged = serde_json::to_vec(&(&images, stale_after)).unwrap_or_default();
+        let judged = cip_sigstore::judge::sha256(&judged);
+        let judged = judged.trim_start_matches("sha256:").get(..16);
+        Served {
+            judged: judged.unwrap_or_default().to_string(),
+            images,
+            cache,
+            taken_at,
+            stale_after,
+        }
+    }
+}
+
+impl crate::state::RunningImagesCopy for Served {
+    fn tag(&self) -> String {
+        format!("\"{}-{:016x}\"", self.judged, self.cache.fingerprint())
+    }
+
+    fn taken_at(&self) -> i64 {
+        self.taken_at
+    }
+
+    fn write(&self) -> Vec<u8> {
+        let transfer = Transfer {
+            taken_at: self.taken_at,
+            stale_after: self.stale_after,
+            images: self.images.clone(),
+            cache: self.cache.save(),
+        };
+        serde_json::to_vec(&transfer).unwrap_or_default()
+    }
+}
+
 /// Where an admission replica copies the lease holder's judgement from.
 #[derive(Debug, Clone)]
 pub struct CopyFrom {
@@ -357,23 +400,32 @@ pub async fn follow(
         }
     };
     let mut last: Option<Arc<Vec<u8>>> = None;
-    let mut loaded_from: Option<(Arc<Vec<u8>>, Arc<Inputs>)> = None;
+    // The tag of `last`, as the lease holder named it, and when it last said `last` is
+    // still what it holds.
+    let (mut tag, mut renewed) = (None::<String>, i64::MIN);
+    let mut loaded: Option<Loaded> = None;
     let memo = Arc::new(Memo::default());
     loop {
-        match fetch_copy(&client, &from).await {
-            Ok(bytes) if last.as_deref() != Some(&bytes) => last = Some(Arc::new(bytes)),
-            Ok(_) => {}
+        match fetch_copy(&client, &from, tag.as_deref()).await {
+            Ok(Fetched::New { bytes, tag: named }) => {
+                if last.as_deref() != Some(&bytes) {
+                    last = Some(Arc::new(bytes));
+                }
+                (tag, renewed) = (named, i64::MIN);
+            }
+            Ok(Fetched::Same { taken_at }) => {
+                renewed = renewed.max(taken_at.unwrap_or(i64::MIN));
+            }
             Err(e) => {
                 tracing::debug!(error = %e, url = %from.url, "running-images copy not fetched")
             }
         }
         let current = desired.borrow_and_update().ready().cloned();
         if let (Some(bytes), Some(d)) = (&last, current) {
-            let same = loaded_from
-                .as_ref()
-                .is_some_and(|(b, i)| Arc::ptr_eq(b, bytes) && Arc::ptr_eq(i, &d.inputs));
+            let same = (loaded.as_ref())
+                .is_some_and(|l| Arc::ptr_eq(&l.bytes, bytes) && Arc::ptr_eq(&l.inputs, &d.inputs));
             if let (false, Ok(plan)) = (same, &d.plan) {
-                let loaded = serde_json::from_slice::<Transfer>(bytes)
+                let made = serde_json::from_slice::<Transfer>(bytes)
                     .map_err(|e| e.to_string())
                     .and_then(|t| {
                         Copy::from_transfer(
@@ -385,24 +437,41 @@ pub async fn follow(
                             Arc::clone(&memo),
                         )
                     });
-                match loaded {
+                match made {
                     Ok(copy) => {
                         let copy = Arc::new(copy);
+                        copy.renew(renewed);
                         state.set_preview(Some(
                             Arc::clone(&copy) as Arc<dyn cip_core::running::Preview>
                         ));
-                        loaded_from = Some((Arc::clone(bytes), Arc::clone(&d.inputs)));
+                        loaded = Some(Loaded {
+                            bytes: Arc::clone(bytes),
+                            inputs: Arc::clone(&d.inputs),
+                            copy: Arc::clone(&copy),
+                        });
                         warm(copy, &memo).await;
                     }
                     Err(e) => tracing::warn!(error = %e, "the running-images copy does not load"),
                 }
             }
         }
+        // What the lease holder said of `last` is said of the copy loaded from it only.
+        let from_last = |l: &&Loaded| last.as_ref().is_some_and(|b| Arc::ptr_eq(&l.bytes, b));
+        if let Some(l) = loaded.as_ref().filter(from_last) {
+            l.copy.renew(renewed);
+        }
         tokio::select! {
             () = tokio::time::sleep(from.every) => {}
             r = desired.changed() => if r.is_err() { return },
         }
     }
+}
+
+/// The copy a replica judges from, and what it was loaded from.
+struct Loaded {
+    bytes: Arc<Vec<u8>>,
+    inputs: Arc<Inputs>,
+    copy: Arc<Copy>,
 }
 
 /// Checks the signatures of the keys in force ahead of any review, on a blocking thread.
@@ -421,12 +490,12 @@ async fn warm(copy: Arc<Copy>, memo: &Memo) {
     }
 }
 
-type CopyClient = hyper_util::client::legacy::Client<
+pub type CopyClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Full<hyper::body::Bytes>,
 >;
 
-fn copy_client(ca: Option<&std::path::Path>) -> Result<CopyClient, String> {
+pub fn copy_client(ca: Option<&std::path::Path>) -> Result<CopyClient, String> {
     use rustls::pki_types::pem::PemObject;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
@@ -460,9 +529,26 @@ fn copy_client(ca: Option<&std::path::Path>) -> Result<CopyClient, String> {
 /// The most a copy may weigh: the reconciler's cache is capped at 64 MiB, base64 adds a third.
 const MAX_COPY: usize = 96 << 20;
 
-async fn fetch_copy(client: &CopyClient, from: &CopyFrom) -> Result<Vec<u8>, String> {
+/// What a fetch of the copy brought.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// A copy, and the tag the lease holder gave it.
+    New { bytes: Vec<u8>, tag: Option<String> },
+    /// The copy held is still what the lease holder holds, as of its pass at `taken_at`.
+    Same { taken_at: Option<i64> },
+}
+
+/// The lease holder's copy, unless it is still the one `held` names (304).
+pub async fn fetch_copy(
+    client: &CopyClient,
+    from: &CopyFrom,
+    held: Option<&str>,
+) -> Result<Fetched, String> {
     use http_body_util::BodyExt;
     let mut request = hyper::Request::get(&from.url);
+    if let Some(tag) = held {
+        request = request.header(hyper::header::IF_NONE_MATCH, tag);
+    }
     if let Some(path) = &from.token {
         let token =
             std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -477,6 +563,16 @@ async fn fetch_copy(client: &CopyClient, from: &CopyFrom) -> Result<Vec<u8>, Str
             .await
             .map_err(|e| crate::files::chain(&e))?;
         let status = response.status();
+        let header = |name| {
+            (response.headers().get(name))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if status == hyper::StatusCode::NOT_MODIFIED && held.is_some() {
+            let taken_at = header(crate::state::TAKEN_AT).and_then(|t| t.parse().ok());
+            return Ok(Fetched::Same { taken_at });
+        }
+        let tag = header(hyper::header::ETAG.as_str());
         let body = http_body_util::Limited::new(response.into_body(), MAX_COPY)
             .collect()
             .await
@@ -488,7 +584,10 @@ async fn fetch_copy(client: &CopyClient, from: &CopyFrom) -> Result<Vec<u8>, Str
                 String::from_utf8_lossy(&body).trim()
             ));
         }
-        Ok(body.to_vec())
+        Ok(Fetched::New {
+            bytes: body.to_vec(),
+            tag,
+        })
     };
     tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
@@ -503,5 +602,45 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pull::impact::Judgement;
+    use crate::state::RunningImagesCopy;
+
+    fn judgement(verdict: &str) -> Judgement {
+        Judgement {
+            pool: "worker".into(),
+            arch: "amd64".into(),
+            namespace: Some("apps".into()),
+            image: "quay.io/team/a:v1".into(),
+            digest: None,
+            verdict: verdict.into(),
+        }
+    }
+
+    /// A copy's tag names its content: another pass, or another leader, that judged the
+    /// same over the same answers has the same tag (replicas get 304), and a verdict or a
+    /// cache answer changes it.
+    #[test]
+    fn a_copy_is_tagged_by_what_it_holds_not_by_its_pass() {
+        let cache: Arc<Cached<Client>> = Arc::new(Cached::new(None));
+        let served = |verdict, taken_at| {
+            let images = vec![judgement(verdict)];
+            Served::new(images, Arc::clone(&cache), (taken_at, 960))
+        };
+        let first = served("accepted", 1_000);
+        assert_eq!(first.tag(), served("accepted", 1_300).tag());
+        assert_ne!(first.tag(), served("refused", 1_000).tag());
+        let before = first.tag();
+        let file =
+            r#"{"manifests": [[["h", "r", "sha256-a.sig"], {"notFound": "gone"}]], "blobs": []}"#;
+        cache.load(file).unwrap();
+        assert_ne!(first.tag(), before, "the cache changed");
+        let copy: Transfer = serde_json::from_slice(&first.write()).unwrap();
+        assert_eq!((copy.taken_at, copy.images.len()), (1_000, 1));
     }
 }

@@ -30,9 +30,24 @@ pub struct ProcessState {
     running_images: RwLock<Option<RunningImages>>,
 }
 
-/// Writes the running-images copy when asked: made at each request from the live cache
-/// rather than kept as a second copy of it beside the cache.
-pub type RunningImages = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+/// The lease holder's running-images copy as replicas fetch it. Its bytes are made at
+/// each request from the live cache rather than kept as a second copy beside the cache,
+/// and a replica that holds them already is answered 304.
+pub trait RunningImagesCopy: Send + Sync {
+    /// Names the content (`ETag`): it changes when the judgement or the cache does, not at
+    /// every pass.
+    fn tag(&self) -> String;
+    /// When the lease holder last judged (Unix seconds), sent with every answer, 304
+    /// included ([`TAKEN_AT`]), so that a replica knows its copy is current.
+    fn taken_at(&self) -> i64;
+    /// The bytes (blocking: the cache is serialised).
+    fn write(&self) -> Vec<u8>;
+}
+
+pub type RunningImages = Arc<dyn RunningImagesCopy>;
+
+/// The response header that carries [`RunningImagesCopy::taken_at`].
+pub const TAKEN_AT: &str = "cip-taken-at";
 
 impl ProcessState {
     pub fn new(serves_admission: bool) -> ProcessState {
@@ -118,13 +133,12 @@ impl ProcessState {
             .unwrap_or_else(|e| e.into_inner()) = Some(copy);
     }
 
-    /// The copy's bytes, written now (blocking: the cache is serialised).
-    pub fn running_images(&self) -> Option<Vec<u8>> {
-        let source = self
-            .running_images
+    /// The last pass's copy (its bytes are written by calling `write`, which blocks while
+    /// the cache is serialised).
+    pub fn running_images(&self) -> Option<RunningImages> {
+        self.running_images
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
-        Some(source())
+            .clone()
     }
 }

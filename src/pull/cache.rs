@@ -78,6 +78,8 @@ struct Entry {
     result: Answer,
     expires: Option<Instant>,
     seq: u64,
+    /// Of the key and the answer: what the entry adds to [`Kept::fingerprint`].
+    hash: u64,
 }
 
 impl Entry {
@@ -108,6 +110,29 @@ struct Kept {
     order: BTreeMap<u64, Key>,
     bytes: usize,
     next: u64,
+    /// The entries' hashes combined (XOR): the same answers kept give the same value,
+    /// whatever came and went in between.
+    fingerprint: u64,
+}
+
+/// The first 8 bytes of the SHA-256 of a key and its answer.
+fn entry_hash(key: &Key, result: &Answer) -> u64 {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    h.update(&[u8::from(key.0)]);
+    h.update(key.1.as_bytes());
+    let (kind, media_type, body): (u8, &str, &[u8]) = match result {
+        Ok((m, b)) => (0, m.as_deref().unwrap_or_default(), b),
+        Err(FetchError::NotFound(w)) => (1, "", w.as_bytes()),
+        Err(FetchError::Failed(e)) => (2, "", e.as_bytes()),
+    };
+    h.update(&[0, kind]);
+    h.update(media_type.as_bytes());
+    h.update(&[0]);
+    h.update(body);
+    let digest = h.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(first)
 }
 
 impl Kept {
@@ -115,6 +140,7 @@ impl Kept {
         if let Some(old) = self.entries.remove(key) {
             self.order.remove(&old.seq);
             self.bytes -= old.size(key);
+            self.fingerprint ^= old.hash;
         }
     }
 
@@ -132,8 +158,11 @@ impl Kept {
             };
             if let Some(e) = self.entries.remove(&oldest) {
                 self.bytes -= e.size(&oldest);
+                self.fingerprint ^= e.hash;
             }
         }
+        entry.hash = entry_hash(&key, &entry.result);
+        self.fingerprint ^= entry.hash;
         self.bytes += size;
         self.order.insert(entry.seq, key.clone());
         self.entries.insert(key, entry);
@@ -248,6 +277,7 @@ impl<S: Source> Cached<S> {
                 result: saved.result(),
                 expires: None,
                 seq: 0,
+                hash: 0,
             };
             let key = key(blob, &host, &repo, &reference);
             kept.insert(key, entry, self.retention.max_bytes);
@@ -272,6 +302,11 @@ impl<S: Source> Cached<S> {
             list.push((named, Saved::of(&e.result)));
         }
         serde_json::to_string(&file).unwrap_or_default()
+    }
+
+    /// Names what [`Cached::save`] writes: equal whenever the same answers are kept.
+    pub fn fingerprint(&self) -> u64 {
+        lock(&self.kept).fingerprint
     }
 
     pub fn stats(&self) -> Stats {
@@ -361,6 +396,7 @@ impl<S: Source> Cached<S> {
             result: result.clone(),
             expires: Instant::now().checked_add(self.lifetime(named(&key).2, result)),
             seq: 0,
+            hash: 0,
         };
         lock(&self.kept).insert(key, entry, self.retention.max_bytes);
     }
@@ -470,6 +506,15 @@ mod tests {
         assert_eq!(requests(&c), 6, "no signature is asked again once expired");
         let s = c.stats();
         assert_eq!((s.hits, s.ok, s.not_found, s.errors), (2, 1, 2, 3));
+        let kept = c.fingerprint();
+        c.manifest("h", "r", &digest).await.unwrap();
+        assert_eq!(c.fingerprint(), kept, "a hit changes nothing kept");
+        c.expire(Instant::now() + Duration::from_secs(7200));
+        assert_ne!(c.fingerprint(), kept, "what expired is gone");
+        for reference in [digest.as_str(), "sha256-a.sig"] {
+            let _ = c.manifest("h", "r", reference).await;
+        }
+        assert_eq!(c.fingerprint(), kept, "the same answers again");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! the caller's [`Source`] (bounded and cached); the verdicts are `cip_sigstore`'s.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -98,9 +98,10 @@ pub struct Copy {
     pub options: RenderOptions,
     pub before: BTreeMap<(Placement, Running), String>,
     pub cache: Cached<Client>,
-    /// When the pass ended (Unix seconds), and after how long the copy no longer speaks
-    /// for the cluster.
-    pub taken_at: i64,
+    /// When the lease holder last judged (Unix seconds: the pass that made the copy, or a
+    /// later one that left it as it was), and after how long the copy no longer speaks for
+    /// the cluster.
+    taken_at: AtomicI64,
     pub stale_after: i64,
     /// The clock, read at the edge for each question.
     pub clock: fn() -> i64,
@@ -234,7 +235,7 @@ impl Copy {
             options,
             before,
             cache,
-            taken_at: t.taken_at,
+            taken_at: AtomicI64::new(t.taken_at),
             stale_after: t.stale_after,
             clock,
             memo,
@@ -258,12 +259,17 @@ impl Copy {
             .judged
     }
 
+    /// A later pass of the lease holder found what this copy holds.
+    pub fn renew(&self, taken_at: i64) {
+        self.taken_at.fetch_max(taken_at, Ordering::Relaxed);
+    }
+
     /// What a warning says instead of judging from a copy too old to speak for the cluster.
     fn stale(&self, now: i64) -> Option<String> {
-        (now - self.taken_at > self.stale_after).then(|| {
+        let age = now - self.taken_at.load(Ordering::Relaxed);
+        (age > self.stale_after).then(|| {
             format!(
-                "running-images preview unavailable: the last judgement of the running images is {} s old",
-                now - self.taken_at
+                "running-images preview unavailable: the last judgement of the running images is {age} s old"
             )
         })
     }
@@ -670,6 +676,11 @@ mod tests {
             c.policy_change(PolicyKind::Cluster, POLICY, &|| false),
             ["running-images preview unavailable: the last judgement of the running images is 1000 s old"]
         );
+        // A later pass that found the same: current again (an older word changes nothing).
+        c.renew(1_900);
+        c.renew(1_200);
+        let w = c.policy_change(PolicyKind::Cluster, POLICY, &|| false);
+        assert!(!w.iter().any(|w| w.contains("unavailable")), "{w:?}");
     }
 
     fn image(allowed: &[&str], blocked: &[&str]) -> String {

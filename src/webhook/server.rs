@@ -489,7 +489,11 @@ pub fn ops_router_full(
         Some(access) => get(
             move |state: State<Arc<App>>, headers: axum::http::HeaderMap| {
                 let access = Arc::clone(&access);
-                async move { guarded(state, &headers, access.as_ref(), running_images).await }
+                async move {
+                    let held = headers.clone();
+                    let page = |state| running_images(state, held);
+                    guarded(state, &headers, access.as_ref(), page).await
+                }
             },
         ),
         None if metrics_guarded => get(|| async {
@@ -512,22 +516,40 @@ pub fn ops_router_full(
         .with_state(app)
 }
 
-/// The last running-images judgement, as admission replicas copy it.
-async fn running_images(State(app): State<Arc<App>>) -> Response {
-    let state = Arc::clone(&app.state);
-    let bytes = tokio::task::spawn_blocking(move || state.running_images())
-        .await
-        .ok()
-        .flatten();
-    match bytes {
-        Some(bytes) => (
+/// The last running-images judgement, as admission replicas copy it: 304 when the
+/// replica's `If-None-Match` names it already (it weighs megabytes, and seldom changes).
+async fn running_images(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
+    let Some(copy) = app.state.running_images() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no judgement of the running images here (not the lease holder, or not yet)\n",
+        )
+            .into_response();
+    };
+    let tag = copy.tag();
+    let held = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || t.trim() == tag);
+    let named = [
+        (header::ETAG.as_str(), tag),
+        (crate::state::TAKEN_AT, copy.taken_at().to_string()),
+    ];
+    if held {
+        return (StatusCode::NOT_MODIFIED, named).into_response();
+    }
+    match tokio::task::spawn_blocking(move || copy.write()).await {
+        Ok(bytes) => (
+            named,
             [(header::CONTENT_TYPE, "application/json")],
             Body::from(bytes),
         )
             .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no judgement of the running images here (not the lease holder, or not yet)\n",
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the running-images copy was not written: {e}\n"),
         )
             .into_response(),
     }

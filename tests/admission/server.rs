@@ -899,3 +899,108 @@ async fn metrics_behind_token_review() {
     }
     assert_eq!(access.0.load(std::sync::atomic::Ordering::SeqCst), asked);
 }
+
+/// A copy that counts its writes.
+struct Fixed {
+    tag: &'static str,
+    body: &'static str,
+    taken_at: i64,
+    written: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl cip_webhook::state::RunningImagesCopy for Fixed {
+    fn tag(&self) -> String {
+        self.tag.to_string()
+    }
+    fn taken_at(&self) -> i64 {
+        self.taken_at
+    }
+    fn write(&self) -> Vec<u8> {
+        (self.written).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.body.as_bytes().to_vec()
+    }
+}
+
+/// `/running-images` as replicas fetch it, over a socket through the replica's own fetch:
+/// the copy with its tag, then 304 while a replica holds that tag (the copy is not written
+/// again: it weighs megabytes), with the time of the pass that found it unchanged, and the
+/// new copy once its content has another tag.
+#[tokio::test]
+async fn the_running_images_copy_is_sent_again_only_when_it_changes() {
+    use cip_webhook::impact::{copy_client, fetch_copy, CopyFrom, Fetched};
+    use std::sync::atomic::Ordering;
+    let s = harness::routed();
+    let router = cip_webhook::webhook::server::ops_router_full(Arc::clone(s.app()), None, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let made = cip_webhook::webhook::tls::generate(&["localhost".to_string()], 1).unwrap();
+    std::fs::write(&ca, made.ca_cert).unwrap();
+    let client = copy_client(Some(&ca)).unwrap();
+    let from = CopyFrom {
+        url: format!("http://{addr}/running-images"),
+        ca: Some(ca),
+        token: None,
+        every: Duration::from_secs(30),
+    };
+    let none = fetch_copy(&client, &from, None).await.unwrap_err();
+    assert!(none.starts_with("503"), "{none}");
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publish = |tag, body, taken_at| {
+        let written = Arc::clone(&written);
+        let copy = Fixed {
+            tag,
+            body,
+            taken_at,
+            written,
+        };
+        s.app().state.set_running_images(Arc::new(copy))
+    };
+    publish("\"p-1\"", "first", 1_000);
+    let first = fetch_copy(&client, &from, None).await.unwrap();
+    let tag = Some("\"p-1\"".to_string());
+    assert_eq!(
+        first,
+        Fetched::New {
+            bytes: b"first".to_vec(),
+            tag: tag.clone()
+        }
+    );
+    // A later pass that found the same.
+    publish("\"p-1\"", "first", 1_300);
+    for _ in 0..3 {
+        let again = fetch_copy(&client, &from, tag.as_deref()).await.unwrap();
+        assert_eq!(
+            again,
+            Fetched::Same {
+                taken_at: Some(1_300)
+            }
+        );
+    }
+    assert_eq!(written.load(Ordering::SeqCst), 1, "written once, then 304");
+    publish("\"p-2\"", "second", 1_600);
+    let second = fetch_copy(&client, &from, tag.as_deref()).await.unwrap();
+    assert_eq!(
+        second,
+        Fetched::New {
+            bytes: b"second".to_vec(),
+            tag: Some("\"p-2\"".to_string())
+        }
+    );
+    assert_eq!(written.load(Ordering::SeqCst), 2);
+    // As RFC 9110 reads If-None-Match: a list, or any.
+    use tower::ServiceExt;
+    for held in ["\"p-1\", \"p-2\"", "*"] {
+        let router = cip_webhook::webhook::server::ops_router_full(Arc::clone(s.app()), None, None);
+        let request = Request::get("/running-images")
+            .header("if-none-match", held)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED, "{held}");
+        assert_eq!(response.headers()["cip-taken-at"], "1600");
+    }
+    assert_eq!(written.load(Ordering::SeqCst), 2);
+}

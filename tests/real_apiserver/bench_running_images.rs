@@ -197,6 +197,11 @@ async fn bench_running_images() {
 
     // Admission from the copy: a new key over every covered digest.
     let url = format!("http://{}/running-images", reconciler.metrics_addr);
+    let (size, tag) = copy_fetched(reconciler.metrics_addr, None).await;
+    let (again, _) = copy_fetched(reconciler.metrics_addr, tag.as_deref()).await;
+    println!(
+        "bench: the copy a replica fetches: {size} bytes; fetched again with its tag: {again}",
+    );
     c.start_webhook(&["--mode", "admission-only", "--running-images-from", &url])
         .await;
     let admission_pid = c.webhook_pid().unwrap();

@@ -406,6 +406,28 @@ async fn an_admission_replica_warns_from_the_reconcilers_copy() {
     // Nothing reached the registry while admission judged (the reconciler's passes since
     // are answered from its cache).
     assert_eq!(registry.requests(), requests);
+    // A pass (every 10 s: 5 s apart, 5 s to settle) that finds the same leaves the copy as
+    // it was, expired answers fetched again included: a replica holding it is answered 304
+    // (up to three tries, for a registry that answered otherwise in between).
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let (first, tag) = copy_fetched(reconciler.metrics_addr, None).await;
+        assert!(
+            first.starts_with("200 ") && tag.is_some(),
+            "{first} {tag:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+        let (again, _) = copy_fetched(reconciler.metrics_addr, tag.as_deref()).await;
+        answers.push(again);
+        if answers.last().is_some_and(|a| a == "304 0") {
+            break;
+        }
+    }
+    assert_eq!(
+        answers.last().map(String::as_str),
+        Some("304 0"),
+        "{answers:?}"
+    );
     drop(reconciler);
 }
 

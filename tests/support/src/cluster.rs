@@ -725,6 +725,28 @@ pub async fn plain_get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A fetch of a reconciler's `/running-images` as a replica holding `held` makes it: the
+/// status and size (`200 N`, `304 0`), and the tag it came with.
+pub async fn copy_fetched(addr: SocketAddr, held: Option<&str>) -> (String, Option<String>) {
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "--max-time", "30", "-o", "/dev/null", "-D", "-"]);
+    curl.args(["-w", "%{http_code} %{size_download}"]);
+    if let Some(tag) = held {
+        curl.args(["-H", &format!("If-None-Match: {tag}")]);
+    }
+    let out = curl
+        .arg(format!("http://{addr}/running-images"))
+        .output()
+        .await
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tag = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .map(|t| t.trim().to_string());
+    (text.lines().last().unwrap_or_default().to_string(), tag)
+}
+
 /// A file of a MachineConfig, decoded from its data URL.
 pub fn file(mc: &Value, path: &str) -> Option<String> {
     let files = mc["spec"]["config"]["storage"]["files"].as_array()?;
