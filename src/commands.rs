@@ -16,6 +16,7 @@ use cip_core::model::PolicyKind;
 use cip_core::policy::Policy;
 use cip_core::render::{self, Condition, Plan, RenderOptions};
 use cip_webhook::files;
+use cip_webhook::unix_now;
 use cip_webhook::webhook::admission::{self, Endpoint};
 
 fn read_file_documents(path: &Path) -> Result<Vec<Document>> {
@@ -980,13 +981,6 @@ pub struct VerifyArgs<'a> {
     pub authfile: Option<&'a Path>,
     pub openshift_version: Option<&'a str>,
     pub image: &'a str,
-}
-
-/// The clock the PKI checks use, read once per command at the edge.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `verify`: renders the input, then fetches and judges on a small runtime of its own.

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::pull::cache::{Bounds, Cached, Retention, Stats};
 use crate::pull::impact::{Copy, Transfer};
 use crate::pull::registry::Client;
+use crate::unix_now;
 use cip_core::render::Inputs;
 use cip_sigstore::judge::Memo;
 
@@ -99,12 +100,6 @@ impl Registries {
         metrics.impact.set_cache_bytes(now.bytes);
         self.reported = now;
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Where a pass's copy for admission goes.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::files::chain;
 use crate::k8s::desired::{Published, Settle};
+use crate::unix_now;
 use cip_core::render::RenderOptions;
 
 #[derive(Debug, thiserror::Error)]
@@ -534,10 +535,4 @@ impl crate::k8s::feed::Sink for crate::state::ProcessState {
     fn status(&self, status: String) {
         self.set_status(status);
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -712,39 +712,41 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
 
 /// A plain-HTTP GET with a bearer token, if any.
 pub async fn plain_get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> String {
-    let mut command = Command::new("curl");
-    command.args(["-s", "--max-time", "10"]);
-    if let Some(token) = token {
-        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec!["--max-time", "10"];
+    if let Some(header) = &auth {
+        args.extend(["-H", header.as_str()]);
     }
-    let out = command
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .await
-        .expect("curl is installed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    curl_plain(addr, path, &args).await
 }
 
 /// A fetch of a reconciler's `/running-images` as a replica holding `held` makes it: the
 /// status and size (`200 N`, `304 0`), and the tag it came with.
 pub async fn copy_fetched(addr: SocketAddr, held: Option<&str>) -> (String, Option<String>) {
-    let mut curl = Command::new("curl");
-    curl.args(["-s", "--max-time", "30", "-o", "/dev/null", "-D", "-"]);
-    curl.args(["-w", "%{http_code} %{size_download}"]);
-    if let Some(tag) = held {
-        curl.args(["-H", &format!("If-None-Match: {tag}")]);
+    let condition = held.map(|tag| format!("If-None-Match: {tag}"));
+    let mut args = vec!["--max-time", "30", "-o", "/dev/null", "-D", "-"];
+    args.extend(["-w", "%{http_code} %{size_download}"]);
+    if let Some(header) = &condition {
+        args.extend(["-H", header.as_str()]);
     }
-    let out = curl
-        .arg(format!("http://{addr}/running-images"))
-        .output()
-        .await
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = curl_plain(addr, "/running-images", &args).await;
     let tag = text
         .lines()
         .find_map(|l| l.strip_prefix("etag: "))
         .map(|t| t.trim().to_string());
     (text.lines().last().unwrap_or_default().to_string(), tag)
+}
+
+/// curl's output for `http://addr/path` with `args`.
+async fn curl_plain(addr: SocketAddr, path: &str, args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .arg("-s")
+        .args(args)
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .await
+        .expect("curl is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A file of a MachineConfig, decoded from its data URL.
