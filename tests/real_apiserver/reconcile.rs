@@ -688,11 +688,11 @@ async fn our_machine_configs_changed_or_deleted_by_others_are_restored_with_an_e
     })
     .await;
     c.until("a Recreated Event", event("Recreated")).await;
-    assert!(
-        c.webhook_log().contains("was deleted; restored"),
-        "{}",
-        c.webhook_log()
-    );
+    // The API shows the write before the replica has logged it.
+    c.until("the restore logged", async |c: &Cluster| {
+        c.webhook_log().contains("was deleted; restored")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,12 +718,12 @@ async fn a_machine_config_out_of_sight_is_taken_back_and_a_foreign_one_reported(
             == "worker"
     })
     .await;
-    assert!(
+    // The API shows the write before the replica has logged it.
+    c.until("the take-back logged", async |c: &Cluster| {
         c.webhook_log()
-            .contains("took back a MachineConfig of ours"),
-        "{}",
-        c.webhook_log()
-    );
+            .contains("took back a MachineConfig of ours")
+    })
+    .await;
 
     // Not ours any more: neither our label nor the role label.
     let run = c
