@@ -770,10 +770,13 @@ async fn a_machine_config_out_of_sight_is_taken_back_and_a_foreign_one_reported(
         })
     })
     .await;
-    assert!(c
-        .metrics()
-        .await
-        .contains("cip_webhook_reconcile_errors_total{reason=\"occupied\"}"));
+    // Counted when the pass ends, after its Event and its statuses.
+    c.until("the occupied error counted", async |c: &Cluster| {
+        c.metrics()
+            .await
+            .contains("cip_webhook_reconcile_errors_total{reason=\"occupied\"}")
+    })
+    .await;
     // The master pool stopped at its attachments: its policy.json does not require what
     // its nodes could not find.
     assert!(!policy_json(&c, "master").await.contains("quay.io/newteam"));
