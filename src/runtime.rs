@@ -382,7 +382,7 @@ pub fn read_cluster(
             }
             if tokio::time::Instant::now() >= deadline {
                 let mut waiting = state.waiting_for();
-                if pods.index().is_none() {
+                if pods.read(|_| ()).is_none() {
                     waiting.push("pods and nodes".into());
                 }
                 let errors = state.errors();
